@@ -1,0 +1,82 @@
+// ATTN-FIQA: magnitude of the final block's pre-softmax attention logits, and the per-patch heatmap.
+#include <stdexcept>
+
+#include "methods.h"
+
+namespace vitfiqa {
+
+namespace {
+
+// The additive mask's contribution, broadcast to [B,H,N,N] and reduced like the logits.
+at::Tensor mask_dd(const AttentionCapture& a) {
+  const auto& q = a.q;
+  return a.mask->to(at::kDouble).expand({q.size(0), q.size(1), q.size(2), a.k.size(2)});
+}
+
+}  // namespace
+
+at::Tensor attn_score(const AttentionCapture& a, int64_t first_token) {
+  if (a.kind == AttentionKind::Softmax) {
+    auto l = a.logits;
+    if (first_token > 0) l = l.narrow(2, first_token, l.size(2) - first_token).narrow(3, first_token, l.size(3) - first_token);
+    return l.mean({1, 2, 3}, false, at::kDouble);
+  }
+  auto q = a.q, k = a.k;
+  if (first_token > 0) {
+    q = q.narrow(2, first_token, q.size(2) - first_token);
+    k = k.narrow(2, first_token, k.size(2) - first_token);
+  }
+  // mean_i mean_j (q_i . k_j) = (mean_i q_i) . (mean_j k_j), per head; then the head mean.
+  auto q_mean = q.mean(2, false, at::kDouble);  // [B,H,D]
+  auto k_mean = k.mean(2, false, at::kDouble);
+  auto score = (q_mean * k_mean).sum(-1).mean(1) * a.scale;
+  if (a.mask) {
+    auto m = mask_dd(a);
+    if (first_token > 0) m = m.narrow(2, first_token, m.size(2) - first_token).narrow(3, first_token, m.size(3) - first_token);
+    score = score + m.mean({1, 2, 3});
+  }
+  return score;
+}
+
+at::Tensor attn_key_means(const AttentionCapture& a) {
+  if (a.kind == AttentionKind::Softmax) return a.logits.mean(1, false, at::kDouble).mean(1);  // [B,N] over keys
+  auto q_mean = a.q.mean(2, true, at::kDouble);                                               // [B,H,1,D]
+  auto per_key = at::matmul(q_mean, a.k.to(at::kDouble).transpose(-2, -1)).squeeze(2) * a.scale;  // [B,H,N]
+  auto out = per_key.mean(1);
+  if (a.mask) out = out + mask_dd(a).mean(1).mean(1);
+  return out;
+}
+
+at::Tensor attention_logits(const AttentionCapture& a) {
+  if (a.kind == AttentionKind::Softmax) return a.logits;
+  auto l = at::matmul(a.q * a.scale, a.k.transpose(-2, -1));
+  if (a.mask) l = l + *a.mask;
+  return l;
+}
+
+at::Tensor attention_probs(const AttentionCapture& a) {
+  return at::softmax(attention_logits(a).to(at::kFloat), -1);
+}
+
+at::Tensor token_heatmap(const at::Tensor& per_token, int64_t prefix, const std::vector<int64_t>& grid,
+                         const std::vector<int64_t>& out_hw, bool minmax_per_image) {
+  if (grid.size() != 2) throw std::invalid_argument("the patch grid is unknown; pass grid=(h, w)");
+  int64_t patches = grid[0] * grid[1];
+  if (per_token.size(1) - prefix != patches)
+    throw std::invalid_argument("token count " + std::to_string(per_token.size(1)) + " minus " + std::to_string(prefix) +
+                                " prefix tokens does not fill a " + std::to_string(grid[0]) + "x" +
+                                std::to_string(grid[1]) + " patch grid");
+  auto map = per_token.narrow(1, prefix, patches).to(at::kFloat).reshape({-1, 1, grid[0], grid[1]});
+  if (minmax_per_image) {
+    auto flat = map.flatten(1);
+    auto lo = std::get<0>(flat.min(1, true)).view({-1, 1, 1, 1});
+    auto hi = std::get<0>(flat.max(1, true)).view({-1, 1, 1, 1});
+    // A constant map has no structure to show: it becomes all zeros rather than NaN.
+    map = (map - lo) / (hi - lo).clamp_min(1e-12);
+  }
+  if (!out_hw.empty())
+    map = at::upsample_bilinear2d(map, {out_hw[0], out_hw[1]}, /*align_corners=*/false);
+  return map.squeeze(1);
+}
+
+}  // namespace vitfiqa

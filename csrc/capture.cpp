@@ -1,0 +1,655 @@
+#include "capture.h"
+
+#include <torch/csrc/jit/api/function_impl.h>
+#include <torch/csrc/jit/ir/constants.h>
+#include <torch/csrc/jit/passes/constant_propagation.h>
+#include <torch/csrc/jit/passes/dead_code_elimination.h>
+#include <torch/csrc/jit/passes/inliner.h>
+#include <torch/csrc/jit/serialization/import.h>
+#include <ATen/core/grad_mode.h>
+
+#include <algorithm>
+#include <cmath>
+#include <sstream>
+#include <stdexcept>
+#include <unordered_map>
+#include <unordered_set>
+
+namespace vitfiqa {
+
+using torch::jit::Graph;
+using torch::jit::Node;
+using torch::jit::Value;
+namespace attr = c10::attr;
+
+namespace {
+
+std::string first_line(const std::string& s) {
+  auto pos = s.find('\n');
+  return pos == std::string::npos ? s : s.substr(0, pos);
+}
+
+// The interpreter's message ends with the original error after a TorchScript traceback.
+std::string last_line(const std::string& s) {
+  std::istringstream in(s);
+  std::string line, last;
+  while (std::getline(in, line))
+    if (line.find_first_not_of(" \t") != std::string::npos) last = line;
+  return last.empty() ? s : last.substr(last.find_first_not_of(" \t"));
+}
+
+at::ScalarType parse_dtype(const std::string& dtype) {
+  if (dtype == "float32" || dtype == "float") return at::kFloat;
+  if (dtype == "float16" || dtype == "half") return at::kHalf;
+  if (dtype == "bfloat16") return at::kBFloat16;
+  if (dtype == "float64" || dtype == "double") return at::kDouble;
+  throw std::invalid_argument("unsupported dtype '" + dtype + "' (use float32, float16, bfloat16 or float64)");
+}
+
+at::Device parse_device(const std::string& device) {
+  try {
+    return at::Device(device);
+  } catch (const c10::Error& e) {
+    throw std::invalid_argument("invalid device '" + device + "': " + first_line(e.what_without_backtrace()));
+  }
+}
+
+// Module instance names of the inlined call stack, outermost first: e.g. {"blocks", "3", "attn"}.
+using ScopePath = std::vector<std::string>;
+
+ScopePath scope_path(Node* n) {
+  ScopePath path;
+  auto cs = n->callstack();
+  if (!cs) return path;
+  for (auto& entry : (*cs)->vec()) {
+    const auto& info = std::get<2>(entry);
+    if (info) path.push_back(info->instance_name());
+  }
+  return path;
+}
+
+bool is_number(const std::string& s) {
+  return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return std::isdigit(c); });
+}
+
+std::string join(const ScopePath& p, size_t n) {
+  std::string out;
+  for (size_t i = 0; i < n && i < p.size(); ++i) out += (i ? "." : "") + p[i];
+  return out;
+}
+
+bool starts_with(const ScopePath& p, const ScopePath& prefix) {
+  return p.size() >= prefix.size() && std::equal(prefix.begin(), prefix.end(), p.begin());
+}
+
+Node* top_level(Node* n, Graph& g) {
+  while (n->owningBlock() != g.block()) n = n->owningBlock()->owningNode();
+  return n;
+}
+
+bool is_none(Value* v) {
+  return v->type()->kind() == c10::TypeKind::NoneType ||
+         (v->node()->kind() == c10::prim::Constant && v->node()->output()->type()->kind() == c10::TypeKind::NoneType);
+}
+
+// Does n (or anything nested in its blocks) read a value in `vals`?
+bool reads_any(Node* n, const std::unordered_set<Value*>& vals) {
+  for (Value* in : n->inputs())
+    if (vals.count(in)) return true;
+  for (auto* b : n->blocks())
+    for (Node* inner : b->nodes())
+      if (reads_any(inner, vals)) return true;
+  for (auto* b : n->blocks())
+    for (Value* o : b->outputs())
+      if (vals.count(o)) return true;
+  return false;
+}
+
+void collect_kinds(torch::jit::Block* b, std::map<std::string, int>& counts) {
+  for (Node* n : b->nodes()) {
+    counts[n->kind().toQualString()]++;
+    for (auto* inner : n->blocks()) collect_kinds(inner, counts);
+  }
+}
+
+// An exception-only guard: an output-less If whose branches only compute and raise (shape checks such as
+// BatchNorm's input-rank test). It mutates nothing, so it matters only if what it checks is computed.
+bool is_guard(Node* n) {
+  if (n->kind() != c10::prim::If || !n->outputs().empty()) return false;
+  bool raises = false;
+  std::function<bool(torch::jit::Block*)> pure = [&](torch::jit::Block* b) {
+    for (Node* inner : b->nodes()) {
+      if (inner->kind() == c10::prim::RaiseException) {
+        raises = true;
+        continue;
+      }
+      if (inner->kind() == c10::prim::SetAttr || inner->kind() == c10::prim::Print || inner->kind() == c10::aten::warn)
+        return false;
+      if (auto* schema = inner->maybeSchema(); schema && schema->is_mutable()) return false;
+      for (auto* bb : inner->blocks())
+        if (!pure(bb)) return false;
+    }
+    return true;
+  };
+  for (auto* b : n->blocks())
+    if (!pure(b)) return false;
+  return raises;
+}
+
+void collect_reads(Node* n, std::vector<Value*>& out) {
+  for (Value* in : n->inputs()) out.push_back(in);
+  for (auto* b : n->blocks()) {
+    for (Node* inner : b->nodes()) collect_reads(inner, out);
+    for (Value* o : b->outputs()) out.push_back(o);
+  }
+}
+
+// Dead-code elimination that also drops guards checking values no output needs: a rewritten graph that
+// returns early block values must not keep the rest of the network alive just to run its shape checks.
+void eliminate_dead_code_and_guards(std::shared_ptr<Graph>& g) {
+  torch::jit::EliminateDeadCode(g);
+  std::unordered_set<Value*> live(g->outputs().begin(), g->outputs().end());
+  std::vector<Node*> guards;
+  std::vector<Node*> order(g->nodes().begin(), g->nodes().end());
+  for (auto it = order.rbegin(); it != order.rend(); ++it) {
+    Node* n = *it;
+    bool used = std::any_of(n->outputs().begin(), n->outputs().end(), [&](Value* o) { return live.count(o) > 0; });
+    bool unused_effect = std::all_of(n->outputs().begin(), n->outputs().end(), [](Value* o) { return !o->hasUses(); });
+    if (is_guard(n)) {
+      guards.push_back(n);
+      continue;
+    }
+    if (used || unused_effect) {  // DCE kept an output-less node only for its side effect: a root
+      std::vector<Value*> reads;
+      collect_reads(n, reads);
+      live.insert(reads.begin(), reads.end());
+    }
+  }
+  bool removed = false;
+  for (Node* guard : guards) {
+    std::vector<Value*> reads;
+    collect_reads(guard, reads);
+    bool checks_dead = std::any_of(reads.begin(), reads.end(), [&](Value* v) {
+      return v->node()->owningBlock() == g->block() && v->node()->kind() != c10::prim::Constant && !live.count(v);
+    });
+    if (checks_dead) {
+      guard->destroy();
+      removed = true;
+    }
+  }
+  if (removed) torch::jit::EliminateDeadCode(g);
+}
+
+}  // namespace
+
+std::string CaptureRequest::key() const {
+  std::ostringstream os;
+  auto put = [&](const char* name, const std::vector<int64_t>& v) {
+    os << name << ':';
+    for (auto x : v) os << x << ',';
+    os << ';';
+  };
+  put("L", logits_blocks);
+  put("P", probs_blocks);
+  put("T", token_blocks);
+  put("E", exit_blocks);
+  os << "n" << tokens_final_norm << "o" << model_output << "x" << exit_output;
+  return os.str();
+}
+
+CaptureModel::CaptureModel(const std::string& path_or_bytes, bool from_bytes, const std::string& device,
+                           const std::string& dtype)
+    : device_(parse_device(device)), dtype_(parse_dtype(dtype)) {
+  try {
+    if (from_bytes) {
+      std::istringstream in(path_or_bytes);
+      module_ = torch::jit::load(in, device_);
+    } else {
+      module_ = torch::jit::load(path_or_bytes, device_);
+    }
+  } catch (const c10::Error& e) {
+    throw std::invalid_argument(std::string("could not load a TorchScript model") +
+                                (from_bytes ? " from bytes" : " from '" + path_or_bytes + "'") +
+                                " (corrupt file, or not saved with torch.jit.save?): " +
+                                first_line(e.what_without_backtrace()));
+  }
+  module_.eval();
+  if (dtype_ != at::kFloat) module_.to(dtype_);
+  if (!module_.find_method("forward"))
+    throw std::invalid_argument("the TorchScript module has no forward method");
+  analyse();
+}
+
+void CaptureModel::analyse() {
+  auto method = module_.get_method("forward");
+  auto& fn = method.function();
+  const auto& schema = fn.getSchema();
+  auto g = torch::jit::toGraphFunction(fn).graph()->copy();
+  if (g->inputs().size() < 2)
+    throw std::invalid_argument("the model's forward takes no input; vitfiqa calls forward(images)");
+
+  // A function built from a graph loses its default arguments, so optional extra inputs (timm's
+  // attn_mask=None, ...) are replaced by their defaults; constant propagation then removes the branches.
+  for (size_t i = g->inputs().size() - 1; i >= 2; --i) {
+    const auto& arg = schema.arguments().at(i);
+    if (!arg.default_value())
+      throw std::invalid_argument("the model's forward has a required extra argument '" + arg.name() +
+                                  "'; vitfiqa calls forward(images) and supports only optional extras");
+    torch::jit::WithInsertPoint guard(g->block()->nodes().front());
+    Value* c = g->insertConstant(*arg.default_value());
+    g->inputs()[i]->replaceAllUsesWith(c);
+    g->eraseInput(i);
+  }
+  torch::jit::Inline(*g);
+  // Scoring always runs in eval mode. Folding `training` to False lets constant propagation drop the
+  // training-only branches (BatchNorm's num_batches_tracked update, dropout); their side effects would
+  // otherwise keep the whole original head alive and defeat early exits.
+  std::function<void(torch::jit::Block*)> fold_training = [&](torch::jit::Block* b) {
+    for (Node* n : b->nodes()) {
+      if (n->kind() == c10::prim::GetAttr && n->s(attr::name) == "training") {
+        torch::jit::WithInsertPoint guard(n);
+        n->output()->replaceAllUsesWith(g->insertConstant(false));
+      }
+      for (auto* inner : n->blocks()) fold_training(inner);
+    }
+  };
+  fold_training(g->block());
+  torch::jit::ConstantPropagation(g);
+  torch::jit::EliminateDeadCode(g);
+
+  // Attention sites in the top-level block (nested ones sit in control flow we cannot tap).
+  std::vector<Node*> candidates;
+  int nested = 0;
+  std::function<void(torch::jit::Block*, bool)> walk = [&](torch::jit::Block* b, bool top) {
+    for (Node* n : b->nodes()) {
+      bool is_site = n->kind() == c10::aten::softmax || n->kind() == c10::aten::scaled_dot_product_attention;
+      if (is_site) {
+        if (top) candidates.push_back(n);
+        else nested++;
+      }
+      for (auto* inner : n->blocks()) walk(inner, false);
+    }
+  };
+  walk(g->block(), true);
+  if (candidates.empty()) {
+    std::map<std::string, int> kinds;
+    collect_kinds(g->block(), kinds);
+    bool conv = kinds.count("aten::conv2d") || kinds.count("aten::_convolution");
+    std::string msg = "no attention found in the model: vitfiqa needs a Vision Transformer whose attention "
+                      "is aten::softmax (explicit) or aten::scaled_dot_product_attention (fused)";
+    if (nested) msg += "; " + std::to_string(nested) + " attention op(s) sit inside control flow (if/loop), which cannot be captured";
+    else if (conv) msg += "; the graph has convolutions but no attention (a CNN?)";
+    throw std::invalid_argument(msg);
+  }
+
+  // Group sites by module pattern (numeric instance names wildcarded) and keep the most common pattern:
+  // the transformer blocks' attention; a stray softmax in a head is ignored.
+  std::map<std::string, std::vector<Node*>> by_pattern;
+  std::vector<std::string> pattern_order;
+  std::unordered_map<Node*, ScopePath> paths;
+  for (Node* n : candidates) {
+    auto p = scope_path(n);
+    paths[n] = p;
+    std::string pat;
+    for (auto& s : p) pat += (is_number(s) ? std::string("#") : s) + "/";
+    if (!by_pattern.count(pat)) pattern_order.push_back(pat);
+    by_pattern[pat].push_back(n);
+  }
+  std::string best = pattern_order.front();
+  for (auto& pat : pattern_order)
+    if (by_pattern[pat].size() > by_pattern[best].size()) best = pat;
+  auto& chosen = by_pattern[best];
+  if (chosen.size() < candidates.size())
+    info_.notes.push_back(std::to_string(candidates.size() - chosen.size()) +
+                          " attention-like op(s) outside the transformer blocks were ignored");
+
+  const ScopePath& first = paths[chosen.front()];
+  info_.has_hierarchy = !first.empty();
+  std::vector<ScopePath> block_scopes;
+  if (info_.has_hierarchy) {
+    // Block scope = the path up to its last numeric component (blocks.3 in blocks.3.attn); without
+    // numbers, the part below the longest common prefix of all sites.
+    size_t depth = 0;
+    for (size_t i = 0; i < first.size(); ++i)
+      if (is_number(first[i])) depth = i + 1;
+    if (depth == 0) {
+      size_t lcp = first.size();
+      for (Node* n : chosen) {
+        const auto& p = paths[n];
+        size_t k = 0;
+        while (k < lcp && k < p.size() && p[k] == first[k]) ++k;
+        lcp = k;
+      }
+      depth = chosen.size() == 1 ? std::max<size_t>(first.size() - 1, 1) : std::min(lcp + 1, first.size());
+    }
+    for (Node* n : chosen) {
+      ScopePath scope(paths[n].begin(), paths[n].begin() + std::min(depth, paths[n].size()));
+      if (!block_scopes.empty() && block_scopes.back() == scope)
+        throw std::invalid_argument("block '" + join(scope, scope.size()) +
+                                    "' has more than one attention op; vitfiqa expects one attention per block");
+      block_scopes.push_back(scope);
+      std::string name = join(scope, scope.size());
+      if (name.rfind("SELF.", 0) == 0) name = name.substr(5);  // scripted graphs name the top module SELF
+      info_.block_names.push_back(name);
+    }
+  } else {
+    info_.notes.push_back("the graph carries no module hierarchy (frozen model?): blocks are known only by the "
+                          "order of their attention ops, and block outputs cannot be located");
+    for (size_t i = 0; i < chosen.size(); ++i) info_.block_names.push_back("attention_" + std::to_string(i));
+  }
+
+  for (size_t b = 0; b < chosen.size(); ++b) sites_.push_back({chosen[b], static_cast<int64_t>(b)});
+  info_.num_blocks = static_cast<int64_t>(chosen.size());
+  bool any_sdpa = false, any_softmax = false;
+  for (auto& s : sites_) {
+    if (s.node->kind() == c10::aten::scaled_dot_product_attention) {
+      any_sdpa = true;
+      auto causal = torch::jit::toIValue(s.node->namedInput("is_causal"));
+      if (!causal || causal->toBool())
+        throw std::invalid_argument("causal (or non-constant is_causal) attention is not supported for quality scoring");
+    } else {
+      any_softmax = true;
+    }
+  }
+  if (any_sdpa && any_softmax) throw std::invalid_argument("the model mixes explicit and fused attention across blocks");
+  info_.attention_kind = any_sdpa ? AttentionKind::ScaledDotProduct : AttentionKind::Softmax;
+
+  // Block outputs: the one tensor produced inside a block scope that is used outside it.
+  if (info_.has_hierarchy) {
+    std::unordered_map<Node*, ScopePath> node_paths;
+    for (Node* n : g->nodes()) node_paths[n] = scope_path(n);
+    for (auto& scope : block_scopes) {
+      std::vector<Value*> escaping;
+      for (Node* n : g->nodes()) {
+        if (!starts_with(node_paths[n], scope)) continue;
+        for (Value* v : n->outputs()) {
+          bool escapes = false;
+          for (auto& use : v->uses()) {
+            Node* u = top_level(use.user, *g);
+            if (u == g->return_node() || !starts_with(node_paths[u], scope)) escapes = true;
+          }
+          if (escapes && v->type()->isSubtypeOf(*c10::TensorType::get())) escaping.push_back(v);
+        }
+      }
+      if (escaping.size() != 1)
+        throw std::invalid_argument("could not locate the output of block '" + join(scope, scope.size()) + "' (" +
+                                    std::to_string(escaping.size()) + " candidate tensors leave it)");
+      block_outputs_.push_back(escaping.front());
+    }
+    // The final norm: a layer_norm outside every block that reads the last block's output.
+    for (auto& use : block_outputs_.back()->uses()) {
+      Node* u = use.user;
+      if (u->kind() == c10::aten::layer_norm && u->owningBlock() == g->block()) {
+        final_norm_ = u;
+        break;
+      }
+    }
+    info_.has_final_norm = final_norm_ != nullptr;
+  }
+
+  // The patch embedding: the first convolution before the first attention gives the patch grid.
+  for (Node* n : g->nodes()) {
+    if (n == sites_.front().node) break;
+    if (n->kind() == c10::aten::conv2d || n->kind() == c10::aten::_convolution) {
+      patch_conv_ = n;
+      break;
+    }
+  }
+  info_.has_patch_conv = patch_conv_ != nullptr;
+
+  auto out_type = g->outputs().at(0)->type();
+  if (auto tt = out_type->cast<c10::TupleType>()) info_.num_outputs = static_cast<int64_t>(tt->elements().size());
+  base_ = g;
+}
+
+CaptureModel::Built& CaptureModel::build(const CaptureRequest& req) {
+  std::string key = req.key();
+  auto it = cache_.find(key);
+  if (it != cache_.end()) return *it->second;
+
+  auto check_block = [&](int64_t b, const char* what) {
+    if (b < 0 || b >= info_.num_blocks)
+      throw std::out_of_range(std::string(what) + " block index " + std::to_string(b) + " is out of range (model has " +
+                              std::to_string(info_.num_blocks) + " blocks)");
+  };
+  bool needs_outputs = !req.token_blocks.empty() || !req.exit_blocks.empty();
+  if (needs_outputs && block_outputs_.empty())
+    throw std::invalid_argument("block outputs cannot be located in this model (" +
+                                (info_.notes.empty() ? std::string("no module hierarchy") : info_.notes.back()) +
+                                "); save it with torch.jit.script or torch.jit.trace without torch.jit.freeze");
+  if (!req.token_blocks.empty() && req.tokens_final_norm && !final_norm_)
+    throw std::invalid_argument("no final LayerNorm after the last block was found, but normalised block tokens were asked for");
+
+  // Copy the analysed graph keeping a map from its values to the copy's.
+  auto g = std::make_shared<Graph>();
+  std::unordered_map<Value*, Value*> vmap;
+  auto lookup = [&](Value* v) { return vmap.at(v); };
+  for (Value* in : base_->inputs()) vmap[in] = g->addInput()->copyMetadata(in);
+  for (Node* n : base_->nodes()) {
+    Node* c = g->appendNode(g->createClone(n, lookup));
+    for (size_t i = 0; i < n->outputs().size(); ++i) vmap[n->outputs()[i]] = c->outputs()[i];
+  }
+
+  auto built = std::make_unique<Built>();
+  std::vector<Value*> outs;
+  auto emit = [&](Value* v, const std::string& tag, int64_t b) {
+    outs.push_back(v);
+    built->layout.emplace_back(tag, b);
+  };
+  // Re-applies a chain of base-graph nodes to a new input (the rest of the graph stays shared).
+  auto reapply = [&](const std::vector<Node*>& chain, Value* from, Value* to) {
+    std::unordered_map<Value*, Value*> local{{from, to}};
+    Value* last = to;
+    for (Node* n : chain) {
+      Node* c = g->insertNode(g->createClone(n, [&](Value* v) {
+        auto it = local.find(v);
+        return it != local.end() ? it->second : vmap.at(v);
+      }));
+      for (size_t i = 0; i < n->outputs().size(); ++i) local[n->outputs()[i]] = c->outputs()[i];
+      last = c->outputs().at(0);
+    }
+    return std::make_pair(last, local);
+  };
+
+  std::vector<int64_t> attention_blocks = req.logits_blocks;
+  for (int64_t b : req.probs_blocks)
+    if (info_.attention_kind == AttentionKind::ScaledDotProduct) attention_blocks.push_back(b);
+  std::sort(attention_blocks.begin(), attention_blocks.end());
+  attention_blocks.erase(std::unique(attention_blocks.begin(), attention_blocks.end()), attention_blocks.end());
+  for (int64_t b : attention_blocks) {
+    check_block(b, "attention");
+    Node* site = sites_[b].node;
+    if (site->kind() == c10::aten::softmax) {
+      emit(vmap.at(site->input(0)), "logits", b);
+    } else {
+      emit(vmap.at(site->namedInput("query")), "q", b);
+      emit(vmap.at(site->namedInput("key")), "k", b);
+      Value* scale = site->namedInput("scale");
+      if (!is_none(scale)) emit(vmap.at(scale), "scale", b);
+      Value* mask = site->namedInput("attn_mask");
+      if (!is_none(mask)) emit(vmap.at(mask), "mask", b);
+    }
+  }
+  for (int64_t b : req.probs_blocks) {
+    check_block(b, "attention");
+    if (sites_[b].node->kind() == c10::aten::softmax) emit(vmap.at(sites_[b].node->output()), "probs", b);
+  }
+  for (int64_t b : req.token_blocks) {
+    check_block(b, "token");
+    Value* out = block_outputs_[b];
+    if (!req.tokens_final_norm) {
+      emit(vmap.at(out), "tokens", b);
+    } else if (out == final_norm_->input(0)) {
+      emit(vmap.at(final_norm_->output()), "tokens", b);  // the model's own final norm, computed anyway
+    } else {
+      emit(reapply({final_norm_}, final_norm_->input(0), vmap.at(out)).first, "tokens", b);
+    }
+  }
+  if (!req.exit_blocks.empty()) {
+    // The head: every node that depends on the last block's output and feeds the chosen model output.
+    Value* ret = base_->outputs().at(0);
+    Value* target = ret;
+    if (info_.num_outputs > 1 || ret->type()->cast<c10::TupleType>()) {
+      int64_t idx = req.exit_output < 0 ? info_.num_outputs + req.exit_output : req.exit_output;
+      if (idx < 0 || idx >= info_.num_outputs)
+        throw std::out_of_range("exit output index " + std::to_string(req.exit_output) + " is out of range (model returns " +
+                                std::to_string(info_.num_outputs) + " values)");
+      if (ret->node()->kind() != c10::prim::TupleConstruct)
+        throw std::invalid_argument("the model's output tuple is not built in its forward graph; cannot select an exit output");
+      target = ret->node()->input(idx);
+    } else if (req.exit_output != -1 && req.exit_output != 0) {
+      throw std::out_of_range("the model returns a single tensor; exit output must be 0 or -1");
+    }
+    Value* last = block_outputs_.back();
+    std::unordered_set<Value*> dependent{last};
+    std::vector<Node*> forward_cone;
+    for (Node* n : base_->nodes())
+      if (reads_any(n, dependent)) {
+        forward_cone.push_back(n);
+        for (Value* o : n->outputs()) dependent.insert(o);
+      }
+    std::unordered_set<Value*> needed{target};
+    std::vector<Node*> head;
+    for (auto rit = forward_cone.rbegin(); rit != forward_cone.rend(); ++rit) {
+      Node* n = *rit;
+      bool feeds = std::any_of(n->outputs().begin(), n->outputs().end(), [&](Value* o) { return needed.count(o) > 0; });
+      if (!feeds) continue;
+      head.insert(head.begin(), n);
+      for (Value* in : n->inputs()) needed.insert(in);
+      // values read inside nested blocks
+      std::function<void(torch::jit::Block*)> mark = [&](torch::jit::Block* blk) {
+        for (Node* inner : blk->nodes()) {
+          for (Value* in : inner->inputs()) needed.insert(in);
+          for (auto* bb : inner->blocks()) mark(bb);
+        }
+        for (Value* o : blk->outputs()) needed.insert(o);
+      };
+      for (auto* blk : n->blocks()) mark(blk);
+    }
+    if (!dependent.count(target))
+      throw std::invalid_argument("the chosen model output does not depend on the last block's output");
+    for (int64_t b : req.exit_blocks) {
+      check_block(b, "exit");
+      if (b == info_.num_blocks - 1) {
+        emit(vmap.at(target), "exit", b);
+      } else {
+        auto res = reapply(head, last, vmap.at(block_outputs_[b]));
+        emit(res.second.at(target), "exit", b);
+      }
+    }
+  }
+  if (req.model_output) emit(vmap.at(base_->outputs().at(0)), "output", -1);
+  if (patch_conv_) emit(vmap.at(patch_conv_->output()), "grid", -1);
+
+  while (!g->outputs().empty()) g->eraseOutput(0);
+  Node* tuple = g->insertNode(g->createTuple(outs));
+  g->registerOutput(tuple->output());
+  eliminate_dead_code_and_guards(g);
+  g->lint();
+
+  built->graph = g;
+  built->fn = std::make_shared<torch::jit::GraphFunction>(
+      c10::QualifiedName("__vitfiqa__.capture_" + std::to_string(cache_.size())), g->copy(), nullptr);
+  return *(cache_[key] = std::move(built));
+}
+
+void CaptureModel::check_images(const at::Tensor& images) const {
+  if (!images.defined()) throw std::invalid_argument("images tensor is undefined");
+  if (images.dim() != 4)
+    throw std::invalid_argument("images must be a 4-D [B,3,H,W] tensor, got " + std::to_string(images.dim()) + "-D");
+  if (images.size(0) == 0) throw std::invalid_argument("images batch is empty");
+  if (images.size(1) != 3)
+    throw std::invalid_argument("images must have 3 channels (RGB) in dim 1, got " + std::to_string(images.size(1)));
+  if (images.scalar_type() != dtype_)
+    throw std::invalid_argument(std::string("images dtype ") + c10::toString(images.scalar_type()) +
+                                " does not match the model dtype " + c10::toString(dtype_));
+  if (images.device() != device_)
+    throw std::invalid_argument("images are on " + images.device().str() + " but the model is on " + device_.str());
+}
+
+CaptureResult CaptureModel::run(const at::Tensor& images, const CaptureRequest& req) {
+  check_images(images);
+  Built* built;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    built = &build(req);
+  }
+  torch::jit::Stack stack{module_._ivalue(), images};
+  {
+    at::NoGradGuard no_grad;
+    try {
+      built->fn->run(stack);
+    } catch (const std::exception& e) {
+      throw std::invalid_argument("the model's forward failed on input of shape " + c10::str(images.sizes()) + ": " +
+                                  last_line(e.what()));
+    }
+  }
+  auto elems = stack.at(0).toTupleRef().elements();
+  CaptureResult res;
+  for (size_t i = 0; i < elems.size(); ++i) {
+    const auto& [tag, b] = built->layout[i];
+    const auto& v = elems[i];
+    if (tag == "logits") {
+      res.attention[b].kind = AttentionKind::Softmax;
+      res.attention[b].logits = v.toTensor();
+    } else if (tag == "q") {
+      res.attention[b].kind = AttentionKind::ScaledDotProduct;
+      res.attention[b].q = v.toTensor();
+    } else if (tag == "k") {
+      res.attention[b].k = v.toTensor();
+    } else if (tag == "scale") {
+      res.attention[b].scale = v.isNone() ? 0.0 : v.toDouble();
+    } else if (tag == "mask") {
+      if (!v.isNone()) res.attention[b].mask = v.toTensor();
+    } else if (tag == "probs") {
+      res.probs[b] = v.toTensor();
+    } else if (tag == "tokens") {
+      res.tokens[b] = v.toTensor();
+    } else if (tag == "exit") {
+      if (!v.isTensor()) throw std::invalid_argument("the chosen exit output is not a tensor");
+      res.exits[b] = v.toTensor();
+    } else if (tag == "output") {
+      res.model_output = v;
+    } else if (tag == "grid") {
+      auto t = v.toTensor();
+      if (t.dim() == 4) res.patch_grid = {t.size(2), t.size(3)};
+    }
+  }
+  for (auto& [b, a] : res.attention) {
+    if (a.kind == AttentionKind::Softmax) {
+      if (a.logits.dim() != 4 || a.logits.size(-1) != a.logits.size(-2))
+        throw std::invalid_argument("attention logits of block " + std::to_string(b) + " have shape " +
+                                    c10::str(a.logits.sizes()) + ", expected [B,H,N,N]");
+      continue;
+    }
+    if (a.q.dim() != 4 || a.k.dim() != 4)
+      throw std::invalid_argument("fused attention q/k of block " + std::to_string(b) + " are not [B,H,N,D]");
+    if (a.scale == 0.0) a.scale = 1.0 / std::sqrt(static_cast<double>(a.q.size(-1)));
+    if (a.k.size(1) != a.q.size(1)) a.k = a.k.repeat_interleave(a.q.size(1) / a.k.size(1), 1);  // GQA
+    if (a.mask && a.mask->scalar_type() == at::kBool)
+      throw std::invalid_argument("boolean attention masks are not supported (logits would be -inf)");
+  }
+  for (auto& [b, t] : res.tokens)
+    if (t.dim() != 3)
+      throw std::invalid_argument("block " + std::to_string(b) + " output has shape " + c10::str(t.sizes()) +
+                                  ", expected [B,N,C]");
+  return res;
+}
+
+at::IValue CaptureModel::forward(const at::Tensor& images) {
+  check_images(images);
+  at::NoGradGuard no_grad;
+  return module_.forward({images});
+}
+
+at::IValue CaptureModel::attribute(const std::string& name) const {
+  if (!module_.hasattr(name)) throw std::invalid_argument("the model has no attribute '" + name + "'");
+  return module_.attr(name);
+}
+
+std::string CaptureModel::graph_for(const CaptureRequest& request) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return build(request).graph->toString();
+}
+
+}  // namespace vitfiqa

@@ -1,0 +1,109 @@
+// Capture of attention logits and block tokens from a TorchScript ViT by rewriting its forward graph.
+//
+// Forward hooks cannot be added to an already compiled TorchScript module (a submodule's hook would have
+// to be compiled into its parent's graph), so instead we copy the forward graph, inline every call,
+// locate the attention sites and block outputs, and return the wanted values from a standalone
+// GraphFunction. The user's module and its type are never modified.
+#pragma once
+
+#include <torch/csrc/jit/api/module.h>
+#include <torch/csrc/jit/ir/ir.h>
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace vitfiqa {
+
+enum class AttentionKind { Softmax, ScaledDotProduct };
+
+// What one forward pass should return. Indices are 0-based block indices.
+struct CaptureRequest {
+  std::vector<int64_t> logits_blocks;    // softmax input / (q, k, scale, mask) of these blocks
+  std::vector<int64_t> probs_blocks;     // post-softmax attention of these blocks (softmax sites only)
+  std::vector<int64_t> token_blocks;     // these blocks' outputs ...
+  bool tokens_final_norm = true;         // ... passed through the model's final LayerNorm
+  std::vector<int64_t> exit_blocks;      // model head re-applied to these blocks' outputs (early exits)
+  int64_t exit_output = -1;              // which element of the model output the exits compute
+  bool model_output = false;             // the model's own output
+  std::string key() const;
+};
+
+// One attention site as captured: either the materialised logits (explicit attention) or the fused
+// kernel's q, k, scale and additive mask, from which logits (or their means) are recomputed.
+struct AttentionCapture {
+  AttentionKind kind;
+  at::Tensor logits;               // [B,H,N,N], softmax sites
+  at::Tensor q, k;                 // [B,H,N,D], SDPA sites (k repeated to q's heads for GQA)
+  double scale = 0.0;              // SDPA scale actually used
+  std::optional<at::Tensor> mask;  // SDPA additive float mask (broadcastable to [B,H,N,N])
+};
+
+struct CaptureResult {
+  std::map<int64_t, AttentionCapture> attention;
+  std::map<int64_t, at::Tensor> probs;    // [B,H,N,N]
+  std::map<int64_t, at::Tensor> tokens;   // [B,N,C]
+  std::map<int64_t, at::Tensor> exits;    // model head output at each exit
+  at::IValue model_output;
+  std::vector<int64_t> patch_grid;        // {gh, gw} from the patch embedding, empty if unknown
+};
+
+// What the static analysis of the graph found.
+struct ModelInfo {
+  int64_t num_blocks = 0;
+  AttentionKind attention_kind = AttentionKind::Softmax;
+  bool has_hierarchy = true;          // false for frozen models: blocks known only by op order
+  bool has_final_norm = false;
+  bool has_patch_conv = false;
+  int64_t num_outputs = 1;            // elements of the model's output tuple (1 = plain tensor)
+  std::vector<std::string> block_names;
+  std::vector<std::string> notes;
+};
+
+class CaptureModel {
+ public:
+  // Loads from a file path or (when from_bytes) from the serialized bytes themselves.
+  CaptureModel(const std::string& path_or_bytes, bool from_bytes, const std::string& device,
+               const std::string& dtype);
+
+  CaptureResult run(const at::Tensor& images, const CaptureRequest& request);
+  at::IValue forward(const at::Tensor& images);  // the plain model forward, for baselines
+  const ModelInfo& info() const { return info_; }
+  at::Device device() const { return device_; }
+  at::ScalarType dtype() const { return dtype_; }
+  std::string graph_for(const CaptureRequest& request);  // debugging aid: the rewritten graph
+  at::IValue attribute(const std::string& name) const;
+
+ private:
+  struct Site {
+    torch::jit::Node* node;
+    int64_t block;
+  };
+  struct Built {
+    std::shared_ptr<torch::jit::Graph> graph;
+    std::shared_ptr<torch::jit::GraphFunction> fn;
+    // How to read the returned tuple back: a tag per element.
+    std::vector<std::pair<std::string, int64_t>> layout;
+  };
+
+  void analyse();
+  Built& build(const CaptureRequest& request);
+  void check_images(const at::Tensor& images) const;
+
+  torch::jit::Module module_;
+  at::Device device_;
+  at::ScalarType dtype_;
+  std::shared_ptr<torch::jit::Graph> base_;  // inlined, defaults substituted, constant-propagated
+  std::vector<Site> sites_;                  // one per block, in block order
+  std::vector<torch::jit::Value*> block_outputs_;
+  torch::jit::Node* final_norm_ = nullptr;
+  torch::jit::Node* patch_conv_ = nullptr;
+  ModelInfo info_;
+  std::mutex mutex_;
+  std::map<std::string, std::unique_ptr<Built>> cache_;
+};
+
+}  // namespace vitfiqa

@@ -1,0 +1,40 @@
+// EX-FIQA: fusion of the quality head read at every block exit of a ViT-FIQA model.
+#include <stdexcept>
+
+#include "methods.h"
+
+namespace vitfiqa {
+
+at::Tensor normalize_exits(const at::Tensor& s, const std::string& normalization) {
+  if (normalization == "none") return s;
+  if (s.size(1) < 2) throw std::invalid_argument("exit normalisation '" + normalization + "' needs at least two images");
+  if (normalization == "zscore") {
+    auto sd = s.std(1, /*unbiased=*/false, true);
+    return (s - s.mean(1, true)) / sd.clamp_min(1e-12);
+  }
+  if (normalization == "minmax") {
+    auto lo = std::get<0>(s.min(1, true));
+    auto hi = std::get<0>(s.max(1, true));
+    return (s - lo) / (hi - lo).clamp_min(1e-12);
+  }
+  throw std::invalid_argument("unknown exit normalisation '" + normalization + "' (none, zscore, minmax)");
+}
+
+at::Tensor fuse_exits(const at::Tensor& exit_scores, const std::vector<int64_t>& depths, const std::string& fusion,
+                      const std::string& normalization) {
+  if (exit_scores.dim() != 2 || exit_scores.size(0) == 0)
+    throw std::invalid_argument("exit scores must be a non-empty [L,B] matrix");
+  if (static_cast<int64_t>(depths.size()) != exit_scores.size(0))
+    throw std::invalid_argument("one depth per exit is needed");
+  auto s = normalize_exits(exit_scores.to(at::kDouble), normalization);
+  if (fusion == "mean") return s.mean(0);
+  if (fusion == "depth") {
+    auto w = at::tensor(std::vector<double>(depths.begin(), depths.end()), s.options());
+    if ((w <= 0).any().item<bool>()) throw std::invalid_argument("exit depths must be positive (1-based)");
+    w = w / w.sum();
+    return (s * w.unsqueeze(1)).sum(0);
+  }
+  throw std::invalid_argument("unknown exit fusion '" + fusion + "' (mean, depth)");
+}
+
+}  // namespace vitfiqa

@@ -1,0 +1,52 @@
+// Method kernels: pure tensor functions over captured values. Definitions: shared/METHODS.md.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "capture.h"
+
+namespace vitfiqa {
+
+// ---- ATTN-FIQA (attn_fiqa.cpp) ----
+// Signed mean of the pre-softmax logits over heads, queries and keys, in float64 accumulation.
+// For fused attention it uses mean_ij(q_i . k_j) = mean(q) . mean(k): O(N*C) instead of O(N^2*C).
+// first_token > 0 restricts queries and keys to tokens [first_token, N) (patch tokens only).
+at::Tensor attn_score(const AttentionCapture& a, int64_t first_token = 0);
+// What each key receives: head-mean, query-mean of the logits, [B,N] (O(N*C) for fused attention).
+at::Tensor attn_key_means(const AttentionCapture& a);
+// Full pre-softmax logits [B,H,N,N] (materialised from q,k for fused attention).
+at::Tensor attention_logits(const AttentionCapture& a);
+// Post-softmax attention [B,H,N,N].
+at::Tensor attention_probs(const AttentionCapture& a);
+
+// ---- shared heatmap helper (attn_fiqa.cpp) ----
+// [B,N] per-token values -> drop prefix tokens -> [B,gh,gw] grid -> optional per-image min-max ->
+// bilinear resize to out_hw -> [B,H,W] float32.
+at::Tensor token_heatmap(const at::Tensor& per_token, int64_t prefix, const std::vector<int64_t>& grid,
+                         const std::vector<int64_t>& out_hw, bool minmax_per_image);
+
+// ---- ViTNT-FIQA (vitnt_fiqa.cpp) ----
+struct VitntResult {
+  at::Tensor score;          // [B]
+  at::Tensor patch_quality;  // [B,P] q[p] = 2 / (1 + exp(s d[p]))
+  at::Tensor patch_distance; // [B,P] mean step distance d[p]
+};
+// tokens: final-norm outputs of the selected blocks in depth order, each [B,N,C].
+// weights: optional [B,P] patch weights summing to 1 (attention weighting); uniform mean when absent.
+VitntResult vitnt_score(const std::vector<at::Tensor>& tokens, int64_t prefix, double scale,
+                        const std::optional<at::Tensor>& weights);
+// Attention weighting: post-softmax attention, head-mean, summed over queries, patch keys, normalised to 1.
+at::Tensor patch_attention_weights(const at::Tensor& probs, int64_t prefix);
+
+// ---- EX-FIQA (ex_fiqa.cpp) ----
+// exit_scores [L,B] for exits at 1-based depths `depths`; normalization "none" | "zscore" | "minmax"
+// (over the batch axis); fusion "mean" (EX-FIQA-F) or "depth" (EX-FIQA-FW, w_l proportional to l).
+at::Tensor normalize_exits(const at::Tensor& exit_scores, const std::string& normalization);
+at::Tensor fuse_exits(const at::Tensor& exit_scores, const std::vector<int64_t>& depths, const std::string& fusion,
+                      const std::string& normalization);
+
+}  // namespace vitfiqa

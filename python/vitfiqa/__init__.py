@@ -1,0 +1,15 @@
+"""vitfiqa: face image quality from the recognition model's own Vision Transformer.
+
+>>> import vitfiqa
+>>> m = vitfiqa.load("model.pt")
+>>> r = m.score(images, methods=("attn", "vitnt"), heatmaps=True)
+>>> r.scores["attn"], r.heatmaps["attn"]
+"""
+import torch  # noqa: F401  (loads libtorch before the extension)
+
+from .api import METHODS, QualityModel, QualityResult, fuse_exits, load
+from .preprocess import DEFAULT_IMAGE_SIZE, preprocess_images
+
+__all__ = ["load", "QualityModel", "QualityResult", "fuse_exits", "preprocess_images", "METHODS",
+           "DEFAULT_IMAGE_SIZE"]
+__version__ = "0.1.0"

@@ -1,0 +1,240 @@
+"""The user-facing API: :func:`load` a TorchScript ViT, then :meth:`QualityModel.score` image batches.
+
+Everything numeric happens in the C++ core (``vitfiqa._core``): one forward pass per batch captures the
+attention logits and block tokens the requested methods need, and the method kernels run on them.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from . import _core
+from .preprocess import DEFAULT_IMAGE_SIZE, as_batch
+
+METHODS = ("attn", "vitnt", "vitfiqa", "exfiqa")
+_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float64: "float64"}
+
+
+@dataclass
+class QualityResult:
+    """Per-image scores (higher = better quality for every method), optional heatmaps and raw captures.
+
+    ``scores`` maps a score name to a float64 tensor [B]: ``attn`` (ATTN-FIQA), ``vitnt`` (ViTNT-FIQA),
+    ``vitfiqa`` (ViT-FIQA), ``exfiqa_F`` / ``exfiqa_FW`` (EX-FIQA fusions). ``exits`` is the EX-FIQA
+    per-exit matrix [L,B] with ``exit_depths`` (1-based). ``heatmaps`` maps a method to [B,H,W] in [0,1].
+    """
+
+    scores: dict[str, torch.Tensor] = field(default_factory=dict)
+    heatmaps: dict[str, torch.Tensor] = field(default_factory=dict)
+    exits: torch.Tensor | None = None
+    exit_depths: list[int] = field(default_factory=list)
+    captures: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.scores[name]
+
+    def __len__(self) -> int:
+        return len(next(iter(self.scores.values()))) if self.scores else 0
+
+    def numpy(self) -> dict[str, np.ndarray]:
+        """Scores as NumPy arrays (zero-copy views of CPU tensors)."""
+        return {k: v.detach().cpu().numpy() for k, v in self.scores.items()}
+
+    def to_frame(self):
+        """A pandas DataFrame with one row per image and one column per score."""
+        import pandas as pd
+
+        cols = self.numpy()
+        if self.exits is not None:
+            for depth, row in zip(self.exit_depths, self.exits.cpu().numpy()):
+                cols[f"exfiqa_exit{depth}"] = row
+        return pd.DataFrame(cols)
+
+    @staticmethod
+    def concat(parts: Sequence["QualityResult"]) -> "QualityResult":
+        if not parts:
+            raise ValueError("no results to concatenate")
+        first = parts[0]
+        out = QualityResult(exit_depths=list(first.exit_depths))
+        for k in first.scores:
+            out.scores[k] = torch.cat([p.scores[k] for p in parts])
+        for k in first.heatmaps:
+            out.heatmaps[k] = torch.cat([p.heatmaps[k] for p in parts])
+        if first.exits is not None:
+            out.exits = torch.cat([p.exits for p in parts], dim=1)
+        for k in first.captures:
+            out.captures[k] = torch.cat([p.captures[k] for p in parts])
+        return out
+
+
+class QualityModel:
+    """A TorchScript ViT wrapped for quality scoring.
+
+    ``model`` is a path to a TorchScript file (``torch.jit.save`` of a scripted or traced module) or its
+    bytes. ``dtype`` casts the model's floating parameters (float32, float16, bfloat16).
+    """
+
+    def __init__(self, model: str | os.PathLike | bytes, device: str | torch.device = "cpu",
+                 dtype: torch.dtype | str = torch.float32, image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE):
+        dtype_name = _DTYPES.get(dtype, dtype) if isinstance(dtype, torch.dtype) else str(dtype)
+        if dtype_name not in _DTYPES.values():
+            raise ValueError(f"unsupported dtype {dtype!r}; use one of {sorted(_DTYPES.values())}")
+        device = str(device)
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError(f"device {device!r} requested but CUDA is not available in this torch build")
+        if isinstance(model, (bytes, bytearray)):
+            if len(model) == 0:
+                raise ValueError("model bytes are empty")
+            self._core = _core.CaptureModel.from_bytes(bytes(model), device, dtype_name)
+            self.source = "<bytes>"
+        else:
+            path = Path(model)
+            if not path.is_file():
+                raise FileNotFoundError(f"model file not found: {path}")
+            self._core = _core.CaptureModel(str(path), device, dtype_name)
+            self.source = str(path)
+        self.device = torch.device(device)
+        self.dtype = getattr(torch, dtype_name)
+        self.image_size = tuple(image_size)
+
+    @property
+    def info(self) -> dict:
+        """What the graph analysis found: blocks, attention kind, final norm, outputs, notes."""
+        return self._core.info
+
+    @property
+    def num_blocks(self) -> int:
+        return self._core.info["num_blocks"]
+
+    def __repr__(self) -> str:
+        i = self.info
+        return (f"QualityModel({self.source!r}, blocks={i['num_blocks']}, attention={i['attention_kind']}, "
+                f"device={i['device']}, dtype={i['dtype']})")
+
+    # -- input handling -------------------------------------------------------------------------
+    def prepare(self, images: Any, preprocess: bool | str = "auto") -> torch.Tensor:
+        """Images in any supported form -> validated [B,3,H,W] tensor on the model's device and dtype."""
+        x = as_batch(images, preprocess=preprocess, size=self.image_size)
+        if x.shape[0] == 0:
+            raise ValueError("empty image batch")
+        if x.shape[1] != 3:
+            raise ValueError(f"images must have 3 (RGB) channels in dim 1, got shape {tuple(x.shape)}")
+        if not torch.isfinite(x).all():
+            raise ValueError("images contain NaN or Inf values")
+        return x.to(device=self.device, dtype=self.dtype).contiguous()
+
+    # -- scoring ----------------------------------------------------------------------------------
+    def score(self, images: Any, methods: Iterable[str] | str = ("attn", "vitnt"), *, heatmaps: bool = False,
+              return_captures: bool = False, preprocess: bool | str = "auto", batch_size: int | None = None,
+              attn_block: int = -1, attn_tokens: str = "all", vitnt_blocks: Sequence[int] | None = None,
+              vitnt_scale: float = 8.0, vitnt_weighting: str = "uniform", prefix_tokens: int | None = None,
+              grid: tuple[int, int] | None = None, heatmap_size: tuple[int, int] | None = None,
+              heatmap_normalize: str = "image", exits: Sequence[int] | None = None,
+              exit_normalization: str = "none", quality_output: int = -1) -> QualityResult:
+        """Score images with one forward pass per batch.
+
+        methods: any of ``attn`` (ATTN-FIQA), ``vitnt`` (ViTNT-FIQA), ``vitfiqa`` (ViT-FIQA quality head),
+        ``exfiqa`` (EX-FIQA exits and fusions; needs a quality-token model).
+        attn_block: block whose logits ATTN-FIQA reads (default the last). attn_tokens: ``all`` (the papers'
+        plain mean over every query and key) or ``patches`` (prefix tokens excluded).
+        vitnt_blocks: selected blocks (0-based, default all); vitnt_scale: s in 2/(1+exp(s d));
+        vitnt_weighting: ``uniform`` or ``attention``.
+        prefix_tokens / grid: override the CLS/quality-token count and patch grid found from the model.
+        heatmap_normalize: ``image`` (per-image min-max) or ``none`` (raw values, e.g. to normalise globally).
+        exits: EX-FIQA exit blocks (0-based, default all); exit_normalization: ``none``, ``zscore`` or
+        ``minmax`` over the batch (for data-set-wide normalisation use :func:`fuse_exits` on ``exits``).
+        """
+        if isinstance(methods, str):
+            methods = [m.strip() for m in methods.split(",") if m.strip()]
+        methods = list(methods)
+        for m in methods:
+            if m not in METHODS:
+                raise ValueError(f"unknown method {m!r}; choose from {METHODS}")
+        if not methods and not return_captures:
+            raise ValueError("no method requested")
+        if attn_tokens not in ("all", "patches"):
+            raise ValueError("attn_tokens must be 'all' or 'patches'")
+        if heatmap_normalize not in ("image", "none"):
+            raise ValueError("heatmap_normalize must be 'image' or 'none'")
+        if batch_size is not None and batch_size <= 0:
+            raise ValueError("batch_size must be positive")
+
+        opts = _core.ScoreOptions()
+        opts.methods = methods
+        opts.heatmaps = bool(heatmaps)
+        opts.return_captures = bool(return_captures)
+        opts.attn_block = int(attn_block)
+        opts.attn_patches_only = attn_tokens == "patches"
+        opts.vitnt_blocks = [int(b) for b in (vitnt_blocks or [])]
+        opts.vitnt_scale = float(vitnt_scale)
+        opts.vitnt_weighting = vitnt_weighting
+        opts.prefix_tokens = -1 if prefix_tokens is None else int(prefix_tokens)
+        opts.grid = list(grid) if grid else []
+        opts.heatmap_size = list(heatmap_size) if heatmap_size else []
+        opts.heatmap_minmax = heatmap_normalize == "image"
+        opts.exits = [int(b) for b in (exits or [])]
+        opts.exit_normalization = exit_normalization
+        opts.quality_output = int(quality_output)
+
+        x = self.prepare(images, preprocess)
+        step = batch_size or x.shape[0]
+        parts = [self._score_batch(x[i:i + step], opts) for i in range(0, x.shape[0], step)]
+        return parts[0] if len(parts) == 1 else QualityResult.concat(parts)
+
+    def _score_batch(self, x: torch.Tensor, opts) -> QualityResult:
+        raw = self._core.score(x, opts)
+        res = QualityResult()
+        for key, value in raw.items():
+            if key.endswith("_heatmap"):
+                res.heatmaps[key[: -len("_heatmap")]] = value
+            elif key == "exfiqa_exits":
+                res.exits = value
+            elif key.startswith(("attention_logits.", "block_tokens.")) or key == "vitnt_patch_quality":
+                res.captures[key] = value
+            else:
+                res.scores[key] = value
+        if res.exits is not None:
+            blocks = opts.exits or list(range(self.num_blocks))
+            res.exit_depths = sorted({(b % self.num_blocks) + 1 for b in blocks})
+        return res
+
+    def capture(self, images: Any, *, attention_blocks: Sequence[int] = (), probs_blocks: Sequence[int] = (),
+                token_blocks: Sequence[int] = (), final_norm: bool = True, exit_blocks: Sequence[int] = (),
+                exit_output: int = -1, model_output: bool = False, preprocess: bool | str = "auto") -> dict:
+        """Raw captures from one forward pass: ``attention_logits`` {block: [B,H,N,N]},
+        ``attention_probs``, ``block_tokens`` {block: [B,N,C]} (final-norm applied unless final_norm=False),
+        ``exits`` {block: head output at that exit}, ``model_output``, ``patch_grid``."""
+        L = self.num_blocks
+        norm = lambda bs: sorted({b % L if -L <= b < L else b for b in bs})  # noqa: E731
+        x = self.prepare(images, preprocess)
+        return self._core.capture(x, norm(attention_blocks), norm(probs_blocks), norm(token_blocks), final_norm,
+                                  norm(exit_blocks), int(exit_output), bool(model_output))
+
+    def forward(self, images: Any, preprocess: bool | str = "auto"):
+        """The model's plain forward (C++ torch::jit), e.g. to get embeddings."""
+        return self._core.forward(self.prepare(images, preprocess))
+
+    def graph(self, **request) -> str:
+        """The rewritten capture graph for a request (debugging aid)."""
+        return self._core.graph(**request)
+
+
+def load(model: str | os.PathLike | bytes, device: str | torch.device = "cpu",
+         dtype: torch.dtype | str = torch.float32, image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE) -> QualityModel:
+    """Load a TorchScript ViT (path or bytes) for quality scoring."""
+    return QualityModel(model, device=device, dtype=dtype, image_size=image_size)
+
+
+def fuse_exits(exit_scores: torch.Tensor | np.ndarray, depths: Sequence[int], fusion: str = "depth",
+               normalization: str = "none") -> torch.Tensor:
+    """EX-FIQA fusion of an [L,B] exit-score matrix collected over a whole data set.
+
+    fusion ``mean`` = EX-FIQA-F, ``depth`` = EX-FIQA-FW (w_l proportional to the 1-based depth l);
+    normalization ``none`` | ``zscore`` | ``minmax`` per exit over all B images."""
+    t = torch.as_tensor(exit_scores, dtype=torch.float64)
+    return _core.fuse_exits(t, [int(d) for d in depths], fusion, normalization)

@@ -1,0 +1,184 @@
+"""An insightface-style face ViT (the ViT-FIQA family), with optional quality token.
+
+Layout follows insightface's ``vit.py``: 112x112 input, patch 9 (12x12 = 144 tokens, the last 4 pixels
+unused), no CLS token, learned position embedding, pre-norm blocks with explicit
+``(q @ k^T) * head_dim**-0.5`` attention, MLP Linear-ReLU6-Linear, final LayerNorm, embedding head
+flatten(N*C) -> Linear -> BN1d -> Linear -> BN1d.
+
+ViT-FIQA variants (``quality``):
+  ``None``     plain recognition model, ``forward`` returns the embedding.
+  ``"token"``  a learned quality token prepended (own position embedding); head_qs = BN1d(C) -> Linear(C,1)
+               on the final-norm output of token 0. ``forward`` returns ``(embedding, quality[B,1])``.
+  ``"crfiqa"`` no token; head_qs = BN1d(E) -> Linear(E,1) on the embedding. Returns ``(embedding, quality)``.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+SIZES = {
+    # name: (embed_dim, depth, num_heads, mlp_ratio)
+    "vit_t": (256, 12, 8, 4.0),
+    "vit_s": (512, 12, 8, 4.0),
+    "vit_b": (512, 24, 8, 4.0),
+}
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.ReLU6()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=False)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attn = (q @ k.transpose(-2, -1)) * self.scale
+        attn = attn.softmax(dim=-1)
+        x = (attn @ v).transpose(1, 2).reshape(b, n, c)
+        return self.proj(x)
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        x = x + self.mlp(self.norm2(x))
+        return x
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, img_size: int, patch_size: int, dim: int):
+        super().__init__()
+        self.grid = img_size // patch_size
+        self.num_patches = self.grid * self.grid
+        self.proj = nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x):
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class FaceViT(nn.Module):
+    """Plain face recognition ViT: ``forward`` returns the embedding [B, num_features]."""
+
+    num_prefix: int = 0
+
+    def __init__(self, img_size: int = 112, patch_size: int = 9, embed_dim: int = 512, depth: int = 12,
+                 num_heads: int = 8, mlp_ratio: float = 4.0, num_features: int = 512):
+        super().__init__()
+        self.patch_embed = PatchEmbed(img_size, patch_size, embed_dim)
+        n = self.patch_embed.num_patches
+        self.num_patches = n
+        self.pos_embed = nn.Parameter(torch.zeros(1, n + self.num_prefix, embed_dim))
+        self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio) for _ in range(depth)])
+        self.norm = nn.LayerNorm(embed_dim)
+        self.feature = nn.Sequential(
+            nn.Linear(embed_dim * n, embed_dim, bias=False),
+            nn.BatchNorm1d(embed_dim, eps=2e-5),
+            nn.Linear(embed_dim, num_features, bias=False),
+            nn.BatchNorm1d(num_features, eps=2e-5),
+        )
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def embed_patches(self, x):
+        return self.patch_embed(x) + self.pos_embed
+
+    def forward_tokens(self, x):
+        """Final-norm output of the last block, [B, N(+1), C]."""
+        x = self.embed_patches(x)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x)
+
+    def forward(self, x):
+        t = self.forward_tokens(x)
+        return self.feature(t.flatten(1))
+
+
+class ViTFIQA(FaceViT):
+    """ViT-FIQA "token" variant: a learned quality token prepended; ``forward`` returns
+    ``(embedding, quality[B,1])`` with quality = head_qs(final-norm token 0)."""
+
+    num_prefix: int = 1
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        dim = self.pos_embed.shape[-1]
+        self.quality_token = nn.Parameter(torch.zeros(1, 1, dim))
+        nn.init.trunc_normal_(self.quality_token, std=0.02)
+        self.head_qs = nn.Sequential(nn.BatchNorm1d(dim, eps=2e-5), nn.Linear(dim, 1, bias=False))
+
+    def embed_patches(self, x):
+        x = self.patch_embed(x)
+        x = torch.cat([self.quality_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return x + self.pos_embed
+
+    def forward(self, x):
+        t = self.forward_tokens(x)
+        emb = self.feature(t[:, 1:].flatten(1))
+        return emb, self.head_qs(t[:, 0])
+
+
+class CRFIQAViT(FaceViT):
+    """ViT-FIQA "crfiqa" variant: no token; ``forward`` returns ``(embedding, head_qs(embedding))``."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        feats = self.feature[-1].num_features
+        self.head_qs = nn.Sequential(nn.BatchNorm1d(feats, eps=2e-5), nn.Linear(feats, 1, bias=False))
+
+    def forward(self, x):
+        emb = self.feature(self.forward_tokens(x).flatten(1))
+        return emb, self.head_qs(emb)
+
+
+def face_vit(size: str = "vit_s", patch_size: int = 9, img_size: int = 112, quality: Optional[str] = None,
+             **kwargs) -> FaceViT:
+    """vit_t / vit_s / vit_b face ViT (patch 9 at 112x112 like insightface; patch 8 for CVLFace-style)."""
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; choose from {sorted(SIZES)}")
+    dim, depth, heads, mlp = SIZES[size]
+    cfg = dict(embed_dim=dim, depth=depth, num_heads=heads, mlp_ratio=mlp, img_size=img_size, patch_size=patch_size)
+    cfg.update(kwargs)
+    return model_class(quality)(**cfg)
+
+
+def model_class(quality: Optional[str]) -> type:
+    """The class for a ViT-FIQA variant: None (plain), "token" or "crfiqa"."""
+    classes = {None: FaceViT, "token": ViTFIQA, "crfiqa": CRFIQAViT}
+    if quality not in classes:
+        raise ValueError("quality must be None, 'token' or 'crfiqa'")
+    return classes[quality]

@@ -1,0 +1,98 @@
+"""The graph capture itself: what it finds, one forward pass, early exits that really stop."""
+import warnings
+
+import pytest
+import torch
+
+import vitfiqa
+from vitfiqa.models import FaceViT
+
+
+def test_info_describes_model(model_cases, loaded):
+    info = loaded("timm-script").info
+    assert info["num_blocks"] == 4
+    assert info["attention_kind"] == "scaled_dot_product_attention"
+    assert info["has_final_norm"] and info["has_hierarchy"]
+    info = loaded("insightface-trace").info
+    assert info["attention_kind"] == "softmax" and info["num_blocks"] == 3
+    assert loaded("vitfiqa_token-script").info["num_outputs"] == 2
+
+
+class CountingViT(FaceViT):
+    """Counts its own forward passes in a buffer (a side effect the rewritten graph must keep)."""
+
+    def __init__(self):
+        super().__init__(embed_dim=32, depth=2, num_heads=4, num_features=16)
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+
+    def forward(self, x):
+        self.calls.add_(1)
+        return self.feature(self.forward_tokens(x).flatten(1))
+
+
+def test_one_forward_pass_per_batch(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.script(CountingViT().eval()).save(str(tmp_path / "count.pt"))
+    m = vitfiqa.load(tmp_path / "count.pt")
+    x = torch.randn(6, 3, 112, 112)
+    m.score(x, methods=["attn", "vitnt"], heatmaps=True, vitnt_weighting="attention")
+    assert m._core.attribute("calls").item() == 1
+    m.score(x, methods=["attn", "vitnt"], batch_size=2)
+    assert m._core.attribute("calls").item() == 1 + 3
+
+
+def test_only_needed_blocks_are_computed(loaded):
+    m = loaded("timm-script")
+    # ATTN-FIQA on block 1 needs only blocks 0..1 (q, k of block 1): later blocks are dead code.
+    g = m.graph(logits_blocks=[1])
+    assert g.count("aten::scaled_dot_product_attention") == 1
+    full = m.graph(logits_blocks=[3], token_blocks=[0, 1, 2])
+    assert full.count("aten::scaled_dot_product_attention") == 3  # the last block stops at q, k
+
+
+def test_early_exit_graph_stops_at_exit(loaded):
+    m = loaded("vitfiqa_token-script")
+    g = m.graph(exit_blocks=[1])
+    assert g.count("aten::softmax") == 2  # blocks 0 and 1 only
+    r1 = m.score(torch.randn(2, 3, 112, 112), methods=["exfiqa"], exits=[1])
+    assert r1.exits.shape == (1, 2)
+
+
+def test_frozen_model_attn_works_vitnt_rejected(tmp_path, model_cases):
+    c = model_cases["insightface-script"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        frozen = torch.jit.freeze(torch.jit.script(c.eager))
+        frozen.save(str(tmp_path / "frozen.pt"))
+    m = vitfiqa.load(tmp_path / "frozen.pt")
+    x = c.images(2)
+    ref_scores = vitfiqa.load(c.path).score(x, methods=["attn"]).scores["attn"]
+    torch.testing.assert_close(m.score(x, methods=["attn"]).scores["attn"], ref_scores, rtol=1e-5, atol=0)
+    if not m.info["has_hierarchy"]:
+        with pytest.raises(ValueError, match="block outputs cannot be located"):
+            m.score(x, methods=["vitnt"])
+
+
+def test_model_output_unchanged_by_capture(model_cases, loaded):
+    c = model_cases["vitfiqa_token-trace"]
+    x = c.images(2)
+    m = loaded("vitfiqa_token-trace")
+    emb, q = m.forward(x)
+    cap = m.capture(x, attention_blocks=[-1], token_blocks=[0], model_output=True)
+    emb2, q2 = cap["model_output"]
+    torch.testing.assert_close(emb2, emb, rtol=0, atol=0)
+    with torch.no_grad():
+        e_emb, e_q = c.eager(x)
+    torch.testing.assert_close(emb, e_emb, rtol=1e-5, atol=1e-6)
+    assert cap["patch_grid"] == [12, 12]
+    assert cap["block_tokens"][0].shape == (2, 145, 48)
+
+
+def test_load_from_bytes(model_cases):
+    c = model_cases["timm-trace"]
+    data = open(c.path, "rb").read()
+    m = vitfiqa.load(data, image_size=(32, 32))
+    x = c.images(2)
+    torch.testing.assert_close(m.score(x, methods=["attn"]).scores["attn"],
+                               vitfiqa.load(c.path).score(x, methods=["attn"]).scores["attn"], rtol=0, atol=0)
