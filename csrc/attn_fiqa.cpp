@@ -19,7 +19,9 @@ at::Tensor attn_score(const AttentionCapture& a, int64_t first_token) {
   if (a.kind == AttentionKind::Softmax) {
     auto l = a.logits;
     if (first_token > 0) l = l.narrow(2, first_token, l.size(2) - first_token).narrow(3, first_token, l.size(3) - first_token);
-    return l.mean({1, 2, 3}, false, at::kDouble);
+    // Two stages: rows of N keys in float32 (cheap, short sums), then float64 over heads and queries,
+    // where a signed mean of many values would lose digits in float32.
+    return l.sum(-1, false, at::kFloat).to(at::kDouble).mean({1, 2}) / static_cast<double>(l.size(3));
   }
   auto q = a.q, k = a.k;
   if (first_token > 0) {
@@ -39,7 +41,10 @@ at::Tensor attn_score(const AttentionCapture& a, int64_t first_token) {
 }
 
 at::Tensor attn_key_means(const AttentionCapture& a) {
-  if (a.kind == AttentionKind::Softmax) return a.logits.mean(1, false, at::kDouble).mean(1);  // [B,N] over keys
+  if (a.kind == AttentionKind::Softmax) {  // [B,N]: per key, mean over heads and queries
+    auto l = a.logits;
+    return l.sum(2, false, at::kFloat).to(at::kDouble).mean(1) / static_cast<double>(l.size(2));
+  }
   auto q_mean = a.q.mean(2, true, at::kDouble);                                               // [B,H,1,D]
   auto per_key = at::matmul(q_mean, a.k.to(at::kDouble).transpose(-2, -1)).squeeze(2) * a.scale;  // [B,H,N]
   auto out = per_key.mean(1);

@@ -180,6 +180,26 @@ void eliminate_dead_code_and_guards(std::shared_ptr<Graph>& g) {
   if (removed) torch::jit::EliminateDeadCode(g);
 }
 
+// Move constants and module/parameter reads (GetAttr chains on self) to the top of the graph. Inlining
+// leaves them next to their first use, e.g. the final norm's weight after the last block; hoisted, a
+// copy of the final norm or head can be placed right after an early block, whose tokens can then be
+// freed as the pass goes on. Safe while nothing in the graph assigns attributes.
+void hoist_parameter_reads(Graph& g) {
+  for (Node* n : g.nodes())
+    if (n->kind() == c10::prim::SetAttr) return;
+  Node* anchor = g.param_node();
+  std::unordered_set<Value*> hoisted(g.inputs().begin(), g.inputs().end());
+  std::vector<Node*> nodes(g.nodes().begin(), g.nodes().end());
+  for (Node* n : nodes) {
+    bool movable = n->kind() == c10::prim::Constant ||
+                   (n->kind() == c10::prim::GetAttr && hoisted.count(n->input(0)));
+    if (!movable) continue;
+    n->moveAfter(anchor);
+    anchor = n;
+    for (Value* o : n->outputs()) hoisted.insert(o);
+  }
+}
+
 }  // namespace
 
 std::string CaptureRequest::key() const {
@@ -193,7 +213,8 @@ std::string CaptureRequest::key() const {
   put("P", probs_blocks);
   put("T", token_blocks);
   put("E", exit_blocks);
-  os << "n" << tokens_final_norm << "o" << model_output << "x" << exit_output;
+  os << "n" << tokens_final_norm << "t" << tokens_output << "d" << token_distances << "o" << model_output << "x"
+     << exit_output;
   return os.str();
 }
 
@@ -256,6 +277,7 @@ void CaptureModel::analyse() {
   fold_training(g->block());
   torch::jit::ConstantPropagation(g);
   torch::jit::EliminateDeadCode(g);
+  hoist_parameter_reads(*g);
 
   // Attention sites in the top-level block (nested ones sit in control flow we cannot tap).
   std::vector<Node*> candidates;
@@ -436,9 +458,23 @@ CaptureModel::Built& CaptureModel::build(const CaptureRequest& req) {
     outs.push_back(v);
     built->layout.emplace_back(tag, b);
   };
-  // Re-applies a chain of base-graph nodes to a new input (the rest of the graph stays shared).
+  // Re-applies a chain of base-graph nodes to a new input (the rest of the graph stays shared). The copy
+  // goes right after the new input is computed (or after the last value it reads, if later), so the
+  // interpreter can free what it no longer needs while the pass goes on.
   auto reapply = [&](const std::vector<Node*>& chain, Value* from, Value* to) {
     std::unordered_map<Value*, Value*> local{{from, to}};
+    std::unordered_set<Node*> in_chain(chain.begin(), chain.end());
+    Node* after = to->node();
+    for (Node* n : chain) {
+      std::vector<Value*> reads;
+      collect_reads(n, reads);
+      for (Value* v : reads) {
+        if (v == from || in_chain.count(v->node()) || !vmap.count(v)) continue;
+        Node* def = vmap.at(v)->node();
+        if (def->owningBlock() == g->block() && def->isAfter(after)) after = def;
+      }
+    }
+    torch::jit::WithInsertPoint guard(after->next());
     Value* last = to;
     for (Node* n : chain) {
       Node* c = g->insertNode(g->createClone(n, [&](Value* v) {
@@ -474,16 +510,30 @@ CaptureModel::Built& CaptureModel::build(const CaptureRequest& req) {
     check_block(b, "attention");
     if (sites_[b].node->kind() == c10::aten::softmax) emit(vmap.at(sites_[b].node->output()), "probs", b);
   }
-  for (int64_t b : req.token_blocks) {
+  std::vector<int64_t> token_blocks = req.token_blocks;
+  std::sort(token_blocks.begin(), token_blocks.end());
+  token_blocks.erase(std::unique(token_blocks.begin(), token_blocks.end()), token_blocks.end());
+  Value* prev_tokens = nullptr;
+  for (int64_t b : token_blocks) {
     check_block(b, "token");
     Value* out = block_outputs_[b];
+    Value* tokens;
     if (!req.tokens_final_norm) {
-      emit(vmap.at(out), "tokens", b);
+      tokens = vmap.at(out);
     } else if (out == final_norm_->input(0)) {
-      emit(vmap.at(final_norm_->output()), "tokens", b);  // the model's own final norm, computed anyway
+      tokens = vmap.at(final_norm_->output());  // the model's own final norm, computed anyway
     } else {
-      emit(reapply({final_norm_}, final_norm_->input(0), vmap.at(out)).first, "tokens", b);
+      tokens = reapply({final_norm_}, final_norm_->input(0), vmap.at(out)).first;
     }
+    if (req.tokens_output) emit(tokens, "tokens", b);
+    if (req.token_distances && prev_tokens) {
+      torch::jit::WithInsertPoint guard(tokens->node()->next());
+      Node* d = g->insertNode(g->create(c10::Symbol::fromQualString("vitfiqa::patch_step_distance"),
+                                        {prev_tokens, tokens}, 1));
+      d->output()->setType(c10::TensorType::get());
+      emit(d->output(), "dist", b);
+    }
+    prev_tokens = tokens;
   }
   if (!req.exit_blocks.empty()) {
     // The head: every node that depends on the last block's output and feeds the chosen model output.
@@ -605,6 +655,8 @@ CaptureResult CaptureModel::run(const at::Tensor& images, const CaptureRequest& 
       res.probs[b] = v.toTensor();
     } else if (tag == "tokens") {
       res.tokens[b] = v.toTensor();
+    } else if (tag == "dist") {
+      res.token_distances.push_back(v.toTensor());
     } else if (tag == "exit") {
       if (!v.isTensor()) throw std::invalid_argument("the chosen exit output is not a tensor");
       res.exits[b] = v.toTensor();

@@ -35,9 +35,12 @@ struct VitntResult {
   at::Tensor patch_quality;  // [B,P] q[p] = 2 / (1 + exp(s d[p]))
   at::Tensor patch_distance; // [B,P] mean step distance d[p]
 };
-// tokens: final-norm outputs of the selected blocks in depth order, each [B,N,C].
+// ||a/|a| - b/|b||| per token of two [B,N,C] token tensors -> [B,N] float64. Registered as the TorchScript
+// op vitfiqa::patch_step_distance so the capture graph reduces each block pair as soon as it exists.
+at::Tensor patch_step_distance(const at::Tensor& a, const at::Tensor& b);
+// steps: patch_step_distance of consecutive selected blocks (final-norm outputs), each [B,N].
 // weights: optional [B,P] patch weights summing to 1 (attention weighting); uniform mean when absent.
-VitntResult vitnt_score(const std::vector<at::Tensor>& tokens, int64_t prefix, double scale,
+VitntResult vitnt_score(const std::vector<at::Tensor>& steps, int64_t prefix, double scale,
                         const std::optional<at::Tensor>& weights);
 // Attention weighting: post-softmax attention, head-mean, summed over queries, patch keys, normalised to 1.
 at::Tensor patch_attention_weights(const at::Tensor& probs, int64_t prefix);

@@ -79,7 +79,10 @@ std::map<std::string, at::Tensor> score(CaptureModel& model, const at::Tensor& i
   if (attn) req.logits_blocks.push_back(attn_block);
   std::vector<int64_t> vitnt_blocks = o.vitnt_blocks.empty() ? all_blocks(L) : resolve_blocks(o.vitnt_blocks, L, "ViTNT-FIQA");
   if (vitnt) {
+    if (vitnt_blocks.size() < 2) throw std::invalid_argument("ViTNT-FIQA needs at least two selected blocks");
     req.token_blocks = vitnt_blocks;
+    req.token_distances = true;
+    req.tokens_output = o.return_captures;
     if (o.vitnt_weighting == "attention") req.probs_blocks.push_back(vitnt_blocks.back());
   }
   std::vector<int64_t> exits = o.exits.empty() ? all_blocks(L) : resolve_blocks(o.exits, L, "EX-FIQA exit");
@@ -98,8 +101,8 @@ std::map<std::string, at::Tensor> score(CaptureModel& model, const at::Tensor& i
   if (!cap.attention.empty()) {
     auto& a = cap.attention.begin()->second;
     n_tokens = a.kind == AttentionKind::Softmax ? a.logits.size(-1) : a.q.size(2);
-  } else if (!cap.tokens.empty()) {
-    n_tokens = cap.tokens.begin()->second.size(1);
+  } else if (!cap.token_distances.empty()) {
+    n_tokens = cap.token_distances.front().size(1);
   }
   int64_t prefix = 0;
   std::vector<int64_t> grid;
@@ -112,15 +115,13 @@ std::map<std::string, at::Tensor> score(CaptureModel& model, const at::Tensor& i
     if (o.return_captures) out["attention_logits." + std::to_string(attn_block)] = attention_logits(a);
   }
   if (vitnt) {
-    std::vector<at::Tensor> tokens;
-    for (int64_t b : vitnt_blocks) tokens.push_back(cap.tokens.at(b));
     std::optional<at::Tensor> weights;
     if (o.vitnt_weighting == "attention") {
       int64_t last = vitnt_blocks.back();
       at::Tensor probs = cap.probs.count(last) ? cap.probs.at(last) : attention_probs(cap.attention.at(last));
       weights = patch_attention_weights(probs, prefix);
     }
-    auto r = vitnt_score(tokens, prefix, o.vitnt_scale, weights);
+    auto r = vitnt_score(cap.token_distances, prefix, o.vitnt_scale, weights);
     out["vitnt"] = r.score;
     if (o.heatmaps) out["vitnt_heatmap"] = token_heatmap(r.patch_quality, 0, grid, out_hw, o.heatmap_minmax);
     if (o.return_captures) {

@@ -1,36 +1,84 @@
 // ViTNT-FIQA: stability of L2-normalised patch embeddings across consecutive (selected) blocks.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
 #include <stdexcept>
 
 #include "methods.h"
 
 namespace vitfiqa {
 
-VitntResult vitnt_score(const std::vector<at::Tensor>& tokens, int64_t prefix, double scale,
-                        const std::optional<at::Tensor>& weights) {
-  if (tokens.size() < 2) throw std::invalid_argument("ViTNT-FIQA needs at least two selected blocks");
-  const int64_t n = tokens.front().size(1) - prefix;
-  if (n <= 0) throw std::invalid_argument("no patch tokens left after skipping " + std::to_string(prefix) + " prefix tokens");
-  auto unit = [&](const at::Tensor& t) {
-    auto p = t.narrow(1, prefix, n).to(at::kFloat);
-    return p / p.norm(2, -1, true).clamp_min(1e-12);
-  };
-  at::Tensor prev = unit(tokens[0]);
-  at::Tensor dist = at::zeros({prev.size(0), n}, prev.options());
-  for (size_t t = 1; t < tokens.size(); ++t) {
-    at::Tensor cur = unit(tokens[t]);
-    dist.add_((cur - prev).norm(2, -1));
-    prev = cur;
+namespace {
+
+// ||a/|a| - b/|b||| per token of two [B,n,C] float32 CPU tensors (unit stride along C) in one pass
+// and no temporaries; dist is [B*n] float64.
+// With float32 inputs every product is exact in double and the sums keep ~1e-16 relative error, so
+// 2 - 2 a.b/(|a||b|) does not suffer the cancellation it would in float32, even for tiny distances.
+void add_step_distances_cpu(const at::Tensor& a, const at::Tensor& b, at::Tensor& dist) {
+  const int64_t n = a.size(1), cols = a.size(2);
+  const float* pa = a.data_ptr<float>();
+  const float* pb = b.data_ptr<float>();
+  double* out = dist.data_ptr<double>();
+  at::parallel_for(0, a.size(0) * n, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float* x = pa + (r / n) * a.stride(0) + (r % n) * a.stride(1);
+      const float* y = pb + (r / n) * b.stride(0) + (r % n) * b.stride(1);
+      double xx = 0, yy = 0, xy = 0;
+      for (int64_t c = 0; c < cols; ++c) {
+        const double xv = x[c], yv = y[c];
+        xx += xv * xv;
+        yy += yv * yv;
+        xy += xv * yv;
+      }
+      const double nx = std::max(std::sqrt(xx), 1e-12), ny = std::max(std::sqrt(yy), 1e-12);
+      // |x/nx - y/ny|^2 = xx/nx^2 + yy/ny^2 - 2 xy/(nx ny); equals 2 - 2cos unless a norm was clamped.
+      const double sq = xx / (nx * nx) + yy / (ny * ny) - 2.0 * xy / (nx * ny);
+      out[r] += std::sqrt(std::max(sq, 0.0));
+    }
+  });
+}
+
+}  // namespace
+
+at::Tensor patch_step_distance(const at::Tensor& a, const at::Tensor& b) {
+  TORCH_CHECK(a.dim() == 3 && a.sizes() == b.sizes(), "patch_step_distance: token tensors must be [B,N,C] of one shape, got ",
+              a.sizes(), " and ", b.sizes());
+  if (a.device().is_cpu()) {
+    // CPU: fused single pass over the pair (the tokens are the largest data the methods touch).
+    auto prep = [](const at::Tensor& t) {
+      auto f = t.to(at::kFloat);
+      return f.stride(2) == 1 ? f : f.contiguous();
+    };
+    at::Tensor dist = at::zeros({a.size(0) * a.size(1)}, a.options().dtype(at::kDouble));
+    add_step_distances_cpu(prep(a), prep(b), dist);
+    return dist.view({a.size(0), a.size(1)});
   }
-  dist.div_(static_cast<double>(tokens.size() - 1));
+  // Accelerators: the same definition with tensor ops.
+  auto unit = [](const at::Tensor& t) {
+    auto f = t.to(at::kFloat);
+    return f / f.norm(2, -1, true).clamp_min(1e-12);
+  };
+  return at::linalg_vector_norm(unit(b) - unit(a), 2, {-1}, false, at::kDouble);
+}
+
+VitntResult vitnt_score(const std::vector<at::Tensor>& steps, int64_t prefix, double scale,
+                        const std::optional<at::Tensor>& weights) {
+  if (steps.empty()) throw std::invalid_argument("ViTNT-FIQA needs at least two selected blocks");
+  const int64_t n = steps.front().size(1) - prefix;
+  if (n <= 0) throw std::invalid_argument("no patch tokens left after skipping " + std::to_string(prefix) + " prefix tokens");
+  at::Tensor dist = steps.front().narrow(1, prefix, n).clone();
+  for (size_t t = 1; t < steps.size(); ++t) dist.add_(steps[t].narrow(1, prefix, n));
+  dist.div_(static_cast<double>(steps.size()));
   auto q = 2.0 / (1.0 + at::exp(dist * scale));
   at::Tensor score;
   if (weights) {
     if (weights->sizes() != q.sizes())
       throw std::invalid_argument("ViTNT-FIQA patch weights have shape " + c10::str(weights->sizes()) + ", expected " +
                                   c10::str(q.sizes()));
-    score = (q.to(at::kDouble) * weights->to(at::kDouble)).sum(1);
+    score = (q * weights->to(at::kDouble)).sum(1);
   } else {
-    score = q.mean(1, false, at::kDouble);
+    score = q.mean(1);
   }
   return {score, q, dist};
 }
@@ -42,3 +90,7 @@ at::Tensor patch_attention_weights(const at::Tensor& probs, int64_t prefix) {
 }
 
 }  // namespace vitfiqa
+
+TORCH_LIBRARY(vitfiqa, m) {
+  m.def("patch_step_distance(Tensor a, Tensor b) -> Tensor", &vitfiqa::patch_step_distance);
+}

@@ -1,0 +1,91 @@
+"""Comparison scores and pair lists."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Pairs:
+    """Comparison pairs as indices into an image (or template) list; ``genuine`` marks mated pairs."""
+
+    a: np.ndarray
+    b: np.ndarray
+    genuine: np.ndarray
+
+    def __post_init__(self):
+        self.a = np.asarray(self.a, dtype=np.int64)
+        self.b = np.asarray(self.b, dtype=np.int64)
+        self.genuine = np.asarray(self.genuine, dtype=bool)
+        if not (self.a.shape == self.b.shape == self.genuine.shape) or self.a.ndim != 1:
+            raise ValueError("pair arrays a, b and genuine must be 1-D and of equal length")
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+    @property
+    def n_genuine(self) -> int:
+        return int(self.genuine.sum())
+
+    @property
+    def n_impostor(self) -> int:
+        return int((~self.genuine).sum())
+
+    def check(self, n_items: int) -> "Pairs":
+        if len(self) == 0:
+            raise ValueError("no comparison pairs")
+        hi = max(self.a.max(), self.b.max())
+        if self.a.min() < 0 or self.b.min() < 0 or hi >= n_items:
+            raise ValueError(f"pair indices must lie in [0, {n_items}), found {hi}")
+        return self
+
+    @staticmethod
+    def consecutive(issame) -> "Pairs":
+        """insightface .bin layout: images 2i and 2i+1 form pair i."""
+        issame = np.asarray(issame, dtype=bool)
+        i = np.arange(len(issame))
+        return Pairs(2 * i, 2 * i + 1, issame)
+
+    @staticmethod
+    def all_pairs(identities) -> "Pairs":
+        """Every unordered pair i < j of a labelled set (Adience protocol); genuine if same identity."""
+        ids = np.asarray(identities)
+        n = len(ids)
+        if n * (n - 1) // 2 > 200_000_000:
+            raise ValueError(f"{n} images give {n * (n - 1) // 2} pairs; split the set first")
+        a, b = np.triu_indices(n, k=1)
+        return Pairs(a, b, ids[a] == ids[b])
+
+
+def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    n = np.linalg.norm(x, axis=axis, keepdims=True)
+    if (n == 0).any():
+        raise ValueError("zero-norm embedding cannot be normalised")
+    return x / n
+
+
+def flip_concat(embeddings, flipped_embeddings) -> np.ndarray:
+    """CR-FIQA style: concatenate the embedding of each image with that of its horizontal flip (1024-d)."""
+    e, f = np.asarray(embeddings), np.asarray(flipped_embeddings)
+    if e.shape != f.shape:
+        raise ValueError(f"embedding shapes differ: {e.shape} vs {f.shape}")
+    return np.concatenate([e, f], axis=1)
+
+
+def comparison_scores(embeddings, pairs: Pairs, metric: str = "cosine", chunk: int = 1 << 20) -> np.ndarray:
+    """Similarity of each pair: ``cosine`` of L2-normalised embeddings, or ``arccos`` = 1 - arccos(cos)/pi
+    (the CR-FIQA code's angular distance turned into a similarity). float32, computed in chunks."""
+    emb = l2_normalize(embeddings)
+    pairs.check(len(emb))
+    out = np.empty(len(pairs), dtype=np.float32)
+    for s in range(0, len(pairs), chunk):
+        a, b = emb[pairs.a[s:s + chunk]], emb[pairs.b[s:s + chunk]]
+        out[s:s + chunk] = np.einsum("ij,ij->i", a, b)
+    np.clip(out, -1.0, 1.0, out=out)
+    if metric == "cosine":
+        return out
+    if metric == "arccos":
+        return (1.0 - np.arccos(out) / np.pi).astype(np.float32)
+    raise ValueError(f"unknown metric {metric!r} (cosine, arccos)")
