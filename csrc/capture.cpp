@@ -407,6 +407,11 @@ void CaptureModel::analyse() {
       }
     }
     info_.has_final_norm = final_norm_ != nullptr;
+    if (final_norm_) {  // layer_norm(x, [C], weight, bias, eps): fusable into the distance kernel
+      auto shape = torch::jit::toIValue(final_norm_->input(1));
+      auto eps = torch::jit::toIValue(final_norm_->input(4));
+      final_norm_fusable_ = shape && shape->isIntList() && shape->toIntList().size() == 1 && eps && eps->isDouble();
+    }
   }
 
   // The patch embedding: the first convolution before the first attention gives the patch grid.
@@ -513,27 +518,36 @@ CaptureModel::Built& CaptureModel::build(const CaptureRequest& req) {
   std::vector<int64_t> token_blocks = req.token_blocks;
   std::sort(token_blocks.begin(), token_blocks.end());
   token_blocks.erase(std::unique(token_blocks.begin(), token_blocks.end()), token_blocks.end());
+  // ViTNT's distances read each block's output once, through a kernel that applies the final LayerNorm
+  // on the fly (no normalised copy of any block is materialised), when the norm is a plain last-axis one.
+  const bool fuse_norm = req.token_distances && req.tokens_final_norm && final_norm_fusable_;
   Value* prev_tokens = nullptr;
   for (int64_t b : token_blocks) {
     check_block(b, "token");
     Value* out = block_outputs_[b];
-    Value* tokens;
-    if (!req.tokens_final_norm) {
-      tokens = vmap.at(out);
-    } else if (out == final_norm_->input(0)) {
-      tokens = vmap.at(final_norm_->output());  // the model's own final norm, computed anyway
-    } else {
-      tokens = reapply({final_norm_}, final_norm_->input(0), vmap.at(out)).first;
-    }
+    auto normed = [&]() -> Value* {
+      if (!req.tokens_final_norm) return vmap.at(out);
+      if (out == final_norm_->input(0)) return vmap.at(final_norm_->output());  // computed by the model anyway
+      return reapply({final_norm_}, final_norm_->input(0), vmap.at(out)).first;
+    };
+    Value* tokens = (req.tokens_output || !fuse_norm) ? normed() : nullptr;
     if (req.tokens_output) emit(tokens, "tokens", b);
+    Value* cur = fuse_norm ? vmap.at(out) : tokens;
     if (req.token_distances && prev_tokens) {
-      torch::jit::WithInsertPoint guard(tokens->node()->next());
-      Node* d = g->insertNode(g->create(c10::Symbol::fromQualString("vitfiqa::patch_step_distance"),
-                                        {prev_tokens, tokens}, 1));
+      torch::jit::WithInsertPoint guard(cur->node()->next());
+      Node* d;
+      if (fuse_norm) {
+        d = g->create(c10::Symbol::fromQualString("vitfiqa::patch_step_distance_ln"),
+                      {prev_tokens, cur, vmap.at(final_norm_->input(2)), vmap.at(final_norm_->input(3)),
+                       vmap.at(final_norm_->input(4))}, 1);
+      } else {
+        d = g->create(c10::Symbol::fromQualString("vitfiqa::patch_step_distance"), {prev_tokens, cur}, 1);
+      }
+      g->insertNode(d);
       d->output()->setType(c10::TensorType::get());
       emit(d->output(), "dist", b);
     }
-    prev_tokens = tokens;
+    prev_tokens = cur;
   }
   if (!req.exit_blocks.empty()) {
     // The head: every node that depends on the last block's output and feeds the chosen model output.

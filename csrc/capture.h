@@ -105,6 +105,7 @@ class CaptureModel {
   std::vector<Site> sites_;                  // one per block, in block order
   std::vector<torch::jit::Value*> block_outputs_;
   torch::jit::Node* final_norm_ = nullptr;
+  bool final_norm_fusable_ = false;
   torch::jit::Node* patch_conv_ = nullptr;
   ModelInfo info_;
   std::mutex mutex_;

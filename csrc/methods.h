@@ -38,6 +38,10 @@ struct VitntResult {
 // ||a/|a| - b/|b||| per token of two [B,N,C] token tensors -> [B,N] float64. Registered as the TorchScript
 // op vitfiqa::patch_step_distance so the capture graph reduces each block pair as soon as it exists.
 at::Tensor patch_step_distance(const at::Tensor& a, const at::Tensor& b);
+// The same on raw block outputs with the final LayerNorm (last axis; weight/bias optional) applied on the
+// fly: vitfiqa::patch_step_distance_ln. Equals patch_step_distance(LN(a), LN(b)).
+at::Tensor patch_step_distance_ln(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& weight,
+                                  const std::optional<at::Tensor>& bias, double eps);
 // steps: patch_step_distance of consecutive selected blocks (final-norm outputs), each [B,N].
 // weights: optional [B,P] patch weights summing to 1 (attention weighting); uniform mean when absent.
 VitntResult vitnt_score(const std::vector<at::Tensor>& steps, int64_t prefix, double scale,

@@ -1,0 +1,249 @@
+"""Command line: ``vitfiqa score | evaluate | inspect | demo | train-demo``. Errors are one line, exit 2."""
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import os
+import sys
+from pathlib import Path
+
+log = logging.getLogger("vitfiqa")
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+class CLIError(Exception):
+    pass
+
+
+def _image_list(spec: str) -> list[str]:
+    p = Path(spec)
+    if p.is_dir():
+        files = sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTS)
+        if not files:
+            raise CLIError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) found in {p}")
+        return files
+    if p.is_file():
+        base = p.parent
+        files = [ln.strip() for ln in p.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+        if not files:
+            raise CLIError(f"image list {p} is empty")
+        return [f if os.path.isabs(f) else str(base / f) for f in files]
+    raise CLIError(f"--images: {spec} is neither a folder nor a list file")
+
+
+def _methods(spec: str) -> list[str]:
+    from .api import METHODS
+
+    methods = [m.strip() for m in spec.split(",") if m.strip()]
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise CLIError(f"--methods: unknown method(s) {bad or spec!r}; choose from {','.join(METHODS)}")
+    return methods
+
+
+def cmd_score(args) -> int:
+    import numpy as np
+    import torch
+    from tqdm.auto import tqdm
+
+    import vitfiqa
+    from vitfiqa.preprocess import preprocess_images
+
+    if args.batch_size <= 0:
+        raise CLIError("--batch-size must be positive")
+    methods = _methods(args.methods)
+    out = Path(args.out)
+    if out.suffix not in (".csv", ".parquet"):
+        raise CLIError("--out must end in .csv or .parquet")
+    model = vitfiqa.load(args.model, device=args.device, image_size=(args.image_size, args.image_size))
+    files = _image_list(args.images)
+    # Results go to a CSV as each batch finishes; a re-run skips images already in it.
+    partial = out if out.suffix == ".csv" else out.with_suffix(".partial.csv")
+    done: set[str] = set()
+    if partial.exists() and not args.overwrite:
+        with open(partial, newline="") as f:
+            done = {row["path"] for row in csv.DictReader(f)}
+    elif partial.exists():
+        partial.unlink()
+    todo = [f for f in files if f not in done]
+    if done:
+        log.info("resuming: %d of %d images already scored in %s", len(done), len(files), partial)
+    heat_dir = Path(args.heatmaps) if args.heatmaps else None
+    if heat_dir:
+        heat_dir.mkdir(parents=True, exist_ok=True)
+    score_keys = [k for m in methods for k in (("exfiqa_F", "exfiqa_FW") if m == "exfiqa" else (m,))]
+    columns = ["path"] + score_keys + ["error"]
+    if partial.exists() and not args.overwrite:
+        with open(partial, newline="") as f:
+            header = next(csv.reader(f), None)
+        if header and header != columns:
+            raise CLIError(f"{partial} has columns {header}, not {columns}: use --overwrite or another --out")
+    new_file = not partial.exists() or partial.stat().st_size == 0
+    bar = tqdm(total=len(files), initial=len(done), desc="scoring", disable=args.quiet)
+    with open(partial, "a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, restval="")
+        if new_file:
+            writer.writeheader()
+        for start in range(0, len(todo), args.batch_size):
+            chunk = todo[start:start + args.batch_size]
+            good, imgs, rows = [], [], []
+            for path in chunk:
+                try:
+                    imgs.append(preprocess_images([path], size=model.image_size)[0])
+                    good.append(path)
+                except (OSError, ValueError) as exc:
+                    log.warning("skipping %s: %s", path, exc)
+                    rows.append({"path": path, "error": str(exc).replace("\n", " ")})
+            if imgs:
+                r = model.score(torch.stack(imgs), methods=methods, heatmaps=heat_dir is not None)
+                sc = r.numpy()
+                for i, path in enumerate(good):
+                    rows.append({"path": path, "error": "", **{k: float(sc[k][i]) for k in score_keys}})
+                if heat_dir:
+                    for meth, hm in r.heatmaps.items():
+                        for i, path in enumerate(good):
+                            np.save(heat_dir / f"{Path(path).stem}.{meth}.npy", hm[i].numpy())
+            writer.writerows(rows)
+            fh.flush()  # a crash loses at most the batch in flight
+            bar.update(len(chunk))
+    bar.close()
+    if out.suffix == ".parquet":
+        import pandas as pd
+
+        try:
+            pd.read_csv(partial).to_parquet(out, index=False)
+        except ImportError:
+            raise CLIError("writing .parquet needs pyarrow: pip install 'vitfiqa[parquet]'") from None
+        partial.unlink()
+    log.info("wrote %s", out)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import numpy as np
+
+    import vitfiqa
+    from vitfiqa.eval import comparison_scores, evaluate, load_bin, plot_edc, score_image_set, to_latex, to_markdown
+
+    methods = _methods(args.methods)
+    fmrs = [float(f) for f in args.fmr.split(",")]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    size = (args.image_size, args.image_size)
+    qm = vitfiqa.load(args.model, device=args.device, image_size=size)
+    fr = vitfiqa.load(args.fr_model or args.model, device=args.device, image_size=size)
+    ds = load_bin(args.bin, image_size=size)
+    quality = score_image_set(qm, ds, methods=methods, batch_size=args.batch_size, progress=not args.quiet)
+    parts = {}
+    for idx, imgs in ds.batches(args.batch_size):
+        e = fr.forward(list(imgs))
+        e = e[0] if isinstance(e, tuple) else e
+        parts.update({int(i): v for i, v in zip(idx, e.float().cpu().numpy())})
+    dim = len(next(iter(parts.values())))
+    emb = np.zeros((len(ds), dim), dtype=np.float32)
+    for i, v in parts.items():
+        emb[i] = v
+    ok = np.array([i in parts for i in range(len(ds))])
+    sims = comparison_scores(np.where(ok[:, None], emb, 1.0), ds.pairs)
+    sims[~(ok[ds.pairs.a] & ok[ds.pairs.b])] = np.nan
+    df = evaluate(quality, sims, ds.pairs, benchmark=ds.name, fr_model=Path(args.fr_model or args.model).stem,
+                  fmrs=fmrs, variant=args.variant, limit=args.limit)
+    df.drop(columns="curve").to_csv(out / "pauc.csv", index=False)
+    (out / "table.md").write_text(to_markdown(df))
+    (out / "table.tex").write_text(to_latex(df, caption=f"pAUC-EDC x 10^3 on {ds.name}"))
+    for fmr in fmrs:
+        plot_edc(df, str(out / f"edc_{ds.name}_fmr{fmr:g}.png"), fmr=fmr)
+    print(to_markdown(df))
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    import vitfiqa
+
+    m = vitfiqa.load(args.model, device=args.device)
+    for k, v in m.info.items():
+        print(f"{k}: {v}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo.study import run_demo
+
+    run_demo(args.out, n_images=args.images, model_path=args.model)
+    return 0
+
+
+def cmd_train_demo(args) -> int:
+    from .demo.train import ASSET, train
+
+    train(args.epochs, out=Path(args.out) if args.out else ASSET)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vitfiqa", description="Face image quality from a ViT's own attention and tokens")
+    p.add_argument("-q", "--quiet", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("score", help="score a folder or list of images")
+    s.add_argument("--model", required=True)
+    s.add_argument("--images", required=True, help="folder (searched recursively) or text file of paths")
+    s.add_argument("--methods", default="attn,vitnt")
+    s.add_argument("--out", required=True, help="scores.csv or scores.parquet")
+    s.add_argument("--heatmaps", help="folder for per-image heatmaps (.npy)")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--image-size", type=int, default=112)
+    s.add_argument("--overwrite", action="store_true", help="start again instead of resuming")
+    s.set_defaults(fn=cmd_score)
+
+    e = sub.add_parser("evaluate", help="pAUC-EDC tables and plots on an insightface .bin benchmark")
+    e.add_argument("--model", required=True, help="quality (ViT) model")
+    e.add_argument("--fr-model", help="comparison (FR) model; default: the quality model")
+    e.add_argument("--bin", required=True)
+    e.add_argument("--methods", default="attn,vitnt")
+    e.add_argument("--fmr", default="1e-3,1e-4")
+    e.add_argument("--variant", choices=("refit", "iso"), default="refit")
+    e.add_argument("--limit", type=float, default=0.3)
+    e.add_argument("--out", default="vitfiqa-eval")
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--image-size", type=int, default=112)
+    e.set_defaults(fn=cmd_evaluate)
+
+    i = sub.add_parser("inspect", help="what the capture found in a model")
+    i.add_argument("--model", required=True)
+    i.add_argument("--device", default="cpu")
+    i.set_defaults(fn=cmd_inspect)
+
+    d = sub.add_parser("demo", help="controlled-degradation study with the embedded demo model")
+    d.add_argument("--out", default="vitfiqa-demo")
+    d.add_argument("--images", type=int, default=300)
+    d.add_argument("--model", help="default: the shipped demo ViT")
+    d.set_defaults(fn=cmd_demo)
+
+    t = sub.add_parser("train-demo", help="retrain the demo recognizer on Fashion-MNIST")
+    t.add_argument("--epochs", type=int, default=3)
+    t.add_argument("--out")
+    t.set_defaults(fn=cmd_train_demo)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="vitfiqa: %(message)s")
+    try:
+        return args.fn(args)
+    except (CLIError, FileNotFoundError, ValueError, TypeError, IndexError, RuntimeError, ImportError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"vitfiqa: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vitfiqa: interrupted (re-run the same command to resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

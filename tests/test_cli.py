@@ -1,0 +1,97 @@
+"""The command line: scoring with resume, clear one-line errors, inspect, demo."""
+import csv
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vitfiqa.cli import main
+
+
+def write_images(folder, n, broken=()):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        p = folder / f"img{i:02d}.png"
+        if i in broken:
+            p.write_bytes(b"not an image")
+        else:
+            Image.fromarray(rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)).save(p)
+    return folder
+
+
+def read_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_score_folder_resume_and_unreadable(tmp_path, model_cases, caplog):
+    model = model_cases["insightface-script"].path
+    imgs = write_images(tmp_path / "imgs", 5, broken={2})
+    out = tmp_path / "scores.csv"
+    args = ["-q", "score", "--model", model, "--images", str(imgs), "--out", str(out), "--batch-size", "2",
+            "--heatmaps", str(tmp_path / "hm")]
+    assert main(args) == 0
+    rows = read_rows(out)
+    assert [r["path"].endswith(f"img{i:02d}.png") for i, r in enumerate(rows)] == [True] * 5
+    assert rows[2]["error"] and rows[2]["attn"] == ""
+    assert all(float(r["vitnt"]) > 0 for i, r in enumerate(rows) if i != 2)
+    assert len(list((tmp_path / "hm").glob("*.attn.npy"))) == 4
+    # Interrupted run: drop the last two rows, re-run: only those are scored again, nothing duplicated.
+    lines = out.read_text().splitlines()
+    out.write_text("\n".join(lines[:-2]) + "\n")
+    assert main(args) == 0
+    again = read_rows(out)
+    assert [r["path"] for r in again] == [r["path"] for r in rows]
+    assert again[4]["attn"] == rows[4]["attn"]
+
+
+def test_score_list_file(tmp_path, model_cases):
+    write_images(tmp_path / "imgs", 3)
+    (tmp_path / "list.txt").write_text("imgs/img00.png\nimgs/img02.png\n")
+    out = tmp_path / "s.csv"
+    assert main(["-q", "score", "--model", model_cases["timm-script"].path, "--image-size", "32",
+                 "--images", str(tmp_path / "list.txt"), "--out", str(out), "--methods", "attn"]) == 0
+    assert len(read_rows(out)) == 2
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["score", "--model", "missing.pt", "--images", ".", "--out", "x.csv"], "model file not found"),
+    (["score", "--model", "{m}", "--images", "{empty}", "--out", "x.csv"], "no images"),
+    (["score", "--model", "{m}", "--images", "{empty}", "--out", "x.csv", "--methods", "bogus"], "unknown method"),
+    (["score", "--model", "{m}", "--images", "{empty}", "--out", "x.txt"], "must end in .csv or .parquet"),
+    (["inspect", "--model", "{corrupt}"], "could not load a TorchScript model"),
+])
+def test_errors_are_one_line(argv, msg, tmp_path, model_cases, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "c.pt").write_bytes(b"junk")
+    argv = [a.format(m=model_cases["insightface-script"].path, empty=tmp_path / "empty", corrupt=tmp_path / "c.pt")
+            for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("vitfiqa: error:") and msg in err[0]
+
+
+def test_inspect(model_cases, capsys):
+    assert main(["inspect", "--model", model_cases["timm-trace"].path]) == 0
+    out = capsys.readouterr().out
+    assert "num_blocks: 4" in out and "scaled_dot_product_attention" in out
+
+
+def test_evaluate_on_bin(tmp_path, model_cases):
+    import pickle
+
+    rng = np.random.default_rng(1)
+    bins = []
+    for i in range(40):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)).save(buf, format="PNG")
+        bins.append(buf.getvalue())
+    with open(tmp_path / "tiny.bin", "wb") as f:
+        pickle.dump((bins, [i % 2 == 0 for i in range(20)]), f)
+    out = tmp_path / "eval"
+    assert main(["-q", "evaluate", "--model", model_cases["insightface-script"].path, "--bin", str(tmp_path / "tiny.bin"),
+                 "--fmr", "0.1", "--out", str(out)]) == 0
+    assert (out / "table.md").read_text().startswith("| Method | tiny FMR=1e-1 |")
+    assert (out / "edc_tiny_fmr0.1.png").stat().st_size > 1000
