@@ -11,11 +11,14 @@ namespace vitfiqa {
 
 namespace {
 
-// ||a/|a| - b/|b||| per token of two [B,n,C] float32 CPU tensors (unit stride along C) in one pass
-// and no temporaries; dist is [B*n] float64.
-// With float32 inputs every product is exact in double and the sums keep ~1e-16 relative error, so
-// 2 - 2 a.b/(|a||b|) does not suffer the cancellation it would in float32, even for tiny distances.
-void add_step_distances_cpu(const at::Tensor& a, const at::Tensor& b, at::Tensor& dist) {
+// ||u/|u| - v/|v||| per token of two [B,N,C] float32 CPU tensors (unit stride along C), where u, v are the
+// rows themselves or, with kLayerNorm, layer_norm(row) * weight + bias (statistics in float64). One pass of
+// statistics and one of dot products over a row that stays in L1; no temporaries. With float32 inputs every
+// product is exact in double and sums keep ~1e-16 relative error, so 2 - 2cos suffers none of the
+// cancellation it would in float32, even for tiny distances. dist is [B*N] float64, accumulated into.
+template <bool kLayerNorm>
+void add_step_distances_cpu(const at::Tensor& a, const at::Tensor& b, const float* w, const float* bias, double eps,
+                            at::Tensor& dist) {
   const int64_t n = a.size(1), cols = a.size(2);
   const float* pa = a.data_ptr<float>();
   const float* pb = b.data_ptr<float>();
@@ -24,54 +27,35 @@ void add_step_distances_cpu(const at::Tensor& a, const at::Tensor& b, at::Tensor
     for (int64_t r = begin; r < end; ++r) {
       const float* x = pa + (r / n) * a.stride(0) + (r % n) * a.stride(1);
       const float* y = pb + (r / n) * b.stride(0) + (r % n) * b.stride(1);
-      double xx = 0, yy = 0, xy = 0;
-      for (int64_t c = 0; c < cols; ++c) {
-        const double xv = x[c], yv = y[c];
-        xx += xv * xv;
-        yy += yv * yv;
-        xy += xv * yv;
+      double mx = 0, my = 0, rx = 1, ry = 1;
+      if (kLayerNorm) {
+        double sx = 0, sxx = 0, sy = 0, syy = 0;
+        for (int64_t c = 0; c < cols; ++c) {
+          const double xv = x[c], yv = y[c];
+          sx += xv;
+          sxx += xv * xv;
+          sy += yv;
+          syy += yv * yv;
+        }
+        mx = sx / cols;
+        my = sy / cols;
+        rx = 1.0 / std::sqrt(std::max(sxx / cols - mx * mx, 0.0) + eps);
+        ry = 1.0 / std::sqrt(std::max(syy / cols - my * my, 0.0) + eps);
       }
-      const double nx = std::max(std::sqrt(xx), 1e-12), ny = std::max(std::sqrt(yy), 1e-12);
-      // |x/nx - y/ny|^2 = xx/nx^2 + yy/ny^2 - 2 xy/(nx ny); equals 2 - 2cos unless a norm was clamped.
-      const double sq = xx / (nx * nx) + yy / (ny * ny) - 2.0 * xy / (nx * ny);
-      out[r] += std::sqrt(std::max(sq, 0.0));
-    }
-  });
-}
-
-// As above, with layer_norm(x) * weight + bias applied to each row first (statistics in float64, like the
-// distance). Two passes over a row that stays in L1: statistics, then the normalised dot products.
-void add_step_distances_ln_cpu(const at::Tensor& a, const at::Tensor& b, const float* w, const float* bias, double eps,
-                               at::Tensor& dist) {
-  const int64_t n = a.size(1), cols = a.size(2);
-  const float* pa = a.data_ptr<float>();
-  const float* pb = b.data_ptr<float>();
-  double* out = dist.data_ptr<double>();
-  at::parallel_for(0, a.size(0) * n, 64, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const float* x = pa + (r / n) * a.stride(0) + (r % n) * a.stride(1);
-      const float* y = pb + (r / n) * b.stride(0) + (r % n) * b.stride(1);
-      double sx = 0, sxx = 0, sy = 0, syy = 0;
-      for (int64_t c = 0; c < cols; ++c) {
-        const double xv = x[c], yv = y[c];
-        sx += xv;
-        sxx += xv * xv;
-        sy += yv;
-        syy += yv * yv;
-      }
-      const double mx = sx / cols, my = sy / cols;
-      const double rx = 1.0 / std::sqrt(std::max(sxx / cols - mx * mx, 0.0) + eps);
-      const double ry = 1.0 / std::sqrt(std::max(syy / cols - my * my, 0.0) + eps);
       double uu = 0, vv = 0, uv = 0;
       for (int64_t c = 0; c < cols; ++c) {
-        const double wc = w ? w[c] : 1.0, bc = bias ? bias[c] : 0.0;
-        const double u = (x[c] - mx) * rx * wc + bc;
-        const double v = (y[c] - my) * ry * wc + bc;
+        double u = x[c], v = y[c];
+        if (kLayerNorm) {
+          const double wc = w ? w[c] : 1.0, bc = bias ? bias[c] : 0.0;
+          u = (u - mx) * rx * wc + bc;
+          v = (v - my) * ry * wc + bc;
+        }
         uu += u * u;
         vv += v * v;
         uv += u * v;
       }
       const double nu = std::max(std::sqrt(uu), 1e-12), nv = std::max(std::sqrt(vv), 1e-12);
+      // |u/nu - v/nv|^2 = uu/nu^2 + vv/nv^2 - 2 uv/(nu nv); equals 2 - 2cos unless a norm was clamped.
       const double sq = uu / (nu * nu) + vv / (nv * nv) - 2.0 * uv / (nu * nv);
       out[r] += std::sqrt(std::max(sq, 0.0));
     }
@@ -99,8 +83,8 @@ at::Tensor patch_step_distance_ln(const at::Tensor& a, const at::Tensor& b, cons
   if (weight && weight->defined()) w = float_rows(*weight);
   if (bias && bias->defined()) bi = float_rows(*bias);
   at::Tensor dist = at::zeros({a.size(0) * a.size(1)}, a.options().dtype(at::kDouble));
-  add_step_distances_ln_cpu(float_rows(a), float_rows(b), w.defined() ? w.data_ptr<float>() : nullptr,
-                            bi.defined() ? bi.data_ptr<float>() : nullptr, eps, dist);
+  add_step_distances_cpu<true>(float_rows(a), float_rows(b), w.defined() ? w.data_ptr<float>() : nullptr,
+                               bi.defined() ? bi.data_ptr<float>() : nullptr, eps, dist);
   return dist.view({a.size(0), a.size(1)});
 }
 
@@ -110,7 +94,7 @@ at::Tensor patch_step_distance(const at::Tensor& a, const at::Tensor& b) {
   if (a.device().is_cpu()) {
     // CPU: fused single pass over the pair (the tokens are the largest data the methods touch).
     at::Tensor dist = at::zeros({a.size(0) * a.size(1)}, a.options().dtype(at::kDouble));
-    add_step_distances_cpu(float_rows(a), float_rows(b), dist);
+    add_step_distances_cpu<false>(float_rows(a), float_rows(b), nullptr, nullptr, 0.0, dist);
     return dist.view({a.size(0), a.size(1)});
   }
   // Accelerators: the same definition with tensor ops.

@@ -182,3 +182,30 @@ def model_class(quality: Optional[str]) -> type:
     if quality not in classes:
         raise ValueError("quality must be None, 'token' or 'crfiqa'")
     return classes[quality]
+
+
+def load_official_state_dict(model: nn.Module, state, prefixes=("module.", "net.", "backbone.")) -> nn.Module:
+    """Load an official checkpoint (path or dict) into ``model``: strips DataParallel/wrapper prefixes and
+    checks keys strictly, raising one clear error that lists missing and unexpected keys."""
+    if not isinstance(state, dict):
+        state = torch.load(state, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if key in state and isinstance(state[key], dict):
+            state = state[key]
+    cleaned = {}
+    for k, v in state.items():
+        for p in prefixes:
+            if k.startswith(p):
+                k = k[len(p):]
+        cleaned[k] = v
+    own = model.state_dict()
+    missing = sorted(set(own) - set(cleaned))
+    unexpected = sorted(set(cleaned) - set(own))
+    shape = sorted(k for k in set(own) & set(cleaned) if own[k].shape != cleaned[k].shape)
+    if missing or unexpected or shape:
+        raise ValueError("checkpoint does not match the model: "
+                         f"missing {missing[:10]}{'...' if len(missing) > 10 else ''}, "
+                         f"unexpected {unexpected[:10]}{'...' if len(unexpected) > 10 else ''}, "
+                         f"shape mismatch {shape[:10]}")
+    model.load_state_dict(cleaned)
+    return model
