@@ -107,7 +107,12 @@ def random_data(seed, n_gen=300, n_imp=1500, ties=False):
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("fmr", [1e-2, 1e-3])
-def test_refit_matches_loop(seed, ties, fmr):
+@pytest.mark.parametrize("top", [None, 7])
+def test_refit_matches_loop(seed, ties, fmr, top, monkeypatch):
+    from vitfiqa.eval import edc as edc_module
+
+    if top is not None:  # only a few impostor scores pre-sorted: exercises the partial path and fallback
+        monkeypatch.setattr(edc_module, "TOP_IMPOSTORS", top)
     gs, is_, gq, iq = random_data(seed, ties=ties)
     grid = np.round(np.arange(0, 0.951, 0.05), 2)
     c = edc_curve(gs, is_, gq, iq, fmr=fmr, variant="refit")

@@ -67,3 +67,17 @@ def test_load_official_state_dict(tmp_path):
     state["module.extra"] = torch.zeros(1)
     with pytest.raises(ValueError, match=r"missing \['head_qs.1.weight'\], unexpected \['extra'\]"):
         load_official_state_dict(other, state)
+
+
+@pytest.mark.parametrize("method", ["script", "trace"])
+def test_export_torchscript_roundtrip(tmp_path, method):
+    import vitfiqa
+    from vitfiqa.models import export_torchscript
+
+    model = small_model().eval()
+    x = torch.randn(2, 3, 32, 32)
+    path = export_torchscript(model, str(tmp_path / "m.pt"), method, example=x)
+    m = vitfiqa.load(path, image_size=(32, 32))
+    with torch.no_grad():
+        expected = model(x)[1].reshape(-1).double()
+    torch.testing.assert_close(m.score(x, methods=["vitfiqa"]).scores["vitfiqa"], expected, rtol=1e-5, atol=1e-7)

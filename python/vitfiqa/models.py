@@ -209,3 +209,21 @@ def load_official_state_dict(model: nn.Module, state, prefixes=("module.", "net.
                          f"shape mismatch {shape[:10]}")
     model.load_state_dict(cleaned)
     return model
+
+
+def export_torchscript(model: nn.Module, path: str, method: str = "script", example: Optional[torch.Tensor] = None) -> str:
+    """Save ``model`` (in eval mode) as TorchScript for :func:`vitfiqa.load`: ``script`` or ``trace``
+    (tracing needs an ``example`` batch, default random 2x3x112x112)."""
+    import warnings
+
+    model = model.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit.* deprecation notices
+        if method == "script":
+            ts = torch.jit.script(model)
+        elif method == "trace":
+            ts = torch.jit.trace(model, example if example is not None else torch.randn(2, 3, 112, 112))
+        else:
+            raise ValueError("method must be 'script' or 'trace'")
+    ts.save(path)
+    return path

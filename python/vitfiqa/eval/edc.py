@@ -97,53 +97,71 @@ def fnmr_at_fmr(genuine_scores, impostor_scores, fmr: float = 1e-3) -> float:
     return float(np.mean(gen < thr))
 
 
-def _refit_curve(gen_s, imp_s, gen_q, imp_q, fmr, discard):
+TOP_IMPOSTORS = 1 << 20  # impostor scores sorted up front; the threshold lives at the top of them
+
+
+def _refit_curve(gen_s, imp_s, gen_q, imp_q, fmr, discard, top=None):
     n_gen, n_imp = len(gen_s), len(imp_s)
     total = n_gen + n_imp
-    # Rank every pair by quality once (stable: ties keep pair order, genuine pairs first).
-    quality = np.concatenate([gen_q, imp_q])
-    rank = np.empty(total, dtype=np.int64)
-    rank[np.argsort(quality, kind="stable")] = np.arange(total)
-    gen_rank, imp_rank = rank[:n_gen], rank[n_gen:]
-    del rank, quality
-    order = np.argsort(-imp_s, kind="stable")  # impostors by score, highest first
-    imp_desc = imp_s[order]
-    imp_rank_desc = imp_rank[order]
-    del order
-    imp_neg_asc = -imp_desc  # ascending, for tie look-ups with searchsorted
-    imp_rank_sorted = np.sort(imp_rank)
+    # Pairs are ranked by (quality, pair order with genuine pairs first); a fraction f keeps ranks >=
+    # floor(f * total). One partition yields every fraction's cut value instead of a full sort.
+    quality = np.concatenate([gen_q, imp_q.astype(np.result_type(gen_q, imp_q), copy=False)])
+    n_drops = [int(np.floor(f * total + 1e-9)) for f in discard]
+    kth = sorted({n - 1 for n in n_drops if n > 0})
+    part = np.partition(quality, kth) if kth else quality
+    cuts = {}
+    for n_drop in set(n_drops):
+        if n_drop == 0:
+            cuts[n_drop] = (-np.inf, 0)
+            continue
+        c = part[n_drop - 1]
+        below = int(np.count_nonzero(quality < c))
+        equal = np.flatnonzero(quality == c)  # in pair order
+        m = n_drop - below  # pairs of quality c that are dropped: the first m in pair order
+        cuts[n_drop] = (c, int(equal[m]) if m < len(equal) else total)
+    del part
 
+    # Impostor scores, highest first: only the top `top` are sorted unless a fraction needs more.
+    top = TOP_IMPOSTORS if top is None else top
+
+    def order_desc(m):
+        if m >= n_imp:
+            return np.argsort(-imp_s, kind="stable")
+        idx = np.argpartition(-imp_s, m - 1)[:m]
+        return idx[np.argsort(-imp_s[idx], kind="stable")]
+
+    def prepared(m):
+        order = order_desc(m)
+        desc = imp_s[order]
+        return desc, -desc, imp_q[order], order + n_gen, m >= n_imp
+
+    state = prepared(min(top, n_imp))
+    gen_idx = np.arange(n_gen)
     fnmrs, thrs, fmrs, kept_fracs = [], [], [], []
-    for f in discard:
-        n_drop = int(np.floor(f * total + 1e-9))
-        i_kept = n_imp - np.searchsorted(imp_rank_sorted, n_drop, side="left")
-        g_mask = gen_rank >= n_drop
+    for f, n_drop in zip(discard, n_drops):
+        c, t = cuts[n_drop]
+        g_mask = (gen_q > c) | ((gen_q == c) & (gen_idx >= t))
         g_kept = int(g_mask.sum())
+        i_kept = n_imp - (n_drop - (n_gen - g_kept))
         if i_kept == 0 or g_kept == 0:
             warnings.warn(f"EDC stops at discard {f}: no {'impostor' if i_kept == 0 else 'genuine'} pair left")
             break
         k = min(max(int(np.ceil(fmr * i_kept - 1e-9)), 1), i_kept)
-        # Walk the score-sorted impostors in growing chunks until k kept ones are seen.
-        chunk = max(4 * int(k / max(i_kept / n_imp, 1e-12)), 1 << 16)
         while True:
-            kept_cum = np.cumsum(imp_rank_desc[:chunk] >= n_drop)
-            if kept_cum[-1] >= k or chunk >= n_imp:
-                break
-            chunk *= 4
-        pos_a = int(np.searchsorted(kept_cum, k, side="left"))  # position of the k-th kept impostor
-        a = imp_desc[pos_a]
-        # kept impostors scoring >= a and > a (ties in score counted together)
-        j_right = int(np.searchsorted(imp_neg_asc, -a, side="right"))
-        j_left = int(np.searchsorted(imp_neg_asc, -a, side="left"))
-        if j_right > len(kept_cum):
-            kept_cum = np.cumsum(imp_rank_desc[:j_right] >= n_drop)
-        ge = int(kept_cum[j_right - 1])
-        gt = int(kept_cum[j_left - 1]) if j_left > 0 else 0
-        if gt > 0:
-            pos_b = int(np.searchsorted(kept_cum[:j_left], gt, side="left"))
-            b = imp_desc[pos_b]
-        else:
-            b = np.inf
+            desc, neg_asc, q_desc, pair_desc, complete = state
+            kept = (q_desc > c) | ((q_desc == c) & (pair_desc >= t))
+            kept_cum = np.cumsum(kept)
+            if kept_cum[-1] >= k:
+                pos_a = int(np.searchsorted(kept_cum, k, side="left"))  # the k-th kept impostor
+                a = desc[pos_a]
+                j_right = int(np.searchsorted(neg_asc, -a, side="right"))
+                if complete or j_right < len(desc):  # the whole tie group of a is in view
+                    break
+            state = prepared(n_imp)  # rare: fall back to sorting every impostor score
+        j_left = int(np.searchsorted(neg_asc, -a, side="left"))
+        ge = int(kept_cum[j_right - 1])  # kept impostors scoring >= a
+        gt = int(kept_cum[j_left - 1]) if j_left > 0 else 0  # ... and > a
+        b = desc[int(np.searchsorted(kept_cum[:j_left], gt, side="left"))] if gt > 0 else np.inf
         fmr_a, fmr_b = ge / i_kept, gt / i_kept
         thr, achieved = (b, fmr_b) if abs(fmr_b - fmr) <= abs(fmr_a - fmr) else (a, fmr_a)
         fnmrs.append(float(np.count_nonzero(gen_s[g_mask] < thr)) / g_kept)
