@@ -55,7 +55,6 @@ def _markdown(table) -> str:
 def run_demo(out_dir: str | Path = "vitfiqa-demo", n_images: int = 300, model_path: str | Path | None = None,
              n_pairs: int = 40000, seed: int = 0, log=print) -> dict:
     import pandas as pd
-    import torch
 
     import vitfiqa
     from vitfiqa.eval import Pairs, comparison_scores, evaluate, plot_edc, to_markdown

@@ -19,7 +19,7 @@ import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -233,4 +233,3 @@ def score_image_set(model, dataset: ImageSet, methods=("attn", "vitnt"), batch_s
     return out
 
 
-Embedder = Callable[[np.ndarray], np.ndarray]
