@@ -466,20 +466,25 @@ CaptureModel::Built& CaptureModel::build(const CaptureRequest& req) {
   // Re-applies a chain of base-graph nodes to a new input (the rest of the graph stays shared). The copy
   // goes right after the new input is computed (or after the last value it reads, if later), so the
   // interpreter can free what it no longer needs while the pass goes on.
+  // The earliest top-level point at which every value in `values` (of the copy) is defined, at or after `after`.
+  auto after_definitions = [&](Node* after, const std::vector<Value*>& values) {
+    for (Value* v : values) {
+      Node* def = v->node();
+      if (def->owningBlock() == g->block() && def->isAfter(after)) after = def;
+    }
+    return after;
+  };
   auto reapply = [&](const std::vector<Node*>& chain, Value* from, Value* to) {
     std::unordered_map<Value*, Value*> local{{from, to}};
     std::unordered_set<Node*> in_chain(chain.begin(), chain.end());
-    Node* after = to->node();
+    std::vector<Value*> external;
     for (Node* n : chain) {
       std::vector<Value*> reads;
       collect_reads(n, reads);
-      for (Value* v : reads) {
-        if (v == from || in_chain.count(v->node()) || !vmap.count(v)) continue;
-        Node* def = vmap.at(v)->node();
-        if (def->owningBlock() == g->block() && def->isAfter(after)) after = def;
-      }
+      for (Value* v : reads)
+        if (v != from && !in_chain.count(v->node()) && vmap.count(v)) external.push_back(vmap.at(v));
     }
-    torch::jit::WithInsertPoint guard(after->next());
+    torch::jit::WithInsertPoint guard(after_definitions(to->node(), external)->next());
     Value* last = to;
     for (Node* n : chain) {
       Node* c = g->insertNode(g->createClone(n, [&](Value* v) {
@@ -534,15 +539,14 @@ CaptureModel::Built& CaptureModel::build(const CaptureRequest& req) {
     if (req.tokens_output) emit(tokens, "tokens", b);
     Value* cur = fuse_norm ? vmap.at(out) : tokens;
     if (req.token_distances && prev_tokens) {
-      torch::jit::WithInsertPoint guard(cur->node()->next());
-      Node* d;
-      if (fuse_norm) {
-        d = g->create(c10::Symbol::fromQualString("vitfiqa::patch_step_distance_ln"),
-                      {prev_tokens, cur, vmap.at(final_norm_->input(2)), vmap.at(final_norm_->input(3)),
-                       vmap.at(final_norm_->input(4))}, 1);
-      } else {
-        d = g->create(c10::Symbol::fromQualString("vitfiqa::patch_step_distance"), {prev_tokens, cur}, 1);
-      }
+      std::vector<Value*> inputs{prev_tokens, cur};
+      if (fuse_norm)
+        for (size_t i : {2, 3, 4}) inputs.push_back(vmap.at(final_norm_->input(i)));
+      // Right after the block, unless the norm's parameters are read later (hoisting is off with SetAttr).
+      torch::jit::WithInsertPoint guard(after_definitions(cur->node(), inputs)->next());
+      Node* d = g->create(c10::Symbol::fromQualString(fuse_norm ? "vitfiqa::patch_step_distance_ln"
+                                                                : "vitfiqa::patch_step_distance"),
+                          inputs, 1);
       g->insertNode(d);
       d->output()->setType(c10::TensorType::get());
       emit(d->output(), "dist", b);

@@ -96,3 +96,28 @@ def test_load_from_bytes(model_cases):
     x = c.images(2)
     torch.testing.assert_close(m.score(x, methods=["attn"]).scores["attn"],
                                vitfiqa.load(c.path).score(x, methods=["attn"]).scores["attn"], rtol=0, atol=0)
+
+
+class AssigningViT(FaceViT):
+    """Assigns a module attribute in forward (prim::SetAttr), which turns parameter hoisting off."""
+
+    def __init__(self):
+        super().__init__(embed_dim=32, depth=3, num_heads=4, num_features=16)
+        self.calls: int = 0
+
+    def forward(self, x):
+        self.calls = self.calls + 1
+        return self.feature(self.forward_tokens(x).flatten(1))
+
+
+def test_vitnt_without_hoisting_matches_reference(tmp_path):
+    from .reference import methods as ref
+
+    torch.manual_seed(3)
+    model = AssigningViT().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.script(model).save(str(tmp_path / "assign.pt"))
+    x = torch.randn(2, 3, 112, 112)
+    r = vitfiqa.load(tmp_path / "assign.pt").score(x, methods=["vitnt", "attn"])
+    torch.testing.assert_close(r.scores["vitnt"], ref.vitnt_fiqa(model, x, 0)[0], rtol=1e-5, atol=0)
