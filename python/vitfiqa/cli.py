@@ -43,20 +43,24 @@ def _methods(spec: str) -> list[str]:
 
 
 def cmd_score(args) -> int:
+    if args.batch_size <= 0:
+        raise CLIError("--batch-size must be positive")
+    if args.workers is not None and args.workers < 1:
+        raise CLIError("--workers must be at least 1")
+    methods = _methods(args.methods)
+    if args.ray is not None:
+        return _score_ray(args, methods)
     import numpy as np
-    import torch
     from tqdm.auto import tqdm
 
     import vitfiqa
-    from vitfiqa.preprocess import preprocess_images
+    from vitfiqa.pipeline import score_files, score_keys
 
-    if args.batch_size <= 0:
-        raise CLIError("--batch-size must be positive")
-    methods = _methods(args.methods)
     out = Path(args.out)
     if out.suffix not in (".csv", ".parquet"):
         raise CLIError("--out must end in .csv or .parquet")
-    model = vitfiqa.load(args.model, device=args.device, image_size=(args.image_size, args.image_size))
+    model = vitfiqa.load(args.model, device=args.device or "cpu", dtype=args.dtype,
+                         image_size=(args.image_size, args.image_size))
     files = _image_list(args.images)
     # Results go to a CSV as each batch finishes; a re-run skips images already in it.
     partial = out if out.suffix == ".csv" else out.with_suffix(".partial.csv")
@@ -72,8 +76,8 @@ def cmd_score(args) -> int:
     heat_dir = Path(args.heatmaps) if args.heatmaps else None
     if heat_dir:
         heat_dir.mkdir(parents=True, exist_ok=True)
-    score_keys = [k for m in methods for k in (("exfiqa_F", "exfiqa_FW") if m == "exfiqa" else (m,))]
-    columns = ["path"] + score_keys + ["error"]
+    keys = score_keys(methods)
+    columns = ["path"] + keys + ["error"]
     if partial.exists() and not args.overwrite:
         with open(partial, newline="") as f:
             header = next(csv.reader(f), None)
@@ -82,31 +86,26 @@ def cmd_score(args) -> int:
     new_file = not partial.exists() or partial.stat().st_size == 0
     bar = tqdm(total=len(files), initial=len(done), desc="scoring", disable=args.quiet)
     with open(partial, "a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns, restval="")
+        writer = csv.DictWriter(fh, fieldnames=columns, restval="", extrasaction="ignore")
         if new_file:
             writer.writeheader()
-        for start in range(0, len(todo), args.batch_size):
-            chunk = todo[start:start + args.batch_size]
-            good, imgs, rows = [], [], []
-            for path in chunk:
-                try:
-                    imgs.append(preprocess_images([path], size=model.image_size)[0])
-                    good.append(path)
-                except (OSError, ValueError) as exc:
-                    log.warning("skipping %s: %s", path, exc)
-                    rows.append({"path": path, "error": str(exc).replace("\n", " ")})
-            if imgs:
-                r = model.score(torch.stack(imgs), methods=methods, heatmaps=heat_dir is not None)
-                sc = r.numpy()
-                for i, path in enumerate(good):
-                    rows.append({"path": path, "error": "", **{k: float(sc[k][i]) for k in score_keys}})
-                if heat_dir:
-                    for meth, hm in r.heatmaps.items():
-                        for i, path in enumerate(good):
-                            np.save(heat_dir / f"{Path(path).stem}.{meth}.npy", hm[i].numpy())
+        batches = score_files(model, todo, methods, batch_size=args.batch_size, workers=args.workers,
+                              heatmaps=heat_dir is not None) if todo else []
+        for sb in batches:
+            for pos, err in sb.batch.errors.items():
+                log.warning("skipping %s: %s", sb.batch.paths[pos], err)
+            cols = sb.columns(keys)
+            rows = [{k: cols[k][i] for k in columns} for i in range(len(sb.batch.paths))]
+            for row in rows:  # unreadable images get empty score cells, not "nan"
+                if row["error"]:
+                    row.update({k: "" for k in keys})
+            if heat_dir and sb.result is not None:
+                for meth, hm in sb.result.heatmaps.items():
+                    for j, pos in enumerate(sb.batch.ok):
+                        np.save(heat_dir / f"{Path(sb.batch.paths[pos]).stem}.{meth}.npy", hm[j].float().cpu().numpy())
             writer.writerows(rows)
             fh.flush()  # a crash loses at most the batch in flight
-            bar.update(len(chunk))
+            bar.update(len(rows))
     bar.close()
     if out.suffix == ".parquet":
         import pandas as pd
@@ -117,6 +116,25 @@ def cmd_score(args) -> int:
             raise CLIError("writing .parquet needs pyarrow: pip install 'vitfiqa[parquet]'") from None
         partial.unlink()
     log.info("wrote %s", out)
+    return 0
+
+
+def _score_ray(args, methods: list[str]) -> int:
+    from vitfiqa.distributed import score_with_ray
+
+    out = Path(args.out)
+    if out.suffix == ".csv":
+        raise CLIError("with --ray, --out is a folder of Parquet shards (e.g. scores.parquet or scores/), not a .csv")
+    if args.heatmaps:
+        raise CLIError("--heatmaps is not supported with --ray (heatmaps stay local); score without --ray")
+    files = _image_list(args.images)
+    frame = score_with_ray(args.model, files, str(out), methods=methods, address=args.ray or None,
+                           batch_size=args.batch_size, device=args.device,
+                           dtype=args.dtype, image_size=(args.image_size, args.image_size),
+                           workers=args.workers, num_actors=args.actors, overwrite=args.overwrite,
+                           progress=not args.quiet)
+    bad = int((frame["error"] != "").sum())
+    log.info("scored %d images (%d unreadable) into %s", len(frame) - bad, bad, out)
     return 0
 
 
@@ -192,10 +210,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--methods", default="attn,vitnt")
     s.add_argument("--out", required=True, help="scores.csv or scores.parquet")
     s.add_argument("--heatmaps", help="folder for per-image heatmaps (.npy)")
-    s.add_argument("--device", default="cpu")
+    s.add_argument("--device", help="cpu (default), cuda, cuda:N; with --ray the default uses GPUs when the cluster has them")
+    s.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
+                   help="model precision (float16 for GPUs)")
     s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--workers", type=int, help="image decoding threads (default: min(8, cores))")
     s.add_argument("--image-size", type=int, default=112)
     s.add_argument("--overwrite", action="store_true", help="start again instead of resuming")
+    s.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="score on Ray: a new local cluster, or the cluster at ADDRESS ('auto', 'ray://host:10001'); "
+                        "--out becomes a folder of Parquet shards")
+    s.add_argument("--actors", type=int, help="with --ray: scoring actors (default: one per GPU, else per 2 CPUs)")
     s.set_defaults(fn=cmd_score)
 
     e = sub.add_parser("evaluate", help="pAUC-EDC tables and plots on an insightface .bin benchmark")

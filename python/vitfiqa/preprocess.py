@@ -49,11 +49,31 @@ def _hwc_uint8(item: Any) -> np.ndarray:
     return arr[:, :, :3]
 
 
+def load_uint8(item: Any, size: tuple[int, int] = DEFAULT_IMAGE_SIZE) -> np.ndarray:
+    """One image (path, PIL image or uint8 array) -> uint8 HxWx3 RGB array resized (bilinear) to ``size``.
+
+    Raises FileNotFoundError / ValueError (unreadable file) / TypeError (wrong dtype)."""
+    from PIL import Image
+
+    arr = _hwc_uint8(item)
+    if arr.shape[:2] != tuple(size):
+        arr = np.asarray(Image.fromarray(np.ascontiguousarray(arr)).resize((size[1], size[0]), Image.BILINEAR))
+    return arr
+
+
+def normalize_uint8(batch: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 NHWC batch (on any device) -> contiguous NCHW in [-1, 1]: ``(x / 255 - 0.5) / 0.5``.
+
+    The arithmetic is float32 whatever ``dtype`` is (then cast), so CPU and GPU, float32 and the CPU-side
+    path of :func:`preprocess_images` give the same bits."""
+    x = batch.permute(0, 3, 1, 2).to(torch.float32)
+    x = (x / 255.0 - 0.5) / 0.5
+    return x.to(dtype).contiguous()
+
+
 def preprocess_images(images: Any, size: tuple[int, int] = DEFAULT_IMAGE_SIZE) -> torch.Tensor:
     """uint8 images (one or a sequence of HWC arrays, PIL images or paths; or an NHWC uint8 array) ->
     float32 [B,3,H,W] tensor resized (bilinear) to ``size`` and scaled to [-1, 1]."""
-    from PIL import Image
-
     if isinstance(images, np.ndarray) and images.ndim == 4:
         items: Sequence[Any] = list(images)
     elif isinstance(images, (list, tuple)):
@@ -62,14 +82,10 @@ def preprocess_images(images: Any, size: tuple[int, int] = DEFAULT_IMAGE_SIZE) -
         items = [images]
     if len(items) == 0:
         raise ValueError("no images given")
-    out = np.empty((len(items), size[0], size[1], 3), dtype=np.float32)
+    out = np.empty((len(items), size[0], size[1], 3), dtype=np.uint8)
     for i, item in enumerate(items):
-        arr = _hwc_uint8(item)
-        if arr.shape[:2] != tuple(size):
-            arr = np.asarray(Image.fromarray(arr).resize((size[1], size[0]), Image.BILINEAR))
-        out[i] = arr
-    batch = torch.from_numpy(out).permute(0, 3, 1, 2)
-    return ((batch / 255.0 - 0.5) / 0.5).contiguous()
+        out[i] = load_uint8(item, size)
+    return normalize_uint8(torch.from_numpy(out))
 
 
 def as_batch(images: Any, preprocess: bool | str = "auto", size: tuple[int, int] = DEFAULT_IMAGE_SIZE) -> torch.Tensor:

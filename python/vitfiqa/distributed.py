@@ -1,0 +1,195 @@
+"""Scale-out on Ray Data: score an image collection with a pool of actors, one loaded model per actor,
+writing Parquet shards.
+
+>>> from vitfiqa.distributed import score_with_ray
+>>> frame = score_with_ray("vit.pt", paths, "scores.parquet", methods=("attn", "vitnt"))
+
+The input list is cut into batches exactly as the local path cuts it (``paths[i:i+batch_size]``), and each
+actor runs the local pipeline (:func:`vitfiqa.pipeline.score_files`) on whole batches, so a data set scored on
+a cluster gets the same scores as on one machine, bit for bit on the same hardware and thread count.
+The model travels once through Ray's object store as bytes, so only the driver needs the model file. Image paths
+must be readable from every node (a shared file system). The output folder takes Parquet shards as actors
+finish; a re-run skips the paths already in it (``overwrite=True`` starts again).
+
+Needs ``pip install 'vitfiqa[ray]'``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+log = logging.getLogger("vitfiqa")
+
+
+def _ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise ImportError("vitfiqa.distributed needs Ray Data: pip install 'vitfiqa[ray]'") from None
+    return ray
+
+
+class _Scorer:
+    """Ray Data actor: loads the model once, then scores whole batches (one input row = one batch)."""
+
+    def __init__(self, model_ref, device, dtype, image_size, methods, workers, torch_threads, score_options):
+        import ray
+        import torch
+
+        from .api import QualityModel
+
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        self.model = QualityModel(ray.get(model_ref[0]), device=device, dtype=dtype, image_size=image_size)
+        self.methods = list(methods)
+        self.workers = workers
+        self.score_options = dict(score_options)
+
+    def __call__(self, batch: dict) -> dict:
+        from .pipeline import score_files, score_keys
+
+        keys = score_keys(self.methods)
+        cols: dict[str, list] = {}
+        for indices, paths in zip(batch["indices"], batch["paths"]):
+            paths = [str(p) for p in paths]
+            for sb in score_files(self.model, paths, self.methods, batch_size=len(paths), workers=self.workers,
+                                  prefetch=1, **self.score_options):
+                part = sb.columns(keys)
+                part["index"] = [int(i) for i in indices]
+                for k, v in part.items():
+                    cols.setdefault(k, []).extend(v)
+        out = {"index": np.asarray(cols["index"], dtype=np.int64), "path": np.asarray(cols["path"], dtype=object)}
+        out.update({k: np.asarray(cols[k], dtype=np.float64) for k in keys})
+        out["error"] = np.asarray(cols["error"], dtype=object)
+        return out
+
+
+def _read_shards(out_dir: Path):
+    import pandas as pd
+
+    shards = sorted(out_dir.glob("*.parquet")) if out_dir.is_dir() else []
+    if not shards:
+        return None
+    return pd.concat([pd.read_parquet(s) for s in shards], ignore_index=True)
+
+
+def score_with_ray(model: str | os.PathLike | bytes, paths: Sequence[str], out_dir: str | os.PathLike,
+                   methods: Sequence[str] | str = ("attn", "vitnt"), *, address: str | None = None,
+                   batch_size: int = 64, num_actors: int | None = None, device: str | None = None,
+                   dtype: str = "float32", image_size: tuple[int, int] = (112, 112), workers: int | None = None,
+                   cpus_per_actor: float | None = None, overwrite: bool = False, progress: bool = True,
+                   num_cpus: int | None = None, **score_options):
+    """Score ``paths`` on a Ray cluster; returns a pandas DataFrame (index, path, scores, error) in input order.
+
+    address: ``None`` joins the Ray already initialised in this process, else starts a local one (with
+    ``num_cpus``); ``"auto"`` or ``"ray://host:port"`` joins that cluster.
+    device: ``None`` uses one GPU per actor when the cluster has GPUs (one actor per GPU), else CPUs;
+    ``"cpu"``/``"cuda"`` force it. dtype: ``float16`` halves GPU memory traffic.
+    num_actors / cpus_per_actor: the actor pool (default: per GPU; else one actor per 2 CPUs, 1 on tiny
+    clusters). workers: decoding threads per actor (default: its CPUs).
+    score_options: as :meth:`vitfiqa.QualityModel.score` (no heatmaps; EX-FIQA exit normalisation stays
+    'none', fuse data-set-wide with :func:`vitfiqa.fuse_exits`).
+    """
+    from .pipeline import score_keys
+
+    if isinstance(methods, str):
+        methods = [m.strip() for m in methods.split(",") if m.strip()]
+    keys = score_keys(list(methods))
+    if batch_size <= 0:
+        raise ValueError("batch_size must be positive")
+    if num_actors is not None and num_actors < 1:
+        raise ValueError("num_actors must be at least 1")
+    if score_options.get("heatmaps") or score_options.get("return_captures"):
+        raise ValueError("heatmaps and captures are not collected through Ray; use QualityModel.score locally")
+    if score_options.get("exit_normalization", "none") != "none":
+        raise ValueError("exit_normalization over a batch makes scores depend on batching; use 'none' and "
+                         "vitfiqa.fuse_exits over the whole data set")
+    paths = [os.fspath(p) for p in paths]
+    if not paths:
+        raise ValueError("no image paths given")
+    if isinstance(model, (bytes, bytearray)):
+        model_bytes = bytes(model)
+    else:
+        if not Path(model).is_file():
+            raise FileNotFoundError(f"model file not found: {model}")
+        model_bytes = Path(model).read_bytes()
+    # Load once here too: a corrupt file or a model without attention fails now, with vitfiqa's own message,
+    # not later inside every actor.
+    from .api import QualityModel
+
+    QualityModel(model_bytes, device="cpu", image_size=image_size)
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} exists and is not a folder (Ray writes a folder of Parquet shards)")
+    columns = ["index", "path"] + keys + ["error"]
+    done = None if overwrite else _read_shards(out)
+    if overwrite and out.is_dir():
+        for shard in out.glob("*.parquet"):
+            shard.unlink()
+    if done is not None and list(done.columns) != columns:
+        raise ValueError(f"{out} holds shards with columns {list(done.columns)}, not {columns}: "
+                         "use overwrite=True (--overwrite) or another folder")
+    done_paths = set(done["path"]) if done is not None else set()
+    todo = [(i, p) for i, p in enumerate(paths) if p not in done_paths]
+    if done_paths:
+        log.info("resuming: %d of %d images already in %s", len(paths) - len(todo), len(paths), out)
+
+    ray = _ray()
+    started = False
+    if not ray.is_initialized():
+        ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
+                 logging_level=logging.WARNING)
+        started = True
+    try:
+        if todo:
+            _run(ray, model_bytes, todo, out, list(methods), batch_size, num_actors, device, dtype,
+                 tuple(image_size), workers, cpus_per_actor, progress, score_options)
+    finally:
+        if started:
+            ray.shutdown()
+    frame = _read_shards(out)
+    return frame.sort_values("index", kind="stable").reset_index(drop=True)
+
+
+def _run(ray, model_bytes, todo, out, methods, batch_size, num_actors, device, dtype, image_size, workers,
+         cpus_per_actor, progress, score_options) -> None:
+    resources = ray.cluster_resources()
+    cpus, gpus = float(resources.get("CPU", 1)), int(resources.get("GPU", 0))
+    if device is None:
+        device = "cuda" if gpus > 0 else "cpu"
+    use_gpu = device.startswith("cuda")
+    if use_gpu and gpus == 0:
+        raise RuntimeError("device='cuda' but the Ray cluster has no GPUs")
+    if use_gpu:
+        device = "cuda"  # Ray gives each actor its own GPU as cuda:0 through CUDA_VISIBLE_DEVICES
+        num_actors = num_actors or gpus
+        cpus_per_actor = cpus_per_actor or max(1.0, min(8.0, cpus // max(num_actors, 1)))
+    else:
+        cpus_per_actor = cpus_per_actor or (2.0 if cpus >= 4 else 1.0)
+        num_actors = num_actors or max(1, int(cpus // cpus_per_actor))
+    threads = max(1, int(cpus_per_actor))
+
+    chunks = [todo[s:s + batch_size] for s in range(0, len(todo), batch_size)]
+    rows = [{"indices": [i for i, _ in c], "paths": [p for _, p in c]} for c in chunks]
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = progress
+    model_ref = [ray.put(model_bytes)]  # in a list, so the actor receives the reference and fetches it once
+    ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 20000))
+    ds = ds.map_batches(
+        _Scorer, batch_size=1, batch_format="numpy", concurrency=min(num_actors, len(rows)),
+        num_cpus=cpus_per_actor, num_gpus=1 if use_gpu else 0,
+        fn_constructor_kwargs=dict(model_ref=model_ref, device=device, dtype=dtype, image_size=image_size,
+                                   methods=methods, workers=workers or threads, torch_threads=threads,
+                                   score_options=score_options))
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        ds.write_parquet(str(out))
+    except ray.exceptions.RayError as exc:
+        cause = str(getattr(exc, "cause", None) or exc).strip().splitlines()
+        raise RuntimeError(f"scoring failed on a Ray worker: {cause[-1] if cause else type(exc).__name__}") from exc

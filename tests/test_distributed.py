@@ -1,0 +1,74 @@
+"""Scoring through a local Ray cluster (2 CPUs) gives the same scores as the local pipeline."""
+import numpy as np
+import pytest
+import ray
+
+from vitfiqa.cli import main
+from vitfiqa.distributed import score_with_ray
+from vitfiqa.pipeline import score_frame, score_keys
+
+from .test_pipeline import write_mixed_images
+
+METHODS = ["attn", "vitnt", "vitfiqa", "exfiqa"]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return write_mixed_images(tmp_path_factory.mktemp("ray_imgs"), 200, broken={17, 130})
+
+
+def test_ray_scores_equal_local_scores(local_ray, images, model_cases, loaded, tmp_path):
+    case = model_cases["vitfiqa_token-script"]
+    local = score_frame(loaded("vitfiqa_token-script"), images, METHODS, batch_size=32)
+    out = tmp_path / "scores.parquet"
+    dist = score_with_ray(case.path, images, out, METHODS, batch_size=32, num_actors=2, progress=False)
+    assert len(list(out.glob("*.parquet"))) >= 2  # shards, written by the actors
+    assert dist["path"].tolist() == images and dist["index"].tolist() == list(range(200))
+    assert dist["error"].tolist() == local["error"].tolist()
+    assert (dist["error"] != "").sum() == 2
+    for k in score_keys(METHODS):  # identical, not merely close: same batches, same kernels
+        np.testing.assert_array_equal(dist[k].to_numpy(), local[k].to_numpy())
+
+    # Resume: lose one shard, re-run: only its images are scored again and the result is unchanged.
+    lost = sorted(out.glob("*.parquet"))[0]
+    lost.unlink()
+    again = score_with_ray(case.path, images, out, METHODS, batch_size=32, num_actors=2, progress=False)
+    assert again.equals(dist)
+
+
+def test_cli_ray_flag(local_ray, images, model_cases, tmp_path):
+    out = tmp_path / "cli_scores"
+    argv = ["-q", "score", "--model", model_cases["timm-script"].path, "--images", str(images[0].rsplit("/", 1)[0]),
+            "--image-size", "32", "--methods", "attn,vitnt", "--batch-size", "64", "--out", str(out), "--ray"]
+    assert main(argv) == 0
+    import pandas as pd
+
+    frame = pd.read_parquet(out).sort_values("index")
+    assert len(frame) == 200 and frame["vitnt"].notna().sum() == 198
+    # A different method set cannot be mixed into the same folder.
+    other = list(argv)
+    other[other.index("attn,vitnt")] = "attn"
+    assert main(other) == 2
+
+
+@pytest.mark.parametrize("kwargs, exc, msg", [
+    (dict(paths=[]), ValueError, "no image paths"),
+    (dict(methods=["bogus"]), ValueError, "unknown method"),
+    (dict(model="missing.pt"), FileNotFoundError, "model file not found"),
+    (dict(model=b"junk"), ValueError, "could not load a TorchScript model"),
+    (dict(heatmaps=True), ValueError, "not collected through Ray"),
+    (dict(exit_normalization="zscore"), ValueError, "depend on batching"),
+    (dict(device="cuda"), RuntimeError, "no GPUs"),
+])
+def test_ray_rejects_bad_input(kwargs, exc, msg, local_ray, images, model_cases, tmp_path):
+    kwargs = {"model": model_cases["insightface-script"].path, "paths": images[:4],
+              "out_dir": tmp_path / "o", "progress": False, **kwargs}
+    with pytest.raises(exc, match=msg):
+        score_with_ray(**kwargs)

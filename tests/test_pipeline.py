@@ -1,0 +1,108 @@
+"""The file pipeline (threaded decode + preprocess + score) against the public in-memory path."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import vitfiqa
+from vitfiqa.pipeline import ImageLoader, score_files, score_frame, score_keys
+
+
+def write_mixed_images(folder, n, broken=(), seed=0):
+    """PNG and JPEG files of several sizes (most need resizing), grey and RGBA ones, and unreadable ones."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        kind = i % 4
+        if i in broken:
+            p = folder / f"{i:03d}.jpg"
+            p.write_bytes(b"\xff\xd8 truncated")
+        elif kind == 0:
+            p = folder / f"{i:03d}.png"
+            Image.fromarray(rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)).save(p)
+        elif kind == 1:
+            p = folder / f"{i:03d}.jpg"
+            Image.fromarray(rng.integers(0, 256, (96, 120, 3), dtype=np.uint8)).save(p, quality=90)
+        elif kind == 2:
+            p = folder / f"{i:03d}.png"
+            Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8)).save(p)
+        else:
+            p = folder / f"{i:03d}.png"
+            Image.fromarray(rng.integers(0, 256, (130, 110, 4), dtype=np.uint8)).save(p)
+        paths.append(str(p))
+    return paths
+
+
+METHODS = ["attn", "vitnt", "vitfiqa", "exfiqa"]
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return write_mixed_images(tmp_path_factory.mktemp("imgs"), 23, broken={5, 6})
+
+
+def test_pipeline_matches_in_memory_scoring(images, loaded):
+    model = loaded("vitfiqa_token-script")
+    frame = score_frame(model, images, METHODS, batch_size=8, workers=3)
+    assert list(frame.columns) == ["index", "path"] + score_keys(METHODS) + ["error"]
+    assert frame["index"].tolist() == list(range(len(images))) and frame["path"].tolist() == images
+    bad = frame["error"] != ""
+    assert bad.tolist() == [i in (5, 6) for i in range(len(images))]
+    assert frame.loc[bad, "attn"].isna().all() and frame.loc[~bad, score_keys(METHODS)].notna().all().all()
+    # The same batches through the public path (preprocess_images + QualityModel.score) give the same bits.
+    for start in range(0, len(images), 8):
+        chunk = [p for i, p in enumerate(images[start:start + 8], start) if i not in (5, 6)]
+        ref = model.score(vitfiqa.preprocess_images(chunk), methods=METHODS).numpy()
+        got = frame[frame["path"].isin(chunk)]
+        for k in score_keys(METHODS):
+            np.testing.assert_array_equal(got[k].to_numpy(), ref[k])
+
+
+def test_worker_count_and_prefetch_do_not_change_results(images, loaded):
+    model = loaded("insightface-script")
+    a = score_frame(model, images, ("attn", "vitnt"), batch_size=5, workers=1, prefetch=1)
+    b = score_frame(model, images, "attn,vitnt", batch_size=5, workers=4, prefetch=3)
+    assert a.equals(b)
+
+
+def test_loader_batches_and_errors(images):
+    batches = list(ImageLoader(images, batch_size=10, workers=2))
+    assert [b.start for b in batches] == [0, 10, 20] and len(ImageLoader(images, 10)) == 3
+    first = batches[0]
+    assert first.ok == [0, 1, 2, 3, 4, 7, 8, 9] and set(first.errors) == {5, 6}
+    assert "cannot read image" in first.errors[5]
+    assert first.images.dtype == torch.uint8 and tuple(first.images.shape) == (8, 112, 112, 3)
+
+
+def test_all_unreadable_batch_gives_no_result(tmp_path, loaded):
+    paths = write_mixed_images(tmp_path, 3, broken={0, 1, 2})
+    (sb,) = list(score_files(loaded("insightface-script"), paths + [str(tmp_path / "missing.png")], batch_size=4))
+    assert sb.result is None and len(sb.batch.errors) == 4
+    assert "not found" in sb.batch.errors[3]
+
+
+@pytest.mark.parametrize("kwargs, exc, msg", [
+    (dict(paths=[]), ValueError, "no image paths"),
+    (dict(methods=["bogus"]), ValueError, "unknown method"),
+    (dict(batch_size=0), ValueError, "batch_size must be positive"),
+    (dict(workers=0), ValueError, "workers must be at least 1"),
+    (dict(methods=["exfiqa"], exit_normalization="zscore"), ValueError, "depend on batching"),
+])
+def test_pipeline_rejects_bad_input(kwargs, exc, msg, images, loaded):
+    kwargs = {"paths": images, **kwargs}
+    with pytest.raises(exc, match=msg):
+        list(score_files(loaded("vitfiqa_token-script"), **kwargs))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_pipeline_matches_cpu(images, model_cases):
+    case = model_cases["timm-script"]
+    paths = images[:16]
+    cpu = score_frame(vitfiqa.load(case.path, image_size=(32, 32)), paths, ("attn", "vitnt"), batch_size=8)
+    gpu = score_frame(vitfiqa.load(case.path, device="cuda", image_size=(32, 32)), paths, ("attn", "vitnt"),
+                      batch_size=8)
+    np.testing.assert_allclose(gpu[["attn", "vitnt"]].to_numpy(), cpu[["attn", "vitnt"]].to_numpy(), rtol=1e-4)
+    half = score_frame(vitfiqa.load(case.path, device="cuda", dtype="float16", image_size=(32, 32)), paths,
+                       ("attn", "vitnt"), batch_size=8)
+    assert np.isfinite(half[["attn", "vitnt"]].to_numpy()[(cpu["error"] == "").to_numpy()]).all()
