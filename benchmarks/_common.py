@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import sys
 import time
 
 import torch
@@ -21,6 +22,21 @@ def machine() -> str:
         pass
     return (f"{cpu}, {os.cpu_count()} logical cores, torch {torch.__version__} "
             f"({torch.get_num_threads()} intra-op threads), Python {platform.python_version()}")
+
+
+MALLOC_TUNING = dict(MALLOC_MMAP_THRESHOLD_=str(32 << 20), MALLOC_TRIM_THRESHOLD_=str(16 << 30),
+                     MALLOC_TOP_PAD_=str(512 << 20))
+MALLOC_NOTE_TUNED = "MALLOC_MMAP_THRESHOLD_=32MiB, MALLOC_TRIM_THRESHOLD_=16GiB, MALLOC_TOP_PAD_=512MiB"
+MALLOC_NOTE_DEFAULT = "default (freed large blocks go back to the OS: page faults on reuse)"
+
+
+def malloc_tuned(requested: bool, script: str, argv) -> bool:
+    """Re-run ``script`` under glibc settings that keep freed memory for reuse (no page-fault storms) when
+    ``requested``; glibc reads them only at start-up, hence the exec. Returns whether they are in effect."""
+    if requested and "MALLOC_TRIM_THRESHOLD_" not in os.environ:
+        os.environ.update(MALLOC_TUNING)
+        os.execv(sys.executable, [sys.executable, os.path.abspath(script)] + list(argv if argv is not None else sys.argv[1:]))
+    return "MALLOC_TRIM_THRESHOLD_" in os.environ
 
 
 def interleaved_medians(fns: dict, repeats: int, warmup: int = 3) -> dict:

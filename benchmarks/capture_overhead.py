@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import vitfiqa  # noqa: E402
 from vitfiqa.models import face_vit  # noqa: E402
 
-from _common import interleaved_medians, machine, write_table  # noqa: E402
+from _common import MALLOC_NOTE_DEFAULT, MALLOC_NOTE_TUNED, interleaved_medians, machine, malloc_tuned, write_table  # noqa: E402
 
 
 def eager_hooks_scorer(model):
@@ -58,11 +58,7 @@ def main(argv=None):
                     help="re-run under glibc settings that keep freed memory for reuse (no page-fault storms)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
-    if args.malloc_tuning and "MALLOC_TRIM_THRESHOLD_" not in os.environ:
-        os.environ.update(MALLOC_MMAP_THRESHOLD_=str(32 << 20), MALLOC_TRIM_THRESHOLD_=str(16 << 30),
-                          MALLOC_TOP_PAD_=str(512 << 20))
-        os.execv(sys.executable, [sys.executable, os.path.abspath(__file__)] + (argv or sys.argv[1:]))
-    tuned = "MALLOC_TRIM_THRESHOLD_" in os.environ
+    tuned = malloc_tuned(args.malloc_tuning, __file__, argv)
     if args.out is None:
         args.out = os.path.join(os.path.dirname(__file__), "results",
                                 f"capture_overhead_{args.device}{'_malloc_tuned' if tuned else ''}.md")
@@ -96,8 +92,7 @@ def main(argv=None):
         args.out, f"Capture overhead: vit_s (512 wide, 12 blocks), 112x112, batch {args.batch}, {args.device}",
         ["pipeline", "median ms / batch", "x plain forward", "images / s"], rows,
         [f"Machine: {machine()}.", f"Median of {args.repeats} interleaved runs after 3 warm-up runs each.",
-         "glibc malloc: " + ("MALLOC_MMAP_THRESHOLD_=32MiB, MALLOC_TRIM_THRESHOLD_=16GiB, MALLOC_TOP_PAD_=512MiB"
-                             if tuned else "default (freed large blocks go back to the OS: page faults on reuse)")])
+         "glibc malloc: " + (MALLOC_NOTE_TUNED if tuned else MALLOC_NOTE_DEFAULT)])
     print(text)
     return t
 

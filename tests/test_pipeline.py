@@ -45,18 +45,18 @@ def images(tmp_path_factory):
 def test_pipeline_matches_in_memory_scoring(images, loaded):
     model = loaded("vitfiqa_token-script")
     frame = score_frame(model, images, METHODS, batch_size=8, workers=3)
-    assert list(frame.columns) == ["index", "path"] + score_keys(METHODS) + ["error"]
+    assert list(frame.columns) == ["index", "path"] + score_keys(METHODS, range(1, 5)) + ["error"]
     assert frame["index"].tolist() == list(range(len(images))) and frame["path"].tolist() == images
     bad = frame["error"] != ""
     assert bad.tolist() == [i in (5, 6) for i in range(len(images))]
-    assert frame.loc[bad, "attn"].isna().all() and frame.loc[~bad, score_keys(METHODS)].notna().all().all()
+    assert frame.loc[bad, "attn"].isna().all() and frame.loc[~bad, score_keys(METHODS, range(1, 5))].notna().all().all()
     # The same batches through the public path (preprocess_images + QualityModel.score) give the same bits.
     for start in range(0, len(images), 8):
         chunk = [p for i, p in enumerate(images[start:start + 8], start) if i not in (5, 6)]
-        ref = model.score(vitfiqa.preprocess_images(chunk), methods=METHODS).numpy()
+        ref = model.score(vitfiqa.preprocess_images(chunk), methods=METHODS).to_frame()
         got = frame[frame["path"].isin(chunk)]
-        for k in score_keys(METHODS):
-            np.testing.assert_array_equal(got[k].to_numpy(), ref[k])
+        for k in score_keys(METHODS, range(1, 5)):
+            np.testing.assert_array_equal(got[k].to_numpy(), ref[k].to_numpy())
 
 
 def test_worker_count_and_prefetch_do_not_change_results(images, loaded):
@@ -106,3 +106,17 @@ def test_cuda_pipeline_matches_cpu(images, model_cases):
     half = score_frame(vitfiqa.load(case.path, device="cuda", dtype="float16", image_size=(32, 32)), paths,
                        ("attn", "vitnt"), batch_size=8)
     assert np.isfinite(half[["attn", "vitnt"]].to_numpy()[(cpu["error"] == "").to_numpy()]).all()
+
+
+def test_exit_columns_fuse_data_set_wide(images, loaded):
+    """The per-exit columns let EX-FIQA be normalised over the whole data set after batched scoring."""
+    model = loaded("vitfiqa_token-script")
+    frame = score_frame(model, images, ["exfiqa"], batch_size=6)
+    good = frame[frame["error"] == ""]
+    exits = good[[f"exfiqa_exit{d}" for d in range(1, 5)]].to_numpy().T
+    fused = vitfiqa.fuse_exits(exits, [1, 2, 3, 4], fusion="depth", normalization="zscore").numpy()
+    whole = model.score(vitfiqa.preprocess_images(good["path"].tolist()), methods=["exfiqa"],
+                        exit_normalization="zscore")
+    np.testing.assert_allclose(fused, whole["exfiqa_FW"].numpy(), rtol=1e-5)
+    np.testing.assert_array_equal(good["exfiqa_FW"].to_numpy(),
+                                  vitfiqa.fuse_exits(exits, [1, 2, 3, 4], fusion="depth").numpy())

@@ -199,9 +199,13 @@ class QualityModel:
             else:
                 res.scores[key] = value
         if res.exits is not None:
-            blocks = opts.exits or list(range(self.num_blocks))
-            res.exit_depths = sorted({(b % self.num_blocks) + 1 for b in blocks})
+            res.exit_depths = self.exit_depths(opts.exits)
         return res
+
+    def exit_depths(self, exits: Sequence[int] | None = None) -> list[int]:
+        """1-based depths of the EX-FIQA exits a request reads (``exits`` 0-based, default every block)."""
+        blocks = list(exits) if exits else list(range(self.num_blocks))
+        return sorted({(int(b) % self.num_blocks) + 1 for b in blocks})
 
     def capture(self, images: Any, *, attention_blocks: Sequence[int] = (), probs_blocks: Sequence[int] = (),
                 token_blocks: Sequence[int] = (), final_norm: bool = True, exit_blocks: Sequence[int] = (),

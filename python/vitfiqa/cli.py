@@ -76,7 +76,7 @@ def cmd_score(args) -> int:
     heat_dir = Path(args.heatmaps) if args.heatmaps else None
     if heat_dir:
         heat_dir.mkdir(parents=True, exist_ok=True)
-    keys = score_keys(methods)
+    keys = score_keys(methods, model.exit_depths() if "exfiqa" in methods else ())
     columns = ["path"] + keys + ["error"]
     if partial.exists() and not args.overwrite:
         with open(partial, newline="") as f:
@@ -94,7 +94,7 @@ def cmd_score(args) -> int:
         for sb in batches:
             for pos, err in sb.batch.errors.items():
                 log.warning("skipping %s: %s", sb.batch.paths[pos], err)
-            cols = sb.columns(keys)
+            cols = sb.columns()
             rows = [{k: cols[k][i] for k in columns} for i in range(len(sb.batch.paths))]
             for row in rows:  # unreadable images get empty score cells, not "nan"
                 if row["error"]:

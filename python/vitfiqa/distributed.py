@@ -51,15 +51,16 @@ class _Scorer:
         self.score_options = dict(score_options)
 
     def __call__(self, batch: dict) -> dict:
-        from .pipeline import score_files, score_keys
+        from .pipeline import score_files
 
-        keys = score_keys(self.methods)
         cols: dict[str, list] = {}
+        keys: list[str] = []
         for indices, paths in zip(batch["indices"], batch["paths"]):
             paths = [str(p) for p in paths]
             for sb in score_files(self.model, paths, self.methods, batch_size=len(paths), workers=self.workers,
                                   prefetch=1, **self.score_options):
-                part = sb.columns(keys)
+                keys = sb.keys
+                part = sb.columns()
                 part["index"] = [int(i) for i in indices]
                 for k, v in part.items():
                     cols.setdefault(k, []).extend(v)
@@ -95,11 +96,10 @@ def score_with_ray(model: str | os.PathLike | bytes, paths: Sequence[str], out_d
     score_options: as :meth:`vitfiqa.QualityModel.score` (no heatmaps; EX-FIQA exit normalisation stays
     'none', fuse data-set-wide with :func:`vitfiqa.fuse_exits`).
     """
-    from .pipeline import score_keys
+    from .pipeline import _methods_list, score_keys
 
-    if isinstance(methods, str):
-        methods = [m.strip() for m in methods.split(",") if m.strip()]
-    keys = score_keys(list(methods))
+    methods = _methods_list(methods)
+    score_keys(methods)  # unknown methods fail before anything is loaded
     if batch_size <= 0:
         raise ValueError("batch_size must be positive")
     if num_actors is not None and num_actors < 1:
@@ -122,7 +122,9 @@ def score_with_ray(model: str | os.PathLike | bytes, paths: Sequence[str], out_d
     # not later inside every actor.
     from .api import QualityModel
 
-    QualityModel(model_bytes, device="cpu", image_size=image_size)
+    probe = QualityModel(model_bytes, device="cpu", image_size=image_size)
+    keys = score_keys(methods, probe.exit_depths(score_options.get("exits")) if "exfiqa" in methods else ())
+    del probe
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():

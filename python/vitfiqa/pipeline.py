@@ -17,19 +17,24 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
-import numpy as np
 import torch
 
 from .api import METHODS, QualityModel, QualityResult
 from .preprocess import load_uint8, normalize_uint8
 
 
-def score_keys(methods: Sequence[str]) -> list[str]:
-    """Score columns that ``methods`` produce, in order (EX-FIQA gives its two fusions)."""
+def score_keys(methods: Sequence[str], exit_depths: Sequence[int] = ()) -> list[str]:
+    """Score columns that ``methods`` produce, in order. EX-FIQA gives its two fusions and, for each exit
+    depth, the raw exit score ``exfiqa_exit<depth>`` (for data-set-wide normalisation with fuse_exits)."""
     bad = [m for m in methods if m not in METHODS]
     if bad or not methods:
         raise ValueError(f"unknown method(s) {bad or list(methods)!r}; choose from {METHODS}")
-    return [k for m in methods for k in (("exfiqa_F", "exfiqa_FW") if m == "exfiqa" else (m,))]
+    ex = ["exfiqa_F", "exfiqa_FW"] + [f"exfiqa_exit{d}" for d in exit_depths]
+    return [k for m in methods for k in (ex if m == "exfiqa" else [m])]
+
+
+def _methods_list(methods: Sequence[str] | str) -> list[str]:
+    return [m.strip() for m in methods.split(",") if m.strip()] if isinstance(methods, str) else list(methods)
 
 
 @dataclass
@@ -49,15 +54,21 @@ class ImageBatch:
 class ScoredBatch:
     batch: ImageBatch
     result: QualityResult | None
+    keys: list[str]  # the score columns, the same for every batch of a run
 
-    def columns(self, keys: Sequence[str]) -> dict[str, list]:
+    def columns(self) -> dict[str, list]:
         """Columns in input order: ``index`` (position in the input list), ``path``, one float per score key
         (NaN for an image that could not be read) and ``error`` (empty when scored)."""
         n = len(self.batch.paths)
         cols: dict[str, list] = {"index": list(range(self.batch.start, self.batch.start + n)),
                                  "path": list(self.batch.paths)}
-        scores = self.result.numpy() if self.result is not None else {}
-        for k in keys:
+        scores: dict = {}
+        if self.result is not None:
+            scores = self.result.numpy()
+            if self.result.exits is not None:
+                exits = self.result.exits.detach().cpu().numpy()
+                scores.update({f"exfiqa_exit{d}": exits[i] for i, d in enumerate(self.result.exit_depths)})
+        for k in self.keys:
             col = [float("nan")] * n
             for j, pos in enumerate(self.batch.ok):
                 col[pos] = float(scores[k][j])
@@ -141,9 +152,8 @@ def score_files(model: QualityModel, paths: Sequence[str], methods: Sequence[str
     ``score_options`` go to :meth:`QualityModel.score` (heatmaps, attn_block, vitnt_scale, ...). EX-FIQA's
     ``exit_normalization`` must stay ``none`` here: batch statistics would make a score depend on its batch
     mates; normalise data-set-wide with :func:`vitfiqa.fuse_exits` instead."""
-    if isinstance(methods, str):
-        methods = [m.strip() for m in methods.split(",") if m.strip()]
-    score_keys(methods)
+    methods = _methods_list(methods)
+    keys = score_keys(methods, model.exit_depths(score_options.get("exits")) if "exfiqa" in methods else ())
     if score_options.get("exit_normalization", "none") != "none":
         raise ValueError("exit_normalization over a batch makes scores depend on batching; use 'none' and "
                          "vitfiqa.fuse_exits over the whole data set")
@@ -156,7 +166,7 @@ def score_files(model: QualityModel, paths: Sequence[str], methods: Sequence[str
         if batch.images is not None:
             x = to_model_input(batch.images, model)
             result = model.score(x, methods=list(methods), preprocess=False, **score_options)
-        yield ScoredBatch(batch, result)
+        yield ScoredBatch(batch, result, keys)
 
 
 def score_frame(model: QualityModel, paths: Sequence[str], methods: Sequence[str] | str = ("attn", "vitnt"),
@@ -164,11 +174,8 @@ def score_frame(model: QualityModel, paths: Sequence[str], methods: Sequence[str
     """:func:`score_files` collected into a pandas DataFrame (index, path, scores, error), one row per path."""
     import pandas as pd
 
-    if isinstance(methods, str):
-        methods = [m.strip() for m in methods.split(",") if m.strip()]
-    keys = score_keys(methods)
     cols: dict[str, list] = {}
     for sb in score_files(model, paths, methods, **kwargs):
-        for k, v in sb.columns(keys).items():
+        for k, v in sb.columns().items():
             cols.setdefault(k, []).extend(v)
     return pd.DataFrame(cols)
