@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import ray
+import torch
 
 from vitfiqa.cli import main
 from vitfiqa.distributed import score_with_ray
@@ -26,7 +27,14 @@ def images(tmp_path_factory):
 
 def test_ray_scores_equal_local_scores(local_ray, images, model_cases, loaded, tmp_path):
     case = model_cases["vitfiqa_token-script"]
-    local = score_frame(loaded("vitfiqa_token-script"), images, METHODS, batch_size=32)
+    # The actors get 1 CPU each here and run torch on 1 thread: score locally on 1 thread too, so that the
+    # comparison does not lean on GEMM giving the same bits for any thread count.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        local = score_frame(loaded("vitfiqa_token-script"), images, METHODS, batch_size=32)
+    finally:
+        torch.set_num_threads(threads)
     out = tmp_path / "scores.parquet"
     dist = score_with_ray(case.path, images, out, METHODS, batch_size=32, num_actors=2, progress=False)
     assert len(list(out.glob("*.parquet"))) >= 2  # shards, written by the actors
@@ -66,6 +74,8 @@ def test_cli_ray_flag(local_ray, images, model_cases, tmp_path):
     (dict(heatmaps=True), ValueError, "not collected through Ray"),
     (dict(exit_normalization="zscore"), ValueError, "depend on batching"),
     (dict(device="cuda"), RuntimeError, "no GPUs"),
+    (dict(methods=["exfiqa"]), (ValueError, RuntimeError), "quality"),
+    (dict(vitnt_weighting="bogus"), (ValueError, RuntimeError), "weighting"),
 ])
 def test_ray_rejects_bad_input(kwargs, exc, msg, local_ray, images, model_cases, tmp_path):
     kwargs = {"model": model_cases["insightface-script"].path, "paths": images[:4],

@@ -120,3 +120,13 @@ def test_exit_columns_fuse_data_set_wide(images, loaded):
     np.testing.assert_allclose(fused, whole["exfiqa_FW"].numpy(), rtol=1e-5)
     np.testing.assert_array_equal(good["exfiqa_FW"].to_numpy(),
                                   vitfiqa.fuse_exits(exits, [1, 2, 3, 4], fusion="depth").numpy())
+
+
+def test_decoding_in_processes_gives_the_same_batches(images, loaded):
+    model = loaded("insightface-script")
+    threads = score_frame(model, images, ("attn", "vitnt"), batch_size=7, workers=2)
+    procs = score_frame(model, images, ("attn", "vitnt"), batch_size=7, workers=3, decode_processes=True)
+    assert procs.equals(threads)
+    # The pool is kept for the next call (a Ray actor scores many batches).
+    again = list(ImageLoader(images[:9], batch_size=4, workers=3, processes=True))
+    assert [b.ok for b in again] == [[0, 1, 2, 3], [0, 3], [0]]  # 5 and 6 are unreadable

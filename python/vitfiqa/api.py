@@ -240,5 +240,7 @@ def fuse_exits(exit_scores: torch.Tensor | np.ndarray, depths: Sequence[int], fu
 
     fusion ``mean`` = EX-FIQA-F, ``depth`` = EX-FIQA-FW (w_l proportional to the 1-based depth l);
     normalization ``none`` | ``zscore`` | ``minmax`` per exit over all B images."""
+    if isinstance(exit_scores, np.ndarray) and not exit_scores.flags.writeable:
+        exit_scores = exit_scores.copy()  # e.g. a view of a pandas frame; torch wants writable memory
     t = torch.as_tensor(exit_scores, dtype=torch.float64)
     return _core.fuse_exits(t, [int(d) for d in depths], fusion, normalization)

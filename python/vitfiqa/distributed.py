@@ -15,6 +15,7 @@ Needs ``pip install 'vitfiqa[ray]'``.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from pathlib import Path
@@ -35,9 +36,10 @@ def _ray():
 
 
 class _Scorer:
-    """Ray Data actor: loads the model once, then scores whole batches (one input row = one batch)."""
+    """Ray Data actor: loads the model once, then scores whole batches (one input row = one batch of paths)."""
 
-    def __init__(self, model_ref, device, dtype, image_size, methods, workers, torch_threads, score_options):
+    def __init__(self, model_ref, device, dtype, image_size, methods, workers, decode_processes, torch_threads,
+                 score_options):
         import ray
         import torch
 
@@ -48,23 +50,28 @@ class _Scorer:
         self.model = QualityModel(ray.get(model_ref[0]), device=device, dtype=dtype, image_size=image_size)
         self.methods = list(methods)
         self.workers = workers
+        self.decode_processes = decode_processes
         self.score_options = dict(score_options)
 
     def __call__(self, batch: dict) -> dict:
         from .pipeline import score_files
 
+        # Each row is one batch of the input; runs of equal-sized rows are scored as one stream cut at the same
+        # places, so decoding of the next batch overlaps this one's scoring and every image keeps its batch mates.
+        rows = [([int(i) for i in idx], [str(p) for p in paths]) for idx, paths in zip(batch["indices"], batch["paths"])]
+        indices: list[int] = []
         cols: dict[str, list] = {}
         keys: list[str] = []
-        for indices, paths in zip(batch["indices"], batch["paths"]):
-            paths = [str(p) for p in paths]
-            for sb in score_files(self.model, paths, self.methods, batch_size=len(paths), workers=self.workers,
-                                  prefetch=1, **self.score_options):
+        for size, run in itertools.groupby(rows, key=lambda r: len(r[1])):
+            run = list(run)
+            indices += [i for idx, _ in run for i in idx]
+            paths = [p for _, ps in run for p in ps]
+            for sb in score_files(self.model, paths, self.methods, batch_size=size, workers=self.workers,
+                                  decode_processes=self.decode_processes, **self.score_options):
                 keys = sb.keys
-                part = sb.columns()
-                part["index"] = [int(i) for i in indices]
-                for k, v in part.items():
+                for k, v in sb.columns().items():
                     cols.setdefault(k, []).extend(v)
-        out = {"index": np.asarray(cols["index"], dtype=np.int64), "path": np.asarray(cols["path"], dtype=object)}
+        out = {"index": np.asarray(indices, dtype=np.int64), "path": np.asarray(cols["path"], dtype=object)}
         out.update({k: np.asarray(cols[k], dtype=np.float64) for k in keys})
         out["error"] = np.asarray(cols["error"], dtype=object)
         return out
@@ -84,7 +91,7 @@ def score_with_ray(model: str | os.PathLike | bytes, paths: Sequence[str], out_d
                    batch_size: int = 64, num_actors: int | None = None, device: str | None = None,
                    dtype: str = "float32", image_size: tuple[int, int] = (112, 112), workers: int | None = None,
                    cpus_per_actor: float | None = None, overwrite: bool = False, progress: bool = True,
-                   num_cpus: int | None = None, **score_options):
+                   num_cpus: int | None = None, decode_processes: bool | None = None, **score_options):
     """Score ``paths`` on a Ray cluster; returns a pandas DataFrame (index, path, scores, error) in input order.
 
     address: ``None`` joins the Ray already initialised in this process, else starts a local one (with
@@ -92,11 +99,12 @@ def score_with_ray(model: str | os.PathLike | bytes, paths: Sequence[str], out_d
     device: ``None`` uses one GPU per actor when the cluster has GPUs (one actor per GPU), else CPUs;
     ``"cpu"``/``"cuda"`` force it. dtype: ``float16`` halves GPU memory traffic.
     num_actors / cpus_per_actor: the actor pool (default: per GPU; else one actor per 2 CPUs, 1 on tiny
-    clusters). workers: decoding threads per actor (default: its CPUs).
+    clusters). workers: decoding threads (processes with decode_processes, the default on GPUs) per actor
+    (default: its CPUs).
     score_options: as :meth:`vitfiqa.QualityModel.score` (no heatmaps; EX-FIQA exit normalisation stays
     'none', fuse data-set-wide with :func:`vitfiqa.fuse_exits`).
     """
-    from .pipeline import _methods_list, score_keys
+    from .pipeline import _methods_list, check_batch_independent, score_keys
 
     methods = _methods_list(methods)
     score_keys(methods)  # unknown methods fail before anything is loaded
@@ -106,9 +114,7 @@ def score_with_ray(model: str | os.PathLike | bytes, paths: Sequence[str], out_d
         raise ValueError("num_actors must be at least 1")
     if score_options.get("heatmaps") or score_options.get("return_captures"):
         raise ValueError("heatmaps and captures are not collected through Ray; use QualityModel.score locally")
-    if score_options.get("exit_normalization", "none") != "none":
-        raise ValueError("exit_normalization over a batch makes scores depend on batching; use 'none' and "
-                         "vitfiqa.fuse_exits over the whole data set")
+    check_batch_independent(score_options)
     paths = [os.fspath(p) for p in paths]
     if not paths:
         raise ValueError("no image paths given")
@@ -118,11 +124,14 @@ def score_with_ray(model: str | os.PathLike | bytes, paths: Sequence[str], out_d
         if not Path(model).is_file():
             raise FileNotFoundError(f"model file not found: {model}")
         model_bytes = Path(model).read_bytes()
-    # Load once here too: a corrupt file or a model without attention fails now, with vitfiqa's own message,
-    # not later inside every actor.
+    # Load and score one blank image here first: a corrupt file, a model without attention or a method the
+    # model cannot serve fails now, with vitfiqa's own message, not later inside every actor.
+    import torch
+
     from .api import QualityModel
 
     probe = QualityModel(model_bytes, device="cpu", image_size=image_size)
+    probe.score(torch.zeros(1, 3, *image_size), methods=methods, preprocess=False, **score_options)
     keys = score_keys(methods, probe.exit_depths(score_options.get("exits")) if "exfiqa" in methods else ())
     del probe
 
@@ -151,7 +160,7 @@ def score_with_ray(model: str | os.PathLike | bytes, paths: Sequence[str], out_d
     try:
         if todo:
             _run(ray, model_bytes, todo, out, list(methods), batch_size, num_actors, device, dtype,
-                 tuple(image_size), workers, cpus_per_actor, progress, score_options)
+                 tuple(image_size), workers, cpus_per_actor, decode_processes, progress, score_options)
     finally:
         if started:
             ray.shutdown()
@@ -160,7 +169,7 @@ def score_with_ray(model: str | os.PathLike | bytes, paths: Sequence[str], out_d
 
 
 def _run(ray, model_bytes, todo, out, methods, batch_size, num_actors, device, dtype, image_size, workers,
-         cpus_per_actor, progress, score_options) -> None:
+         cpus_per_actor, decode_processes, progress, score_options) -> None:
     resources = ray.cluster_resources()
     cpus, gpus = float(resources.get("CPU", 1)), int(resources.get("GPU", 0))
     if device is None:
@@ -182,12 +191,16 @@ def _run(ray, model_bytes, todo, out, methods, batch_size, num_actors, device, d
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress
     model_ref = [ray.put(model_bytes)]  # in a list, so the actor receives the reference and fetches it once
-    ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 20000))
+    # A few batches per actor call, so an actor decodes the next batch while it scores the current one; one
+    # Parquet shard per call, so a re-run loses at most the calls in flight.
+    per_call = 4
+    ds = ray.data.from_items(rows, override_num_blocks=-(-len(rows) // per_call))
     ds = ds.map_batches(
-        _Scorer, batch_size=1, batch_format="numpy", concurrency=min(num_actors, len(rows)),
+        _Scorer, batch_size=per_call, batch_format="numpy", concurrency=min(num_actors, len(rows)),
         num_cpus=cpus_per_actor, num_gpus=1 if use_gpu else 0,
         fn_constructor_kwargs=dict(model_ref=model_ref, device=device, dtype=dtype, image_size=image_size,
                                    methods=methods, workers=workers or threads, torch_threads=threads,
+                                   decode_processes=decode_processes,
                                    score_options=score_options))
     out.mkdir(parents=True, exist_ok=True)
     try:
