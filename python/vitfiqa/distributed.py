@@ -194,9 +194,10 @@ def _run(ray, model_bytes, todo, out, methods, batch_size, num_actors, device, d
     # A few batches per actor call, so an actor decodes the next batch while it scores the current one; one
     # Parquet shard per call, so a re-run loses at most the calls in flight.
     per_call = 4
-    ds = ray.data.from_items(rows, override_num_blocks=-(-len(rows) // per_call))
+    blocks = -(-len(rows) // per_call)
+    ds = ray.data.from_items(rows, override_num_blocks=blocks)
     ds = ds.map_batches(
-        _Scorer, batch_size=per_call, batch_format="numpy", concurrency=min(num_actors, len(rows)),
+        _Scorer, batch_size=per_call, batch_format="numpy", concurrency=min(num_actors, blocks),
         num_cpus=cpus_per_actor, num_gpus=1 if use_gpu else 0,
         fn_constructor_kwargs=dict(model_ref=model_ref, device=device, dtype=dtype, image_size=image_size,
                                    methods=methods, workers=workers or threads, torch_threads=threads,

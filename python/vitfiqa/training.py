@@ -141,7 +141,7 @@ def train_vitfiqa(model: nn.Module, dataset, epochs: int = 10, batch_size: int =
             opt.step()
             for k, v in (("loss", loss), ("fr", fr), ("quality", ql)):
                 history[k].append(float(v.detach()))
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{history['loss'][-1]:.3f}")
         if ckpt_dir:
             ckpt_dir.mkdir(parents=True, exist_ok=True)
             torch.save({"model": model.state_dict(), "head": head.state_dict(), "optimizer": opt.state_dict(),
