@@ -82,3 +82,14 @@ def test_ray_rejects_bad_input(kwargs, exc, msg, local_ray, images, model_cases,
               "out_dir": tmp_path / "o", "progress": False, **kwargs}
     with pytest.raises(exc, match=msg):
         score_with_ray(**kwargs)
+
+
+def test_relative_paths_are_resolved_on_the_driver(local_ray, images, model_cases, tmp_path, monkeypatch):
+    import os
+
+    folder = os.path.dirname(images[0])
+    monkeypatch.chdir(folder)
+    rel = [os.path.basename(p) for p in images[:3]]
+    frame = score_with_ray(model_cases["timm-script"].path, rel, tmp_path / "rel", ["attn"], image_size=(32, 32),
+                           progress=False)
+    assert frame["path"].tolist() == images[:3] and (frame["error"] == "").all()

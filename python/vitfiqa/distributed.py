@@ -7,9 +7,10 @@ writing Parquet shards.
 The input list is cut into batches exactly as the local path cuts it (``paths[i:i+batch_size]``), and each
 actor runs the local pipeline (:func:`vitfiqa.pipeline.score_files`) on whole batches, so a data set scored on
 a cluster gets the same scores as on one machine, bit for bit on the same hardware and thread count.
-The model travels once through Ray's object store as bytes, so only the driver needs the model file. Image paths
-must be readable from every node (a shared file system). The output folder takes Parquet shards as actors
-finish; a re-run skips the paths already in it (``overwrite=True`` starts again).
+The model travels once through Ray's object store as bytes, so only the driver needs the model file. Image
+paths must be readable from every node (a shared file system); relative ones are made absolute on the driver.
+The output folder takes Parquet shards as actors finish; a re-run skips the paths already in it
+(``overwrite=True`` starts again).
 
 Needs ``pip install 'vitfiqa[ray]'``.
 """
@@ -115,7 +116,9 @@ def score_with_ray(model: str | os.PathLike | bytes, paths: Sequence[str], out_d
     if score_options.get("heatmaps") or score_options.get("return_captures"):
         raise ValueError("heatmaps and captures are not collected through Ray; use QualityModel.score locally")
     check_batch_independent(score_options)
-    paths = [os.fspath(p) for p in paths]
+    # Workers do not share the driver's working directory: relative paths are resolved here (the `path`
+    # column holds the absolute paths).
+    paths = [os.path.abspath(os.fspath(p)) for p in paths]
     if not paths:
         raise ValueError("no image paths given")
     if isinstance(model, (bytes, bytearray)):
