@@ -86,7 +86,7 @@ def cmd_score(args) -> int:
     new_file = not partial.exists() or partial.stat().st_size == 0
     bar = tqdm(total=len(files), initial=len(done), desc="scoring", disable=args.quiet)
     with open(partial, "a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns, restval="", extrasaction="ignore")
+        writer = csv.DictWriter(fh, fieldnames=columns, restval="")
         if new_file:
             writer.writeheader()
         batches = score_files(model, todo, methods, batch_size=args.batch_size, workers=args.workers,

@@ -154,19 +154,18 @@ def score_with_ray(model: str | os.PathLike | bytes, paths: Sequence[str], out_d
     if done_paths:
         log.info("resuming: %d of %d images already in %s", len(paths) - len(todo), len(paths), out)
 
-    ray = _ray()
-    started = False
-    if not ray.is_initialized():
-        ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
-                 logging_level=logging.WARNING)
-        started = True
-    try:
-        if todo:
+    if todo:
+        ray = _ray()
+        started = not ray.is_initialized()
+        if started:
+            ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
+                     logging_level=logging.WARNING)
+        try:
             _run(ray, model_bytes, todo, out, list(methods), batch_size, num_actors, device, dtype,
                  tuple(image_size), workers, cpus_per_actor, decode_processes, progress, score_options)
-    finally:
-        if started:
-            ray.shutdown()
+        finally:
+            if started:
+                ray.shutdown()
     frame = _read_shards(out)
     return frame.sort_values("index", kind="stable").reset_index(drop=True)
 
