@@ -33,12 +33,13 @@ def _image_list(spec: str) -> list[str]:
 
 
 def _methods(spec: str) -> list[str]:
-    from .api import METHODS
+    from .pipeline import _methods_list, score_keys
 
-    methods = [m.strip() for m in spec.split(",") if m.strip()]
-    bad = [m for m in methods if m not in METHODS]
-    if bad or not methods:
-        raise CLIError(f"--methods: unknown method(s) {bad or spec!r}; choose from {','.join(METHODS)}")
+    methods = _methods_list(spec)
+    try:
+        score_keys(methods)  # the one method-name check, shared with the Python API
+    except ValueError as exc:
+        raise CLIError(f"--methods: {exc}") from None
     return methods
 
 

@@ -55,7 +55,7 @@ class _Scorer:
         self.score_options = dict(score_options)
 
     def __call__(self, batch: dict) -> dict:
-        from .pipeline import score_files
+        from .pipeline import collect_columns, score_files
 
         # Each row is one batch of the input; runs of equal-sized rows are scored as one stream cut at the same
         # places, so decoding of the next batch overlaps this one's scoring and every image keeps its batch mates.
@@ -67,11 +67,11 @@ class _Scorer:
             run = list(run)
             indices += [i for idx, _ in run for i in idx]
             paths = [p for _, ps in run for p in ps]
-            for sb in score_files(self.model, paths, self.methods, batch_size=size, workers=self.workers,
-                                  decode_processes=self.decode_processes, **self.score_options):
-                keys = sb.keys
-                for k, v in sb.columns().items():
-                    cols.setdefault(k, []).extend(v)
+            part, keys = collect_columns(score_files(self.model, paths, self.methods, batch_size=size,
+                                                     workers=self.workers, decode_processes=self.decode_processes,
+                                                     **self.score_options))
+            for k, v in part.items():
+                cols.setdefault(k, []).extend(v)
         out = {"index": np.asarray(indices, dtype=np.int64), "path": np.asarray(cols["path"], dtype=object)}
         out.update({k: np.asarray(cols[k], dtype=np.float64) for k in keys})
         out["error"] = np.asarray(cols["error"], dtype=object)

@@ -227,13 +227,20 @@ def score_files(model: QualityModel, paths: Sequence[str], methods: Sequence[str
         yield ScoredBatch(batch, result, keys)
 
 
+def collect_columns(scored: Iterator[ScoredBatch]) -> tuple[dict[str, list], list[str]]:
+    """Concatenate the :meth:`ScoredBatch.columns` of a run; also returns its score keys."""
+    cols: dict[str, list] = {}
+    keys: list[str] = []
+    for sb in scored:
+        keys = sb.keys
+        for k, v in sb.columns().items():
+            cols.setdefault(k, []).extend(v)
+    return cols, keys
+
+
 def score_frame(model: QualityModel, paths: Sequence[str], methods: Sequence[str] | str = ("attn", "vitnt"),
                 **kwargs):
     """:func:`score_files` collected into a pandas DataFrame (index, path, scores, error), one row per path."""
     import pandas as pd
 
-    cols: dict[str, list] = {}
-    for sb in score_files(model, paths, methods, **kwargs):
-        for k, v in sb.columns().items():
-            cols.setdefault(k, []).extend(v)
-    return pd.DataFrame(cols)
+    return pd.DataFrame(collect_columns(score_files(model, paths, methods, **kwargs))[0])
