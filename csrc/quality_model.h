@@ -19,6 +19,7 @@ struct ScoreOptions {
   bool heatmap_minmax = true;                // per-image min-max normalisation of heatmaps
   int64_t attn_block = -1;                   // ATTN-FIQA block (negative counts from the end)
   bool attn_patches_only = false;            // score over patch tokens only (default: all tokens)
+  std::string attn_logits = kDefaultAttnLogits;  // qk | full (see kDefaultAttnLogits)
   std::vector<int64_t> vitnt_blocks;         // {} : all blocks
   double vitnt_scale = 8.0;
   std::string vitnt_weighting = "uniform";   // uniform | attention
