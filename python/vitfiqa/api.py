@@ -77,10 +77,24 @@ class QualityModel:
 
     ``model`` is a path to a TorchScript file (``torch.jit.save`` of a scripted or traced module) or its
     bytes. ``dtype`` casts the model's floating parameters (float32, float16, bfloat16).
+
+    ``final_norm``: the model's final LayerNorm, which ViTNT-FIQA (and captured block tokens) apply to every
+    block's output. ``None`` (default) finds it in the forward graph: the first ``layer_norm`` reached from
+    the last block's output through value-preserving ops (dtype casts such as ``norm(x.float())``,
+    ``contiguous``, views and reshapes, eval-mode dropout). A dotted module path (``"norm"``,
+    ``"net.norm"``, ``"fc_norm"``) names it instead, for models whose ``forward`` does not apply it to the
+    tokens (the ATTN-FIQA / ViTNT-FIQA repositories' ViT drops it from ``forward``; timm's ``fc_norm``
+    models apply it after pooling): that module, which must be a LayerNorm, is then applied to each block's
+    tokens. ``info["final_norm"]`` says which norm is used and ``info["final_norm_ops"]`` the ops passed.
     """
 
     def __init__(self, model: str | os.PathLike | bytes, device: str | torch.device = "cpu",
-                 dtype: torch.dtype | str = torch.float32, image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE):
+                 dtype: torch.dtype | str = torch.float32, image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
+                 final_norm: str | None = None):
+        if final_norm is not None and (not isinstance(final_norm, str) or not final_norm.strip()):
+            raise ValueError(f"final_norm must be None (find it in forward) or a module path such as 'norm', "
+                             f"got {final_norm!r}")
+        norm_path = (final_norm or "").strip()
         dtype_name = _DTYPES.get(dtype, dtype) if isinstance(dtype, torch.dtype) else str(dtype)
         if dtype_name not in _DTYPES.values():
             raise ValueError(f"unsupported dtype {dtype!r}; use one of {sorted(_DTYPES.values())}")
@@ -90,13 +104,13 @@ class QualityModel:
         if isinstance(model, (bytes, bytearray)):
             if len(model) == 0:
                 raise ValueError("model bytes are empty")
-            self._core = _core.CaptureModel.from_bytes(bytes(model), device, dtype_name)
+            self._core = _core.CaptureModel.from_bytes(bytes(model), device, dtype_name, norm_path)
             self.source = "<bytes>"
         else:
             path = Path(model)
             if not path.is_file():
                 raise FileNotFoundError(f"model file not found: {path}")
-            self._core = _core.CaptureModel(str(path), device, dtype_name)
+            self._core = _core.CaptureModel(str(path), device, dtype_name, norm_path)
             self.source = str(path)
         self.device = torch.device(device)
         self.dtype = getattr(torch, dtype_name)
@@ -229,9 +243,10 @@ class QualityModel:
 
 
 def load(model: str | os.PathLike | bytes, device: str | torch.device = "cpu",
-         dtype: torch.dtype | str = torch.float32, image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE) -> QualityModel:
-    """Load a TorchScript ViT (path or bytes) for quality scoring."""
-    return QualityModel(model, device=device, dtype=dtype, image_size=image_size)
+         dtype: torch.dtype | str = torch.float32, image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
+         final_norm: str | None = None) -> QualityModel:
+    """Load a TorchScript ViT (path or bytes) for quality scoring (options: see :class:`QualityModel`)."""
+    return QualityModel(model, device=device, dtype=dtype, image_size=image_size, final_norm=final_norm)
 
 
 def fuse_exits(exit_scores: torch.Tensor | np.ndarray, depths: Sequence[int], fusion: str = "depth",
