@@ -30,6 +30,8 @@ py::dict info_dict(const CaptureModel& m) {
   d["attention_kind"] = i.attention_kind == AttentionKind::Softmax ? "softmax" : "scaled_dot_product_attention";
   d["has_hierarchy"] = i.has_hierarchy;
   d["has_final_norm"] = i.has_final_norm;
+  d["final_norm"] = i.final_norm;
+  d["final_norm_ops"] = i.final_norm_ops;
   d["has_patch_embedding_conv"] = i.has_patch_conv;
   d["num_outputs"] = i.num_outputs;
   d["block_names"] = i.block_names;
@@ -81,19 +83,18 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("quality_output", &ScoreOptions::quality_output);
 
   py::class_<CaptureModel>(m, "CaptureModel")
-      .def(py::init([](const std::string& path, const std::string& device, const std::string& dtype) {
-             return new CaptureModel(path, false, device, dtype);
-           }),
-           py::arg("path"), py::arg("device") = "cpu", py::arg("dtype") = "float32",
+      .def(py::init([](const std::string& path, const std::string& device, const std::string& dtype,
+                       const std::string& final_norm) { return new CaptureModel(path, false, device, dtype, final_norm); }),
+           py::arg("path"), py::arg("device"), py::arg("dtype"), py::arg("final_norm"),
            py::call_guard<py::gil_scoped_release>())
       .def_static(
           "from_bytes",
-          [](const py::bytes& data, const std::string& device, const std::string& dtype) {
+          [](const py::bytes& data, const std::string& device, const std::string& dtype, const std::string& final_norm) {
             std::string buf = data;
             py::gil_scoped_release release;
-            return new CaptureModel(buf, true, device, dtype);
+            return new CaptureModel(buf, true, device, dtype, final_norm);
           },
-          py::arg("data"), py::arg("device") = "cpu", py::arg("dtype") = "float32")
+          py::arg("data"), py::arg("device"), py::arg("dtype"), py::arg("final_norm"))
       .def_property_readonly("info", &info_dict)
       .def("score", &vitfiqa::score, py::arg("images"), py::arg("options"), py::call_guard<py::gil_scoped_release>())
       .def(

@@ -5,6 +5,7 @@
 #include <torch/csrc/jit/passes/constant_propagation.h>
 #include <torch/csrc/jit/passes/dead_code_elimination.h>
 #include <torch/csrc/jit/passes/inliner.h>
+#include <torch/csrc/jit/passes/lower_tuples.h>
 #include <torch/csrc/jit/serialization/import.h>
 #include <ATen/core/grad_mode.h>
 
@@ -342,7 +343,7 @@ std::string CaptureRequest::key() const {
 }
 
 CaptureModel::CaptureModel(const std::string& path_or_bytes, bool from_bytes, const std::string& device,
-                           const std::string& dtype)
+                           const std::string& dtype, const std::string& final_norm)
     : device_(parse_device(device)), dtype_(parse_dtype(dtype)) {
   try {
     if (from_bytes) {
@@ -361,10 +362,10 @@ CaptureModel::CaptureModel(const std::string& path_or_bytes, bool from_bytes, co
   if (dtype_ != at::kFloat) module_.to(dtype_);
   if (!module_.find_method("forward"))
     throw std::invalid_argument("the TorchScript module has no forward method");
-  analyse();
+  analyse(final_norm);
 }
 
-void CaptureModel::analyse() {
+void CaptureModel::analyse(const std::string& final_norm) {
   auto method = module_.get_method("forward");
   auto& fn = method.function();
   const auto& schema = fn.getSchema();
@@ -385,6 +386,10 @@ void CaptureModel::analyse() {
     g->eraseInput(i);
   }
   torch::jit::Inline(*g);
+  // Blocks that return (tokens, attention) tuples (the ATTN/ViTNT repositories' ViT): after inlining, the
+  // tuple is built inside the block and unpacked outside; lowering the pair leaves the tokens as a plain
+  // tensor leaving the block.
+  torch::jit::LowerSimpleTuples(g);
   // Scoring always runs in eval mode. Folding `training` to False lets constant propagation drop the
   // training-only branches (BatchNorm's num_batches_tracked update, dropout); their side effects would
   // otherwise keep the whole original head alive and defeat early exits.
@@ -571,20 +576,10 @@ void CaptureModel::analyse() {
     std::vector<Node*> site_nodes;
     for (auto& site : sites_) site_nodes.push_back(site.node);
     check_plain_token_sequence(*g, block_scopes, node_paths, block_outputs_, site_nodes);
-    // The final norm: a layer_norm outside every block that reads the last block's output.
-    for (auto& use : block_outputs_.back()->uses()) {
-      Node* u = use.user;
-      if (u->kind() == c10::aten::layer_norm && u->owningBlock() == g->block()) {
-        final_norm_ = u;
-        break;
-      }
-    }
-    info_.has_final_norm = final_norm_ != nullptr;
-    if (final_norm_) {  // layer_norm(x, [C], weight, bias, eps): fusable into the distance kernel
-      auto shape = torch::jit::toIValue(final_norm_->input(1));
-      auto eps = torch::jit::toIValue(final_norm_->input(4));
-      final_norm_fusable_ = shape && shape->isIntList() && shape->toIntList().size() == 1 && eps && eps->isDouble();
-    }
+    if (final_norm.empty()) find_final_norm(*g);
+    else make_named_final_norm(*g, final_norm);
+  } else if (!final_norm.empty()) {
+    throw std::invalid_argument("final_norm='" + final_norm + "' cannot be used: " + info_.notes.back());
   }
 
   // The patch embedding: the first convolution before the first attention gives the patch grid.
@@ -600,6 +595,158 @@ void CaptureModel::analyse() {
   auto out_type = g->outputs().at(0)->type();
   if (auto tt = out_type->cast<c10::TupleType>()) info_.num_outputs = static_cast<int64_t>(tt->elements().size());
   base_ = g;
+}
+
+namespace {
+
+// Ops that pass a tensor's values through unchanged (dtype casts, layout, views, eval-mode dropout): the
+// official face ViTs write `self.norm(x.float())`, and other models reshape or `contiguous()` first.
+// `views` marks the ones that may change the shape (their shape arguments are kept as the model wrote them).
+bool is_value_preserving(Node* n, bool* view) {
+  static const std::unordered_set<std::string> same_shape{"aten::to", "aten::type_as", "aten::contiguous",
+                                                          "aten::clone", "aten::detach", "aten::alias"};
+  static const std::unordered_set<std::string> views{"aten::view", "aten::reshape", "aten::view_as",
+                                                     "aten::reshape_as", "aten::flatten", "aten::unflatten",
+                                                     "aten::squeeze", "aten::unsqueeze"};
+  static const std::unordered_set<std::string> dropouts{"aten::dropout", "aten::feature_dropout",
+                                                        "aten::alpha_dropout", "aten::feature_alpha_dropout"};
+  const std::string kind = n->kind().toQualString();
+  if (n->outputs().size() != 1 || !n->output()->type()->isSubtypeOf(*c10::TensorType::get())) return false;
+  if (same_shape.count(kind)) {
+    *view = false;
+    return true;
+  }
+  if (views.count(kind)) {
+    *view = true;
+    return true;
+  }
+  if (dropouts.count(kind)) {  // dropout(x, p, train): an identity only when train is a constant False
+    auto train = torch::jit::toIValue(n->input(2));
+    *view = false;
+    return train && train->isBool() && !train->toBool();
+  }
+  return false;
+}
+
+// A cast to float32 (or a cast that names no dtype): the fused LayerNorm + distance kernel reads float32.
+bool is_float_cast_or_copy(Node* n) {
+  if (n->kind() != c10::aten::to) return n->kind() != c10::aten::type_as;
+  auto index = n->schema().argumentIndexWithName("dtype");
+  if (!index) return false;  // to(other): the dtype comes from another tensor
+  Value* dtype = n->input(*index);
+  if (is_none(dtype)) return true;
+  auto v = torch::jit::toIValue(dtype);
+  return v && v->isInt() && static_cast<at::ScalarType>(v->toInt()) == at::kFloat;
+}
+
+}  // namespace
+
+void CaptureModel::find_final_norm(Graph& g) {
+  // Depth-first along top-level, value-preserving uses of the last block's output; the first layer_norm
+  // (in graph order) reached that way is the final norm.
+  Node* found = nullptr;
+  std::vector<Node*> path, chain;
+  std::function<void(Value*)> walk = [&](Value* v) {
+    for (auto& use : v->uses()) {
+      Node* u = use.user;
+      if (u->owningBlock() != g.block() || use.offset != 0) continue;
+      if (u->kind() == c10::aten::layer_norm) {
+        if (!found || u->isBefore(found)) {
+          found = u;
+          chain = path;
+          chain.push_back(u);
+        }
+        continue;
+      }
+      bool view = false;
+      if (path.size() < 16 && is_value_preserving(u, &view)) {
+        path.push_back(u);
+        walk(u->output());
+        path.pop_back();
+      }
+    }
+  };
+  walk(block_outputs_.back());
+  if (!found) return;
+  std::string name = display_name(scope_path(found));
+  set_final_norm(chain, name.empty() ? "layer_norm after the last block" : name);
+}
+
+void CaptureModel::set_final_norm(const std::vector<Node*>& chain, const std::string& source) {
+  final_norm_chain_ = chain;
+  final_norm_ = chain.back();
+  info_.has_final_norm = true;
+  info_.final_norm = source;
+  info_.final_norm_ops.clear();
+  // layer_norm(x, [C], weight, bias, eps) on the raw block output, or after casts to float32 / copies
+  // only: fusable into the distance kernel (which reads float32 rows and applies the norm itself).
+  auto shape = torch::jit::toIValue(final_norm_->input(1));
+  auto eps = torch::jit::toIValue(final_norm_->input(4));
+  final_norm_fusable_ = shape && shape->isIntList() && shape->toIntList().size() == 1 && eps && eps->isDouble();
+  for (size_t i = 0; i + 1 < chain.size(); ++i) {
+    info_.final_norm_ops.push_back(chain[i]->kind().toQualString());
+    bool view = false;
+    is_value_preserving(chain[i], &view);
+    if (view || !is_float_cast_or_copy(chain[i])) final_norm_fusable_ = false;
+  }
+}
+
+void CaptureModel::make_named_final_norm(Graph& g, const std::string& path) {
+  auto fail = [&](const std::string& why) {
+    return std::invalid_argument("final_norm='" + path + "': " + why);
+  };
+  std::vector<std::string> parts;
+  {
+    std::istringstream in(path);
+    std::string part;
+    while (std::getline(in, part, '.')) parts.push_back(part);
+  }
+  if (parts.empty() || path.back() == '.' ||
+      std::any_of(parts.begin(), parts.end(), [](const std::string& p) { return p.empty(); }))
+    throw fail("expected a dotted module path such as 'norm' or 'net.norm'");
+  // Read the module's parameters through GetAttr nodes at the top of the graph, like the hoisted reads.
+  torch::jit::Module mod = module_;
+  Value* obj = g.inputs().at(0);
+  std::string walked;
+  {
+    torch::jit::WithInsertPoint top(g.param_node()->next());
+    for (const auto& part : parts) {
+      walked += (walked.empty() ? "" : ".") + part;
+      if (!mod.hasattr(part) || !mod.attr(part).isModule())
+        throw fail("the model has no submodule '" + walked + "'");
+      mod = mod.attr(part).toModule();
+      obj = g.insertNode(g.createGetAttr(obj, part))->output();
+    }
+  }
+  const std::string type_name = mod.type()->name() ? mod.type()->name()->name() : "";
+  if (type_name.find("LayerNorm") == std::string::npos)
+    throw fail("that module is a " + (type_name.empty() ? std::string("module") : type_name) + ", not a LayerNorm");
+  auto param = [&](const char* name) -> Value* {
+    torch::jit::WithInsertPoint top(obj->node()->next());
+    if (mod.hasattr(name) && mod.attr(name).isTensor()) return g.insertNode(g.createGetAttr(obj, name))->output();
+    return g.insertConstant(c10::IValue());
+  };
+  Value* weight = param("weight");
+  Value* bias = param("bias");
+  std::vector<int64_t> shape;
+  if (mod.hasattr("normalized_shape") && mod.attr("normalized_shape").isTuple()) {
+    for (const auto& e : mod.attr("normalized_shape").toTupleRef().elements()) shape.push_back(e.toInt());
+  } else if (mod.hasattr("weight") && mod.attr("weight").isTensor()) {
+    auto sizes = mod.attr("weight").toTensor().sizes();
+    shape.assign(sizes.begin(), sizes.end());
+  } else {
+    throw fail("the module keeps neither normalized_shape nor a weight, so its normalised shape is unknown");
+  }
+  double eps = 1e-5;
+  if (mod.hasattr("eps") && mod.attr("eps").isDouble()) {
+    eps = mod.attr("eps").toDouble();
+  } else {
+    info_.notes.push_back("final_norm='" + path + "' keeps no eps (traced module): nn.LayerNorm's default 1e-5 is used");
+  }
+  Value* last = block_outputs_.back();
+  torch::jit::WithInsertPoint after(last->node()->next());
+  Value* out = g.insert(c10::aten::layer_norm, {last, shape, weight, bias, eps, true});
+  set_final_norm({out->node()}, path + " (named by final_norm)");
 }
 
 CaptureModel::Built& CaptureModel::build(const CaptureRequest& req) {
@@ -619,7 +766,9 @@ CaptureModel::Built& CaptureModel::build(const CaptureRequest& req) {
                                 (info_.notes.empty() ? std::string("no module hierarchy") : info_.notes.back()) +
                                 "); save it with torch.jit.script or torch.jit.trace without torch.jit.freeze");
   if (!req.token_blocks.empty() && req.tokens_final_norm && !final_norm_)
-    throw std::invalid_argument("no final LayerNorm after the last block was found, but normalised block tokens were asked for");
+    throw std::invalid_argument(
+        "no final LayerNorm after the last block was found in the model's forward, but normalised block tokens "
+        "were asked for (ViTNT-FIQA); if forward leaves the norm out, name it: final_norm='norm' (its module path)");
 
   // Copy the analysed graph keeping a map from its values to the copy's.
   auto g = std::make_shared<Graph>();
@@ -714,8 +863,9 @@ CaptureModel::Built& CaptureModel::build(const CaptureRequest& req) {
     Value* out = block_outputs_[b];
     auto normed = [&]() -> Value* {
       if (!req.tokens_final_norm) return vmap.at(out);
-      if (out == final_norm_->input(0)) return vmap.at(final_norm_->output());  // computed by the model anyway
-      return reapply({final_norm_}, final_norm_->input(0), vmap.at(out)).first;
+      Value* last = block_outputs_.back();
+      if (out == last) return vmap.at(final_norm_->output());  // computed by the model anyway
+      return reapply(final_norm_chain_, last, vmap.at(out)).first;
     };
     Value* tokens = (req.tokens_output || !fuse_norm) ? normed() : nullptr;
     if (req.tokens_output) emit(tokens, "tokens", b);

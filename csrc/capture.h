@@ -72,6 +72,8 @@ struct ModelInfo {
   AttentionKind attention_kind = AttentionKind::Softmax;
   bool has_hierarchy = true;          // false for frozen models: blocks known only by op order
   bool has_final_norm = false;
+  std::string final_norm;             // where the final norm came from: its module path, or the named option
+  std::vector<std::string> final_norm_ops;  // value-preserving ops between the last block and the norm
   bool has_patch_conv = false;
   int64_t num_outputs = 1;            // elements of the model's output tuple (1 = plain tensor)
   std::vector<std::string> block_names;
@@ -81,9 +83,11 @@ struct ModelInfo {
 
 class CaptureModel {
  public:
-  // Loads from a file path or (when from_bytes) from the serialized bytes themselves.
+  // Loads from a file path or (when from_bytes) from the serialized bytes themselves. final_norm: the
+  // dotted module path of the model's final LayerNorm, for models whose forward does not apply it (ViTNT
+  // then applies that module to every block's output); empty = find the norm in the forward graph.
   CaptureModel(const std::string& path_or_bytes, bool from_bytes, const std::string& device,
-               const std::string& dtype);
+               const std::string& dtype, const std::string& final_norm = "");
 
   CaptureResult run(const at::Tensor& images, const CaptureRequest& request);
   at::IValue forward(const at::Tensor& images);  // the plain model forward, for baselines
@@ -107,7 +111,10 @@ class CaptureModel {
     std::vector<std::pair<std::string, int64_t>> layout;
   };
 
-  void analyse();
+  void analyse(const std::string& final_norm);
+  void find_final_norm(torch::jit::Graph& g);
+  void make_named_final_norm(torch::jit::Graph& g, const std::string& path);
+  void set_final_norm(const std::vector<torch::jit::Node*>& chain, const std::string& source);
   Built& build(const CaptureRequest& request);
   void check_images(const at::Tensor& images) const;
 
@@ -117,7 +124,10 @@ class CaptureModel {
   std::shared_ptr<torch::jit::Graph> base_;  // inlined, defaults substituted, constant-propagated
   std::vector<Site> sites_;                  // one per block, in block order
   std::vector<torch::jit::Value*> block_outputs_;
+  // The final norm and the value-preserving ops that lead to it from the last block's output, in order
+  // (the norm last); re-applied to another block's output, the chain gives that block's normed tokens.
   torch::jit::Node* final_norm_ = nullptr;
+  std::vector<torch::jit::Node*> final_norm_chain_;
   bool final_norm_fusable_ = false;
   torch::jit::Node* patch_conv_ = nullptr;
   ModelInfo info_;

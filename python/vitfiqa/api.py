@@ -77,10 +77,24 @@ class QualityModel:
 
     ``model`` is a path to a TorchScript file (``torch.jit.save`` of a scripted or traced module) or its
     bytes. ``dtype`` casts the model's floating parameters (float32, float16, bfloat16).
+
+    ``final_norm``: the model's final LayerNorm, which ViTNT-FIQA (and captured block tokens) apply to every
+    block's output. ``None`` (default) finds it in the forward graph: the first ``layer_norm`` reached from
+    the last block's output through value-preserving ops (dtype casts such as ``norm(x.float())``,
+    ``contiguous``, views and reshapes, eval-mode dropout). A dotted module path (``"norm"``,
+    ``"net.norm"``, ``"fc_norm"``) names it instead, for models whose ``forward`` does not apply it to the
+    tokens (the ATTN-FIQA / ViTNT-FIQA repositories' ViT drops it from ``forward``; timm's ``fc_norm``
+    models apply it after pooling): that module, which must be a LayerNorm, is then applied to each block's
+    tokens. ``info["final_norm"]`` says which norm is used and ``info["final_norm_ops"]`` the ops passed.
     """
 
     def __init__(self, model: str | os.PathLike | bytes, device: str | torch.device = "cpu",
-                 dtype: torch.dtype | str = torch.float32, image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE):
+                 dtype: torch.dtype | str = torch.float32, image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
+                 final_norm: str | None = None):
+        if final_norm is not None and (not isinstance(final_norm, str) or not final_norm.strip()):
+            raise ValueError(f"final_norm must be None (find it in forward) or a module path such as 'norm', "
+                             f"got {final_norm!r}")
+        norm_path = (final_norm or "").strip()
         dtype_name = _DTYPES.get(dtype, dtype) if isinstance(dtype, torch.dtype) else str(dtype)
         if dtype_name not in _DTYPES.values():
             raise ValueError(f"unsupported dtype {dtype!r}; use one of {sorted(_DTYPES.values())}")
@@ -90,13 +104,13 @@ class QualityModel:
         if isinstance(model, (bytes, bytearray)):
             if len(model) == 0:
                 raise ValueError("model bytes are empty")
-            self._core = _core.CaptureModel.from_bytes(bytes(model), device, dtype_name)
+            self._core = _core.CaptureModel.from_bytes(bytes(model), device, dtype_name, norm_path)
             self.source = "<bytes>"
         else:
             path = Path(model)
             if not path.is_file():
                 raise FileNotFoundError(f"model file not found: {path}")
-            self._core = _core.CaptureModel(str(path), device, dtype_name)
+            self._core = _core.CaptureModel(str(path), device, dtype_name, norm_path)
             self.source = str(path)
         self.device = torch.device(device)
         self.dtype = getattr(torch, dtype_name)
@@ -131,8 +145,8 @@ class QualityModel:
     # -- scoring ----------------------------------------------------------------------------------
     def score(self, images: Any, methods: Iterable[str] | str = ("attn", "vitnt"), *, heatmaps: bool = False,
               return_captures: bool = False, preprocess: bool | str = "auto", batch_size: int | None = None,
-              attn_block: int = -1, attn_tokens: str = "all", vitnt_blocks: Sequence[int] | None = None,
-              vitnt_scale: float = 8.0, vitnt_weighting: str = "uniform", prefix_tokens: int | None = None,
+              attn_block: int = -1, attn_tokens: str = "all", attn_logits: str | None = None,
+              vitnt_blocks: Sequence[int] | None = None, vitnt_scale: float = 8.0, vitnt_weighting: str = "uniform", prefix_tokens: int | None = None,
               grid: tuple[int, int] | None = None, heatmap_size: tuple[int, int] | None = None,
               heatmap_normalize: str = "image", exits: Sequence[int] | None = None,
               exit_normalization: str = "none", quality_output: int = -1) -> QualityResult:
@@ -142,6 +156,11 @@ class QualityModel:
         ``exfiqa`` (EX-FIQA exits and fusions; needs a quality-token model).
         attn_block: block whose logits ATTN-FIQA reads (default the last). attn_tokens: ``all`` (the papers'
         plain mean over every query and key) or ``patches`` (prefix tokens excluded).
+        attn_logits: where the softmax input adds a bias or mask to q.k*scale (relative-position bias as in
+        BEiT and timm's relpos ViTs, additive masks; ``info["notes"]`` says so), ``qk`` reads q.k*scale alone
+        (the papers' definition) and ``full`` the whole softmax input; None = the core's default (``qk``).
+        The choice applies to the score, the heatmap and captured logits; attention weights (ViTNT's
+        weighting) are always the model's own softmax output.
         vitnt_blocks: selected blocks (0-based, default all); vitnt_scale: s in 2/(1+exp(s d));
         vitnt_weighting: ``uniform`` or ``attention``.
         prefix_tokens / grid: override the CLS/quality-token count and patch grid found from the model.
@@ -170,6 +189,8 @@ class QualityModel:
         opts.return_captures = bool(return_captures)
         opts.attn_block = int(attn_block)
         opts.attn_patches_only = attn_tokens == "patches"
+        if attn_logits is not None:  # the default lives in the core (kDefaultAttnLogits), nowhere else
+            opts.attn_logits = str(attn_logits)
         opts.vitnt_blocks = [int(b) for b in (vitnt_blocks or [])]
         opts.vitnt_scale = float(vitnt_scale)
         opts.vitnt_weighting = vitnt_weighting
@@ -209,15 +230,18 @@ class QualityModel:
 
     def capture(self, images: Any, *, attention_blocks: Sequence[int] = (), probs_blocks: Sequence[int] = (),
                 token_blocks: Sequence[int] = (), final_norm: bool = True, exit_blocks: Sequence[int] = (),
-                exit_output: int = -1, model_output: bool = False, preprocess: bool | str = "auto") -> dict:
-        """Raw captures from one forward pass: ``attention_logits`` {block: [B,H,N,N]},
+                exit_output: int = -1, model_output: bool = False, preprocess: bool | str = "auto",
+                attn_logits: str | None = None) -> dict:
+        """Raw captures from one forward pass: ``attention_logits`` {block: [B,H,N,N]} (``attn_logits`` as in
+        :meth:`score`),
         ``attention_probs``, ``block_tokens`` {block: [B,N,C]} (final-norm applied unless final_norm=False),
         ``exits`` {block: head output at that exit}, ``model_output``, ``patch_grid``."""
         L = self.num_blocks
         norm = lambda bs: sorted({b % L if -L <= b < L else b for b in bs})  # noqa: E731
         x = self.prepare(images, preprocess)
+        extra = {} if attn_logits is None else {"attn_logits": str(attn_logits)}
         return self._core.capture(x, norm(attention_blocks), norm(probs_blocks), norm(token_blocks), final_norm,
-                                  norm(exit_blocks), int(exit_output), bool(model_output))
+                                  norm(exit_blocks), int(exit_output), bool(model_output), **extra)
 
     def forward(self, images: Any, preprocess: bool | str = "auto"):
         """The model's plain forward (C++ torch::jit), e.g. to get embeddings."""
@@ -229,9 +253,10 @@ class QualityModel:
 
 
 def load(model: str | os.PathLike | bytes, device: str | torch.device = "cpu",
-         dtype: torch.dtype | str = torch.float32, image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE) -> QualityModel:
-    """Load a TorchScript ViT (path or bytes) for quality scoring."""
-    return QualityModel(model, device=device, dtype=dtype, image_size=image_size)
+         dtype: torch.dtype | str = torch.float32, image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
+         final_norm: str | None = None) -> QualityModel:
+    """Load a TorchScript ViT (path or bytes) for quality scoring (options: see :class:`QualityModel`)."""
+    return QualityModel(model, device=device, dtype=dtype, image_size=image_size, final_norm=final_norm)
 
 
 def fuse_exits(exit_scores: torch.Tensor | np.ndarray, depths: Sequence[int], fusion: str = "depth",

@@ -61,7 +61,7 @@ def cmd_score(args) -> int:
     if out.suffix not in (".csv", ".parquet"):
         raise CLIError("--out must end in .csv or .parquet")
     model = vitfiqa.load(args.model, device=args.device or "cpu", dtype=args.dtype,
-                         image_size=(args.image_size, args.image_size))
+                         image_size=(args.image_size, args.image_size), final_norm=args.final_norm)
     files = _image_list(args.images)
     # Results go to a CSV as each batch finishes; a re-run skips images already in it.
     partial = out if out.suffix == ".csv" else out.with_suffix(".partial.csv")
@@ -133,7 +133,7 @@ def _score_ray(args, methods: list[str]) -> int:
                            batch_size=args.batch_size, device=args.device,
                            dtype=args.dtype, image_size=(args.image_size, args.image_size),
                            workers=args.workers, num_actors=args.actors, overwrite=args.overwrite,
-                           progress=not args.quiet)
+                           progress=not args.quiet, final_norm=args.final_norm)
     bad = int((frame["error"] != "").sum())
     log.info("scored %d images (%d unreadable) into %s", len(frame) - bad, bad, out)
     return 0
@@ -150,7 +150,7 @@ def cmd_evaluate(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     size = (args.image_size, args.image_size)
-    qm = vitfiqa.load(args.model, device=args.device, image_size=size)
+    qm = vitfiqa.load(args.model, device=args.device, image_size=size, final_norm=args.final_norm)
     fr = vitfiqa.load(args.fr_model or args.model, device=args.device, image_size=size)
     ds = load_bin(args.bin, image_size=size)
     quality = score_image_set(qm, ds, methods=methods, batch_size=args.batch_size, progress=not args.quiet)
@@ -180,7 +180,7 @@ def cmd_evaluate(args) -> int:
 def cmd_inspect(args) -> int:
     import vitfiqa
 
-    m = vitfiqa.load(args.model, device=args.device)
+    m = vitfiqa.load(args.model, device=args.device, final_norm=args.final_norm)
     for k, v in m.info.items():
         print(f"{k}: {v}")
     return 0
@@ -198,6 +198,12 @@ def cmd_train_demo(args) -> int:
 
     train(args.epochs, out=Path(args.out) if args.out else ASSET)
     return 0
+
+
+def _final_norm_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--final-norm", metavar="MODULE",
+                        help="module path of the model's final LayerNorm (e.g. norm) when its forward does not "
+                             "apply it to the tokens; default: found in the forward graph")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -222,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="score on Ray: a new local cluster, or the cluster at ADDRESS ('auto', 'ray://host:10001'); "
                         "--out becomes a folder of Parquet shards")
     s.add_argument("--actors", type=int, help="with --ray: scoring actors (default: one per GPU, else per 2 CPUs)")
+    _final_norm_argument(s)
     s.set_defaults(fn=cmd_score)
 
     e = sub.add_parser("evaluate", help="pAUC-EDC tables and plots on an insightface .bin benchmark")
@@ -236,11 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="cpu")
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--image-size", type=int, default=112)
+    _final_norm_argument(e)
     e.set_defaults(fn=cmd_evaluate)
 
     i = sub.add_parser("inspect", help="what the capture found in a model")
     i.add_argument("--model", required=True)
     i.add_argument("--device", default="cpu")
+    _final_norm_argument(i)
     i.set_defaults(fn=cmd_inspect)
 
     d = sub.add_parser("demo", help="controlled-degradation study with the embedded demo model")

@@ -18,7 +18,9 @@ class Recorder:
         self.attn_inputs: list[torch.Tensor] = []
         self.handles = []
         for blk in model.blocks:
-            self.handles.append(blk.register_forward_hook(lambda m, i, o: self.block_outputs.append(o)))
+            # Blocks of the ATTN/ViTNT repositories' ViT return (tokens, attention).
+            self.handles.append(blk.register_forward_hook(
+                lambda m, i, o: self.block_outputs.append(o[0] if isinstance(o, tuple) else o)))
             self.handles.append(blk.attn.register_forward_pre_hook(lambda m, args: self.attn_inputs.append(args[0])))
 
     def __call__(self, x):
