@@ -237,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--bin", required=True)
     e.add_argument("--methods", default="attn,vitnt")
     e.add_argument("--fmr", default="1e-3,1e-4")
-    e.add_argument("--variant", choices=("refit", "iso"), default="refit")
+    e.add_argument("--variant", choices=("refit", "crfiqa", "iso"), default="refit",
+                   help="EDC variant: refit (CR-FIQA style), crfiqa (the CR-FIQA ERC code exactly), iso (ISO/IEC 29794-1)")
     e.add_argument("--limit", type=float, default=0.3)
     e.add_argument("--out", default="vitfiqa-eval")
     e.add_argument("--device", default="cpu")
