@@ -22,6 +22,7 @@ weights, so a model built by hand with the wrong one loads an official checkpoin
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -276,14 +277,15 @@ def _shapes(module: nn.Module) -> dict:
     return {k: tuple(v.shape) for k, v in module.state_dict().items()}
 
 
+@functools.lru_cache(maxsize=None)
+def _preset_shapes(name: str) -> dict:
+    p = PRESETS[name]
+    with torch.device("meta"):  # shapes only: no memory
+        return _shapes(model_class(p.quality)(**p.config))
+
+
 def _fitting_presets(shapes: dict) -> list[str]:
-    fits = []
-    for name, p in PRESETS.items():
-        with torch.device("meta"):  # shapes only: no memory, no initialisation cost
-            m = model_class(p.quality)(**p.config)
-        if _shapes(m) == shapes:
-            fits.append(name)
-    return fits
+    return [name for name in PRESETS if _preset_shapes(name) == shapes]
 
 
 def _num_heads(model: nn.Module) -> Optional[int]:
@@ -341,8 +343,9 @@ def load_official_state_dict(model: nn.Module | str, state, *, report: bool = Fa
     missing = sorted(set(own) - set(cleaned))
     unexpected = sorted(set(cleaned) - set(own))
     shape = sorted(k for k in set(own) & set(cleaned) if own[k].shape != cleaned[k].shape)
-    ckpt_shapes = {k: tuple(v.shape) for k, v in cleaned.items()}
-    fits = _fitting_presets(ckpt_shapes)
+    # Which presets the checkpoint fits, in our names whatever the model asked for has.
+    fits = _fitting_presets({OFFICIAL_RENAMES.get(k, k): tuple(v.shape) for k, v in state.items()
+                             if k not in TRAINING_ONLY_KEYS})
     if missing or unexpected or shape:
         hint = (f"; the checkpoint's shapes fit preset {' / '.join(repr(f) for f in fits)}: "
                 f"vitfiqa.models.preset({fits[0]!r})" if fits else
