@@ -33,7 +33,7 @@ at::Tensor attn_score(const AttentionCapture& a, int64_t first_token) {
   auto q_mean = q.mean(2, false, at::kDouble);  // [B,H,D]
   auto k_mean = k.mean(2, false, at::kDouble);
   auto score = (q_mean * k_mean).sum(-1).mean(1) * a.scale;
-  if (a.mask) {
+  if (a.mask && a.mask_in_logits) {
     auto m = mask_dd(a);
     if (first_token > 0) m = m.narrow(2, first_token, m.size(2) - first_token).narrow(3, first_token, m.size(3) - first_token);
     score = score + m.mean({1, 2, 3});
@@ -49,19 +49,22 @@ at::Tensor attn_key_means(const AttentionCapture& a) {
   auto q_mean = a.q.mean(2, true, at::kDouble);                                               // [B,H,1,D]
   auto per_key = at::matmul(q_mean, a.k.to(at::kDouble).transpose(-2, -1)).squeeze(2) * a.scale;  // [B,H,N]
   auto out = per_key.mean(1);
-  if (a.mask) out = out + mask_dd(a).mean(1).mean(1);
+  if (a.mask && a.mask_in_logits) out = out + mask_dd(a).mean(1).mean(1);
   return out;
 }
 
 at::Tensor attention_logits(const AttentionCapture& a) {
   if (a.kind == AttentionKind::Softmax) return a.logits;
   auto l = at::matmul(a.q * a.scale, a.k.transpose(-2, -1));
-  if (a.mask) l = l + *a.mask;
+  if (a.mask && a.mask_in_logits) l = l + *a.mask;
   return l;
 }
 
 at::Tensor attention_probs(const AttentionCapture& a) {
-  return at::softmax(attention_logits(a).to(at::kFloat), -1);
+  if (a.kind == AttentionKind::Softmax) return at::softmax(a.logits.to(at::kFloat), -1);
+  auto l = at::matmul(a.q * a.scale, a.k.transpose(-2, -1));
+  if (a.mask) l = l + *a.mask;  // the model's own attention: its mask applies whatever the logits choice
+  return at::softmax(l.to(at::kFloat), -1);
 }
 
 at::Tensor token_grid(const at::Tensor& per_token, int64_t prefix, const std::vector<int64_t>& grid) {

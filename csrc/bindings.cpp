@@ -35,6 +35,7 @@ py::dict info_dict(const CaptureModel& m) {
   d["has_patch_embedding_conv"] = i.has_patch_conv;
   d["num_outputs"] = i.num_outputs;
   d["block_names"] = i.block_names;
+  d["biased_attention_blocks"] = i.biased_blocks;
   d["notes"] = i.notes;
   d["device"] = m.device().str();
   d["dtype"] = std::string(c10::toString(m.dtype()));
@@ -43,8 +44,10 @@ py::dict info_dict(const CaptureModel& m) {
 
 CaptureRequest make_request(std::vector<int64_t> logits_blocks, std::vector<int64_t> probs_blocks,
                             std::vector<int64_t> token_blocks, bool final_norm, std::vector<int64_t> exit_blocks,
-                            int64_t exit_output, bool model_output) {
+                            int64_t exit_output, bool model_output, const std::string& attn_logits) {
   CaptureRequest r;
+  check_attn_logits(attn_logits);
+  r.attn_logits = attn_logits;
   r.logits_blocks = std::move(logits_blocks);
   r.probs_blocks = std::move(probs_blocks);
   r.token_blocks = std::move(token_blocks);
@@ -72,6 +75,7 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("heatmap_range", &ScoreOptions::heatmap_range)
       .def_readwrite("attn_block", &ScoreOptions::attn_block)
       .def_readwrite("attn_patches_only", &ScoreOptions::attn_patches_only)
+      .def_readwrite("attn_logits", &ScoreOptions::attn_logits)
       .def_readwrite("vitnt_blocks", &ScoreOptions::vitnt_blocks)
       .def_readwrite("vitnt_scale", &ScoreOptions::vitnt_scale)
       .def_readwrite("vitnt_weighting", &ScoreOptions::vitnt_weighting)
@@ -110,9 +114,9 @@ PYBIND11_MODULE(_core, m) {
           "capture",
           [](CaptureModel& self, const at::Tensor& images, std::vector<int64_t> logits_blocks,
              std::vector<int64_t> probs_blocks, std::vector<int64_t> token_blocks, bool final_norm,
-             std::vector<int64_t> exit_blocks, int64_t exit_output, bool model_output) {
+             std::vector<int64_t> exit_blocks, int64_t exit_output, bool model_output, const std::string& attn_logits) {
             auto req = make_request(logits_blocks, probs_blocks, token_blocks, final_norm, exit_blocks, exit_output,
-                                    model_output);
+                                    model_output, attn_logits);
             CaptureResult r;
             {
               py::gil_scoped_release release;
@@ -135,14 +139,15 @@ PYBIND11_MODULE(_core, m) {
           py::arg("images"), py::arg("logits_blocks") = std::vector<int64_t>{},
           py::arg("probs_blocks") = std::vector<int64_t>{}, py::arg("token_blocks") = std::vector<int64_t>{},
           py::arg("final_norm") = true, py::arg("exit_blocks") = std::vector<int64_t>{}, py::arg("exit_output") = -1,
-          py::arg("model_output") = false)
+          py::arg("model_output") = false, py::arg("attn_logits") = std::string(kDefaultAttnLogits))
       .def("attribute", [](CaptureModel& self, const std::string& name) { return ivalue_to_py(self.attribute(name)); },
            py::arg("name"), "A module attribute (parameter, buffer or constant) by name, e.g. for inspection.")
       .def(
           "graph",
           [](CaptureModel& self, std::vector<int64_t> logits_blocks, std::vector<int64_t> token_blocks,
              std::vector<int64_t> exit_blocks, bool final_norm) {
-            return self.graph_for(make_request(logits_blocks, {}, token_blocks, final_norm, exit_blocks, -1, false));
+            return self.graph_for(
+                make_request(logits_blocks, {}, token_blocks, final_norm, exit_blocks, -1, false, kDefaultAttnLogits));
           },
           py::arg("logits_blocks") = std::vector<int64_t>{}, py::arg("token_blocks") = std::vector<int64_t>{},
           py::arg("exit_blocks") = std::vector<int64_t>{}, py::arg("final_norm") = true);

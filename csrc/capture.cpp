@@ -181,6 +181,123 @@ void eliminate_dead_code_and_guards(std::shared_ptr<Graph>& g) {
   if (removed) torch::jit::EliminateDeadCode(g);
 }
 
+// Values computed from the images' data (through any op, control flow included). Shapes are not data: a
+// size, rank or device read off a tensor starts no dependence, so a position table or mask built for the
+// input's size counts as a constant, like the parameters it is made of.
+std::unordered_set<Value*> data_dependent_values(Graph& g, Value* images) {
+  static const std::unordered_set<c10::Symbol> shape_ops{c10::aten::size, c10::aten::dim,    c10::aten::numel,
+                                                         c10::aten::len,  c10::prim::device,
+                                                         c10::prim::dtype, c10::aten::sym_size};
+  std::unordered_set<Value*> dep{images};
+  std::function<void(torch::jit::Block*)> walk = [&](torch::jit::Block* b) {
+    for (Node* n : b->nodes()) {
+      for (auto* inner : n->blocks()) walk(inner);
+      if (shape_ops.count(n->kind())) continue;
+      if (reads_any(n, dep))
+        for (Value* o : n->outputs()) dep.insert(o);
+    }
+  };
+  walk(g.block());
+  return dep;
+}
+
+// Every value `n` reads, directly or through what computed it.
+std::unordered_set<Value*> ancestors(Node* n) {
+  std::unordered_set<Value*> seen;
+  std::vector<Value*> stack;
+  collect_reads(n, stack);
+  while (!stack.empty()) {
+    Value* v = stack.back();
+    stack.pop_back();
+    if (!seen.insert(v).second) continue;
+    collect_reads(v->node(), stack);
+  }
+  return seen;
+}
+
+std::string display_name(const ScopePath& scope) {
+  std::string name = join(scope, scope.size());
+  if (name.rfind("SELF.", 0) == 0) name = name.substr(5);  // scripted graphs name the top module SELF
+  return name;
+}
+
+// The q.k*scale part of a softmax input that adds terms computed without the images (a relative-position
+// bias, a fixed mask): walks back through such additions (and dtype casts) to the data-dependent operand.
+// Returns nullptr when the softmax input adds nothing of the kind.
+Value* unbiased_logits(Value* softmax_input, const std::unordered_set<Value*>& data_dependent) {
+  Value* v = softmax_input;
+  bool biased = false;
+  for (;;) {
+    Node* n = v->node();
+    auto k = n->kind();
+    if ((k == c10::aten::add || k == c10::aten::sub) && n->inputs().size() >= 2 &&
+        n->input(1)->type()->isSubtypeOf(*c10::TensorType::get())) {
+      bool lhs = data_dependent.count(n->input(0)) > 0, rhs = data_dependent.count(n->input(1)) > 0;
+      auto alpha = n->inputs().size() > 2 ? torch::jit::toIValue(n->input(2)) : std::optional<c10::IValue>(c10::IValue(1));
+      bool unit_alpha = alpha && ((alpha->isInt() && alpha->toInt() == 1) || (alpha->isDouble() && alpha->toDouble() == 1.0));
+      if (lhs && !rhs && unit_alpha) {
+        v = n->input(0);
+        biased = true;
+        continue;
+      }
+      if (rhs && !lhs && k == c10::aten::add && unit_alpha) {
+        v = n->input(1);
+        biased = true;
+        continue;
+      }
+      break;
+    }
+    if (k == c10::aten::to || k == c10::aten::contiguous || k == c10::aten::type_as) {
+      v = n->input(0);
+      continue;
+    }
+    break;
+  }
+  return biased ? v : nullptr;
+}
+
+// Refuses models that are not one token sequence running through every block: between two consecutive
+// blocks the residual stream may only be cast, copied or reshaped; a convolution, pooling, concatenation or
+// projection there (Swin's patch merging, PiT's pooling, PVT's stages) changes the tokens, so per-token
+// methods would compare different things. Shifted windows (aten::roll inside a block) are refused too.
+void check_plain_token_sequence(Graph& g, const std::vector<ScopePath>& scopes,
+                                std::unordered_map<Node*, ScopePath>& node_paths,
+                                const std::vector<Value*>& block_outputs, const std::vector<Node*>& sites) {
+  static const std::unordered_set<c10::Symbol> passthrough{
+      c10::aten::to,      c10::aten::contiguous, c10::aten::dropout,      c10::aten::clone,
+      c10::aten::detach,  c10::aten::type_as,    c10::aten::view,         c10::aten::reshape,
+      c10::aten::size,    c10::prim::ListConstruct, c10::prim::ListUnpack, c10::prim::TupleConstruct,
+      c10::prim::TupleUnpack, c10::prim::TupleIndex, c10::prim::NumToTensor, c10::aten::Int,
+      c10::aten::__getitem__, c10::prim::Constant, c10::aten::feature_dropout, c10::aten::alpha_dropout};
+  auto in_any_block = [&](Node* n) {
+    for (auto& sc : scopes)
+      if (starts_with(node_paths[n], sc)) return true;
+    return false;
+  };
+  for (Node* n : g.nodes()) {
+    if (n->kind() == c10::aten::roll && in_any_block(n))
+      throw std::invalid_argument("not a plain ViT: shifted-window attention (aten::roll in '" +
+                                  display_name(node_paths[n]) +
+                                  "', as in Swin); vitfiqa scores ViTs whose attention spans the whole token sequence");
+  }
+  for (size_t b = 0; b + 1 < scopes.size(); ++b) {
+    auto feeds_next = ancestors(sites[b + 1]);
+    std::unordered_set<Value*> downstream{block_outputs[b]};
+    for (Node* n = block_outputs[b]->node()->next(); n != sites[b + 1] && n != g.return_node(); n = n->next()) {
+      if (!reads_any(n, downstream)) continue;
+      for (Value* o : n->outputs()) downstream.insert(o);
+      bool between = std::any_of(n->outputs().begin(), n->outputs().end(), [&](Value* o) { return feeds_next.count(o) > 0; });
+      if (!between || in_any_block(n) || passthrough.count(n->kind())) continue;
+      std::string where = node_paths[n].empty() ? std::string("the model's forward") : "'" + display_name(node_paths[n]) + "'";
+      throw std::invalid_argument("not a plain ViT: between blocks '" + display_name(scopes[b]) + "' and '" +
+                                  display_name(scopes[b + 1]) + "' the tokens pass through " +
+                                  n->kind().toQualString() + " in " + where +
+                                  " (token pooling or merging between stages, as in Swin, PiT or PVT); vitfiqa "
+                                  "scores ViTs whose blocks all read one token sequence");
+    }
+  }
+}
+
 // Move constants and module/parameter reads (GetAttr chains on self) to the top of the graph. Inlining
 // leaves them next to their first use, e.g. the final norm's weight after the last block; hoisted, a
 // copy of the final norm or head can be placed right after an early block, whose tokens can then be
@@ -239,6 +356,12 @@ void fold_constant_attributes(Graph& g, const torch::jit::Module& module) {
 
 }  // namespace
 
+void check_attn_logits(const std::string& attn_logits) {
+  if (attn_logits != "qk" && attn_logits != "full")
+    throw std::invalid_argument("attn_logits must be 'qk' (q.k*scale, the papers' definition) or 'full' (the whole "
+                                "softmax input, bias and mask included), got '" + attn_logits + "'");
+}
+
 std::string CaptureRequest::key() const {
   std::ostringstream os;
   auto put = [&](const char* name, const std::vector<int64_t>& v) {
@@ -250,7 +373,7 @@ std::string CaptureRequest::key() const {
   put("P", probs_blocks);
   put("T", token_blocks);
   put("E", exit_blocks);
-  os << "n" << tokens_final_norm << "t" << tokens_output << "d" << token_distances << "o" << model_output << "x"
+  os << "a" << attn_logits << "n" << tokens_final_norm << "t" << tokens_output << "d" << token_distances << "o" << model_output << "x"
      << exit_output;
   return os.str();
 }
@@ -392,9 +515,7 @@ void CaptureModel::analyse(const std::string& final_norm) {
         throw std::invalid_argument("block '" + join(scope, scope.size()) +
                                     "' has more than one attention op; vitfiqa expects one attention per block");
       block_scopes.push_back(scope);
-      std::string name = join(scope, scope.size());
-      if (name.rfind("SELF.", 0) == 0) name = name.substr(5);  // scripted graphs name the top module SELF
-      info_.block_names.push_back(name);
+      info_.block_names.push_back(display_name(scope));
     }
   } else {
     info_.notes.push_back("the graph carries no module hierarchy (frozen model?): blocks are known only by the "
@@ -403,6 +524,27 @@ void CaptureModel::analyse(const std::string& final_norm) {
   }
 
   for (size_t b = 0; b < chosen.size(); ++b) sites_.push_back({chosen[b], static_cast<int64_t>(b)});
+  const auto data_dependent = data_dependent_values(*g, g->inputs().at(1));
+  // Biased attention: the softmax input (or SDPA's attn_mask) adds terms that do not come from q.k.
+  std::vector<std::string> biased;
+  for (auto& s : sites_) {
+    if (s.node->kind() == c10::aten::softmax) {
+      s.unbiased_logits = unbiased_logits(s.node->input(0), data_dependent);
+      s.biased = s.unbiased_logits != nullptr;
+    } else {
+      s.biased = !is_none(s.node->namedInput("attn_mask"));
+    }
+    if (s.biased) {
+      info_.biased_blocks.push_back(s.block);
+      biased.push_back(info_.block_names.at(s.block));
+    }
+  }
+  if (!biased.empty())
+    info_.notes.push_back("ATTN-FIQA: the attention of " + std::to_string(biased.size()) + " block(s) (" + biased.front() +
+                          (biased.size() > 1 ? ", ..." : "") +
+                          ") adds a bias or mask to q.k*scale before the softmax (relative-position bias?); "
+                          "attn_logits='qk' (default, the papers' q.k/sqrt(d)) leaves it out, 'full' includes it, "
+                          "and the two give different scores");
   info_.num_blocks = static_cast<int64_t>(chosen.size());
   bool any_sdpa = false, any_softmax = false;
   for (auto& s : sites_) {
@@ -418,28 +560,59 @@ void CaptureModel::analyse(const std::string& final_norm) {
   if (any_sdpa && any_softmax) throw std::invalid_argument("the model mixes explicit and fused attention across blocks");
   info_.attention_kind = any_sdpa ? AttentionKind::ScaledDotProduct : AttentionKind::Softmax;
 
-  // Block outputs: the one tensor produced inside a block scope that is used outside it.
+  // Block outputs, found by data flow. A candidate is a tensor computed inside the block scope from the
+  // images' data and used outside it; constants, parameters and what is built from them alone (the tracer's
+  // 0-dim `scale` constant created in blocks.0.attn and reused by every block, a relative-position table)
+  // are not. Of several candidates (a block returning its attention weights beside the hidden state), the
+  // output is the residual stream: the one the next block's attention reads; for the last block, the one
+  // made like the previous blocks' outputs (same op at the same place in the block).
   if (info_.has_hierarchy) {
     std::unordered_map<Node*, ScopePath> node_paths;
     for (Node* n : g->nodes()) node_paths[n] = scope_path(n);
-    for (auto& scope : block_scopes) {
+    auto relative = [&](Value* v, const ScopePath& scope) {
+      const auto& p = node_paths[v->node()];
+      std::string r = v->node()->kind().toQualString();
+      for (size_t i = scope.size(); i < p.size(); ++i) r += "/" + (is_number(p[i]) ? std::string("#") : p[i]);
+      return r;
+    };
+    for (size_t b = 0; b < block_scopes.size(); ++b) {
+      const auto& scope = block_scopes[b];
       std::vector<Value*> escaping;
       for (Node* n : g->nodes()) {
         if (!starts_with(node_paths[n], scope)) continue;
+        if (n->kind() == c10::prim::Constant || n->kind() == c10::prim::GetAttr) continue;
         for (Value* v : n->outputs()) {
+          if (!v->type()->isSubtypeOf(*c10::TensorType::get()) || !data_dependent.count(v)) continue;
           bool escapes = false;
           for (auto& use : v->uses()) {
             Node* u = top_level(use.user, *g);
             if (u == g->return_node() || !starts_with(node_paths[u], scope)) escapes = true;
           }
-          if (escapes && v->type()->isSubtypeOf(*c10::TensorType::get())) escaping.push_back(v);
+          if (escapes) escaping.push_back(v);
         }
       }
+      if (escaping.size() > 1 && b + 1 < block_scopes.size()) {
+        auto feeds_next = ancestors(sites_[b + 1].node);
+        std::vector<Value*> kept;
+        for (Value* v : escaping)
+          if (feeds_next.count(v)) kept.push_back(v);
+        escaping = kept;
+      } else if (escaping.size() > 1 && b > 0) {
+        std::string like = relative(block_outputs_.back(), block_scopes[b - 1]);
+        std::vector<Value*> kept;
+        for (Value* v : escaping)
+          if (relative(v, scope) == like) kept.push_back(v);
+        escaping = kept;
+      }
       if (escaping.size() != 1)
-        throw std::invalid_argument("could not locate the output of block '" + join(scope, scope.size()) + "' (" +
-                                    std::to_string(escaping.size()) + " candidate tensors leave it)");
+        throw std::invalid_argument("could not locate the output of block '" + display_name(scope) + "' (" +
+                                    std::to_string(escaping.size()) + " tensors computed from the images leave it" +
+                                    (escaping.size() > 1 ? " and feed the next block" : "") + ")");
       block_outputs_.push_back(escaping.front());
     }
+    std::vector<Node*> site_nodes;
+    for (auto& site : sites_) site_nodes.push_back(site.node);
+    check_plain_token_sequence(*g, block_scopes, node_paths, block_outputs_, site_nodes);
     if (final_norm.empty()) find_final_norm(*g);
     else make_named_final_norm(*g, final_norm);
   } else if (!final_norm.empty()) {
@@ -532,8 +705,7 @@ void CaptureModel::find_final_norm(Graph& g) {
   };
   walk(block_outputs_.back());
   if (!found) return;
-  std::string name = join(scope_path(found), scope_path(found).size());
-  if (name.rfind("SELF.", 0) == 0) name = name.substr(5);
+  std::string name = display_name(scope_path(found));
   set_final_norm(chain, name.empty() ? "layer_norm after the last block" : name);
 }
 
@@ -619,6 +791,7 @@ CaptureModel::Built& CaptureModel::build(const CaptureRequest& req) {
   auto it = cache_.find(key);
   if (it != cache_.end()) return *it->second;
 
+  check_attn_logits(req.attn_logits);
   auto check_block = [&](int64_t b, const char* what) {
     if (b < 0 || b >= info_.num_blocks)
       throw std::out_of_range(std::string(what) + " block index " + std::to_string(b) + " is out of range (model has " +
@@ -693,7 +866,8 @@ CaptureModel::Built& CaptureModel::build(const CaptureRequest& req) {
     check_block(b, "attention");
     Node* site = sites_[b].node;
     if (site->kind() == c10::aten::softmax) {
-      emit(vmap.at(site->input(0)), "logits", b);
+      bool qk = req.attn_logits == "qk" && sites_[b].unbiased_logits;
+      emit(vmap.at(qk ? sites_[b].unbiased_logits : site->input(0)), "logits", b);
     } else {
       emit(vmap.at(site->namedInput("query")), "q", b);
       emit(vmap.at(site->namedInput("key")), "k", b);
@@ -701,6 +875,13 @@ CaptureModel::Built& CaptureModel::build(const CaptureRequest& req) {
       if (!is_none(scale)) emit(vmap.at(scale), "scale", b);
       Value* mask = site->namedInput("attn_mask");
       if (!is_none(mask)) emit(vmap.at(mask), "mask", b);
+    }
+    // The shape of the token sequence entering the block, to check at run time that the attention spans it
+    // (windowed or channel attention would not); free: the block reads that tensor anyway.
+    if (b > 0 && !block_outputs_.empty()) {
+      Value* stream = vmap.at(block_outputs_[b - 1]);
+      torch::jit::WithInsertPoint guard(stream->node()->next());
+      emit(g->insert(c10::aten::size, {stream}), "stream_shape", b);
     }
   }
   for (int64_t b : req.probs_blocks) {
@@ -842,6 +1023,7 @@ CaptureResult CaptureModel::run(const at::Tensor& images, const CaptureRequest& 
   }
   auto elems = stack.at(0).toTupleRef().elements();
   CaptureResult res;
+  std::map<int64_t, std::vector<int64_t>> stream_shapes;
   for (size_t i = 0; i < elems.size(); ++i) {
     const auto& [tag, b] = built->layout[i];
     const auto& v = elems[i];
@@ -855,6 +1037,8 @@ CaptureResult CaptureModel::run(const at::Tensor& images, const CaptureRequest& 
       res.attention[b].k = v.toTensor();
     } else if (tag == "scale") {
       res.attention[b].scale = v.isNone() ? 0.0 : v.toDouble();
+    } else if (tag == "stream_shape") {
+      stream_shapes[b] = v.toIntVector();
     } else if (tag == "mask") {
       if (!v.isNone()) res.attention[b].mask = v.toTensor();
     } else if (tag == "probs") {
@@ -874,6 +1058,25 @@ CaptureResult CaptureModel::run(const at::Tensor& images, const CaptureRequest& 
     }
   }
   for (auto& [b, a] : res.attention) {
+    // A plain ViT attends over each image's whole token sequence: one attention batch row per image and as
+    // many keys as the tokens entering the block. Windowed attention (ViTDet, SAM) batches windows; channel
+    // attention (XCiT) attends over channels. Their logits are not ATTN-FIQA's, so they are refused.
+    const at::Tensor& keys = a.kind == AttentionKind::Softmax ? a.logits : a.k;
+    const std::string& name = info_.block_names.at(b);
+    if (keys.dim() == 4 && keys.size(0) != images.size(0))
+      throw std::invalid_argument("not a plain ViT: the attention of block '" + name + "' runs on " +
+                                  std::to_string(keys.size(0)) + " sequences for " + std::to_string(images.size(0)) +
+                                  " images (windowed attention?); vitfiqa scores ViTs whose attention spans each "
+                                  "image's whole token sequence");
+    if (keys.dim() == 4 && stream_shapes.count(b)) {
+      const auto& shape = stream_shapes.at(b);
+      int64_t n_keys = a.kind == AttentionKind::Softmax ? keys.size(3) : keys.size(2);
+      if (shape.size() != 3 || shape[1] != n_keys)
+        throw std::invalid_argument("not a plain ViT: the attention of block '" + name + "' has " +
+                                    std::to_string(n_keys) + " keys but the tokens entering it have shape " +
+                                    c10::str(shape) + " (channel attention or token pooling?); vitfiqa scores ViTs "
+                                    "whose attention runs over the [B,N,C] token sequence");
+    }
     if (a.kind == AttentionKind::Softmax) {
       if (a.logits.dim() != 4 || a.logits.size(-1) != a.logits.size(-2))
         throw std::invalid_argument("attention logits of block " + std::to_string(b) + " have shape " +
@@ -883,6 +1086,7 @@ CaptureResult CaptureModel::run(const at::Tensor& images, const CaptureRequest& 
     if (a.q.dim() != 4 || a.k.dim() != 4)
       throw std::invalid_argument("fused attention q/k of block " + std::to_string(b) + " are not [B,H,N,D]");
     if (a.scale == 0.0) a.scale = 1.0 / std::sqrt(static_cast<double>(a.q.size(-1)));
+    a.mask_in_logits = req.attn_logits == "full";
     if (a.k.size(1) != a.q.size(1)) a.k = a.k.repeat_interleave(a.q.size(1) / a.k.size(1), 1);  // GQA
     if (a.mask && a.mask->scalar_type() == at::kBool)
       throw std::invalid_argument("boolean attention masks are not supported (logits would be -inf)");

@@ -20,9 +20,17 @@ namespace vitfiqa {
 
 enum class AttentionKind { Softmax, ScaledDotProduct };
 
+// Which attention logits ATTN-FIQA (its heatmap and raw logit captures) reads where the softmax input adds a
+// bias or mask to q.k*scale (BEiT's relative-position bias, timm's relpos ViTs, additive masks):
+// "qk" = q.k*scale, the papers' definition; "full" = the whole softmax input, bias and mask included.
+// The one default for the C++ options, the bindings and the Python API.
+inline constexpr const char* kDefaultAttnLogits = "qk";
+void check_attn_logits(const std::string& attn_logits);  // throws std::invalid_argument unless qk | full
+
 // What one forward pass should return. Indices are 0-based block indices.
 struct CaptureRequest {
   std::vector<int64_t> logits_blocks;    // softmax input / (q, k, scale, mask) of these blocks
+  std::string attn_logits = kDefaultAttnLogits;  // "qk" | "full": bias and mask in the logits or not
   std::vector<int64_t> probs_blocks;     // post-softmax attention of these blocks (softmax sites only)
   std::vector<int64_t> token_blocks;     // these blocks' outputs ...
   bool tokens_final_norm = true;         // ... passed through the model's final LayerNorm ...
@@ -44,6 +52,8 @@ struct AttentionCapture {
   at::Tensor q, k;                 // [B,H,N,D], SDPA sites (k repeated to q's heads for GQA)
   double scale = 0.0;              // SDPA scale actually used
   std::optional<at::Tensor> mask;  // SDPA additive float mask (broadcastable to [B,H,N,N])
+  bool mask_in_logits = true;      // false: the logits are q.k*scale alone (attn_logits="qk"); the
+                                   // post-softmax attention always includes the mask
 };
 
 struct CaptureResult {
@@ -67,6 +77,7 @@ struct ModelInfo {
   bool has_patch_conv = false;
   int64_t num_outputs = 1;            // elements of the model's output tuple (1 = plain tensor)
   std::vector<std::string> block_names;
+  std::vector<int64_t> biased_blocks;  // blocks whose softmax input adds a bias or mask to q.k*scale
   std::vector<std::string> notes;
 };
 
@@ -90,6 +101,8 @@ class CaptureModel {
   struct Site {
     torch::jit::Node* node;
     int64_t block;
+    bool biased = false;                           // softmax input / attn_mask adds a bias or mask
+    torch::jit::Value* unbiased_logits = nullptr;  // softmax sites: q.k*scale before the bias terms
   };
   struct Built {
     std::shared_ptr<torch::jit::Graph> graph;

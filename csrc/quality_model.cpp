@@ -87,6 +87,8 @@ std::map<std::string, at::Tensor> score(CaptureModel& model, const at::Tensor& i
   const bool vitfiqa = methods.count("vitfiqa"), exfiqa = methods.count("exfiqa");
   int64_t attn_block = resolve_blocks({o.attn_block}, L, "ATTN-FIQA").front();
   if (attn) req.logits_blocks.push_back(attn_block);
+  check_attn_logits(o.attn_logits);
+  req.attn_logits = o.attn_logits;
   std::vector<int64_t> vitnt_blocks = o.vitnt_blocks.empty() ? all_blocks(L) : resolve_blocks(o.vitnt_blocks, L, "ViTNT-FIQA");
   if (vitnt) {
     if (vitnt_blocks.size() < 2) throw std::invalid_argument("ViTNT-FIQA needs at least two selected blocks");

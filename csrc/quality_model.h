@@ -20,6 +20,7 @@ struct ScoreOptions {
   std::vector<double> heatmap_range;         // {low, high} for "range"
   int64_t attn_block = -1;                   // ATTN-FIQA block (negative counts from the end)
   bool attn_patches_only = false;            // score over patch tokens only (default: all tokens)
+  std::string attn_logits = kDefaultAttnLogits;  // qk | full (see kDefaultAttnLogits)
   std::vector<int64_t> vitnt_blocks;         // {} : all blocks
   double vitnt_scale = 8.0;
   std::string vitnt_weighting = "uniform";   // uniform | attention

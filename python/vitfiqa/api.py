@@ -150,11 +150,12 @@ class QualityModel:
     # -- scoring ----------------------------------------------------------------------------------
     def score(self, images: Any, methods: Iterable[str] | str = ("attn", "vitnt"), *, heatmaps: bool = False,
               return_captures: bool = False, preprocess: bool | str = "auto", batch_size: int | None = None,
-              attn_block: int = -1, attn_tokens: str = "all", vitnt_blocks: Sequence[int] | None = None,
-              vitnt_scale: float = 8.0, vitnt_weighting: str = "uniform", vitnt_attention_blocks: str = "last",
-              prefix_tokens: int | None = None, grid: tuple[int, int] | None = None,
-              heatmap_size: tuple[int, int] | None = None, heatmap_normalize: str = "image",
-              heatmap_range: tuple[float, float] | None = None, exits: Sequence[int] | None = None,
+              attn_block: int = -1, attn_tokens: str = "all", attn_logits: str | None = None,
+              vitnt_blocks: Sequence[int] | None = None, vitnt_scale: float = 8.0, vitnt_weighting: str = "uniform",
+              vitnt_attention_blocks: str = "last", prefix_tokens: int | None = None,
+              grid: tuple[int, int] | None = None, heatmap_size: tuple[int, int] | None = None,
+              heatmap_normalize: str = "image", heatmap_range: tuple[float, float] | None = None,
+              exits: Sequence[int] | None = None,
               exit_normalization: str = "none", quality_output: int = -1) -> QualityResult:
         """Score images with one forward pass per batch.
 
@@ -162,6 +163,11 @@ class QualityModel:
         ``exfiqa`` (EX-FIQA exits and fusions; needs a quality-token model).
         attn_block: block whose logits ATTN-FIQA reads (default the last). attn_tokens: ``all`` (the papers'
         plain mean over every query and key) or ``patches`` (prefix tokens excluded).
+        attn_logits: where the softmax input adds a bias or mask to q.k*scale (relative-position bias as in
+        BEiT and timm's relpos ViTs, additive masks; ``info["notes"]`` says so), ``qk`` reads q.k*scale alone
+        (the papers' definition) and ``full`` the whole softmax input; None = the core's default (``qk``).
+        The choice applies to the score, the heatmap and captured logits; attention weights (ViTNT's
+        weighting) are always the model's own softmax output.
         vitnt_blocks: selected blocks (0-based, default all); vitnt_scale: s in 2/(1+exp(s d));
         vitnt_weighting: ``uniform`` or ``attention``; vitnt_attention_blocks (attention weighting): ``last``
         (the last selected block's attention, the official default) or ``all`` (averaged over the selected
@@ -199,6 +205,8 @@ class QualityModel:
         opts.return_captures = bool(return_captures)
         opts.attn_block = int(attn_block)
         opts.attn_patches_only = attn_tokens == "patches"
+        if attn_logits is not None:  # the default lives in the core (kDefaultAttnLogits), nowhere else
+            opts.attn_logits = str(attn_logits)
         opts.vitnt_blocks = [int(b) for b in (vitnt_blocks or [])]
         opts.vitnt_scale = float(vitnt_scale)
         opts.vitnt_weighting = vitnt_weighting
@@ -248,15 +256,18 @@ class QualityModel:
 
     def capture(self, images: Any, *, attention_blocks: Sequence[int] = (), probs_blocks: Sequence[int] = (),
                 token_blocks: Sequence[int] = (), final_norm: bool = True, exit_blocks: Sequence[int] = (),
-                exit_output: int = -1, model_output: bool = False, preprocess: bool | str = "auto") -> dict:
-        """Raw captures from one forward pass: ``attention_logits`` {block: [B,H,N,N]},
+                exit_output: int = -1, model_output: bool = False, preprocess: bool | str = "auto",
+                attn_logits: str | None = None) -> dict:
+        """Raw captures from one forward pass: ``attention_logits`` {block: [B,H,N,N]} (``attn_logits`` as in
+        :meth:`score`),
         ``attention_probs``, ``block_tokens`` {block: [B,N,C]} (final-norm applied unless final_norm=False),
         ``exits`` {block: head output at that exit}, ``model_output``, ``patch_grid``."""
         L = self.num_blocks
         norm = lambda bs: sorted({b % L if -L <= b < L else b for b in bs})  # noqa: E731
         x = self.prepare(images, preprocess)
+        extra = {} if attn_logits is None else {"attn_logits": str(attn_logits)}
         return self._core.capture(x, norm(attention_blocks), norm(probs_blocks), norm(token_blocks), final_norm,
-                                  norm(exit_blocks), int(exit_output), bool(model_output))
+                                  norm(exit_blocks), int(exit_output), bool(model_output), **extra)
 
     def forward(self, images: Any, preprocess: bool | str = "auto"):
         """The model's plain forward (C++ torch::jit), e.g. to get embeddings."""
