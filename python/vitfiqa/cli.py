@@ -92,6 +92,10 @@ def _score_local(args, methods: list[str], table_dir: Path):
     model = vitfiqa.load(args.model, device=args.device or "cpu", dtype=args.dtype,
                          image_size=(args.image_size, args.image_size))
     files = _image_list(args.images)
+    if args.heatmaps and Path(args.images).is_dir() and Path(args.heatmaps).absolute().is_relative_to(
+            Path(args.images).absolute()):
+        raise CLIError("--heatmaps must not be inside the --images folder (the heatmaps would be scored as images "
+                       "on the next run)")
     options = dict(heatmap_dir=args.heatmaps, heatmap_format=args.heatmap_format) if args.heatmaps else {}
     table = open_table(model, files, methods, table_dir, batch_size=args.batch_size, overwrite=args.overwrite,
                        **options)

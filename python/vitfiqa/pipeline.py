@@ -311,6 +311,14 @@ def score_files(model: QualityModel, paths: Sequence[str], methods: Sequence[str
                          pin_memory=model.device.type == "cuda", start=start,
                          processes=model.device.type == "cuda" if decode_processes is None else decode_processes,
                          skip=set(table.batch_starts()) - set(table.pending_batches()) if table is not None else ())
+    # Heatmap files go through one temporary folder under heatmap_dir (same file system, so the rename is
+    # atomic), cleared of a killed run's leftovers when a table's lock makes this run the only writer.
+    heat_tmp = None
+    if heat_dir is not None:
+        from .results import clear_tmp_dir
+
+        heat_tmp = clear_tmp_dir(heat_dir / ".vitfiqa-tmp") if table is not None else heat_dir / ".vitfiqa-tmp"
+        heat_tmp.mkdir(parents=True, exist_ok=True)
     try:
         for batch in loader:
             result = None
@@ -328,12 +336,11 @@ def score_files(model: QualityModel, paths: Sequence[str], methods: Sequence[str
                         files[heat_dir / f"{name}.{meth}.{heatmap_format}"] = encode_heatmap(images[j], hm[j],
                                                                                              heatmap_format)
             if table is not None:
-                table.commit(sb.columns(), files)
-            else:
-                from .results import atomic_write
+                table.commit(sb.columns(), files, heat_tmp)
+            elif files:
+                from .results import atomic_write_many
 
-                for path, data in files.items():
-                    atomic_write(path, data)
+                atomic_write_many(files, heat_tmp)
             yield sb
     finally:
         if table is not None and table is not out:  # a table the caller opened stays theirs to close
