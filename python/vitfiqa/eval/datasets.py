@@ -14,7 +14,6 @@ its index (``dataset.errors``) and skipped unless ``strict=True``.
 """
 from __future__ import annotations
 
-import io
 import logging
 import os
 import pickle
@@ -24,6 +23,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from ..preprocess import DEFAULT_MAX_PIXELS, load_uint8
 from .scores import Pairs, l2_normalize
 
 log = logging.getLogger("vitfiqa.eval")
@@ -31,17 +31,6 @@ log = logging.getLogger("vitfiqa.eval")
 
 class CorruptEntry(ValueError):
     """An image or list entry that cannot be read."""
-
-
-def _decode(data: bytes | str | os.PathLike, size: tuple[int, int] | None) -> np.ndarray:
-    from PIL import Image
-
-    src = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
-    with Image.open(src) as im:
-        im = im.convert("RGB")
-        if size is not None and im.size != (size[1], size[0]):
-            im = im.resize((size[1], size[0]), Image.BILINEAR)
-        return np.asarray(im, dtype=np.uint8)
 
 
 @dataclass
@@ -54,14 +43,17 @@ class ImageSet:
     strict: bool = False
     image_size: tuple[int, int] | None = (112, 112)
     errors: list[tuple[int, str]] = field(default_factory=list)
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
 
     def __len__(self) -> int:
         return len(self.sources)
 
     def load(self, index: int) -> np.ndarray:
+        """Image ``index`` as uint8 HxWx3 RGB (resized to ``image_size``; high-bit-depth images scaled, see
+        :func:`vitfiqa.preprocess.read_image`). Raises CorruptEntry for any unreadable image."""
         try:
-            return _decode(self.sources[index], self.image_size)
-        except Exception as exc:  # PIL raises many types for broken data
+            return load_uint8(self.sources[index], self.image_size, self.max_pixels)
+        except (OSError, ValueError, TypeError, MemoryError) as exc:
             raise CorruptEntry(f"{self.name}: image {index} cannot be decoded: {exc}") from None
 
     def batches(self, batch_size: int = 64) -> Iterator[tuple[np.ndarray, np.ndarray]]:
