@@ -71,13 +71,15 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("prefix_tokens", &ScoreOptions::prefix_tokens)
       .def_readwrite("grid", &ScoreOptions::grid)
       .def_readwrite("heatmap_size", &ScoreOptions::heatmap_size)
-      .def_readwrite("heatmap_minmax", &ScoreOptions::heatmap_minmax)
+      .def_readwrite("heatmap_normalize", &ScoreOptions::heatmap_normalize)
+      .def_readwrite("heatmap_range", &ScoreOptions::heatmap_range)
       .def_readwrite("attn_block", &ScoreOptions::attn_block)
       .def_readwrite("attn_patches_only", &ScoreOptions::attn_patches_only)
       .def_readwrite("attn_logits", &ScoreOptions::attn_logits)
       .def_readwrite("vitnt_blocks", &ScoreOptions::vitnt_blocks)
       .def_readwrite("vitnt_scale", &ScoreOptions::vitnt_scale)
       .def_readwrite("vitnt_weighting", &ScoreOptions::vitnt_weighting)
+      .def_readwrite("vitnt_attention_blocks", &ScoreOptions::vitnt_attention_blocks)
       .def_readwrite("exits", &ScoreOptions::exits)
       .def_readwrite("exit_normalization", &ScoreOptions::exit_normalization)
       .def_readwrite("quality_output", &ScoreOptions::quality_output);
@@ -155,5 +157,7 @@ PYBIND11_MODULE(_core, m) {
       [](const at::Tensor& exit_scores, const std::vector<int64_t>& depths, const std::string& fusion,
          const std::string& normalization) { return fuse_exits(exit_scores, depths, fusion, normalization); },
       py::arg("exit_scores"), py::arg("depths"), py::arg("fusion") = "depth", py::arg("normalization") = "none");
+  m.def("render_heatmaps", &render_heatmaps, py::arg("grids"), py::arg("size"), py::arg("mode"),
+        py::arg("value_range"));
   m.def("normalize_exits", &normalize_exits, py::arg("exit_scores"), py::arg("normalization"));
 }

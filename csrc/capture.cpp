@@ -318,6 +318,42 @@ void hoist_parameter_reads(Graph& g) {
   }
 }
 
+// Reads of plain (str, int, float, bool) module attributes become constants, so constant propagation folds
+// the branches they select: e.g. the ViT-FIQA class's `if self.mode == "token"` in a scripted forward,
+// whose output tuple would otherwise come out of an If. Safe while the graph assigns no attributes: the
+// module is private to the CaptureModel and its attributes never change after loading.
+void fold_constant_attributes(Graph& g, const torch::jit::Module& module) {
+  std::function<bool(torch::jit::Block*)> assigns = [&](torch::jit::Block* b) {
+    for (Node* n : b->nodes()) {
+      if (n->kind() == c10::prim::SetAttr) return true;
+      for (auto* inner : n->blocks())
+        if (assigns(inner)) return true;
+    }
+    return false;
+  };
+  if (assigns(g.block())) return;
+  std::unordered_map<Value*, c10::IValue> objects{{g.inputs().at(0), module._ivalue()}};
+  std::function<void(torch::jit::Block*)> fold = [&](torch::jit::Block* b) {
+    for (Node* n : b->nodes()) {
+      for (auto* inner : n->blocks()) fold(inner);
+      if (n->kind() != c10::prim::GetAttr) continue;
+      auto owner = objects.find(n->input(0));
+      if (owner == objects.end() || !owner->second.isObject()) continue;
+      const auto& obj = owner->second.toObjectRef();
+      const std::string& name = n->s(attr::name);
+      if (!obj.type()->hasAttribute(name)) continue;
+      c10::IValue value = obj.getAttr(name);
+      if (value.isObject()) {
+        objects[n->output()] = value;
+      } else if (value.isString() || value.isInt() || value.isDouble() || value.isBool()) {
+        torch::jit::WithInsertPoint guard(n);
+        n->output()->replaceAllUsesWith(g.insertConstant(value));
+      }
+    }
+  };
+  fold(g.block());
+}
+
 }  // namespace
 
 void check_attn_logits(const std::string& attn_logits) {
@@ -411,6 +447,7 @@ void CaptureModel::analyse(const std::string& final_norm) {
     }
   };
   fold_training(g->block());
+  fold_constant_attributes(*g, module_);
   torch::jit::ConstantPropagation(g);
   torch::jit::EliminateDeadCode(g);
   hoist_parameter_reads(*g);

@@ -122,7 +122,7 @@ class _Base(nn.Module):
         self.embed_dim = embed_dim
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches + prefix_tokens, embed_dim))
         self.pos_drop = nn.Dropout(0.0)
-        rates = [r.item() for r in torch.linspace(0, drop_path_rate, depth)]
+        rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linspace(0, rate, depth)
         if block_cls is PlainBlock:
             self.blocks = nn.ModuleList([PlainBlock(embed_dim, num_heads, mlp_ratio, r) for r in rates])
         else:

@@ -5,6 +5,7 @@ attention logits and block tokens the requested methods need, and the method ker
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,11 +27,14 @@ class QualityResult:
 
     ``scores`` maps a score name to a float64 tensor [B]: ``attn`` (ATTN-FIQA), ``vitnt`` (ViTNT-FIQA),
     ``vitfiqa`` (ViT-FIQA), ``exfiqa_F`` / ``exfiqa_FW`` (EX-FIQA fusions). ``exits`` is the EX-FIQA
-    per-exit matrix [L,B] with ``exit_depths`` (1-based). ``heatmaps`` maps a method to [B,H,W] in [0,1].
+    per-exit matrix [L,B] with ``exit_depths`` (1-based). ``heatmaps`` maps a method to [B,H,W] in [0,1];
+    ``heatmap_grids`` to the raw patch-grid values [B,gh,gw] they were drawn from (for data-set-wide
+    normalisation with :func:`render_heatmaps`).
     """
 
     scores: dict[str, torch.Tensor] = field(default_factory=dict)
     heatmaps: dict[str, torch.Tensor] = field(default_factory=dict)
+    heatmap_grids: dict[str, torch.Tensor] = field(default_factory=dict)
     exits: torch.Tensor | None = None
     exit_depths: list[int] = field(default_factory=list)
     captures: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -65,6 +69,8 @@ class QualityResult:
             out.scores[k] = torch.cat([p.scores[k] for p in parts])
         for k in first.heatmaps:
             out.heatmaps[k] = torch.cat([p.heatmaps[k] for p in parts])
+        for k in first.heatmap_grids:
+            out.heatmap_grids[k] = torch.cat([p.heatmap_grids[k] for p in parts])
         if first.exits is not None:
             out.exits = torch.cat([p.exits for p in parts], dim=1)
         for k in first.captures:
@@ -72,11 +78,20 @@ class QualityResult:
         return out
 
 
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 class QualityModel:
     """A TorchScript ViT wrapped for quality scoring.
 
     ``model`` is a path to a TorchScript file (``torch.jit.save`` of a scripted or traced module) or its
-    bytes. ``dtype`` casts the model's floating parameters (float32, float16, bfloat16).
+    bytes. ``dtype`` casts the model's floating parameters (float32, float16, bfloat16). ``sha256`` is the
+    digest of the model file (a results table records it, so scores of two models are never mixed).
 
     ``final_norm``: the model's final LayerNorm, which ViTNT-FIQA (and captured block tokens) apply to every
     block's output. ``None`` (default) finds it in the forward graph: the first ``layer_norm`` reached from
@@ -106,12 +121,14 @@ class QualityModel:
                 raise ValueError("model bytes are empty")
             self._core = _core.CaptureModel.from_bytes(bytes(model), device, dtype_name, norm_path)
             self.source = "<bytes>"
+            self.sha256 = hashlib.sha256(model).hexdigest()
         else:
             path = Path(model)
             if not path.is_file():
                 raise FileNotFoundError(f"model file not found: {path}")
             self._core = _core.CaptureModel(str(path), device, dtype_name, norm_path)
             self.source = str(path)
+            self.sha256 = _file_sha256(path)
         self.device = torch.device(device)
         self.dtype = getattr(torch, dtype_name)
         self.image_size = tuple(image_size)
@@ -146,9 +163,11 @@ class QualityModel:
     def score(self, images: Any, methods: Iterable[str] | str = ("attn", "vitnt"), *, heatmaps: bool = False,
               return_captures: bool = False, preprocess: bool | str = "auto", batch_size: int | None = None,
               attn_block: int = -1, attn_tokens: str = "all", attn_logits: str | None = None,
-              vitnt_blocks: Sequence[int] | None = None, vitnt_scale: float = 8.0, vitnt_weighting: str = "uniform", prefix_tokens: int | None = None,
+              vitnt_blocks: Sequence[int] | None = None, vitnt_scale: float = 8.0, vitnt_weighting: str = "uniform",
+              vitnt_attention_blocks: str = "last", prefix_tokens: int | None = None,
               grid: tuple[int, int] | None = None, heatmap_size: tuple[int, int] | None = None,
-              heatmap_normalize: str = "image", exits: Sequence[int] | None = None,
+              heatmap_normalize: str = "image", heatmap_range: tuple[float, float] | None = None,
+              exits: Sequence[int] | None = None,
               exit_normalization: str = "none", quality_output: int = -1) -> QualityResult:
         """Score images with one forward pass per batch.
 
@@ -162,9 +181,16 @@ class QualityModel:
         The choice applies to the score, the heatmap and captured logits; attention weights (ViTNT's
         weighting) are always the model's own softmax output.
         vitnt_blocks: selected blocks (0-based, default all); vitnt_scale: s in 2/(1+exp(s d));
-        vitnt_weighting: ``uniform`` or ``attention``.
+        vitnt_weighting: ``uniform`` or ``attention``; vitnt_attention_blocks (attention weighting): ``last``
+        (the last selected block's attention, the official default) or ``all`` (averaged over the selected
+        blocks: the official ``last_block_attention_only=False``).
         prefix_tokens / grid: override the CLS/quality-token count and patch grid found from the model.
-        heatmap_normalize: ``image`` (per-image min-max) or ``none`` (raw values, e.g. to normalise globally).
+        heatmap_normalize: as the official ATTN-FIQA plot script, min-max on the patch grid BEFORE the
+        bilinear resize, ``(g - lo) / (hi - lo + 1e-8)`` clipped to [0, 1]: ``image`` (each image's own
+        min/max; official ``--normalize-per-image``), ``global`` (min/max over every image of this call, all
+        batches; the official default ``normalize_global=True`` for the images of one figure) or ``none``
+        (raw values). heatmap_range=(lo, hi) with ``global``: a fixed range instead, e.g. a whole data set's
+        min/max collected from ``result.heatmap_grids`` of earlier calls (see :func:`render_heatmaps`).
         exits: EX-FIQA exit blocks (0-based, default all); exit_normalization: ``none``, ``zscore`` or
         ``minmax`` over the batch (for data-set-wide normalisation use :func:`fuse_exits` on ``exits``).
         """
@@ -178,8 +204,10 @@ class QualityModel:
             raise ValueError("no method requested")
         if attn_tokens not in ("all", "patches"):
             raise ValueError("attn_tokens must be 'all' or 'patches'")
-        if heatmap_normalize not in ("image", "none"):
-            raise ValueError("heatmap_normalize must be 'image' or 'none'")
+        if heatmap_normalize not in ("image", "global", "none"):
+            raise ValueError(f"heatmap_normalize must be 'image', 'global' or 'none', got {heatmap_normalize!r}")
+        if heatmap_range is not None and heatmap_normalize != "global":
+            raise ValueError("heatmap_range is a global normalisation range: use it with heatmap_normalize='global'")
         if batch_size is not None and batch_size <= 0:
             raise ValueError("batch_size must be positive")
 
@@ -194,10 +222,12 @@ class QualityModel:
         opts.vitnt_blocks = [int(b) for b in (vitnt_blocks or [])]
         opts.vitnt_scale = float(vitnt_scale)
         opts.vitnt_weighting = vitnt_weighting
+        opts.vitnt_attention_blocks = vitnt_attention_blocks
         opts.prefix_tokens = -1 if prefix_tokens is None else int(prefix_tokens)
         opts.grid = list(grid) if grid else []
         opts.heatmap_size = list(heatmap_size) if heatmap_size else []
-        opts.heatmap_minmax = heatmap_normalize == "image"
+        opts.heatmap_normalize = "range" if heatmap_range is not None else heatmap_normalize
+        opts.heatmap_range = _value_range(heatmap_range) if heatmap_range is not None else []
         opts.exits = [int(b) for b in (exits or [])]
         opts.exit_normalization = exit_normalization
         opts.quality_output = int(quality_output)
@@ -205,7 +235,13 @@ class QualityModel:
         x = self.prepare(images, preprocess)
         step = batch_size or x.shape[0]
         parts = [self._score_batch(x[i:i + step], opts) for i in range(0, x.shape[0], step)]
-        return parts[0] if len(parts) == 1 else QualityResult.concat(parts)
+        if len(parts) == 1:
+            return parts[0]
+        res = QualityResult.concat(parts)
+        if opts.heatmaps and opts.heatmap_normalize == "global":  # one range over every batch of this call
+            size = tuple(res.heatmaps[next(iter(res.heatmaps))].shape[-2:]) if res.heatmaps else None
+            res.heatmaps = {k: render_heatmaps(g, size, "global") for k, g in res.heatmap_grids.items()}
+        return res
 
     def _score_batch(self, x: torch.Tensor, opts) -> QualityResult:
         raw = self._core.score(x, opts)
@@ -213,6 +249,8 @@ class QualityModel:
         for key, value in raw.items():
             if key.endswith("_heatmap"):
                 res.heatmaps[key[: -len("_heatmap")]] = value
+            elif key.endswith("_heatmap_grid"):
+                res.heatmap_grids[key[: -len("_heatmap_grid")]] = value
             elif key == "exfiqa_exits":
                 res.exits = value
             elif key.startswith(("attention_logits.", "block_tokens.")) or key == "vitnt_patch_quality":
@@ -257,6 +295,34 @@ def load(model: str | os.PathLike | bytes, device: str | torch.device = "cpu",
          final_norm: str | None = None) -> QualityModel:
     """Load a TorchScript ViT (path or bytes) for quality scoring (options: see :class:`QualityModel`)."""
     return QualityModel(model, device=device, dtype=dtype, image_size=image_size, final_norm=final_norm)
+
+
+def _value_range(value_range) -> list[float]:
+    try:
+        lo, hi = (float(v) for v in value_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"a heatmap value range is two numbers (low, high), got {value_range!r}") from None
+    return [lo, hi]
+
+
+def render_heatmaps(grids: torch.Tensor | np.ndarray, size: tuple[int, int] | None = None,
+                    normalize: str = "global", value_range: tuple[float, float] | None = None) -> torch.Tensor:
+    """Heatmaps [B,H,W] from patch grids [B,gh,gw] (``QualityResult.heatmap_grids``), normalised as the
+    official ATTN-FIQA plot script: min-max on the patch grid before the bilinear resize (``size``, default
+    the grid), ``(g - lo) / (hi - lo + 1e-8)`` clipped to [0, 1]. ``normalize``: ``global`` (lo, hi = min,
+    max of all grids given, or ``value_range``), ``image`` (per grid) or ``none``.
+
+    A data set's global normalisation (the official default over all images shown): collect the grids of
+    several ``score`` calls, ``torch.cat`` them, and render them here in one call; or pass
+    ``value_range=(min, max)`` of all grids."""
+    if normalize not in ("image", "global", "none"):
+        raise ValueError(f"normalize must be 'image', 'global' or 'none', got {normalize!r}")
+    if value_range is not None and normalize != "global":
+        raise ValueError("value_range is a global normalisation range: use it with normalize='global'")
+    mode = "range" if value_range is not None else normalize
+    t = torch.as_tensor(np.array(grids, copy=True) if isinstance(grids, np.ndarray) else grids)
+    return _core.render_heatmaps(t, list(size) if size else [], mode,
+                                 _value_range(value_range) if value_range is not None else [])
 
 
 def fuse_exits(exit_scores: torch.Tensor | np.ndarray, depths: Sequence[int], fusion: str = "depth",

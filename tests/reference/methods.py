@@ -1,5 +1,5 @@
 """Independent pure-PyTorch reference for every method: eager modules, Python forward hooks and the
-plain definitions of shared/METHODS.md written out directly (full N x N logits, explicit loops).
+plain definitions of docs/methods.md written out directly (full N x N logits, explicit loops).
 Nothing here calls vitfiqa's C++ core."""
 from __future__ import annotations
 
@@ -69,26 +69,36 @@ def attn_fiqa(model, x, block: int = -1, first_token: int = 0):
     return lg.mean(dim=(1, 2, 3))
 
 
-def minmax(m: torch.Tensor) -> torch.Tensor:
-    flat = m.flatten(1)
-    lo, hi = flat.min(1).values, flat.max(1).values
-    return (m - lo[:, None, None]) / (hi - lo).clamp_min(1e-12)[:, None, None]
+def grid_heatmaps(per_patch: torch.Tensor, grid, size, normalize: str = "image", value_range=None):
+    """The official ATTN-FIQA plot convention, written out per image: reshape to the patch grid, min-max
+    (each image's own, or one (lo, hi) for all images) as (g - lo) / (hi - lo + 1e-8) clipped to [0, 1],
+    then bilinear resize (half-pixel centres, as cv2.INTER_LINEAR)."""
+    grids = [p.float().reshape(grid[0], grid[1]) for p in per_patch]
+    if normalize == "global":
+        lo, hi = value_range or (min(g.min().item() for g in grids), max(g.max().item() for g in grids))
+    out = []
+    for g in grids:
+        if normalize == "image":
+            lo, hi = g.min().item(), g.max().item()
+        if normalize != "none":
+            g = ((g - lo) / (hi - lo + 1e-8)).clamp(0, 1)
+        out.append(F.interpolate(g[None, None], size=size, mode="bilinear", align_corners=False)[0, 0])
+    return torch.stack(out)
 
 
-def grid_heatmap(per_patch: torch.Tensor, grid, size):
-    m = per_patch.float().reshape(-1, grid[0], grid[1])
-    m = minmax(m)
-    return F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-
-
-def attn_heatmap(model, x, prefix: int, grid, block: int = -1):
+def attn_key_means(model, x, prefix: int, block: int = -1):
+    """What each patch key receives: head mean, then mean over all queries, of the pre-softmax logits."""
     _, _, inputs = run(model, x)
     lg = logits(model, inputs[block], block % len(model.blocks))
-    per_key = lg.mean(1).mean(1)[:, prefix:]  # head mean, then mean over queries: what each key receives
-    return grid_heatmap(per_key, grid, x.shape[-2:])
+    return lg.mean(1).mean(1)[:, prefix:]
 
 
-def vitnt_fiqa(model, x, prefix: int, blocks=None, s: float = 8.0, weighting: str = "uniform"):
+def attn_heatmap(model, x, prefix: int, grid, block: int = -1, normalize: str = "image", value_range=None):
+    return grid_heatmaps(attn_key_means(model, x, prefix, block), grid, x.shape[-2:], normalize, value_range)
+
+
+def vitnt_fiqa(model, x, prefix: int, blocks=None, s: float = 8.0, weighting: str = "uniform",
+               attention_blocks: str = "last"):
     _, outs, inputs = run(model, x)
     blocks = list(range(len(outs))) if blocks is None else sorted(b % len(outs) for b in blocks)
     with torch.no_grad():
@@ -100,8 +110,13 @@ def vitnt_fiqa(model, x, prefix: int, blocks=None, s: float = 8.0, weighting: st
     q = 2.0 / (1.0 + torch.exp(s * d))
     if weighting == "uniform":
         return q.mean(1), q
-    probs = torch.softmax(logits(model, inputs[blocks[-1]], blocks[-1], full=True), dim=-1)  # the model's attention
-    received = probs.mean(1).sum(1)[:, prefix:]
+    # The official ViTNT weights: per block, head-mean post-softmax attention (the model's own, bias included)
+    # summed over queries; with attention_blocks="all" averaged over the selected blocks; then normalised
+    # over the patch keys.
+    weighted = blocks if attention_blocks == "all" else blocks[-1:]
+    received = sum(torch.softmax(logits(model, inputs[b], b, full=True), dim=-1).mean(1).sum(1)
+                   for b in weighted) / len(weighted)
+    received = received[:, prefix:]
     w = received / received.sum(1, keepdim=True)
     return (q * w).sum(1), q
 
