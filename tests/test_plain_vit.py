@@ -34,7 +34,7 @@ def test_biased_attention_default_is_qk_and_full_adds_the_bias(case, model_cases
     full = ref.logits(c.eager, inputs[-1], last, full=True)
     default = m.score(x, methods=["attn"], heatmaps=True)
     close(default.scores["attn"], qk.mean(dim=(1, 2, 3)))
-    torch.testing.assert_close(default.heatmaps["attn"], ref.grid_heatmap(qk.mean(1).mean(1)[:, 1:], c.grid, (32, 32)),
+    torch.testing.assert_close(default.heatmaps["attn"], ref.grid_heatmaps(qk.mean(1).mean(1)[:, 1:], c.grid, (32, 32)),
                                rtol=1e-5, atol=1e-5)
     with_bias = m.score(x, methods=["attn"], attn_logits="full", return_captures=True)
     close(with_bias.scores["attn"], full.mean(dim=(1, 2, 3)))
