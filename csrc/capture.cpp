@@ -1100,10 +1100,12 @@ CaptureResult CaptureModel::run(const at::Tensor& images, const CaptureRequest& 
     if (keys.dim() == 4 && stream_shapes.count(b)) {
       const auto& shape = stream_shapes.at(b);
       int64_t n_keys = a.kind == AttentionKind::Softmax ? keys.size(3) : keys.size(2);
-      if (shape.size() != 3 || shape[1] != n_keys)
+      const int64_t B = images.size(0);  // batch-first [B,N,C], or sequence-first [N,B,C] (nn.MultiheadAttention)
+      bool spans = shape.size() == 3 && ((shape[0] == B && shape[1] == n_keys) || (shape[0] == n_keys && shape[1] == B));
+      if (!spans)
         throw std::invalid_argument("not a plain ViT: the attention of block '" + name + "' has " +
                                     std::to_string(n_keys) + " keys but the tokens entering it have shape " +
-                                    c10::str(shape) + " (channel attention or token pooling?); vitfiqa scores ViTs "
+                                    c10::str(c10::IntArrayRef(shape)) + " (channel attention or token pooling?); vitfiqa scores ViTs "
                                     "whose attention runs over the [B,N,C] token sequence");
     }
     if (a.kind == AttentionKind::Softmax) {

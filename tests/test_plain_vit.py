@@ -212,6 +212,49 @@ def test_windowed_attention_is_refused_when_it_runs(how, tmp_path):
         m.score(torch.randn(2, 3, 32, 32), methods=["attn"])
 
 
+class ChannelAttention(nn.Module):
+    """XCiT-like: attention between channels (a [D,D] map per head), not between tokens."""
+
+    def __init__(self, dim=16, heads=2):
+        super().__init__()
+        self.heads, self.qkv, self.proj = heads, nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 4, 1).unbind(0)
+        attn = (q @ k.transpose(-2, -1)).softmax(dim=-1)  # [B,H,D,D]
+        return self.proj((attn @ v).permute(0, 3, 1, 2).reshape(b, n, c))
+
+
+class ChannelBlock(nn.Module):
+    def __init__(self, dim=16):
+        super().__init__()
+        self.norm, self.attn = nn.LayerNorm(dim), ChannelAttention(dim)
+
+    def forward(self, x):
+        return x + self.attn(self.norm(x))
+
+
+class ChannelViT(nn.Module):
+    def __init__(self, dim=16):
+        super().__init__()
+        self.embed = nn.Conv2d(3, dim, 4, 4)
+        self.blocks = nn.Sequential(ChannelBlock(dim), ChannelBlock(dim))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x):
+        return self.norm(self.blocks(self.embed(x).flatten(2).transpose(1, 2))).mean(1)
+
+
+@pytest.mark.parametrize("how", ["script", "trace"])
+def test_channel_attention_is_refused_when_it_runs(how, tmp_path):
+    torch.manual_seed(0)
+    m = vitfiqa.load(_export(ChannelViT(), how, tmp_path), image_size=(32, 32))
+    with pytest.raises(ValueError, match=r"not a plain ViT: the attention of block 'blocks\.1' has 8 keys but the "
+                                         r"tokens entering it have shape \[2, 64, 16\]"):
+        m.score(torch.randn(2, 3, 32, 32), methods=["attn"])
+
+
 class NormAfterPooling(TimmStyleViT):
     """timm's fc_norm layout: no norm on the tokens; a LayerNorm after average pooling."""
 
