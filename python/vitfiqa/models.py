@@ -245,6 +245,36 @@ def check_input_contract(contract: dict) -> dict:
     return out
 
 
+def read_input_contract(model) -> Optional[dict]:
+    """The input contract stored in a TorchScript file (path or bytes) by :func:`export_torchscript`, or None.
+
+    Read straight from the archive's zip directory as JSON; nothing in the file is unpickled or executed."""
+    import io
+    import json
+    import zipfile
+
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(bytes(model)) if isinstance(model, (bytes, bytearray)) else model)
+    except (zipfile.BadZipFile, OSError):
+        return None  # not a zip archive: the loader reports what is wrong with the file
+    with zf:
+        names = [n for n in zf.namelist() if n.endswith("/extra/" + INPUT_CONTRACT_FILE)]
+        if not names:
+            return None
+        info = zf.getinfo(names[0])
+        if info.file_size > 1 << 16:
+            raise ValueError(f"the model's {INPUT_CONTRACT_FILE} is {info.file_size} bytes; an input contract is a "
+                             "few hundred")
+        try:
+            contract = json.loads(zf.read(info).decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ValueError(f"the model's {INPUT_CONTRACT_FILE} is not valid JSON: {exc}") from None
+    try:
+        return check_input_contract(contract)
+    except ValueError as exc:
+        raise ValueError(f"the model's {INPUT_CONTRACT_FILE} is invalid: {exc}") from None
+
+
 def export_torchscript(model: nn.Module, path: str, method: str = "script", example: Optional[torch.Tensor] = None,
                        input_contract: Optional[dict] = None) -> str:
     """Save ``model`` (in eval mode) as TorchScript for :func:`vitfiqa.load`: ``script`` or ``trace``

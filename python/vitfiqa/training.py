@@ -78,6 +78,16 @@ class InMemoryDataset(torch.utils.data.Dataset):
             x = normalize_uint8(x[None])[0]
         return x, self.identities[i]
 
+    def __getitems__(self, indices):
+        """A whole batch at once (the DataLoader calls this; one normalisation per batch, not per image)."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        x = self.images[idx]
+        if x.dtype == torch.uint8:
+            from .preprocess import normalize_uint8
+
+            x = normalize_uint8(x)
+        return x, self.identities[idx]
+
 
 class FolderDataset(torch.utils.data.Dataset):
     """``root/<identity>/<image>`` (any PIL-readable image), preprocessed to ``size`` like the face models."""
@@ -197,7 +207,9 @@ def _train(model: nn.Module, dataset, epochs: int, batch_size: int, lr: float, w
         batches = [order[i:i + batch_size].tolist() for i in range(0, per_epoch * batch_size, batch_size)] \
             if len(dataset) > batch_size else [order.tolist()]
         first = start_batch if epoch == start_epoch else 0
-        loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches[first:])
+        # InMemoryDataset hands over whole batches (__getitems__), so there is nothing left to collate
+        collate = (lambda batch: batch) if isinstance(dataset, InMemoryDataset) else None
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches[first:], collate_fn=collate)
         bar = tqdm(loader, disable=not progress or log is not None, desc=f"epoch {epoch + 1}/{epochs}")
         for b, (x, y) in enumerate(bar, start=first):
             step = epoch * per_epoch + b

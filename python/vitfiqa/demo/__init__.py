@@ -1,2 +1,8 @@
-"""The embedded demo: a small ViT recognizer trained on Fashion-MNIST (a stand-in for a face model: each
-clothing class plays the role of an identity) and a controlled-degradation study of the quality methods."""
+"""The embedded demo: synthetic faces (:mod:`.faces`), a small face-ViT recogniser and a ViT-FIQA quality
+model trained on them (:mod:`.train`, ``vitfiqa train-demo``), and a controlled-degradation study of the four
+quality methods on held-out identities (:mod:`.study`, ``vitfiqa demo``)."""
+from pathlib import Path
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+RECOGNIZER = ASSETS / "demo_recognizer.pt"     # plain face ViT (CosFace): ATTN-FIQA and ViTNT-FIQA read it
+QUALITY_MODEL = ASSETS / "demo_vitfiqa.pt"     # ViT-FIQA quality-token model: ViT-FIQA and EX-FIQA read it

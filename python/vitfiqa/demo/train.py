@@ -35,18 +35,16 @@ from ..eval import fnmr_at_fmr
 from ..models import FaceViT, ViTFIQA, export_torchscript
 from ..preprocess import normalize_uint8
 from ..training import InMemoryDataset, MarginSoftmax, train_recognizer, train_vitfiqa
+from . import QUALITY_MODEL, RECOGNIZER
 from .faces import HELD_OUT, TRAIN, render_faces
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-RECOGNIZER = ASSETS / "demo_recognizer.pt"
-QUALITY_MODEL = ASSETS / "demo_vitfiqa.pt"
 
 
 @dataclass
 class DemoConfig:
     image_size: int = 112
     patch_size: int = 16
-    embed_dim: int = 96
+    embed_dim: int = 64
     depth: int = 4
     num_heads: int = 4
     mlp_ratio: float = 2.0
@@ -54,9 +52,9 @@ class DemoConfig:
     identities: int = 2000
     samples: int = 16
     batch_size: int = 128
-    recognizer_epochs: int = 8
+    recognizer_epochs: int = 6
     recognizer_lr: float = 2e-3
-    quality_epochs: int = 2
+    quality_epochs: int = 1
     quality_lr: float = 5e-4
     s: float = 64.0
     m: float = 0.35
@@ -76,6 +74,20 @@ def render_set(identities: int, samples: int, size: int, namespace: int = TRAIN,
     for i in range(0, len(ids), chunk):
         out[i:i + chunk] = render_faces(ids[i:i + chunk], smp[i:i + chunk], size, namespace)
     return out, ids
+
+
+def _cached_render(work: Path, cfg: DemoConfig):
+    """The training renders, kept in ``work`` (plain .npy, no pickle) so a resumed run does not render again."""
+    key = f"{cfg.identities}x{cfg.samples}x{cfg.image_size}"
+    path = work / f"renders_{key}.npy"
+    if path.exists():
+        images = np.load(path, mmap_mode="r", allow_pickle=False)
+        if images.shape == (cfg.identities * cfg.samples, cfg.image_size, cfg.image_size, 3):
+            return np.array(images), np.repeat(np.arange(cfg.identities), cfg.samples)
+    images, ids = render_set(cfg.identities, cfg.samples, cfg.image_size)
+    np.save(work / "renders.tmp.npy", images)
+    (work / "renders.tmp.npy").replace(path)
+    return images, ids
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -177,7 +189,7 @@ def train(cfg: DemoConfig | None = None, work_dir: str | Path = "vitfiqa-train-d
         torch.set_num_threads(threads)
     (work / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     t0 = time.time()
-    images, ids = render_set(cfg.identities, cfg.samples, cfg.image_size)
+    images, ids = _cached_render(work, cfg)
     val_images, val_ids = validation_set(val_identities, 4, cfg.image_size)
     t_render = time.time() - t0
     log(f"rendered {len(images)} training images ({cfg.identities} identities) and {len(val_images)} held-out "
