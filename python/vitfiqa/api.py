@@ -153,7 +153,7 @@ class QualityModel:
     @property
     def image_size(self) -> tuple[int, int]:
         """(H, W) that decoded images are resized to; a clear error when the model does not tell it."""
-        size = self._contract["image_size"]
+        size = self._contract.get("image_size")
         if size is None:
             raise ValueError("the input size of this model is unknown: it carries no input contract and no patch "
                              "grid was found in its graph; pass image_size=(H, W) (CLI: --image-size)")
@@ -163,8 +163,8 @@ class QualityModel:
     def input_contract(self) -> dict:
         """The resolved input contract and, under ``source``, where each value came from (argument, model
         record, patch grid in the graph, default)."""
-        return {**{k: (tuple(v) if k == "image_size" and v else v) for k, v in self._contract.items()},
-                "source": dict(self._contract_source)}
+        size = self._contract.get("image_size")
+        return {**self._contract, "image_size": tuple(size) if size else None, "source": dict(self._contract_source)}
 
     @property
     def info(self) -> dict:

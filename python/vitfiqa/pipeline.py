@@ -195,9 +195,10 @@ class ImageLoader:
 
 
 def to_model_input(images: torch.Tensor, model: QualityModel) -> torch.Tensor:
-    """uint8 NHWC batch -> the model's device and dtype, scaled to [-1, 1] there (non-blocking from pinned memory)."""
+    """uint8 RGB NHWC batch -> the model's device and dtype, in the model's channel order and normalisation
+    (non-blocking from pinned memory)."""
     x = images.to(model.device, non_blocking=images.is_pinned())
-    return normalize_uint8(x, model.dtype)
+    return normalize_uint8(x, model.dtype, model.channel_order, model.normalization)
 
 
 def score_files(model: QualityModel, paths: Sequence[str], methods: Sequence[str] | str = ("attn", "vitnt"), *,

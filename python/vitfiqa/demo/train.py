@@ -21,10 +21,9 @@ Both runs checkpoint every few minutes under ``work_dir`` and resume from there 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -35,35 +34,9 @@ from ..eval import fnmr_at_fmr
 from ..models import FaceViT, ViTFIQA, export_torchscript
 from ..preprocess import normalize_uint8
 from ..training import InMemoryDataset, MarginSoftmax, train_recognizer, train_vitfiqa
-from . import QUALITY_MODEL, RECOGNIZER
+from . import QUALITY_MODEL, RECOGNIZER, DemoConfig
 from .faces import HELD_OUT, TRAIN, render_faces
 
-
-
-@dataclass
-class DemoConfig:
-    image_size: int = 112
-    patch_size: int = 16
-    embed_dim: int = 64
-    depth: int = 4
-    num_heads: int = 4
-    mlp_ratio: float = 2.0
-    num_features: int = 128
-    identities: int = 2000
-    samples: int = 16
-    batch_size: int = 128
-    recognizer_epochs: int = 6
-    recognizer_lr: float = 2e-3
-    quality_epochs: int = 1
-    quality_lr: float = 5e-4
-    s: float = 64.0
-    m: float = 0.35
-    degrade_share: float = 0.35
-    seed: int = 0
-
-    def model_kwargs(self) -> dict:
-        return dict(img_size=self.image_size, patch_size=self.patch_size, embed_dim=self.embed_dim, depth=self.depth,
-                    num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, num_features=self.num_features)
 
 
 def render_set(identities: int, samples: int, size: int, namespace: int = TRAIN, chunk: int = 512):
@@ -238,15 +211,10 @@ def _copy_head(head: MarginSoftmax, cfg: DemoConfig) -> MarginSoftmax:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work-dir", default="vitfiqa-train-demo")
-    ap.add_argument("--threads", type=int)
-    for k, v in asdict(DemoConfig()).items():
-        ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=v)
-    args = vars(ap.parse_args(argv))
-    work, threads = args.pop("work_dir"), args.pop("threads")
-    train(DemoConfig(**args), work, threads=threads)
+    from ..cli import main as cli_main
+
+    return cli_main(["train-demo", *(argv or [])])
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main(__import__("sys").argv[1:]))
