@@ -23,7 +23,7 @@ class DemoConfig:
     identities: int = 2000
     samples: int = 16
     batch_size: int = 128
-    recognizer_epochs: int = 6
+    recognizer_epochs: int = 10
     recognizer_lr: float = 1e-3
     quality_epochs: int = 2
     quality_lr: float = 5e-4
