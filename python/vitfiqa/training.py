@@ -185,7 +185,7 @@ def _train(model: nn.Module, dataset, epochs: int, batch_size: int, lr: float, w
     start_epoch, start_batch = 0, 0
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else None
     if ckpt_dir and resume and (ckpt_dir / "last.pt").exists():
-        # our own checkpoint format holds only tensors, numbers and lists: no code runs on loading it
+        # weights_only: a checkpoint folder may come from elsewhere; tensors, numbers and lists are all it holds
         state = torch.load(ckpt_dir / "last.pt", map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         head.load_state_dict(state["head"])

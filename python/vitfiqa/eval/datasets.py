@@ -2,7 +2,8 @@
 its index (``dataset.errors``) and skipped unless ``strict=True``.
 
 - insightface ``.bin`` (LFW, AgeDB-30, CALFW, CPLFW, CFP-FP): pickle of (list of encoded images, issame
-  list); images 2i and 2i+1 form pair i.
+  list); images 2i and 2i+1 form pair i. Read by a restricted unpickler (:class:`BinUnpickler`): a ``.bin``
+  from elsewhere can never run code, only be refused.
 - CR-FIQA folder layout: ``image_path_list.txt`` (one image path per line) + ``pair_list.txt``
   (``i j label`` per line, 0-based indices into the image list).
 - XQLFW / LFW-style ``pairs.txt``: ``name n1 n2`` (genuine) or ``name1 n1 name2 n2`` (impostor),
@@ -13,7 +14,6 @@ its index (``dataset.errors``) and skipped unless ``strict=True``.
 """
 from __future__ import annotations
 
-import io
 import logging
 import os
 import pickle
@@ -23,6 +23,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from ..preprocess import DEFAULT_MAX_PIXELS, load_uint8
 from .scores import Pairs, l2_normalize
 
 log = logging.getLogger("vitfiqa.eval")
@@ -30,17 +31,6 @@ log = logging.getLogger("vitfiqa.eval")
 
 class CorruptEntry(ValueError):
     """An image or list entry that cannot be read."""
-
-
-def _decode(data: bytes | str | os.PathLike, size: tuple[int, int] | None) -> np.ndarray:
-    from PIL import Image
-
-    src = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
-    with Image.open(src) as im:
-        im = im.convert("RGB")
-        if size is not None and im.size != (size[1], size[0]):
-            im = im.resize((size[1], size[0]), Image.BILINEAR)
-        return np.asarray(im, dtype=np.uint8)
 
 
 @dataclass
@@ -53,14 +43,17 @@ class ImageSet:
     strict: bool = False
     image_size: tuple[int, int] | None = (112, 112)
     errors: list[tuple[int, str]] = field(default_factory=list)
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
 
     def __len__(self) -> int:
         return len(self.sources)
 
     def load(self, index: int) -> np.ndarray:
+        """Image ``index`` as uint8 HxWx3 RGB (resized to ``image_size``; high-bit-depth images scaled, see
+        :func:`vitfiqa.preprocess.read_image`). Raises CorruptEntry for any unreadable image."""
         try:
-            return _decode(self.sources[index], self.image_size)
-        except Exception as exc:  # PIL raises many types for broken data
+            return load_uint8(self.sources[index], self.image_size, self.max_pixels)
+        except (OSError, ValueError, TypeError, MemoryError) as exc:
             raise CorruptEntry(f"{self.name}: image {index} cannot be decoded: {exc}") from None
 
     def batches(self, batch_size: int = 64) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -85,23 +78,133 @@ class ImageSet:
             yield np.asarray(idx), np.stack(imgs)
 
 
+class UnsafeBinFile(CorruptEntry):
+    """A ``.bin`` pickle that asks for something insightface never writes (a class, a function call): refused
+    before anything it names is called."""
+
+
+class _BoolDType:
+    """Stands for ``numpy.dtype('b1')`` while unpickling; its state is checked, never handed to NumPy."""
+
+    def __setstate__(self, state):
+        # (version, byte order, subarray, names, fields, elsize, alignment, flags) of a plain bool dtype; a
+        # Python 2 pickle read with encoding="bytes" gives the byte order as bytes.
+        if not (isinstance(state, tuple) and len(state) >= 2 and state[1] in ("|", b"|")
+                and all(v is None for v in state[2:5])):
+            raise UnsafeBinFile(f"unexpected NumPy dtype state {state!r:.80}")
+
+
+class _BoolArray:
+    """Stands for a 1-D NumPy bool array while unpickling (``_reconstruct`` + ``__setstate__``)."""
+
+    value: np.ndarray | None = None
+
+    def __setstate__(self, state):
+        # (version, shape, dtype, Fortran order, raw bytes)
+        if not (isinstance(state, tuple) and len(state) == 5 and isinstance(state[1], tuple) and len(state[1]) == 1
+                and isinstance(state[2], _BoolDType) and isinstance(state[4], (bytes, bytearray))):
+            raise UnsafeBinFile("a NumPy array in a .bin must be a 1-D bool array")
+        n = state[1][0]
+        if not isinstance(n, int) or n != len(state[4]):
+            raise UnsafeBinFile(f"NumPy bool array of {n!r} elements holds {len(state[4])} bytes")
+        self.value = np.frombuffer(bytes(state[4]), dtype=np.uint8) != 0
+
+
+def _np_dtype(name, align=False, copy=True):
+    if name not in ("b1", b"b1", "?", b"?"):
+        raise UnsafeBinFile(f"NumPy dtype {name!r:.40} in a .bin (only bool arrays are allowed)")
+    return _BoolDType()
+
+
+def _np_reconstruct(cls, shape, typecode):
+    if cls is not _NDARRAY:
+        raise UnsafeBinFile("NumPy _reconstruct of something other than ndarray")
+    return _BoolArray()
+
+
+def _np_frombuffer(buf, dtype, shape, order):  # NumPy >= 1.16 with pickle protocol 5
+    if not isinstance(dtype, _BoolDType) or not isinstance(buf, (bytes, bytearray)) or shape != (len(buf),):
+        raise UnsafeBinFile("a NumPy array in a .bin must be a 1-D bool array")
+    arr = _BoolArray()
+    arr.value = np.frombuffer(bytes(buf), dtype=np.uint8) != 0
+    return arr
+
+
+def _codecs_encode(text, encoding="utf-8"):  # how Python 3 pickles bytes at protocols 0-2
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise UnsafeBinFile("_codecs.encode in a .bin is only allowed as the latin1 encoding of a string")
+    return text.encode("latin1")
+
+
+_NDARRAY = object()  # what the unpickler gets for numpy.ndarray: only a marker that _np_reconstruct accepts
+
+# Everything a pickle may name, and what it gets instead of the real object: checked stand-ins, never the real
+# callables. Lists, tuples, bytes, str, ints and bools need no global at all.
+_BIN_GLOBALS = {
+    ("numpy", "dtype"): _np_dtype,
+    ("numpy", "ndarray"): _NDARRAY,
+    ("numpy.core.multiarray", "_reconstruct"): _np_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _np_reconstruct,
+    ("numpy.core.numeric", "_frombuffer"): _np_frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _np_frombuffer,
+    ("_codecs", "encode"): _codecs_encode,
+}
+
+
+class BinUnpickler(pickle.Unpickler):
+    """Unpickler for insightface ``.bin`` files: admits only what their writers produce — a pair of (list or
+    tuple of encoded images as bytes, list or tuple of bools or a 1-D NumPy bool array). Any other global
+    (a class, a function: the way a pickle runs code) raises :class:`UnsafeBinFile` before it is looked up."""
+
+    def find_class(self, module, name):
+        try:
+            return _BIN_GLOBALS[(module, name)]
+        except (KeyError, TypeError):
+            raise UnsafeBinFile(f"refused: the .bin asks for {module}.{name}, which an insightface .bin never "
+                                "contains (only bytes, bools and NumPy bool arrays are allowed)") from None
+
+    def persistent_load(self, pid):
+        raise UnsafeBinFile("refused: persistent ids are not part of an insightface .bin")
+
+
+def read_bin_pickle(file, name: str = ".bin") -> tuple[list[bytes], list[bool]]:
+    """(encoded images, issame) from an open insightface ``.bin`` file, through :class:`BinUnpickler`.
+    Raises :class:`UnsafeBinFile` for a pickle that names anything else and :class:`CorruptEntry` for one
+    that is not a ``.bin`` at all; no code from the file runs in either case."""
+    try:
+        obj = BinUnpickler(file, encoding="bytes").load()
+    except UnsafeBinFile as exc:
+        raise UnsafeBinFile(f"{name}: {exc}") from None
+    except Exception as exc:  # truncated or not a pickle: pickle raises many types
+        raise CorruptEntry(f"{name} is not an insightface .bin file (pickle of images and issame list): "
+                           f"{type(exc).__name__}: {exc}"[:300]) from None
+    if not (isinstance(obj, (tuple, list)) and len(obj) == 2):
+        raise CorruptEntry(f"{name} is not an insightface .bin file: expected (images, issame), got "
+                           f"{type(obj).__name__}")
+    bins, issame = obj
+    if not isinstance(bins, (list, tuple)) or not all(isinstance(b, (bytes, bytearray)) for b in bins):
+        raise CorruptEntry(f"{name}: the images must be a list of encoded image bytes")
+    if isinstance(issame, _BoolArray) and issame.value is not None:
+        flags = [bool(v) for v in issame.value]
+    elif isinstance(issame, (list, tuple)) and all(type(v) is bool for v in issame):
+        flags = list(issame)
+    else:
+        raise CorruptEntry(f"{name}: issame must be a list of bools or a NumPy bool array")
+    return [bytes(b) for b in bins], flags
+
+
 def load_bin(path: str | os.PathLike, strict: bool = False, image_size=(112, 112)) -> ImageSet:
     """insightface ``.bin`` verification set."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"benchmark file not found: {path}")
-    try:
-        with open(path, "rb") as f:
-            bins, issame = pickle.load(f, encoding="bytes")
-    except Exception as exc:
-        raise CorruptEntry(f"{path} is not an insightface .bin file (pickle of images and issame list): {exc}") from None
-    bins, issame = list(bins), list(issame)
+    with open(path, "rb") as f:
+        bins, issame = read_bin_pickle(f, str(path))
     if len(bins) != 2 * len(issame):
         raise CorruptEntry(f"{path}: {len(bins)} images for {len(issame)} pairs (expected twice as many)")
     if not issame:
         raise CorruptEntry(f"{path}: no pairs")
-    sources = [bytes(b) if not isinstance(b, (bytes, bytearray)) else b for b in bins]
-    return ImageSet(path.stem, sources, Pairs.consecutive(issame), strict=strict, image_size=image_size)
+    return ImageSet(path.stem, bins, Pairs.consecutive(issame), strict=strict, image_size=image_size)
 
 
 def _read_lines(path: Path) -> list[str]:
