@@ -25,7 +25,7 @@ class DemoConfig:
     batch_size: int = 128
     recognizer_epochs: int = 10
     recognizer_lr: float = 1e-3
-    quality_epochs: int = 2
+    quality_epochs: int = 4
     quality_lr: float = 5e-4
     s: float = 32.0
     m: float = 0.3
