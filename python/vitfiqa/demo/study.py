@@ -199,7 +199,7 @@ def run_demo(out_dir: str | Path = "vitfiqa-demo", identities: int = 150, sample
     df.drop(columns="curve").to_csv(out / "pauc.csv", index=False)
     for fmr in FMRS:
         plot_edc(df, str(out / f"edc_fmr{fmr:g}.png"), fmr=fmr,
-                 title=f"EDC, demo recogniser, held-out synthetic faces, FMR={fmr:g}")
+                 title=f"EDC, held-out synthetic faces, FMR={fmr:g}")
     log(f"EDC and pAUC done ({time.time() - t0:.0f} s)")
 
     # Heatmaps: three identities, clean and at the strongest level of each degradation.
