@@ -100,6 +100,18 @@ def _hwc_uint8(item: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.nda
         return read_image(item, max_pixels)
     if isinstance(item, Image.Image):
         return pil_to_rgb(item)
+    arr = np.asarray(item)
+    if arr.dtype != np.uint8:
+        raise TypeError(f"images given as arrays must be uint8 HWC, got dtype {arr.dtype}")
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+        raise ValueError(f"an image array must be HxW, HxWx1, HxWx3 or HxWx4, got shape {arr.shape}")
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    return arr[:, :, :3]
+
+
 def load_uint8(item: Any, size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
                max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """One image (path, encoded bytes, PIL image or uint8 array) -> uint8 HxWx3 RGB array resized (bilinear) to
