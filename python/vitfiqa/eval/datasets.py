@@ -210,7 +210,13 @@ def load_bin(path: str | os.PathLike, strict: bool = False, image_size=(112, 112
 def _read_lines(path: Path) -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(f"list file not found: {path}")
-    return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:  # found by benchmarks/fuzz.py: was a bare UnicodeDecodeError
+        line = data[:exc.start].count(b"\n") + 1
+        raise CorruptEntry(f"{path.name} line {line}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    return [ln.strip() for ln in text.splitlines() if ln.strip()]
 
 
 def load_pair_list(root: str | os.PathLike, images_file: str = "image_path_list.txt",
