@@ -17,9 +17,9 @@ Targets and the only exceptions each may raise (anything else, or a hard crash, 
   capture refuses)
 
 An unexpected exception is recorded (first input per distinct type + location saved under
-``benchmarks/results/fuzz/<target>/``) and fuzzing goes on, so one run reports every distinct finding; a hard
-crash ends the target's run and libFuzzer writes its input there too. The summary (executions, coverage, findings
-per target) goes to ``benchmarks/results/fuzz.md``. Not part of CI.
+``benchmarks/results/fuzz/<target>/``, with the full logs; not kept in git) and fuzzing goes on, so one run
+reports every distinct finding; a hard crash ends the target's run and libFuzzer writes its input there too.
+The summary (executions, coverage, findings per target) goes to ``benchmarks/results/fuzz.md``. Not part of CI.
 """
 from __future__ import annotations
 

@@ -109,11 +109,15 @@ def test_truncated_shards_are_detected_and_redone(tmp_path, images, loaded):
 
 
 def _run_cli(argv):
+    import threading
+
     import torch
+    from tqdm import tqdm
 
     from vitfiqa.cli import main
 
     torch.set_num_threads(1)
+    tqdm.set_lock(threading.RLock())  # not tqdm's default multiprocessing lock, which a SIGKILL would leak
     os._exit(main(argv))
 
 
