@@ -6,7 +6,6 @@ import shutil
 import signal
 import time
 
-import numpy as np
 import pytest
 
 from vitfiqa.pipeline import score_frame
