@@ -51,3 +51,29 @@ def test_list_files_that_are_not_utf8_are_corrupt_entries(tmp_path):
     (tmp_path / "ijbc_template_pair_label.txt").write_text("10 10 1\n")
     with pytest.raises(CorruptEntry, match="ijbc_face_tid_mid.txt line 2"):
         load_ijbc_meta(tmp_path)
+
+
+def _patch_central_directory(blob: bytes, version: int | None = None, bad_utf8_name: bool = False) -> bytes:
+    b = bytearray(blob)
+    cd = blob.index(b"PK\x01\x02")  # the first central-directory entry
+    if version is not None:
+        b[cd + 6:cd + 8] = version.to_bytes(2, "little")  # version needed to extract
+    if bad_utf8_name:
+        flags = int.from_bytes(b[cd + 8:cd + 10], "little") | 0x800  # "file name is UTF-8"
+        b[cd + 8:cd + 10] = flags.to_bytes(2, "little")
+        b[cd + 46 + 3] = 0x85  # ... and it is not
+    return bytes(b)
+
+
+def test_damaged_zip_directory_is_a_value_error(model_cases):
+    """The input-contract reader (Python's zipfile on the model archive) let NotImplementedError ('zip file
+    version 24.7') and UnicodeDecodeError (a non-UTF-8 name flagged as UTF-8) escape."""
+    from vitfiqa.models import read_input_contract
+
+    blob = open(model_cases["insightface-script"].path, "rb").read()
+    with pytest.raises(ValueError, match="zip directory is damaged \\(NotImplementedError"):
+        vitfiqa.load(_patch_central_directory(blob, version=247))
+    with pytest.raises(ValueError, match="zip directory is damaged \\(UnicodeDecodeError"):
+        read_input_contract(_patch_central_directory(blob, bad_utf8_name=True))
+    with pytest.raises(ValueError):
+        vitfiqa.load(_patch_central_directory(blob, bad_utf8_name=True))
