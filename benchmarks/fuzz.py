@@ -19,7 +19,8 @@ Targets and the only exceptions each may raise (anything else, or a hard crash, 
 An unexpected exception is recorded (first input per distinct type + location saved under
 ``benchmarks/results/fuzz/<target>/``, with the full logs; not kept in git) and fuzzing goes on, so one run
 reports every distinct finding; a hard crash ends the target's run and libFuzzer writes its input there too.
-The summary (executions, coverage, findings per target) goes to ``benchmarks/results/fuzz.md``. Not part of CI.
+The summary (executions, coverage, findings per target) goes to ``benchmarks/results/fuzz.md`` (one target:
+``fuzz_<target>.md``). Not part of CI.
 """
 from __future__ import annotations
 
@@ -307,7 +308,7 @@ def main() -> int:
         lines.append(f"| {target} | {runs:,} | {cov} | {'; '.join(findings) or 'none'} | {'yes' if hard else 'no'} |")
     text = "\n".join(lines) + "\n"
     print(text)
-    (RESULTS / "fuzz.md").write_text(text)
+    (RESULTS / ("fuzz.md" if args.target == "all" else f"fuzz_{args.target}.md")).write_text(text)
     return 1 if any(r[4] or r[5] for r in rows) else 0
 
 
