@@ -25,9 +25,17 @@ namespace attr = c10::attr;
 
 namespace {
 
+// Torch's messages can quote bytes of a corrupt file; pybind11 turns a message that is not valid UTF-8 into a
+// UnicodeDecodeError instead of the ValueError we raise (found by benchmarks/fuzz.py). Keep printable ASCII.
+std::string printable(std::string s) {
+  for (auto& c : s)
+    if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) > 0x7e) c = '?';
+  return s;
+}
+
 std::string first_line(const std::string& s) {
   auto pos = s.find('\n');
-  return pos == std::string::npos ? s : s.substr(0, pos);
+  return printable(pos == std::string::npos ? s : s.substr(0, pos));
 }
 
 // The interpreter's message ends with the original error after a TorchScript traceback.
@@ -36,7 +44,7 @@ std::string last_line(const std::string& s) {
   std::string line, last;
   while (std::getline(in, line))
     if (line.find_first_not_of(" \t") != std::string::npos) last = line;
-  return last.empty() ? s : last.substr(last.find_first_not_of(" \t"));
+  return printable(last.empty() ? s : last.substr(last.find_first_not_of(" \t")));
 }
 
 at::ScalarType parse_dtype(const std::string& dtype) {
@@ -388,11 +396,14 @@ CaptureModel::CaptureModel(const std::string& path_or_bytes, bool from_bytes, co
     } else {
       module_ = torch::jit::load(path_or_bytes, device_);
     }
-  } catch (const c10::Error& e) {
+  } catch (const std::exception& e) {
+    // c10::Error from the archive reader, but also torch::jit::ErrorReport (the TorchScript compiler on damaged
+    // code records) and std::bad_alloc (a size field gone wrong): all mean a corrupt file (benchmarks/fuzz.py).
+    auto* c10_error = dynamic_cast<const c10::Error*>(&e);
     throw std::invalid_argument(std::string("could not load a TorchScript model") +
                                 (from_bytes ? " from bytes" : " from '" + path_or_bytes + "'") +
                                 " (corrupt file, or not saved with torch.jit.save?): " +
-                                first_line(e.what_without_backtrace()));
+                                first_line(c10_error ? c10_error->what_without_backtrace() : e.what()));
   }
   module_.eval();
   if (dtype_ != at::kFloat) module_.to(dtype_);

@@ -413,6 +413,8 @@ def read_input_contract(model) -> Optional[dict]:
         zf = zipfile.ZipFile(io.BytesIO(bytes(model)) if isinstance(model, (bytes, bytearray)) else model)
     except (zipfile.BadZipFile, OSError):
         return None  # not a zip archive: the loader reports what is wrong with the file
+    except Exception as exc:  # a damaged zip directory (benchmarks/fuzz.py: NotImplementedError, UnicodeDecodeError)
+        raise ValueError(f"the model file's zip directory is damaged ({type(exc).__name__}: {exc})") from None
     with zf:
         names = [n for n in zf.namelist() if n.endswith("/extra/" + INPUT_CONTRACT_FILE)]
         if not names:
@@ -422,7 +424,12 @@ def read_input_contract(model) -> Optional[dict]:
             raise ValueError(f"the model's {INPUT_CONTRACT_FILE} is {info.file_size} bytes; an input contract is a "
                              "few hundred")
         try:
-            contract = json.loads(zf.read(info).decode("utf-8"))
+            data = zf.read(info)
+        except Exception as exc:  # damaged record: bad CRC, zlib.error, EOFError, unsupported compression ...
+            raise ValueError(f"the model's {INPUT_CONTRACT_FILE} record is damaged ({type(exc).__name__}: {exc})") \
+                from None
+        try:
+            contract = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
             raise ValueError(f"the model's {INPUT_CONTRACT_FILE} is not valid JSON: {exc}") from None
     try:
