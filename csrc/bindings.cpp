@@ -33,6 +33,8 @@ py::dict info_dict(const CaptureModel& m) {
   d["final_norm"] = i.final_norm;
   d["final_norm_ops"] = i.final_norm_ops;
   d["has_patch_embedding_conv"] = i.has_patch_conv;
+  d["patch_size"] = i.patch_size;
+  d["position_tokens"] = i.position_tokens;
   d["num_outputs"] = i.num_outputs;
   d["block_names"] = i.block_names;
   d["biased_attention_blocks"] = i.biased_blocks;

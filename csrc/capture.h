@@ -75,6 +75,8 @@ struct ModelInfo {
   std::string final_norm;             // where the final norm came from: its module path, or the named option
   std::vector<std::string> final_norm_ops;  // value-preserving ops between the last block and the norm
   bool has_patch_conv = false;
+  std::vector<int64_t> patch_size;    // {kh, kw} of a patch-embedding conv with stride == kernel, else empty
+  int64_t position_tokens = 0;        // tokens of the [1, N, C] position embedding (C = conv channels), 0 if none
   int64_t num_outputs = 1;            // elements of the model's output tuple (1 = plain tensor)
   std::vector<std::string> block_names;
   std::vector<int64_t> biased_blocks;  // blocks whose softmax input adds a bias or mask to q.k*scale
@@ -111,6 +113,8 @@ class CaptureModel {
     std::vector<std::pair<std::string, int64_t>> layout;
   };
 
+  void analyse_patch_embedding(torch::jit::Graph& g);
+  std::optional<at::IValue> resolve(torch::jit::Value* v, torch::jit::Graph& g) const;
   void analyse(const std::string& final_norm);
   void find_final_norm(torch::jit::Graph& g);
   void make_named_final_norm(torch::jit::Graph& g, const std::string& path);

@@ -18,6 +18,8 @@ from typing import Tuple
 import torch
 from torch import nn
 
+from .reference.timm_style import PatchEmbed  # the same conv patch embedding (patch_embed.proj)
+
 
 class DropPath(nn.Module):
     """Stochastic depth: identity in eval mode (a `training` branch in the graph, as timm's)."""
@@ -95,16 +97,6 @@ class PlainBlock(Block):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class PatchEmbed(nn.Module):
-    def __init__(self, img_size: int, patch_size: int, dim: int):
-        super().__init__()
-        self.num_patches = (img_size // patch_size) ** 2
-        self.proj = nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size)
-
-    def forward(self, x):
-        return self.proj(x).flatten(2).transpose(1, 2)
-
-
 def _init(model: nn.Module):
     for m in model.modules():
         if isinstance(m, nn.Linear):
@@ -115,7 +107,7 @@ def _init(model: nn.Module):
 
 class _Base(nn.Module):
     def __init__(self, img_size, patch_size, embed_dim, depth, num_heads, mlp_ratio, num_features, mask_ratio,
-                 drop_path_rate, prefix_tokens, block_cls):
+                 drop_path_rate, prefix_tokens, block_cls, head_reads_prefix=False):
         super().__init__()
         self.patch_embed = PatchEmbed(img_size, patch_size, embed_dim)
         self.num_patches = self.patch_embed.num_patches
@@ -129,6 +121,12 @@ class _Base(nn.Module):
             self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, r, True) for r in rates])
         self.norm = nn.LayerNorm(embed_dim)
         self.num_features = num_features
+        # The embedding head flatten -> Linear -> BN -> Linear -> BN, over the patch tokens (and the quality
+        # token too in vit_qs's "full" mode).
+        head_in = embed_dim * (self.num_patches + (prefix_tokens if head_reads_prefix else 0))
+        self.feature = nn.Sequential(
+            nn.Linear(head_in, embed_dim, bias=False), nn.BatchNorm1d(embed_dim, eps=2e-5),
+            nn.Linear(embed_dim, num_features, bias=False), nn.BatchNorm1d(num_features, eps=2e-5))
         if mask_ratio > 0:  # training-only: fills masked positions during training; unused in eval
             self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
@@ -140,9 +138,6 @@ class InsightfaceViT(_Base):
                  num_features=512, mask_ratio=0.1, drop_path_rate=0.1):
         super().__init__(img_size, patch_size, embed_dim, depth, num_heads, mlp_ratio, num_features, mask_ratio,
                          drop_path_rate, 0, PlainBlock)
-        self.feature = nn.Sequential(
-            nn.Linear(embed_dim * self.num_patches, embed_dim, bias=False), nn.BatchNorm1d(embed_dim, eps=2e-5),
-            nn.Linear(embed_dim, num_features, bias=False), nn.BatchNorm1d(num_features, eps=2e-5))
 
     def forward(self, x):
         b = x.shape[0]
@@ -158,9 +153,6 @@ class NoNormForwardViT(_Base):
                  num_features=512, mask_ratio=0.0, drop_path_rate=0.1):
         super().__init__(img_size, patch_size, embed_dim, depth, num_heads, mlp_ratio, num_features, mask_ratio,
                          drop_path_rate, 0, Block)
-        self.feature = nn.Sequential(
-            nn.Linear(embed_dim * self.num_patches, embed_dim, bias=False), nn.BatchNorm1d(embed_dim, eps=2e-5),
-            nn.Linear(embed_dim, num_features, bias=False), nn.BatchNorm1d(num_features, eps=2e-5))
 
     def forward(self, x):
         b = x.shape[0]
@@ -177,17 +169,13 @@ class QualityTokenViT(_Base):
         if mode not in ("token", "crfiqa", "full"):
             raise ValueError(mode)
         prefix = 0 if mode == "crfiqa" else 1
-        super().__init__(img_size, patch_size, embed_dim, depth, num_heads, mlp_ratio, num_features, mask_ratio,
-                         drop_path_rate, prefix, PlainBlock)
+        # vit_qs's embedding is embed_dim wide whatever num_features says
+        super().__init__(img_size, patch_size, embed_dim, depth, num_heads, mlp_ratio, embed_dim, mask_ratio,
+                         drop_path_rate, prefix, PlainBlock, head_reads_prefix=mode == "full")
         self.mode = mode
         if prefix:
             self.qs_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
             nn.init.normal_(self.qs_token, std=0.02)
-        head_in = embed_dim * (self.num_patches + (1 if mode == "full" else 0))
-        # vit_qs's embedding is embed_dim wide whatever num_features says
-        self.feature = nn.Sequential(
-            nn.Linear(head_in, embed_dim, bias=False), nn.BatchNorm1d(embed_dim, eps=2e-5),
-            nn.Linear(embed_dim, embed_dim, bias=False), nn.BatchNorm1d(embed_dim, eps=2e-5))
         self.head_qs = nn.Sequential(nn.BatchNorm1d(embed_dim, eps=2e-5), nn.Linear(embed_dim, 1, bias=False))
 
     def forward(self, x):
