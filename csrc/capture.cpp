@@ -218,22 +218,25 @@ std::string CaptureRequest::key() const {
   return os.str();
 }
 
-CaptureModel::CaptureModel(const std::string& path_or_bytes, bool from_bytes, const std::string& device,
-                           const std::string& dtype)
-    : device_(parse_device(device)), dtype_(parse_dtype(dtype)) {
+torch::jit::Module load_script_module(const std::string& path_or_bytes, bool from_bytes, const at::Device& device) {
   try {
     if (from_bytes) {
       std::istringstream in(path_or_bytes);
-      module_ = torch::jit::load(in, device_);
-    } else {
-      module_ = torch::jit::load(path_or_bytes, device_);
+      return torch::jit::load(in, device);
     }
+    return torch::jit::load(path_or_bytes, device);
   } catch (const c10::Error& e) {
     throw std::invalid_argument(std::string("could not load a TorchScript model") +
                                 (from_bytes ? " from bytes" : " from '" + path_or_bytes + "'") +
                                 " (corrupt file, or not saved with torch.jit.save?): " +
                                 first_line(e.what_without_backtrace()));
   }
+}
+
+CaptureModel::CaptureModel(const std::string& path_or_bytes, bool from_bytes, const std::string& device,
+                           const std::string& dtype)
+    : device_(parse_device(device)), dtype_(parse_dtype(dtype)) {
+  module_ = load_script_module(path_or_bytes, from_bytes, device_);
   module_.eval();
   if (dtype_ != at::kFloat) module_.to(dtype_);
   if (!module_.find_method("forward"))
@@ -720,6 +723,32 @@ at::IValue CaptureModel::attribute(const std::string& name) const {
 std::string CaptureModel::graph_for(const CaptureRequest& request) {
   std::lock_guard<std::mutex> lock(mutex_);
   return build(request).graph->toString();
+}
+
+ScriptModel::ScriptModel(const std::string& path_or_bytes, bool from_bytes, const std::string& device,
+                         const std::string& dtype)
+    : device_(parse_device(device)), dtype_(parse_dtype(dtype)) {
+  module_ = load_script_module(path_or_bytes, from_bytes, device_);
+  module_.eval();
+  if (dtype_ != at::kFloat) module_.to(dtype_);
+  if (!module_.find_method("forward")) throw std::invalid_argument("the TorchScript module has no forward method");
+}
+
+at::IValue ScriptModel::forward(const at::Tensor& images) {
+  if (!images.defined() || images.dim() != 4 || images.size(0) == 0)
+    throw std::invalid_argument("images must be a non-empty 4-D [B,C,H,W] tensor");
+  if (images.scalar_type() != dtype_)
+    throw std::invalid_argument(std::string("images dtype ") + c10::toString(images.scalar_type()) +
+                                " does not match the model dtype " + c10::toString(dtype_));
+  if (images.device() != device_)
+    throw std::invalid_argument("images are on " + images.device().str() + " but the model is on " + device_.str());
+  at::NoGradGuard no_grad;
+  try {
+    return module_.forward({images});
+  } catch (const std::exception& e) {
+    throw std::invalid_argument("the model's forward failed on input of shape " + c10::str(images.sizes()) + ": " +
+                                last_line(e.what()));
+  }
 }
 
 }  // namespace vitfiqa

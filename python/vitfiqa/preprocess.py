@@ -28,6 +28,14 @@ def _load_pil(item: Any):
                 return im.convert("RGB")
         except (UnidentifiedImageError, OSError) as exc:
             raise ValueError(f"cannot read image {path}: {exc}") from None
+    if isinstance(item, (bytes, bytearray, memoryview)):  # an encoded image (e.g. from an insightface .bin)
+        import io
+
+        try:
+            with Image.open(io.BytesIO(item)) as im:
+                return im.convert("RGB")
+        except (UnidentifiedImageError, OSError) as exc:
+            raise ValueError(f"cannot decode image bytes: {exc}") from None
     if isinstance(item, Image.Image):
         return item.convert("RGB")
     return None
@@ -50,11 +58,16 @@ def _hwc_uint8(item: Any) -> np.ndarray:
 
 
 def load_uint8(item: Any, size: tuple[int, int] = DEFAULT_IMAGE_SIZE) -> np.ndarray:
-    """One image (path, PIL image or uint8 array) -> uint8 HxWx3 RGB array resized (bilinear) to ``size``.
+    """One image (path, encoded bytes, PIL image, uint8 array, or a :class:`vitfiqa.align.FaceCrop` which is
+    aligned by its landmarks) -> uint8 HxWx3 RGB array resized (bilinear) to ``size``.
 
     Raises FileNotFoundError / ValueError (unreadable file) / TypeError (wrong dtype)."""
     from PIL import Image
 
+    from .align import FaceCrop
+
+    if isinstance(item, FaceCrop):
+        return item.decode(tuple(size))
     arr = _hwc_uint8(item)
     if arr.shape[:2] != tuple(size):
         arr = np.asarray(Image.fromarray(np.ascontiguousarray(arr)).resize((size[1], size[0]), Image.BILINEAR))

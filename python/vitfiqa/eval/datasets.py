@@ -1,15 +1,20 @@
-"""Benchmark loaders. Images are decoded lazily and streamed in batches; a corrupt entry is reported with
-its index (``dataset.errors``) and skipped unless ``strict=True``.
+"""Benchmark loaders. Every loader returns an :class:`ImageSet`: image sources (paths, encoded bytes or
+landmark-aligned :class:`vitfiqa.align.FaceCrop`), stable image keys, and the comparison pairs. Images are
+decoded by the package's one image loader (:class:`vitfiqa.pipeline.ImageLoader`); a corrupt entry is
+reported with its index (``dataset.errors``) and skipped unless ``strict=True``. Text files may start with a
+UTF-8 byte-order mark.
 
 - insightface ``.bin`` (LFW, AgeDB-30, CALFW, CPLFW, CFP-FP): pickle of (list of encoded images, issame
   list); images 2i and 2i+1 form pair i.
-- CR-FIQA folder layout: ``image_path_list.txt`` (one image path per line) + ``pair_list.txt``
-  (``i j label`` per line, 0-based indices into the image list).
+- CR-FIQA lists (:func:`load_pair_list`): ``image_path_list.txt`` (image paths relative to the data folder)
+  + ``pair_list.txt`` (``name_a name_b label`` per line, names are image file names without extension).
 - XQLFW / LFW-style ``pairs.txt``: ``name n1 n2`` (genuine) or ``name1 n1 name2 n2`` (impostor),
   images at ``root/name/name_%04d.jpg``.
-- Adience-style labelled list: every pair, genuine if same subject.
-- IJB-C 1:1: ``ijbc_face_tid_mid.txt`` (image template media) + ``ijbc_template_pair_label.txt``
-  (template template label); see :func:`ijbc_templates`.
+- Adience (:func:`load_adience`): the release's tab-separated ``fold_*_data.txt`` files; every pair of images,
+  genuine if the same subject.
+- IJB-C 1:1 (:func:`load_ijbc`): ``meta/ijbc_face_tid_mid.txt`` (image template media),
+  ``meta/ijbc_template_pair_label.txt`` (template template label), ``loose_crop/`` images aligned with the
+  landmarks of ``meta/ijbc_name_5pts_score.txt``; pairs are between templates (see :func:`aggregate_templates`).
 """
 from __future__ import annotations
 
@@ -32,20 +37,23 @@ class CorruptEntry(ValueError):
     """An image or list entry that cannot be read."""
 
 
-def _decode(data: bytes | str | os.PathLike, size: tuple[int, int] | None) -> np.ndarray:
-    from PIL import Image
+@dataclass
+class Templates:
+    """Image-to-template assignment of a template benchmark (IJB-C): ``template``/``media`` per image,
+    ``ids`` the sorted unique template ids that the pairs index; ``detector_scores`` optional per image."""
 
-    src = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
-    with Image.open(src) as im:
-        im = im.convert("RGB")
-        if size is not None and im.size != (size[1], size[0]):
-            im = im.resize((size[1], size[0]), Image.BILINEAR)
-        return np.asarray(im, dtype=np.uint8)
+    template: np.ndarray
+    media: np.ndarray
+    ids: np.ndarray
+    detector_scores: np.ndarray | None = None
 
 
 @dataclass
 class ImageSet:
-    """A list of image sources (encoded bytes or paths) with the benchmark's comparison pairs."""
+    """A list of image sources with the benchmark's comparison pairs.
+
+    ``keys`` are the images' stable names (relative paths, or the index for a ``.bin``) by which external
+    score and embedding files are matched. With ``templates`` the pairs index templates, not images."""
 
     name: str
     sources: Sequence
@@ -53,36 +61,53 @@ class ImageSet:
     strict: bool = False
     image_size: tuple[int, int] | None = (112, 112)
     errors: list[tuple[int, str]] = field(default_factory=list)
+    keys: list[str] | None = None
+    templates: Templates | None = None
+
+    def __post_init__(self):
+        if self.keys is None:
+            self.keys = [str(s) if isinstance(s, (str, os.PathLike)) else str(i) for i, s in enumerate(self.sources)]
+        if len(self.keys) != len(self.sources):
+            raise ValueError("one key per image source is needed")
+        if self.templates is None:
+            self.pairs.check(len(self.sources))
+        else:
+            self.pairs.check(len(self.templates.ids))
 
     def __len__(self) -> int:
         return len(self.sources)
 
     def load(self, index: int) -> np.ndarray:
+        from ..preprocess import load_uint8
+
         try:
-            return _decode(self.sources[index], self.image_size)
+            return load_uint8(self.sources[index], self.image_size)
         except Exception as exc:  # PIL raises many types for broken data
             raise CorruptEntry(f"{self.name}: image {index} cannot be decoded: {exc}") from None
 
-    def batches(self, batch_size: int = 64) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield (indices, uint8 images [b,H,W,3]); unreadable images are logged, recorded in ``errors``
-        and skipped (or raise with ``strict``)."""
+    def batches(self, batch_size: int = 64, workers: int | None = None,
+                indices: Sequence[int] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield (indices, uint8 images [b,H,W,3]) over all images (or ``indices``), decoded ahead on
+        ``workers`` threads by :class:`vitfiqa.pipeline.ImageLoader`; unreadable images are logged, recorded
+        in ``errors`` and skipped (or raise with ``strict``)."""
+        from ..pipeline import ImageLoader
+
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
-        idx, imgs = [], []
-        for i in range(len(self)):
-            try:
-                imgs.append(self.load(i))
-                idx.append(i)
-            except CorruptEntry as exc:
+        order = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
+        if len(order) == 0:
+            return
+        loader = ImageLoader([self.sources[i] for i in order], batch_size, self.image_size, workers=workers)
+        for batch in loader:
+            for pos in sorted(batch.errors):
+                i = int(order[batch.start + pos])
+                exc = CorruptEntry(f"{self.name}: image {i} cannot be decoded: {batch.errors[pos]}")
                 if self.strict:
-                    raise
+                    raise exc
                 self.errors.append((i, str(exc)))
                 log.warning("%s", exc)
-            if len(imgs) == batch_size:
-                yield np.asarray(idx), np.stack(imgs)
-                idx, imgs = [], []
-        if imgs:
-            yield np.asarray(idx), np.stack(imgs)
+            if batch.ok:
+                yield order[[batch.start + p for p in batch.ok]], batch.images.numpy()
 
 
 def load_bin(path: str | os.PathLike, strict: bool = False, image_size=(112, 112)) -> ImageSet:
@@ -101,30 +126,89 @@ def load_bin(path: str | os.PathLike, strict: bool = False, image_size=(112, 112
     if not issame:
         raise CorruptEntry(f"{path}: no pairs")
     sources = [bytes(b) if not isinstance(b, (bytes, bytearray)) else b for b in bins]
-    return ImageSet(path.stem, sources, Pairs.consecutive(issame), strict=strict, image_size=image_size)
+    return ImageSet(path.stem, sources, Pairs.consecutive(issame), strict=strict, image_size=image_size,
+                    keys=[str(i) for i in range(len(sources))])
 
 
 def _read_lines(path: Path) -> list[str]:
+    """Non-empty stripped lines; a UTF-8 byte-order mark at the start is dropped."""
     if not path.is_file():
         raise FileNotFoundError(f"list file not found: {path}")
-    return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise CorruptEntry(f"{path} is not a UTF-8 text file: {exc}") from None
+    return [ln.strip() for ln in text.splitlines() if ln.strip()]
 
 
-def load_pair_list(root: str | os.PathLike, images_file: str = "image_path_list.txt",
-                   pairs_file: str = "pair_list.txt", strict: bool = False, image_size=(112, 112)) -> ImageSet:
-    """CR-FIQA layout: image paths (relative to ``root`` unless absolute) and ``i j label`` pairs."""
-    root = Path(root)
-    images = [p if os.path.isabs(p) else str(root / p) for p in _read_lines(root / images_file)]
-    a, b, g = [], [], []
-    for n, line in enumerate(_read_lines(root / pairs_file)):
+def _is_int(token: str) -> bool:
+    return token.lstrip("-").isdigit()
+
+
+def load_pair_list(data_dir: str | os.PathLike, list_dir: str | os.PathLike | None = None,
+                   images_file: str = "image_path_list.txt", pairs_file: str = "pair_list.txt",
+                   ids: str = "auto", strict: bool = False, image_size=(112, 112)) -> ImageSet:
+    """CR-FIQA list layout (``feature_extraction/extract_emb.py`` and ``ERC/erc.py``): ``list_dir`` holds
+    ``image_path_list.txt`` (image paths relative to ``data_dir``, the folder the official scripts call
+    ``--relative_dir``) and ``pair_list.txt`` (``a b label``: ``a``/``b`` are image file names without the
+    extension, e.g. ``p_1_img_17 p_1_img_20 1``). ``list_dir`` defaults to ``data_dir``.
+
+    ids: ``names`` (the official layout), ``indices`` (0-based positions in the image list) or ``auto``
+    (names when every pair id names an image). A list whose ids cannot be image names is refused, never
+    misread: ids that are not image names; and all-numeric ids when the image names are numbers too (IJB-C:
+    the official IJB-C pair list holds *template* ids, use :func:`load_ijbc`), unless ``ids`` says which."""
+    data_dir = Path(data_dir)
+    list_dir = Path(list_dir) if list_dir is not None else data_dir
+    if ids not in ("auto", "names", "indices"):
+        raise ValueError("ids must be 'auto', 'names' or 'indices'")
+    images = [p if os.path.isabs(p) else str(data_dir / p) for p in _read_lines(list_dir / images_file)]
+    rel = _read_lines(list_dir / images_file)
+    rows = []
+    for n, line in enumerate(_read_lines(list_dir / pairs_file)):
         parts = line.split()
+        if len(parts) < 3 or not _is_int(parts[2]) or int(parts[2]) not in (0, 1):
+            raise CorruptEntry(f"{pairs_file} line {n + 1}: expected 'name_a name_b label(0/1)', got {line!r}")
+        rows.append(parts[:3])
+    if not rows:
+        raise CorruptEntry(f"{pairs_file}: no pairs")
+    stems: dict[str, int] = {}
+    for i, p in enumerate(rel):
+        stem = Path(p).stem
+        if stem in stems:
+            raise CorruptEntry(f"{images_file}: image name {stem!r} occurs twice (lines {stems[stem] + 1} and {i + 1});"
+                               " pair names would be ambiguous")
+        stems[stem] = i
+    tokens = {t for r in rows for t in r[:2]}
+    numeric = all(_is_int(t) for t in tokens)
+    if ids == "auto":
+        unknown = sorted(tokens - set(stems))
+        if unknown:
+            hint = (" (they look like 0-based image indices: pass ids='indices' if that is what they are)"
+                    if numeric else "")
+            raise CorruptEntry(f"{pairs_file}: {len(unknown)} pair ids are not image names of {images_file}, "
+                               f"e.g. {unknown[0]!r}{hint}")
+        if numeric and all(_is_int(s) for s in stems):
+            raise CorruptEntry(f"{pairs_file}: ids and image names are all numbers, so image names cannot be told "
+                               "from IJB-C template ids or indices; pass ids='names' (or 'indices'), or use "
+                               "load_ijbc for an IJB-C template pair list")
+        ids = "names"
+    if ids == "names":
+        missing = sorted(tokens - set(stems))
+        if missing:
+            raise CorruptEntry(f"{pairs_file}: pair id {missing[0]!r} is not an image name of {images_file}")
+        a = [stems[r[0]] for r in rows]
+        b = [stems[r[1]] for r in rows]
+    else:
+        if not numeric:
+            raise CorruptEntry(f"{pairs_file}: ids='indices' but the ids are not integers")
+        a = [int(r[0]) for r in rows]
+        b = [int(r[1]) for r in rows]
         try:
-            i, j, lab = int(parts[0]), int(parts[1]), int(parts[2])
-        except (IndexError, ValueError):
-            raise CorruptEntry(f"{pairs_file} line {n + 1}: expected 'i j label', got {line!r}") from None
-        a.append(i), b.append(j), g.append(lab == 1)
-    pairs = Pairs(a, b, g).check(len(images))
-    return ImageSet(root.name, images, pairs, strict=strict, image_size=image_size)
+            Pairs(a, b, np.zeros(len(a), bool)).check(len(images))
+        except ValueError as exc:
+            raise CorruptEntry(f"{pairs_file}: {exc}") from None
+    pairs = Pairs(a, b, [int(r[2]) == 1 for r in rows])
+    return ImageSet(list_dir.name, images, pairs, strict=strict, image_size=image_size, keys=rel)
 
 
 def load_lfw_pairs(root: str | os.PathLike, pairs_file: str | os.PathLike, ext: str = "jpg", strict: bool = False,

@@ -67,11 +67,12 @@ def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def flip_concat(embeddings, flipped_embeddings) -> np.ndarray:
-    """CR-FIQA style: concatenate the embedding of each image with that of its horizontal flip (1024-d)."""
+    """CR-FIQA evaluation: each image's embedding and that of its horizontal flip, each L2-normalised, concatenated
+    as [original, flipped] (2 x D, e.g. 1024-d) and not normalised again."""
     e, f = np.asarray(embeddings), np.asarray(flipped_embeddings)
-    if e.shape != f.shape:
-        raise ValueError(f"embedding shapes differ: {e.shape} vs {f.shape}")
-    return np.concatenate([e, f], axis=1)
+    if e.shape != f.shape or e.ndim != 2:
+        raise ValueError(f"embeddings must be two [N, D] arrays of equal shape, got {e.shape} and {f.shape}")
+    return np.concatenate([l2_normalize(e), l2_normalize(f)], axis=1)
 
 
 def comparison_scores(embeddings, pairs: Pairs, metric: str = "cosine", chunk: int = 1 << 20) -> np.ndarray:
