@@ -11,8 +11,9 @@ right eye, nose tip, left and right mouth corners; image x, y) onto a fixed temp
 :class:`FaceCrop` (an image source plus its landmarks) is accepted wherever the loaders accept an image path,
 so aligned benchmarks go through the package's one image loader (:mod:`vitfiqa.pipeline`).
 
-Warping uses Pillow's bilinear affine transform with a black border; OpenCV's ``warpAffine`` (used by the
-official scripts) rounds sub-pixel positions differently, so pixels can differ by a few grey levels.
+Warping uses Pillow's bilinear affine transform with a black border, set up to sample the same input positions as
+OpenCV's ``warpAffine`` (used by the official scripts); OpenCV interpolates with fixed-point weights, so pixel
+values can differ by a grey level or so.
 """
 from __future__ import annotations
 
@@ -77,9 +78,12 @@ def align_face(image, landmarks, size: tuple[int, int] = (112, 112)) -> np.ndarr
 
     arr = _hwc_uint8(image)
     m = similarity_transform(_landmarks(landmarks), template(size))
-    # Pillow maps output to input pixels: give it the inverse transform.
-    a = np.vstack([m, [0, 0, 1]])
-    inv = np.linalg.inv(a)[:2].reshape(-1)
+    # Pillow maps output to input pixels: give it the inverse transform. Pillow samples at pixel centres
+    # (input = A (x + 0.5) + t - 0.5); landmarks and OpenCV's warpAffine use pixel indices (input = A x + t),
+    # so the translation is shifted by 0.5 - A (0.5, 0.5) to land on the same input positions as warpAffine.
+    inv = np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2]
+    inv[:, 2] += 0.5 - inv[:, :2] @ np.array([0.5, 0.5])
+    inv = inv.reshape(-1)
     out = Image.fromarray(np.ascontiguousarray(arr)).transform((size[1], size[0]), Image.AFFINE, tuple(inv),
                                                               resample=Image.BILINEAR, fillcolor=(0, 0, 0))
     return np.asarray(out, dtype=np.uint8)

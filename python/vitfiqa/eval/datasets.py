@@ -18,7 +18,6 @@ UTF-8 byte-order mark.
 """
 from __future__ import annotations
 
-import io
 import logging
 import os
 import pickle
@@ -219,8 +218,9 @@ def load_lfw_pairs(root: str | os.PathLike, pairs_file: str | os.PathLike, ext: 
     a, b, g = [], [], []
 
     def image(name: str, num: str) -> int:
-        p = str(root / name / f"{name}_{int(num):04d}.{ext}")
-        return index.setdefault(p, len(index))
+        if not num.isdigit():
+            raise CorruptEntry(f"{pairs_file} line {n + 1}: image number {num!r} is not a number")
+        return index.setdefault(f"{name}/{name}_{int(num):04d}.{ext}", len(index))
 
     for n, line in enumerate(_read_lines(Path(pairs_file))):
         parts = line.split()
@@ -232,15 +232,65 @@ def load_lfw_pairs(root: str | os.PathLike, pairs_file: str | os.PathLike, ext: 
             a.append(image(parts[0], parts[1])), b.append(image(parts[2], parts[3])), g.append(False)
         else:
             raise CorruptEntry(f"{pairs_file} line {n + 1}: expected 3 or 4 fields, got {line!r}")
-    return ImageSet(Path(pairs_file).stem, list(index), Pairs(a, b, g), strict=strict, image_size=image_size)
+    if not a:
+        raise CorruptEntry(f"{pairs_file}: no pairs")
+    keys = list(index)
+    return ImageSet(Path(pairs_file).stem, [str(root / k) for k in keys], Pairs(a, b, g), strict=strict,
+                    image_size=image_size, keys=keys)
 
 
 def load_labelled_all_pairs(paths: Sequence[str], identities: Sequence, name: str = "adience", strict: bool = False,
-                            image_size=(112, 112)) -> ImageSet:
+                            image_size=(112, 112), keys: Sequence[str] | None = None) -> ImageSet:
     """Adience protocol: every pair of the labelled images, genuine if the same subject."""
     if len(paths) != len(identities):
         raise ValueError("one identity per image path is needed")
-    return ImageSet(name, list(paths), Pairs.all_pairs(identities), strict=strict, image_size=image_size)
+    return ImageSet(name, list(paths), Pairs.all_pairs(identities), strict=strict, image_size=image_size,
+                    keys=None if keys is None else list(keys))
+
+
+ADIENCE_COLUMNS = ("user_id", "original_image", "face_id")
+ADIENCE_LAYOUTS = {
+    # folder: file-name prefix of the Adience release's face crops
+    "aligned": "landmark_aligned_face",
+    "faces": "coarse_tilt_aligned_face",
+}
+
+
+def load_adience(root: str | os.PathLike, folds: Sequence[str | os.PathLike] | None = None, faces: str = "aligned",
+                 name: str = "adience", strict: bool = False, image_size=(112, 112)) -> ImageSet:
+    """Adience from its release: tab-separated ``fold_*_data.txt`` files (header ``user_id original_image
+    face_id age gender ...``; ages like ``(25, 32)`` contain spaces, so columns are split on tabs only) and
+    the face crops at ``root/<faces>/<user_id>/<prefix>.<face_id>.<original_image>`` (``faces="aligned"``:
+    ``landmark_aligned_face``; ``"faces"``: ``coarse_tilt_aligned_face``). Subject = (user_id, face_id);
+    every pair of images, genuine if the same subject. ``folds`` default: every ``fold_*_data.txt`` in root."""
+    root = Path(root)
+    if faces not in ADIENCE_LAYOUTS:
+        raise ValueError(f"faces must be one of {sorted(ADIENCE_LAYOUTS)}")
+    fold_files = [Path(f) if os.path.isabs(f) else root / f for f in folds] if folds else \
+        sorted(root.glob("fold_*_data.txt"))
+    if not fold_files:
+        raise FileNotFoundError(f"no Adience fold files (fold_*_data.txt) in {root}")
+    keys, subjects = [], []
+    for fold in fold_files:
+        lines = [ln for ln in _read_lines(Path(fold))]
+        header = lines[0].split("\t") if lines else []
+        col = {h.strip(): i for i, h in enumerate(header)}
+        if not all(c in col for c in ADIENCE_COLUMNS):
+            raise CorruptEntry(f"{fold}: not an Adience fold file (tab-separated header with "
+                               f"{', '.join(ADIENCE_COLUMNS)} expected, got {lines[0][:80]!r})")
+        for n, line in enumerate(lines[1:], start=2):
+            parts = [p.strip() for p in line.split("\t")]
+            if len(parts) < len(header):
+                raise CorruptEntry(f"{fold} line {n}: {len(parts)} tab-separated fields, header has {len(header)}")
+            user, image, face = (parts[col[c]] for c in ADIENCE_COLUMNS)
+            if not face.isdigit() or not user or not image:
+                raise CorruptEntry(f"{fold} line {n}: bad user_id/original_image/face_id in {line!r}")
+            keys.append(f"{faces}/{user}/{ADIENCE_LAYOUTS[faces]}.{face}.{image}")
+            subjects.append(f"{user}/{face}")
+    if len(set(keys)) != len(keys):
+        raise CorruptEntry(f"{name}: an image is listed twice across {[f.name for f in fold_files]}")
+    return load_labelled_all_pairs([str(root / k) for k in keys], subjects, name=name, strict=strict,
+                                   image_size=image_size, keys=keys)
 
 
 @dataclass
@@ -279,25 +329,109 @@ def load_ijbc_meta(meta_dir: str | os.PathLike, faces_file: str = "ijbc_face_tid
     return IJBCMeta(images, np.asarray(tid), np.asarray(mid), Pairs(pos_a, pos_b, raw[:, 2] == 1), template_ids)
 
 
+def read_ijbc_landmarks(path: str | os.PathLike) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``ijbc_name_5pts_score.txt``: ``name x1 y1 ... x5 y5 score`` per line -> (names, landmarks [N,5,2],
+    detector scores [N])."""
+    names, pts, scores = [], [], []
+    for n, line in enumerate(_read_lines(Path(path))):
+        parts = line.split()
+        try:
+            if len(parts) != 12:
+                raise ValueError
+            vals = [float(v) for v in parts[1:]]
+        except ValueError:
+            raise CorruptEntry(f"{Path(path).name} line {n + 1}: expected 'name' + 10 landmark coordinates + "
+                               f"score, got {line[:80]!r}") from None
+        names.append(parts[0]), pts.append(vals[:10]), scores.append(vals[10])
+    arr = np.asarray(pts, dtype=np.float64).reshape(-1, 5, 2)
+    if not np.isfinite(arr).all() or not np.isfinite(scores).all():
+        raise CorruptEntry(f"{Path(path).name}: NaN or Inf landmarks or scores")
+    return names, arr, np.asarray(scores, dtype=np.float64)
+
+
+def load_ijbc(root: str | os.PathLike, align: bool = True, image_dir: str = "loose_crop", prefix: str = "ijbc",
+              strict: bool = False, image_size=(112, 112)) -> ImageSet:
+    """IJB-C (or IJB-B with ``prefix="ijbb"``) 1:1 verification from the release layout: ``root/meta/`` with
+    ``<prefix>_face_tid_mid.txt``, ``<prefix>_template_pair_label.txt`` and ``<prefix>_name_5pts_score.txt``,
+    images in ``root/loose_crop/``. With ``align`` (the insightface IJB evaluation) each loose crop is warped
+    to the 112x112 ArcFace template by its five landmarks; the detector scores are kept in
+    ``templates.detector_scores`` for optional feature weighting. Pairs index ``templates.ids``."""
+    root = Path(root)
+    meta = load_ijbc_meta(root / "meta", f"{prefix}_face_tid_mid.txt", f"{prefix}_template_pair_label.txt")
+    keys = [f"{image_dir}/{n}" for n in meta.images]
+    paths = [str(root / k) for k in keys]
+    scores = None
+    if align:
+        lm_file = root / "meta" / f"{prefix}_name_5pts_score.txt"
+        names, lms, det = read_ijbc_landmarks(lm_file)
+        pos = {nm: i for i, nm in enumerate(names)}
+        missing = [nm for nm in meta.images if nm not in pos]
+        if missing:
+            raise CorruptEntry(f"{lm_file.name}: no landmarks for {len(missing)} images, e.g. {missing[0]!r}")
+        order = np.asarray([pos[nm] for nm in meta.images])
+        from ..align import FaceCrop
+
+        sources = [FaceCrop(p, lms[j]) for p, j in zip(paths, order)]
+        scores = det[order]
+    else:
+        sources = paths
+    return ImageSet(root.name, sources, meta.pairs, strict=strict, image_size=image_size, keys=keys,
+                    templates=Templates(meta.template, meta.media, meta.template_ids, scores))
+
+
+def aggregate_templates(features, template, media, weights=None, valid=None, chunk: int = 65536):
+    """IJB-C template features as the insightface and CR-FIQA evaluations build them: the mean image feature
+    of each media, summed over the template's media, L2-normalised. ``features`` [N,D] may be a
+    memory-mapped array: it is read in chunks of ``chunk`` rows, so memory stays O(templates x D).
+    ``weights`` (e.g. detector scores) multiply each image's feature first; ``valid`` False excludes an image
+    (unreadable). Returns (template_ids, float32 features [T,D]); a template with no valid image is NaN."""
+    import torch
+
+    template, media = np.asarray(template), np.asarray(media)
+    n = len(template)
+    if len(features) != n or len(media) != n or features.ndim != 2:
+        raise ValueError("features [N,D], template and media must have one entry per image")
+    valid = np.ones(n, bool) if valid is None else np.asarray(valid, bool)
+    tids, t_idx = np.unique(template, return_inverse=True)
+    _, m_idx = np.unique(np.stack([t_idx, media], 1), axis=0, return_inverse=True)
+    m_idx = m_idx.reshape(-1)
+    # sum over media of the media mean = sum over images of feature / (valid images in its media)
+    per_media = np.bincount(m_idx, weights=valid.astype(np.float64))
+    w = np.where(valid, 1.0 / np.maximum(per_media[m_idx], 1), 0.0)
+    if weights is not None:
+        w = w * np.asarray(weights, dtype=np.float64)
+    out = torch.zeros((len(tids), features.shape[1]), dtype=torch.float64)
+    for s in range(0, n, chunk):
+        sel = slice(s, s + chunk)
+        f = torch.from_numpy(np.ascontiguousarray(features[sel], dtype=np.float64))
+        f = torch.nan_to_num(f) * torch.from_numpy(w[sel])[:, None]
+        out.index_add_(0, torch.from_numpy(t_idx[sel].astype(np.int64)), f)
+    tfeat = out.numpy()
+    norms = np.linalg.norm(tfeat, axis=1, keepdims=True)
+    has = np.bincount(t_idx, weights=valid.astype(np.float64), minlength=len(tids)) > 0
+    tfeat = np.where(has[:, None], tfeat / np.where(norms > 0, norms, 1), np.nan).astype(np.float32)
+    return tids, tfeat
+
+
+def template_quality(quality, template) -> np.ndarray:
+    """Template quality = min over its images' qualities (NaN, i.e. unreadable, images ignored; NaN when
+    none is left), in the order of the sorted unique template ids."""
+    q = np.asarray(quality, dtype=np.float64)
+    _, t_idx = np.unique(np.asarray(template), return_inverse=True)
+    tq = np.full(t_idx.max() + 1, np.inf)
+    np.fmin.at(tq, t_idx, np.where(np.isnan(q), np.inf, q))
+    tq[np.isinf(tq)] = np.nan
+    return tq
+
+
 def ijbc_templates(features, quality, template, media) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Template features (L2-normalised sum over media of the per-media mean image feature) and template
     quality (min over its images). Returns (template_ids, features [T,D], quality [T])."""
-    feats = np.asarray(features, dtype=np.float64)
-    q = np.asarray(quality, dtype=np.float64)
-    template, media = np.asarray(template), np.asarray(media)
-    if not (len(feats) == len(q) == len(template) == len(media)):
+    feats = np.asarray(features)
+    if not (len(feats) == len(quality)):
         raise ValueError("features, quality, template and media must have one entry per image")
-    tids, t_idx = np.unique(template, return_inverse=True)
-    tm, tm_idx = np.unique(np.stack([t_idx, media], 1), axis=0, return_inverse=True)
-    tm_idx = tm_idx.reshape(-1)
-    media_sum = np.zeros((len(tm), feats.shape[1]))
-    np.add.at(media_sum, tm_idx, feats)
-    media_mean = media_sum / np.bincount(tm_idx, minlength=len(tm))[:, None]
-    tfeat = np.zeros((len(tids), feats.shape[1]))
-    np.add.at(tfeat, tm[:, 0], media_mean)
-    tq = np.full(len(tids), np.inf)
-    np.minimum.at(tq, t_idx, q)
-    return tids, l2_normalize(tfeat), tq
+    tids, tfeat = aggregate_templates(feats, template, media)
+    return tids, tfeat, template_quality(quality, template)
 
 
 def score_image_set(model, dataset: ImageSet, methods=("attn", "vitnt"), batch_size: int = 64,
@@ -309,7 +443,7 @@ def score_image_set(model, dataset: ImageSet, methods=("attn", "vitnt"), batch_s
     out: dict[str, np.ndarray] = {}
     bar = tqdm(total=len(dataset), disable=not progress, desc=f"scoring {dataset.name}")
     for idx, imgs in dataset.batches(batch_size):
-        r = model.score(list(imgs), methods=methods, **score_kwargs)
+        r = model.score(imgs, methods=methods, **score_kwargs)
         for k, v in r.numpy().items():
             out.setdefault(k, np.full(len(dataset), np.nan))[idx] = v
         bar.update(len(idx))
