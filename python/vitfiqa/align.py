@@ -69,24 +69,31 @@ def template(size: tuple[int, int] = (112, 112)) -> np.ndarray:
     return ARCFACE_TEMPLATE * np.array([w / 112.0, h / 112.0])
 
 
-def align_face(image, landmarks, size: tuple[int, int] = (112, 112)) -> np.ndarray:
-    """Warp ``image`` (uint8 HxWx3 array, PIL image or path) so its five ``landmarks`` land on the ArcFace
-    template; returns a uint8 ``size`` x 3 array (pixels outside the image are black)."""
+def warp_affine(image, m, size: tuple[int, int]) -> np.ndarray:
+    """Warp a uint8 HxWx3 image by the 2x3 transform ``m`` (image coordinates -> output coordinates) into an
+    output of ``size`` (H, W), bilinear, black border: the geometry of OpenCV's ``warpAffine``."""
     from PIL import Image
 
-    from .preprocess import _hwc_uint8
-
-    arr = _hwc_uint8(image)
-    m = similarity_transform(_landmarks(landmarks), template(size))
+    m = np.asarray(m, dtype=np.float64)
+    if m.shape != (2, 3) or not np.isfinite(m).all():
+        raise ValueError(f"the transform must be a finite 2x3 matrix, got shape {m.shape}")
     # Pillow maps output to input pixels: give it the inverse transform. Pillow samples at pixel centres
     # (input = A (x + 0.5) + t - 0.5); landmarks and OpenCV's warpAffine use pixel indices (input = A x + t),
     # so the translation is shifted by 0.5 - A (0.5, 0.5) to land on the same input positions as warpAffine.
     inv = np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2]
     inv[:, 2] += 0.5 - inv[:, :2] @ np.array([0.5, 0.5])
-    inv = inv.reshape(-1)
-    out = Image.fromarray(np.ascontiguousarray(arr)).transform((size[1], size[0]), Image.AFFINE, tuple(inv),
-                                                              resample=Image.BILINEAR, fillcolor=(0, 0, 0))
+    out = Image.fromarray(np.ascontiguousarray(image)).transform(
+        (size[1], size[0]), Image.AFFINE, tuple(inv.reshape(-1)), resample=Image.BILINEAR, fillcolor=(0, 0, 0))
     return np.asarray(out, dtype=np.uint8)
+
+
+def align_face(image, landmarks, size: tuple[int, int] = (112, 112)) -> np.ndarray:
+    """Warp ``image`` (uint8 HxWx3 array, PIL image, path or encoded bytes) so its five ``landmarks`` land on
+    the ArcFace template; returns a uint8 ``size`` x 3 array (pixels outside the image are black)."""
+    from .preprocess import _hwc_uint8
+
+    m = similarity_transform(_landmarks(landmarks), template(size))
+    return warp_affine(_hwc_uint8(image), m, size)
 
 
 @dataclass(frozen=True)

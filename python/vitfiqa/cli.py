@@ -1,4 +1,4 @@
-"""Command line: ``vitfiqa score | evaluate | inspect | demo | train-demo``. Errors are one line, exit 2."""
+"""Command line: ``vitfiqa score | evaluate | reproduce | inspect | demo | train-demo``. Errors are one line, exit 2."""
 from __future__ import annotations
 
 import argparse
@@ -177,6 +177,16 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_reproduce(args) -> int:
+    from vitfiqa.eval.reproduce import reproduce
+
+    result = reproduce(args.config, out=args.out, progress=not args.quiet)
+    print(result.markdown)
+    for name, reason in result.skipped.items():
+        print(f"vitfiqa: benchmark {name} skipped: {reason}", file=sys.stderr)
+    return 0
+
+
 def cmd_inspect(args) -> int:
     import vitfiqa
 
@@ -237,6 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--image-size", type=int, default=112)
     e.set_defaults(fn=cmd_evaluate)
+
+    r = sub.add_parser("reproduce", help="a paper's pAUC-EDC table from a TOML config: benchmarks x recognizers x "
+                                         "quality methods (cached, resumable)")
+    r.add_argument("config", help="TOML config (see vitfiqa.eval.reproduce)")
+    r.add_argument("--out", help="output folder (default: the config's out)")
+    r.set_defaults(fn=cmd_reproduce)
 
     i = sub.add_parser("inspect", help="what the capture found in a model")
     i.add_argument("--model", required=True)
