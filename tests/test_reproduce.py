@@ -201,3 +201,11 @@ model = "{vit}"
     toml.write_text("this is = not toml [")
     assert main(["-q", "reproduce", str(toml)]) == 2
     assert "not valid TOML" in capsys.readouterr().err
+
+
+def test_cli_evaluate_with_a_cnn_recognizer(setup, tmp_path, capsys):
+    """`vitfiqa evaluate --fr-model cnn.pt` used to fail with "no attention found": recognizers are run as is."""
+    root, vit = setup
+    assert main(["-q", "evaluate", "--model", vit, "--fr-model", str(root / "cnn.pt"), "--bin", str(root / "lfw.bin"),
+                 "--fmr", "0.1", "--methods", "attn", "--out", str(tmp_path / "ev"), "--channel-order", "bgr"]) == 0
+    assert "lfw FMR=1e-1" in capsys.readouterr().out

@@ -144,6 +144,7 @@ def cmd_evaluate(args) -> int:
 
     import vitfiqa
     from vitfiqa.eval import comparison_scores, evaluate, load_bin, plot_edc, score_image_set, to_latex, to_markdown
+    from vitfiqa.recognizer import Recognizer
 
     methods = _methods(args.methods)
     fmrs = [float(f) for f in args.fmr.split(",")]
@@ -151,20 +152,20 @@ def cmd_evaluate(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     size = (args.image_size, args.image_size)
     qm = vitfiqa.load(args.model, device=args.device, image_size=size)
-    fr = vitfiqa.load(args.fr_model or args.model, device=args.device, image_size=size)
+    # The recognizer may be any TorchScript model (a CNN such as iResNet-100, or a ViT): embeddings only.
+    fr = Recognizer(args.fr_model or args.model, device=args.device, image_size=size,
+                    channel_order=args.channel_order, flip=args.flip)
     ds = load_bin(args.bin, image_size=size)
     quality = score_image_set(qm, ds, methods=methods, batch_size=args.batch_size, progress=not args.quiet)
-    parts = {}
+    emb, ok = None, np.zeros(len(ds), bool)
     for idx, imgs in ds.batches(args.batch_size):
-        e = fr.forward(list(imgs))
-        e = e[0] if isinstance(e, tuple) else e
-        parts.update({int(i): v for i, v in zip(idx, e.float().cpu().numpy())})
-    dim = len(next(iter(parts.values())))
-    emb = np.zeros((len(ds), dim), dtype=np.float32)
-    for i, v in parts.items():
-        emb[i] = v
-    ok = np.array([i in parts for i in range(len(ds))])
-    sims = comparison_scores(np.where(ok[:, None], emb, 1.0), ds.pairs)
+        e = fr.embed(imgs)
+        if emb is None:
+            emb = np.ones((len(ds), e.shape[1]), dtype=np.float32)
+        emb[idx], ok[idx] = e, True
+    if emb is None:
+        raise CLIError(f"no image of {args.bin} could be read")
+    sims = comparison_scores(emb, ds.pairs)
     sims[~(ok[ds.pairs.a] & ok[ds.pairs.b])] = np.nan
     df = evaluate(quality, sims, ds.pairs, benchmark=ds.name, fr_model=Path(args.fr_model or args.model).stem,
                   fmrs=fmrs, variant=args.variant, limit=args.limit)
@@ -236,11 +237,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="pAUC-EDC tables and plots on an insightface .bin benchmark")
     e.add_argument("--model", required=True, help="quality (ViT) model")
-    e.add_argument("--fr-model", help="comparison (FR) model; default: the quality model")
+    e.add_argument("--fr-model", help="comparison (FR) model, any TorchScript CNN or ViT; default: the quality model")
+    e.add_argument("--flip", choices=("concat", "sum", "none"), default="concat",
+                   help="flip test: concat (CR-FIQA: [normalised original, normalised flip]), sum, none")
+    e.add_argument("--channel-order", choices=("rgb", "bgr"), default="rgb",
+                   help="the FR model's input channel order (the CR-FIQA evaluation feeds BGR)")
     e.add_argument("--bin", required=True)
     e.add_argument("--methods", default="attn,vitnt")
     e.add_argument("--fmr", default="1e-3,1e-4")
-    e.add_argument("--variant", choices=("refit", "iso"), default="refit")
+    e.add_argument("--variant", default="refit", help="EDC variant (refit, iso, ...: see vitfiqa.eval.edc_curve)")
     e.add_argument("--limit", type=float, default=0.3)
     e.add_argument("--out", default="vitfiqa-eval")
     e.add_argument("--device", default="cpu")
