@@ -302,6 +302,21 @@ class IJBCMeta:
     template_ids: np.ndarray
 
 
+def _int_table(path: Path, columns: int, what: str) -> np.ndarray:
+    """A whitespace-separated integer table (IJB-C's 15.6 M pair lines are parsed by pandas' C reader)."""
+    import pandas as pd
+
+    if not path.is_file():
+        raise FileNotFoundError(f"list file not found: {path}")
+    try:
+        frame = pd.read_csv(path, sep=r"\s+", header=None, dtype=np.int64, encoding="utf-8-sig")
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise CorruptEntry(f"{path.name}: expected '{what}' integer lines: {str(exc).splitlines()[0]}") from None
+    if frame.shape[1] != columns:
+        raise CorruptEntry(f"{path.name}: expected {columns} columns ({what}), got {frame.shape[1]}")
+    return frame.to_numpy()
+
+
 def load_ijbc_meta(meta_dir: str | os.PathLike, faces_file: str = "ijbc_face_tid_mid.txt",
                    pairs_file: str = "ijbc_template_pair_label.txt") -> IJBCMeta:
     """IJB-C 1:1 meta files: ``image template media`` lines and ``template template label`` lines."""
@@ -313,12 +328,9 @@ def load_ijbc_meta(meta_dir: str | os.PathLike, faces_file: str = "ijbc_face_tid
             images.append(parts[0]), tid.append(int(parts[1])), mid.append(int(parts[2]))
         except (IndexError, ValueError):
             raise CorruptEntry(f"{faces_file} line {n + 1}: expected 'image template media', got {line!r}") from None
-    try:
-        raw = np.loadtxt(meta_dir / pairs_file, dtype=np.int64, ndmin=2)
-    except (OSError, ValueError) as exc:
-        raise CorruptEntry(f"{pairs_file}: {exc}") from None
-    if raw.shape[1] != 3:
-        raise CorruptEntry(f"{pairs_file}: expected 3 columns, got {raw.shape[1]}")
+    raw = _int_table(meta_dir / pairs_file, 3, "template template label")
+    if not np.isin(raw[:, 2], (0, 1)).all():
+        raise CorruptEntry(f"{pairs_file}: labels must be 0 or 1")
     template_ids = np.unique(np.asarray(tid))
     pos_a = np.searchsorted(template_ids, raw[:, 0])
     pos_b = np.searchsorted(template_ids, raw[:, 1])
@@ -379,7 +391,20 @@ def load_ijbc(root: str | os.PathLike, align: bool = True, image_dir: str = "loo
                     templates=Templates(meta.template, meta.media, meta.template_ids, scores))
 
 
-def aggregate_templates(features, template, media, weights=None, valid=None, chunk: int = 65536):
+def read_rows(features, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) of an [N, D] array. A memory-mapped array (a cache on disk) is read with plain file
+    reads, so the pages do not stay mapped into the process: memory stays bounded by one chunk."""
+    if isinstance(features, np.memmap) and features.filename and features.flags.c_contiguous:
+        stop = min(stop, len(features))
+        row = int(np.prod(features.shape[1:])) * features.dtype.itemsize
+        with open(features.filename, "rb") as f:
+            f.seek(features.offset + start * row)
+            out = np.fromfile(f, dtype=features.dtype, count=(stop - start) * row // features.dtype.itemsize)
+        return out.reshape((stop - start,) + features.shape[1:])
+    return np.asarray(features[start:stop])
+
+
+def aggregate_templates(features, template, media, weights=None, valid=None, chunk: int = 8192):
     """IJB-C template features as the insightface and CR-FIQA evaluations build them: the mean image feature
     of each media, summed over the template's media, L2-normalised. ``features`` [N,D] may be a
     memory-mapped array: it is read in chunks of ``chunk`` rows, so memory stays O(templates x D).
@@ -391,7 +416,9 @@ def aggregate_templates(features, template, media, weights=None, valid=None, chu
     n = len(template)
     if len(features) != n or len(media) != n or features.ndim != 2:
         raise ValueError("features [N,D], template and media must have one entry per image")
-    valid = np.ones(n, bool) if valid is None else np.asarray(valid, bool)
+    if valid is None:  # rows with NaN (unreadable images) are left out
+        valid = np.concatenate([np.isfinite(read_rows(features, s, s + chunk)).all(axis=1) for s in range(0, n, chunk)])
+    valid = np.asarray(valid, bool)
     tids, t_idx = np.unique(template, return_inverse=True)
     _, m_idx = np.unique(np.stack([t_idx, media], 1), axis=0, return_inverse=True)
     m_idx = m_idx.reshape(-1)
@@ -403,8 +430,8 @@ def aggregate_templates(features, template, media, weights=None, valid=None, chu
     out = torch.zeros((len(tids), features.shape[1]), dtype=torch.float64)
     for s in range(0, n, chunk):
         sel = slice(s, s + chunk)
-        f = torch.from_numpy(np.ascontiguousarray(features[sel], dtype=np.float64))
-        f = torch.nan_to_num(f) * torch.from_numpy(w[sel])[:, None]
+        f = torch.from_numpy(np.ascontiguousarray(read_rows(features, s, s + chunk), dtype=np.float64))
+        f = torch.nan_to_num_(f).mul_(torch.from_numpy(w[sel])[:, None])
         out.index_add_(0, torch.from_numpy(t_idx[sel].astype(np.int64)), f)
     tfeat = out.numpy()
     norms = np.linalg.norm(tfeat, axis=1, keepdims=True)

@@ -618,14 +618,11 @@ def read_external_embeddings(path: str, ds: ImageSet, name: str) -> np.ndarray:
 
 # -- evaluation --------------------------------------------------------------------------------------------------
 
-def _comparison(features: np.ndarray, ds: ImageSet, det_weights: bool) -> np.ndarray:
-    """Comparison score per pair (cosine); NaN where an image (or a whole template) is missing."""
+def benchmark_comparison_scores(features: np.ndarray, ds: ImageSet, det_weights: bool, valid: np.ndarray | None = None) -> np.ndarray:
+    """Comparison score per pair (cosine); NaN where an image (or a whole template) is missing. ``valid``
+    marks the readable images (default: rows without NaN)."""
     if ds.templates is not None:
         t = ds.templates
-        valid = np.isfinite(features).all(axis=1) if not isinstance(features, np.memmap) else None
-        if valid is None:  # a cached memmap: read the validity chunkwise
-            valid = np.concatenate([np.isfinite(features[s:s + 65536]).all(axis=1)
-                                    for s in range(0, len(features), 65536)])
         weights = t.detector_scores if det_weights else None
         if det_weights and weights is None:
             raise ValueError("detector_score_weighting needs the benchmark's detector scores (IJB-C landmarks file)")
@@ -714,17 +711,19 @@ def reproduce(config: str | os.PathLike | Mapping, out: str | os.PathLike | None
                     notes.setdefault(bspec.name, []).append(f"recognizer {rspec.name}: no embeddings for this benchmark")
                     continue
                 try:
+                    valid = None
                     if bspec.name in rspec.embeddings:
                         feats = read_external_embeddings(rspec.embeddings[bspec.name], ds, rspec.name)
                     else:
-                        feats = compute_embeddings(rspec, ds, cfg, fp, progress).values
+                        cache = compute_embeddings(rspec, ds, cfg, fp, progress)
+                        feats, valid = cache.values, cache.status == DONE
                 except (FileNotFoundError, CorruptEntry) as exc:
                     log.warning("%s: recognizer %s skipped: %s", stage, rspec.name, exc)
                     notes.setdefault(bspec.name, []).append(f"recognizer {rspec.name}: {exc}")
                     continue
                 log.info("%s: evaluating %s (%d quality sources x %d FMRs)", stage, rspec.name, len(qualities),
                          len(cfg.fmrs))
-                sims = _comparison(feats, ds, rspec.detector_score_weighting)
+                sims = benchmark_comparison_scores(feats, ds, rspec.detector_score_weighting, valid)
                 frames.append(evaluate(qualities, sims, ds.pairs, benchmark=bspec.name, fr_model=rspec.name,
                                        fmrs=cfg.fmrs, variant=cfg.variant, limit=float(cfg.limit),
                                        integration=cfg.pauc_integration, normalize=cfg.pauc_normalize))

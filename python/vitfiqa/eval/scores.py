@@ -75,11 +75,14 @@ def flip_concat(embeddings, flipped_embeddings) -> np.ndarray:
     return np.concatenate([l2_normalize(e), l2_normalize(f)], axis=1)
 
 
-def comparison_scores(embeddings, pairs: Pairs, metric: str = "cosine", chunk: int = 1 << 20) -> np.ndarray:
+def comparison_scores(embeddings, pairs: Pairs, metric: str = "cosine", chunk: int | None = None) -> np.ndarray:
     """Similarity of each pair: ``cosine`` of L2-normalised embeddings, or ``arccos`` = 1 - arccos(cos)/pi
-    (the CR-FIQA code's angular distance turned into a similarity). float32, computed in chunks."""
+    (the CR-FIQA code's angular distance turned into a similarity). float32, computed in chunks of ``chunk``
+    pairs (default: as many as keep the two gathered [chunk, D] blocks near 64 MB, whatever D is)."""
     emb = l2_normalize(embeddings)
     pairs.check(len(emb))
+    if chunk is None:
+        chunk = max(1024, (32 << 20) // max(1, emb.shape[1] * emb.itemsize))
     out = np.empty(len(pairs), dtype=np.float32)
     for s in range(0, len(pairs), chunk):
         a, b = emb[pairs.a[s:s + chunk]], emb[pairs.b[s:s + chunk]]
