@@ -430,7 +430,8 @@ def aggregate_templates(features, template, media, weights=None, valid=None, chu
     out = torch.zeros((len(tids), features.shape[1]), dtype=torch.float64)
     for s in range(0, n, chunk):
         sel = slice(s, s + chunk)
-        f = torch.from_numpy(np.ascontiguousarray(read_rows(features, s, s + chunk), dtype=np.float64))
+        # a copy (np.array), so the caller's features are never modified in place
+        f = torch.from_numpy(np.array(read_rows(features, s, s + chunk), dtype=np.float64))
         f = torch.nan_to_num_(f).mul_(torch.from_numpy(w[sel])[:, None])
         out.index_add_(0, torch.from_numpy(t_idx[sel].astype(np.int64)), f)
     tfeat = out.numpy()
