@@ -34,17 +34,40 @@ def test_score_folder_resume_and_unreadable(tmp_path, model_cases, caplog):
             "--heatmaps", str(tmp_path / "hm")]
     assert main(args) == 0
     rows = read_rows(out)
-    assert [r["path"].endswith(f"img{i:02d}.png") for i, r in enumerate(rows)] == [True] * 5
-    assert rows[2]["error"] and rows[2]["attn"] == ""
+    assert list(rows[0]) == ["index", "path", "attn", "vitnt", "error"]
+    assert [r["path"].endswith(f"img{i:02d}.png") and r["index"] == str(i) for i, r in enumerate(rows)] == [True] * 5
+    assert rows[2]["error"] and rows[2]["attn"] == "nan"  # one schema: NaN for a failed image, as in Python
     assert all(float(r["vitnt"]) > 0 for i, r in enumerate(rows) if i != 2)
-    assert len(list((tmp_path / "hm").glob("*.attn.npy"))) == 4
-    # Interrupted run: drop the last two rows, re-run: only those are scored again, nothing duplicated.
-    lines = out.read_text().splitlines()
-    out.write_text("\n".join(lines[:-2]) + "\n")
+    assert len(list((tmp_path / "hm").glob("*.attn.png"))) == 4
+    # Interrupted run: lose the shard of the last batch, re-run: only it is scored again; same export.
+    table = tmp_path / "scores.csv.table"
+    last = sorted(table.glob("part-000000000004-*.csv"))
+    assert len(last) == 1
+    last[0].unlink()
+    first = out.read_bytes()
+    out.unlink()
     assert main(args) == 0
-    again = read_rows(out)
-    assert [r["path"] for r in again] == [r["path"] for r in rows]
-    assert again[4]["attn"] == rows[4]["attn"]
+    assert out.read_bytes() == first
+    # Another method set cannot be mixed into the same table.
+    assert main(args + ["--methods", "attn"]) == 2
+
+
+def test_heatmap_names_never_collide_and_npy_on_request(tmp_path, model_cases):
+    import numpy as np
+
+    write_images(tmp_path / "imgs" / "a", 2)
+    write_images(tmp_path / "imgs" / "b", 2)  # the same file names in another folder
+    hm = tmp_path / "hm"
+    args = ["-q", "score", "--model", model_cases["insightface-script"].path, "--images", str(tmp_path / "imgs"),
+            "--out", str(tmp_path / "t"), "--heatmaps", str(hm), "--methods", "attn"]
+    assert main(args) == 0
+    names = sorted(str(p.relative_to(hm)) for p in hm.rglob("*.png"))
+    assert names == ["a/img00.png.attn.png", "a/img01.png.attn.png", "b/img00.png.attn.png", "b/img01.png.attn.png"]
+    png = np.asarray(Image.open(hm / "a" / "img00.png.attn.png"))
+    assert png.shape == (112, 112, 3) and png.dtype == np.uint8
+    assert main(args[:-2] + ["--methods", "attn", "--heatmap-format", "npy", "--overwrite"]) == 0
+    arr = np.load(hm / "b" / "img01.png.attn.npy")
+    assert arr.dtype == np.float32 and arr.ndim == 2 and 0 <= arr.min() <= arr.max() <= 1
 
 
 def test_score_list_file(tmp_path, model_cases):
@@ -60,7 +83,7 @@ def test_score_list_file(tmp_path, model_cases):
     (["score", "--model", "missing.pt", "--images", ".", "--out", "x.csv"], "model file not found"),
     (["score", "--model", "{m}", "--images", "{empty}", "--out", "x.csv"], "no images"),
     (["score", "--model", "{m}", "--images", "{empty}", "--out", "x.csv", "--methods", "bogus"], "unknown method"),
-    (["score", "--model", "{m}", "--images", "{empty}", "--out", "x.txt"], "must end in .csv or .parquet"),
+    (["score", "--model", "{m}", "--images", "{empty}", "--out", "{m}"], "exists and is not a folder"),
     (["inspect", "--model", "{corrupt}"], "could not load a TorchScript model"),
 ])
 def test_errors_are_one_line(argv, msg, tmp_path, model_cases, capsys):

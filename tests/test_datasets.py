@@ -223,3 +223,63 @@ def test_ijbc_release_layout_with_landmarks(tmp_path):
     (tmp_path / "meta" / "ijbc_name_5pts_score.txt").write_text(lines[0] + "\n")
     with pytest.raises(CorruptEntry, match="no landmarks for 3 images"):
         load_ijbc(tmp_path)
+
+
+class _Payload:
+    """What an attacker would put in a .bin: unpickling it would create the marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 5])
+@pytest.mark.parametrize("where", ["top", "image", "issame"])
+def test_malicious_bin_runs_no_code(tmp_path, protocol, where):
+    from vitfiqa.eval import UnsafeBinFile
+
+    marker = tmp_path / "pwned"
+    images, issame = [png(0), png(1)], [True]
+    payload = _Payload(marker)
+    obj = {"top": payload, "image": ([png(0), payload], issame), "issame": (images, [payload])}[where]
+    with open(tmp_path / "evil.bin", "wb") as f:
+        pickle.dump(obj, f, protocol=protocol)
+    with pytest.raises(UnsafeBinFile, match="refused: the .bin asks for (posix|os|nt).system"):
+        load_bin(tmp_path / "evil.bin")
+    assert not marker.exists()
+    # A class (here the pickled NumPy scalar helper) is refused the same way, not looked up.
+    with open(tmp_path / "scalar.bin", "wb") as f:
+        pickle.dump((images, [np.bool_(True)]), f, protocol=protocol)
+    with pytest.raises(UnsafeBinFile, match="numpy"):
+        load_bin(tmp_path / "scalar.bin")
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 4, 5])
+def test_bin_what_insightface_writes_loads(tmp_path, protocol):
+    """Lists and tuples of bytes, Python bools and NumPy bool arrays, at every pickle protocol (protocol 2
+    is what Python 2's insightface scripts wrote; Python 3 writes bytes through _codecs.encode there)."""
+    images = [png(i) for i in range(6)]
+    for issame in ([True, False, True], np.array([True, False, True]), (True, False, True)):
+        with open(tmp_path / "ok.bin", "wb") as f:
+            pickle.dump((tuple(images), issame), f, protocol=protocol)
+        ds = load_bin(tmp_path / "ok.bin")
+        np.testing.assert_array_equal(ds.pairs.genuine, [True, False, True])
+        assert ds.sources == images
+
+
+@pytest.mark.parametrize("obj, msg", [
+    (([b"a", b"b"], np.array([1], dtype=np.int64)), "only bool arrays"),
+    (([b"a", b"b"], np.zeros((1, 1), dtype=bool)), "1-D bool array"),
+    (([b"a", 3], [True]), "list of encoded image bytes"),
+    (([b"a", b"b"], [1]), "list of bools"),
+    ((b"a", b"b", [True]), "expected \\(images, issame\\)"),
+])
+def test_bin_wrong_structure_is_refused(tmp_path, obj, msg):
+    with open(tmp_path / "w.bin", "wb") as f:
+        pickle.dump(obj, f, protocol=2)
+    with pytest.raises(CorruptEntry, match=msg):
+        load_bin(tmp_path / "w.bin")

@@ -7,6 +7,7 @@ import torch
 from vitfiqa.cli import main
 from vitfiqa.distributed import score_with_ray
 from vitfiqa.pipeline import score_frame, score_keys
+from vitfiqa.results import read_scores
 
 from .test_pipeline import write_mixed_images
 
@@ -35,9 +36,9 @@ def test_ray_scores_equal_local_scores(local_ray, images, model_cases, loaded, t
         local = score_frame(loaded("vitfiqa_token-script"), images, METHODS, batch_size=32)
     finally:
         torch.set_num_threads(threads)
-    out = tmp_path / "scores.parquet"
+    out = tmp_path / "scores"
     dist = score_with_ray(case.path, images, out, METHODS, batch_size=32, num_actors=2, progress=False)
-    assert len(list(out.glob("*.parquet"))) >= 2  # shards, written by the actors
+    assert len(list(out.glob("part-*.csv"))) >= 2  # shards, committed as results arrive
     assert dist["path"].tolist() == images and dist["index"].tolist() == list(range(200))
     assert dist["error"].tolist() == local["error"].tolist()
     assert (dist["error"] != "").sum() == 2
@@ -45,21 +46,31 @@ def test_ray_scores_equal_local_scores(local_ray, images, model_cases, loaded, t
         np.testing.assert_array_equal(dist[k].to_numpy(), local[k].to_numpy())
 
     # Resume: lose one shard, re-run: only its images are scored again and the result is unchanged.
-    lost = sorted(out.glob("*.parquet"))[0]
+    lost = sorted(out.glob("part-*.csv"))[0]
     lost.unlink()
     again = score_with_ray(case.path, images, out, METHODS, batch_size=32, num_actors=2, progress=False)
     assert again.equals(dist)
+    # The same table, finished by the local path: one table for both (and the same bits).
+    lost = sorted(out.glob("part-*.csv"))[-1]
+    lost.unlink()
+    torch.set_num_threads(1)
+    try:
+        mixed = score_frame(loaded("vitfiqa_token-script"), images, METHODS, batch_size=32, out=out)
+    finally:
+        torch.set_num_threads(threads)
+    assert mixed.equals(dist)
 
 
 def test_cli_ray_flag(local_ray, images, model_cases, tmp_path):
-    out = tmp_path / "cli_scores"
+    out = tmp_path / "cli_scores.parquet"
     argv = ["-q", "score", "--model", model_cases["timm-script"].path, "--images", str(images[0].rsplit("/", 1)[0]),
             "--image-size", "32", "--methods", "attn,vitnt", "--batch-size", "64", "--out", str(out), "--ray"]
     assert main(argv) == 0
     import pandas as pd
 
-    frame = pd.read_parquet(out).sort_values("index")
-    assert len(frame) == 200 and frame["vitnt"].notna().sum() == 198
+    frame = pd.read_parquet(out)  # the export; the table itself is cli_scores.parquet.table/
+    assert frame["index"].tolist() == list(range(200)) and frame["vitnt"].notna().sum() == 198
+    assert read_scores(tmp_path / "cli_scores.parquet.table").equals(frame)
     # A different method set cannot be mixed into the same folder.
     other = list(argv)
     other[other.index("attn,vitnt")] = "attn"

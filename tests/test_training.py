@@ -81,3 +81,27 @@ def test_export_torchscript_roundtrip(tmp_path, method):
     with torch.no_grad():
         expected = model(x)[1].reshape(-1).double()
     torch.testing.assert_close(m.score(x, methods=["vitfiqa"]).scores["vitfiqa"], expected, rtol=1e-5, atol=1e-7)
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_resume_from_a_malicious_checkpoint_runs_no_code(tmp_path):
+    """A checkpoint folder can come from elsewhere: resume loads it with weights_only=True."""
+    import pickle
+
+    marker = tmp_path / "pwned"
+    (tmp_path / "ckpt").mkdir()
+    torch.save({"model": _Payload(marker)}, tmp_path / "ckpt" / "last.pt", pickle_module=pickle)
+    x, ids = identity_data(n_ids=2, per_id=4)
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        train_vitfiqa(small_model(), InMemoryDataset(x, ids), epochs=1, checkpoint_dir=tmp_path / "ckpt",
+                      progress=False)
+    assert not marker.exists()

@@ -5,6 +5,7 @@ attention logits and block tokens the requested methods need, and the method ker
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,11 +73,20 @@ class QualityResult:
         return out
 
 
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 class QualityModel:
     """A TorchScript ViT wrapped for quality scoring.
 
     ``model`` is a path to a TorchScript file (``torch.jit.save`` of a scripted or traced module) or its
-    bytes. ``dtype`` casts the model's floating parameters (float32, float16, bfloat16).
+    bytes. ``dtype`` casts the model's floating parameters (float32, float16, bfloat16). ``sha256`` is the
+    digest of the model file (a results table records it, so scores of two models are never mixed).
     """
 
     def __init__(self, model: str | os.PathLike | bytes, device: str | torch.device = "cpu",
@@ -92,12 +102,14 @@ class QualityModel:
                 raise ValueError("model bytes are empty")
             self._core = _core.CaptureModel.from_bytes(bytes(model), device, dtype_name)
             self.source = "<bytes>"
+            self.sha256 = hashlib.sha256(model).hexdigest()
         else:
             path = Path(model)
             if not path.is_file():
                 raise FileNotFoundError(f"model file not found: {path}")
             self._core = _core.CaptureModel(str(path), device, dtype_name)
             self.source = str(path)
+            self.sha256 = _file_sha256(path)
         self.device = torch.device(device)
         self.dtype = getattr(torch, dtype_name)
         self.image_size = tuple(image_size)

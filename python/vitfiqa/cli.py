@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import os
 import sys
@@ -17,7 +16,8 @@ class CLIError(Exception):
 
 
 def _image_list(spec: str) -> list[str]:
-    p = Path(spec)
+    """Absolute image paths (so a table started here can be resumed from another folder, or on Ray)."""
+    p = Path(spec).absolute()
     if p.is_dir():
         files = sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTS)
         if not files:
@@ -43,100 +43,83 @@ def _methods(spec: str) -> list[str]:
     return methods
 
 
+def _out_paths(spec: str) -> tuple[Path, Path | None]:
+    """``--out``: ``scores.csv`` / ``scores.parquet`` -> the results table ``scores.csv.table/`` (what a re-run
+    resumes) plus that file, exported atomically once every image is done; anything else is the table folder
+    itself, with no export. The same with or without --ray."""
+    out = Path(spec)
+    if out.suffix in (".csv", ".parquet"):
+        if out.is_dir():
+            raise CLIError(f"--out {out} is a folder; an export file must not be one")
+        if out.suffix == ".parquet":
+            try:
+                import pyarrow  # noqa: F401
+            except ImportError:
+                raise CLIError("writing .parquet needs pyarrow: pip install 'vitfiqa[parquet]'") from None
+        return out.with_name(out.name + ".table"), out
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} exists and is not a folder: give a results-table folder or a .csv/.parquet "
+                       "file name")
+    return out, None
+
+
 def cmd_score(args) -> int:
     if args.batch_size <= 0:
         raise CLIError("--batch-size must be positive")
     if args.workers is not None and args.workers < 1:
         raise CLIError("--workers must be at least 1")
     methods = _methods(args.methods)
+    table_dir, export = _out_paths(args.out)
     if args.ray is not None:
-        return _score_ray(args, methods)
-    import numpy as np
+        table = _score_ray(args, methods, table_dir)
+    else:
+        table = _score_local(args, methods, table_dir)
+    with table:
+        bad = sum(1 for e in table.columns_dict()["error"] if e)
+        if export is not None:
+            table.export(export)
+    log.info("scored %d images (%d skipped, reasons in the error column) into %s", table.n_images - bad, bad,
+             export or table_dir)
+    return 0
+
+
+def _score_local(args, methods: list[str], table_dir: Path):
     from tqdm.auto import tqdm
 
     import vitfiqa
-    from vitfiqa.pipeline import score_files, score_keys
+    from vitfiqa.pipeline import open_table, score_files
 
-    out = Path(args.out)
-    if out.suffix not in (".csv", ".parquet"):
-        raise CLIError("--out must end in .csv or .parquet")
     model = vitfiqa.load(args.model, device=args.device or "cpu", dtype=args.dtype,
                          image_size=(args.image_size, args.image_size))
     files = _image_list(args.images)
-    # Results go to a CSV as each batch finishes; a re-run skips images already in it.
-    partial = out if out.suffix == ".csv" else out.with_suffix(".partial.csv")
-    done: set[str] = set()
-    if partial.exists() and not args.overwrite:
-        with open(partial, newline="") as f:
-            done = {row["path"] for row in csv.DictReader(f)}
-    elif partial.exists():
-        partial.unlink()
-    todo = [f for f in files if f not in done]
-    if done:
-        log.info("resuming: %d of %d images already scored in %s", len(done), len(files), partial)
-    heat_dir = Path(args.heatmaps) if args.heatmaps else None
-    if heat_dir:
-        heat_dir.mkdir(parents=True, exist_ok=True)
-    keys = score_keys(methods, model.exit_depths() if "exfiqa" in methods else ())
-    columns = ["path"] + keys + ["error"]
-    if partial.exists() and not args.overwrite:
-        with open(partial, newline="") as f:
-            header = next(csv.reader(f), None)
-        if header and header != columns:
-            raise CLIError(f"{partial} has columns {header}, not {columns}: use --overwrite or another --out")
-    new_file = not partial.exists() or partial.stat().st_size == 0
-    bar = tqdm(total=len(files), initial=len(done), desc="scoring", disable=args.quiet)
-    with open(partial, "a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns, restval="")
-        if new_file:
-            writer.writeheader()
-        batches = score_files(model, todo, methods, batch_size=args.batch_size, workers=args.workers,
-                              heatmaps=heat_dir is not None) if todo else []
-        for sb in batches:
-            for pos, err in sb.batch.errors.items():
-                log.warning("skipping %s: %s", sb.batch.paths[pos], err)
-            cols = sb.columns()
-            rows = [{k: cols[k][i] for k in columns} for i in range(len(sb.batch.paths))]
-            for row in rows:  # unreadable images get empty score cells, not "nan"
-                if row["error"]:
-                    row.update({k: "" for k in keys})
-            if heat_dir and sb.result is not None:
-                for meth, hm in sb.result.heatmaps.items():
-                    for j, pos in enumerate(sb.batch.ok):
-                        np.save(heat_dir / f"{Path(sb.batch.paths[pos]).stem}.{meth}.npy", hm[j].float().cpu().numpy())
-            writer.writerows(rows)
-            fh.flush()  # a crash loses at most the batch in flight
-            bar.update(len(rows))
+    options = dict(heatmap_dir=args.heatmaps, heatmap_format=args.heatmap_format) if args.heatmaps else {}
+    table = open_table(model, files, methods, table_dir, batch_size=args.batch_size, overwrite=args.overwrite,
+                       **options)
+    if table.n_done:
+        log.info("resuming: %d of %d images already scored in %s", table.n_done, len(files), table_dir)
+    bar = tqdm(total=len(files), initial=table.n_done, desc="scoring", disable=args.quiet)
+    for sb in score_files(model, files, methods, batch_size=args.batch_size, workers=args.workers, out=table,
+                          **options):
+        for pos, err in sb.batch.errors.items():
+            log.warning("skipping %s: %s", sb.batch.paths[pos], err)
+        bar.update(len(sb.batch.paths))
     bar.close()
-    if out.suffix == ".parquet":
-        import pandas as pd
-
-        try:
-            pd.read_csv(partial).to_parquet(out, index=False)
-        except ImportError:
-            raise CLIError("writing .parquet needs pyarrow: pip install 'vitfiqa[parquet]'") from None
-        partial.unlink()
-    log.info("wrote %s", out)
-    return 0
+    return table
 
 
-def _score_ray(args, methods: list[str]) -> int:
+def _score_ray(args, methods: list[str], table_dir: Path):
     from vitfiqa.distributed import score_with_ray
+    from vitfiqa.results import ScoreTable
 
-    out = Path(args.out)
-    if out.suffix == ".csv":
-        raise CLIError("with --ray, --out is a folder of Parquet shards (e.g. scores.parquet or scores/), not a .csv")
     if args.heatmaps:
         raise CLIError("--heatmaps is not supported with --ray (heatmaps stay local); score without --ray")
     files = _image_list(args.images)
-    frame = score_with_ray(args.model, files, str(out), methods=methods, address=args.ray or None,
-                           batch_size=args.batch_size, device=args.device,
-                           dtype=args.dtype, image_size=(args.image_size, args.image_size),
-                           workers=args.workers, num_actors=args.actors, overwrite=args.overwrite,
-                           progress=not args.quiet)
-    bad = int((frame["error"] != "").sum())
-    log.info("scored %d images (%d unreadable) into %s", len(frame) - bad, bad, out)
-    return 0
+    score_with_ray(args.model, files, str(table_dir), methods=methods, address=args.ray or None,
+                   batch_size=args.batch_size, device=args.device,
+                   dtype=args.dtype, image_size=(args.image_size, args.image_size),
+                   workers=args.workers, num_actors=args.actors, overwrite=args.overwrite,
+                   progress=not args.quiet)
+    return ScoreTable.open(table_dir)
 
 
 def cmd_evaluate(args) -> int:
@@ -220,8 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True)
     s.add_argument("--images", required=True, help="folder (searched recursively) or text file of paths")
     s.add_argument("--methods", default="attn,vitnt")
-    s.add_argument("--out", required=True, help="scores.csv or scores.parquet")
-    s.add_argument("--heatmaps", help="folder for per-image heatmaps (.npy)")
+    s.add_argument("--out", required=True,
+                   help="results: scores.csv or scores.parquet (resumable table kept in scores.csv.table/, the file "
+                        "written when all images are done), or a folder (the table alone); same with --ray")
+    s.add_argument("--heatmaps", metavar="DIR", help="write per-image heatmaps here, named after each image's path "
+                                                     "relative to the folder all images share")
+    s.add_argument("--heatmap-format", choices=("png", "npy"), default="png",
+                   help="png: overlay on the model-input image (default); npy: raw float32 heatmap")
     s.add_argument("--device", help="cpu (default), cuda, cuda:N; with --ray the default uses GPUs when the cluster has them")
     s.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
                    help="model precision (float16 for GPUs)")
@@ -230,8 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--image-size", type=int, default=112)
     s.add_argument("--overwrite", action="store_true", help="start again instead of resuming")
     s.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
-                   help="score on Ray: a new local cluster, or the cluster at ADDRESS ('auto', 'ray://host:10001'); "
-                        "--out becomes a folder of Parquet shards")
+                   help="score on Ray: a new local cluster, or the cluster at ADDRESS ('auto', 'ray://host:10001')")
     s.add_argument("--actors", type=int, help="with --ray: scoring actors (default: one per GPU, else per 2 CPUs)")
     s.set_defaults(fn=cmd_score)
 

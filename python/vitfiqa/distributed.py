@@ -1,5 +1,5 @@
 """Scale-out on Ray Data: score an image collection with a pool of actors, one loaded model per actor,
-writing Parquet shards.
+into the same results table as the local path (:class:`vitfiqa.results.ScoreTable`).
 
 >>> from vitfiqa.distributed import score_with_ray
 >>> frame = score_with_ray("vit.pt", paths, "scores.parquet", methods=("attn", "vitnt"))
@@ -9,8 +9,9 @@ actor runs the local pipeline (:func:`vitfiqa.pipeline.score_files`) on whole ba
 a cluster gets the same scores as on one machine, bit for bit on the same hardware and thread count.
 The model travels once through Ray's object store as bytes, so only the driver needs the model file. Image
 paths must be readable from every node (a shared file system); relative ones are made absolute on the driver.
-The output folder takes Parquet shards as actors finish; a re-run skips the paths already in it
-(``overwrite=True`` starts again).
+Results come back to the driver, which commits them to the results table as they arrive (whole batches,
+atomically); a re-run skips the batches already committed (``overwrite=True`` starts again), and a table
+started locally can be finished on Ray and the other way round.
 
 Needs ``pip install 'vitfiqa[ray]'``.
 """
@@ -78,22 +79,15 @@ class _Scorer:
         return out
 
 
-def _read_shards(out_dir: Path):
-    import pandas as pd
-
-    shards = sorted(out_dir.glob("*.parquet")) if out_dir.is_dir() else []
-    if not shards:
-        return None
-    return pd.concat([pd.read_parquet(s) for s in shards], ignore_index=True)
-
-
 def score_with_ray(model: str | os.PathLike | bytes, paths: Sequence[str], out_dir: str | os.PathLike,
                    methods: Sequence[str] | str = ("attn", "vitnt"), *, address: str | None = None,
                    batch_size: int = 64, num_actors: int | None = None, device: str | None = None,
                    dtype: str = "float32", image_size: tuple[int, int] = (112, 112), workers: int | None = None,
                    cpus_per_actor: float | None = None, overwrite: bool = False, progress: bool = True,
                    num_cpus: int | None = None, decode_processes: bool | None = None, **score_options):
-    """Score ``paths`` on a Ray cluster; returns a pandas DataFrame (index, path, scores, error) in input order.
+    """Score ``paths`` on a Ray cluster into the results table ``out_dir`` (created, or resumed when it holds
+    this run's batches); returns the whole table as a pandas DataFrame (index, path, scores, error) in input
+    order.
 
     address: ``None`` joins the Ray already initialised in this process, else starts a local one (with
     ``num_cpus``); ``"auto"`` or ``"ray://host:port"`` joins that cluster.
@@ -105,7 +99,8 @@ def score_with_ray(model: str | os.PathLike | bytes, paths: Sequence[str], out_d
     score_options: as :meth:`vitfiqa.QualityModel.score` (no heatmaps; EX-FIQA exit normalisation stays
     'none', fuse data-set-wide with :func:`vitfiqa.fuse_exits`).
     """
-    from .pipeline import _methods_list, check_batch_independent, score_keys
+    from .pipeline import _methods_list, check_batch_independent, run_description, score_keys
+    from .results import ScoreTable
 
     methods = _methods_list(methods)
     score_keys(methods)  # unknown methods fail before anything is loaded
@@ -136,42 +131,30 @@ def score_with_ray(model: str | os.PathLike | bytes, paths: Sequence[str], out_d
     probe = QualityModel(model_bytes, device="cpu", image_size=image_size)
     probe.score(torch.zeros(1, 3, *image_size), methods=methods, preprocess=False, **score_options)
     keys = score_keys(methods, probe.exit_depths(score_options.get("exits")) if "exfiqa" in methods else ())
+    run = run_description(probe.sha256, image_size, dtype, methods, score_options)
     del probe
 
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{out} exists and is not a folder (Ray writes a folder of Parquet shards)")
-    columns = ["index", "path"] + keys + ["error"]
-    done = None if overwrite else _read_shards(out)
-    if overwrite and out.is_dir():
-        for shard in out.glob("*.parquet"):
-            shard.unlink()
-    if done is not None and list(done.columns) != columns:
-        raise ValueError(f"{out} holds shards with columns {list(done.columns)}, not {columns}: "
-                         "use overwrite=True (--overwrite) or another folder")
-    done_paths = set(done["path"]) if done is not None else set()
-    todo = [(i, p) for i, p in enumerate(paths) if p not in done_paths]
-    if done_paths:
-        log.info("resuming: %d of %d images already in %s", len(paths) - len(todo), len(paths), out)
-
-    if todo:
-        ray = _ray()
-        started = not ray.is_initialized()
-        if started:
-            ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
-                     logging_level=logging.WARNING)
-        try:
-            _run(ray, model_bytes, todo, out, list(methods), batch_size, num_actors, device, dtype,
-                 tuple(image_size), workers, cpus_per_actor, decode_processes, progress, score_options)
-        finally:
+    with ScoreTable(out_dir, paths=paths, keys=keys, batch_size=batch_size, run=run, overwrite=overwrite) as table:
+        pending = table.pending_batches()
+        if table.n_done:
+            log.info("resuming: %d of %d images already in %s", table.n_done, len(paths), out_dir)
+        if pending:
+            ray = _ray()
+            started = not ray.is_initialized()
             if started:
-                ray.shutdown()
-    frame = _read_shards(out)
-    return frame.sort_values("index", kind="stable").reset_index(drop=True)
+                ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
+                         logging_level=logging.WARNING)
+            try:
+                _run(ray, model_bytes, table, pending, list(methods), num_actors, device, dtype, tuple(image_size),
+                     workers, cpus_per_actor, decode_processes, progress, score_options)
+            finally:
+                if started:
+                    ray.shutdown()
+        return table.frame()
 
 
-def _run(ray, model_bytes, todo, out, methods, batch_size, num_actors, device, dtype, image_size, workers,
-         cpus_per_actor, decode_processes, progress, score_options) -> None:
+def _run(ray, model_bytes, table, pending, methods, num_actors, device, dtype, image_size, workers, cpus_per_actor,
+         decode_processes, progress, score_options) -> None:
     resources = ray.cluster_resources()
     cpus, gpus = float(resources.get("CPU", 1)), int(resources.get("GPU", 0))
     if device is None:
@@ -188,13 +171,12 @@ def _run(ray, model_bytes, todo, out, methods, batch_size, num_actors, device, d
         num_actors = num_actors or max(1, int(cpus // cpus_per_actor))
     threads = max(1, int(cpus_per_actor))
 
-    chunks = [todo[s:s + batch_size] for s in range(0, len(todo), batch_size)]
-    rows = [{"indices": [i for i, _ in c], "paths": [p for _, p in c]} for c in chunks]
+    b = table.batch_size
+    rows = [{"indices": list(range(s, min(s + b, table.n_images))), "paths": table.paths[s:s + b]} for s in pending]
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress
     model_ref = [ray.put(model_bytes)]  # in a list, so the actor receives the reference and fetches it once
-    # A few batches per actor call, so an actor decodes the next batch while it scores the current one; one
-    # Parquet shard per call, so a re-run loses at most the calls in flight.
+    # A few batches per actor call, so an actor decodes the next batch while it scores the current one.
     per_call = 4
     blocks = -(-len(rows) // per_call)
     ds = ray.data.from_items(rows, override_num_blocks=blocks)
@@ -205,9 +187,24 @@ def _run(ray, model_bytes, todo, out, methods, batch_size, num_actors, device, d
                                    methods=methods, workers=workers or threads, torch_threads=threads,
                                    decode_processes=decode_processes,
                                    score_options=score_options))
-    out.mkdir(parents=True, exist_ok=True)
+    # The driver is the table's only writer: rows are committed as soon as their batch is complete (Ray may
+    # cut its output blocks anywhere), so a killed run loses at most the batches in flight.
+    partial: dict[int, dict[str, list]] = {}
     try:
-        ds.write_parquet(str(out))
+        for block in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            ready: dict[str, list] = {c: [] for c in table.columns}
+            for j, i in enumerate(block["index"].tolist()):
+                s = i - i % b
+                buf = partial.setdefault(s, {c: [] for c in table.columns})
+                for c in table.columns:
+                    v = block[c][j]
+                    buf[c].append(int(v) if c == "index" else str(v) if c in ("path", "error") else float(v))
+                if len(buf["index"]) == min(b, table.n_images - s):
+                    del partial[s]
+                    for c in table.columns:
+                        ready[c] += buf[c]
+            if ready["index"]:
+                table.commit(ready)
     except ray.exceptions.RayError as exc:
         cause = str(getattr(exc, "cause", None) or exc).strip().splitlines()
         raise RuntimeError(f"scoring failed on a Ray worker: {cause[-1] if cause else type(exc).__name__}") from exc

@@ -17,7 +17,8 @@ import os
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from pathlib import Path
+from typing import Collection, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -124,9 +125,9 @@ def _close_pools() -> None:
 
 
 class ImageLoader:
-    """Iterate over ``paths`` in batches of ``batch_size``, decoding ``prefetch`` batches ahead on ``workers``
-    threads (or processes). Unreadable files do not stop the run: they are reported in
-    :attr:`ImageBatch.errors`.
+    """Iterate over ``paths`` in batches of ``batch_size`` (``paths[s:s+batch_size]``; the offsets in ``skip``
+    are left out), decoding ``prefetch`` batches ahead on ``workers`` threads (or processes). Unreadable files
+    do not stop the run: they are reported in :attr:`ImageBatch.errors`.
 
     processes=True decodes in worker processes: Pillow's decoder runs without the GIL, but opening, converting
     and copying an image holds it for about as long again (measured: ~0.25 of ~0.5 ms for a 112x112 JPEG), so
@@ -134,7 +135,7 @@ class ImageLoader:
 
     def __init__(self, paths: Sequence[str], batch_size: int = 64, size: tuple[int, int] = (112, 112),
                  workers: int | None = None, prefetch: int = 2, pin_memory: bool = False, start: int = 0,
-                 processes: bool = False):
+                 processes: bool = False, skip: Collection[int] = ()):
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
         if prefetch < 1:
@@ -150,12 +151,14 @@ class ImageLoader:
         self.pin_memory = pin_memory
         self.start = start
         self.processes = processes
+        self.skip = frozenset(skip)  # batch offsets (into paths) already done, e.g. committed to a results table
 
     def __len__(self) -> int:
-        return -(-len(self.paths) // self.batch_size)
+        return len(range(0, len(self.paths), self.batch_size)) - len(self.skip)
 
     def __iter__(self) -> Iterator[ImageBatch]:
-        chunks = [(s, self.paths[s:s + self.batch_size]) for s in range(0, len(self.paths), self.batch_size)]
+        chunks = [(s, self.paths[s:s + self.batch_size]) for s in range(0, len(self.paths), self.batch_size)
+                  if s not in self.skip]
         threads = None if self.processes else ThreadPoolExecutor(self.workers, thread_name_prefix="vitfiqa-decode")
         pool = threads or _process_pool(self.workers)
         # Each batch is cut into one piece per worker, so even a single batch is decoded in parallel.
@@ -201,15 +204,88 @@ def to_model_input(images: torch.Tensor, model: QualityModel) -> torch.Tensor:
     return normalize_uint8(x, model.dtype)
 
 
+HEATMAP_FORMATS = ("png", "npy")
+
+
+def heatmap_names(paths: Sequence[str]) -> list[str]:
+    """File-name stems for the heatmaps of ``paths``: each path relative to the folder all of them share, so two
+    images with the same name in different folders never get the same heatmap file (``a/x.jpg`` and
+    ``b/x.jpg`` -> ``a/x.jpg`` and ``b/x.jpg`` under the heatmap folder; the method and format are appended)."""
+    full = [os.path.abspath(p) for p in paths]
+    try:
+        root = os.path.commonpath([os.path.dirname(p) for p in full])
+    except ValueError:  # different drives (Windows): fall back to the position in the list
+        return [f"{i:08d}_{os.path.basename(p)}" for i, p in enumerate(full)]
+    return [os.path.relpath(p, root) for p in full]
+
+
+def encode_heatmap(image: np.ndarray, heatmap: np.ndarray, fmt: str) -> bytes:
+    """One heatmap file: ``png`` = the heatmap (JET, alpha 0.4) over the model-input image; ``npy`` = the raw
+    float32 [h, w] heatmap."""
+    import io
+
+    buf = io.BytesIO()
+    if fmt == "npy":
+        np.save(buf, np.asarray(heatmap, dtype=np.float32))
+    else:
+        from PIL import Image
+
+        from .viz import overlay
+
+        Image.fromarray(overlay(image, heatmap)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def run_description(model_sha256: str, image_size, dtype, methods: Sequence[str], score_options: dict,
+                    heatmaps: dict | None = None) -> dict:
+    """What a results table records about the run that fills it (model digest, input size, precision, methods,
+    options, heatmap output); a resume with anything different is refused instead of mixing scores."""
+    return {"model_sha256": model_sha256, "image_size": list(image_size), "dtype": str(dtype).replace("torch.", ""),
+            "methods": list(methods), "options": {k: score_options[k] for k in sorted(score_options)},
+            "heatmaps": heatmaps}
+
+
+def open_table(model: QualityModel, paths: Sequence[str], methods: Sequence[str] | str, out, *,
+               batch_size: int = 64, overwrite: bool = False, heatmap_dir: str | os.PathLike | None = None,
+               heatmap_format: str = "png", **score_options):
+    """The :class:`vitfiqa.results.ScoreTable` that :func:`score_files` with these arguments fills: created, or
+    opened to resume (refused if it was made by a different model, image list, batch size or options).
+    ``out`` may also be a table opened before; it is checked against this run."""
+    from .results import ScoreTable
+
+    methods = _methods_list(methods)
+    keys = score_keys(methods, model.exit_depths(score_options.get("exits")) if "exfiqa" in methods else ())
+    paths = [os.fspath(p) for p in paths]
+    heat = None
+    if heatmap_dir is not None:
+        heat = {"dir": str(Path(heatmap_dir).resolve()), "format": heatmap_format}
+        score_options = {**score_options, "heatmaps": True}
+    run = run_description(model.sha256, model.image_size, model.dtype, methods, score_options, heat)
+    if isinstance(out, ScoreTable):
+        out.expect(paths=paths, keys=keys, batch_size=batch_size, run=run)
+        return out
+    return ScoreTable(out, paths=paths, keys=keys, batch_size=batch_size, overwrite=overwrite, run=run)
+
+
 def score_files(model: QualityModel, paths: Sequence[str], methods: Sequence[str] | str = ("attn", "vitnt"), *,
                 batch_size: int = 64, workers: int | None = None, prefetch: int = 2, start: int = 0,
-                decode_processes: bool | None = None, **score_options) -> Iterator[ScoredBatch]:
+                decode_processes: bool | None = None, out: str | os.PathLike | None = None,
+                overwrite: bool = False, heatmap_dir: str | os.PathLike | None = None,
+                heatmap_format: str = "png", **score_options) -> Iterator[ScoredBatch]:
     """Score image files batch by batch (a generator: results arrive as each batch finishes).
+
+    out: a results table folder (or a :class:`vitfiqa.results.ScoreTable` from :func:`open_table`): each
+    batch is committed to it atomically before it is yielded, and batches it already holds are skipped, so calling again after an
+    interruption finishes the job (only the new batches are yielded; ``ScoreTable.open(out).frame()`` or
+    :func:`score_frame` give the whole table). ``overwrite=True`` starts the table again.
+    heatmap_dir: also write each image's heatmap per method there — ``png`` overlays on the model-input image
+    (default) or raw ``npy`` arrays (``heatmap_format``) — named after the image's path relative to the folder
+    all inputs share (:func:`heatmap_names`), each file written atomically, before the batch is committed.
 
     workers: decoding threads, or processes with ``decode_processes=True`` (default: processes when the
     model is on a GPU, which threads cannot keep fed; threads on CPU, where the model is the bottleneck).
 
-    ``score_options`` go to :meth:`QualityModel.score` (heatmaps, attn_block, vitnt_scale, ...). EX-FIQA's
+    ``score_options`` go to :meth:`QualityModel.score` (attn_block, vitnt_scale, ...). EX-FIQA's
     ``exit_normalization`` must stay ``none`` here: batch statistics would make a score depend on its batch
     mates; normalise data-set-wide with :func:`vitfiqa.fuse_exits` instead."""
     methods = _methods_list(methods)
@@ -217,15 +293,52 @@ def score_files(model: QualityModel, paths: Sequence[str], methods: Sequence[str
     check_batch_independent(score_options)
     if len(paths) == 0:
         raise ValueError("no image paths given")
+    if heatmap_format not in HEATMAP_FORMATS:
+        raise ValueError(f"heatmap_format must be one of {HEATMAP_FORMATS}, not {heatmap_format!r}")
+    paths = [os.fspath(p) for p in paths]
+    heat_dir = Path(heatmap_dir) if heatmap_dir is not None else None
+    names = heatmap_names(paths) if heat_dir is not None else None
+    if heat_dir is not None:
+        score_options["heatmaps"] = True
+    elif score_options.get("heatmaps") and out is not None:
+        raise ValueError("heatmaps=True with out=: give heatmap_dir= so the heatmaps are kept with the table")
+    table = None
+    if out is not None:
+        if start != 0:
+            raise ValueError("start= offsets the index column; a results table (out=) numbers the whole input list")
+        table = open_table(model, paths, methods, out, batch_size=batch_size, overwrite=overwrite,
+                           heatmap_dir=heat_dir, heatmap_format=heatmap_format, **score_options)
     loader = ImageLoader(paths, batch_size, model.image_size, workers=workers, prefetch=prefetch,
                          pin_memory=model.device.type == "cuda", start=start,
-                         processes=model.device.type == "cuda" if decode_processes is None else decode_processes)
-    for batch in loader:
-        result = None
-        if batch.images is not None:
-            x = to_model_input(batch.images, model)
-            result = model.score(x, methods=list(methods), preprocess=False, **score_options)
-        yield ScoredBatch(batch, result, keys)
+                         processes=model.device.type == "cuda" if decode_processes is None else decode_processes,
+                         skip=set(table.batch_starts()) - set(table.pending_batches()) if table is not None else ())
+    try:
+        for batch in loader:
+            result = None
+            if batch.images is not None:
+                x = to_model_input(batch.images, model)
+                result = model.score(x, methods=list(methods), preprocess=False, **score_options)
+            sb = ScoredBatch(batch, result, keys)
+            files = {}
+            if heat_dir is not None and result is not None:
+                images = batch.images.numpy()
+                for meth, hm in result.heatmaps.items():
+                    hm = hm.float().cpu().numpy()
+                    for j, pos in enumerate(batch.ok):
+                        name = names[batch.start - start + pos]
+                        files[heat_dir / f"{name}.{meth}.{heatmap_format}"] = encode_heatmap(images[j], hm[j],
+                                                                                             heatmap_format)
+            if table is not None:
+                table.commit(sb.columns(), files)
+            else:
+                from .results import atomic_write
+
+                for path, data in files.items():
+                    atomic_write(path, data)
+            yield sb
+    finally:
+        if table is not None and table is not out:  # a table the caller opened stays theirs to close
+            table.close()
 
 
 def collect_columns(scored: Iterator[ScoredBatch]) -> tuple[dict[str, list], list[str]]:
@@ -241,7 +354,15 @@ def collect_columns(scored: Iterator[ScoredBatch]) -> tuple[dict[str, list], lis
 
 def score_frame(model: QualityModel, paths: Sequence[str], methods: Sequence[str] | str = ("attn", "vitnt"),
                 **kwargs):
-    """:func:`score_files` collected into a pandas DataFrame (index, path, scores, error), one row per path."""
+    """:func:`score_files` collected into a pandas DataFrame (index, path, scores, error), one row per path.
+    With ``out=`` the run goes through that results table (resuming it) and the frame is the whole table."""
     import pandas as pd
 
+    out = kwargs.get("out")
+    if out is not None:
+        from .results import ScoreTable
+
+        for _ in score_files(model, paths, methods, **kwargs):
+            pass
+        return out.frame() if isinstance(out, ScoreTable) else ScoreTable.open(out).frame()
     return pd.DataFrame(collect_columns(score_files(model, paths, methods, **kwargs))[0])

@@ -121,7 +121,8 @@ def train_vitfiqa(model: nn.Module, dataset, epochs: int = 10, batch_size: int =
     start_epoch = 0
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else None
     if ckpt_dir and resume and (ckpt_dir / "last.pt").exists():
-        state = torch.load(ckpt_dir / "last.pt", map_location=device, weights_only=False)
+        # weights_only: a checkpoint folder may come from elsewhere; tensors, numbers and lists are all it holds
+        state = torch.load(ckpt_dir / "last.pt", map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         head.load_state_dict(state["head"])
         opt.load_state_dict(state["optimizer"])

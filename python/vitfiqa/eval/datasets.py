@@ -5,7 +5,8 @@ reported with its index (``dataset.errors``) and skipped unless ``strict=True``.
 UTF-8 byte-order mark.
 
 - insightface ``.bin`` (LFW, AgeDB-30, CALFW, CPLFW, CFP-FP): pickle of (list of encoded images, issame
-  list); images 2i and 2i+1 form pair i.
+  list); images 2i and 2i+1 form pair i. Read by a restricted unpickler (:class:`BinUnpickler`): a ``.bin``
+  from elsewhere can never run code, only be refused.
 - CR-FIQA lists (:func:`load_pair_list`): ``image_path_list.txt`` (image paths relative to the data folder)
   + ``pair_list.txt`` (``name_a name_b label`` per line, names are image file names without extension).
 - XQLFW / LFW-style ``pairs.txt``: ``name n1 n2`` (genuine) or ``name1 n1 name2 n2`` (impostor),
@@ -109,24 +110,134 @@ class ImageSet:
                 yield order[[batch.start + p for p in batch.ok]], batch.images.numpy()
 
 
+class UnsafeBinFile(CorruptEntry):
+    """A ``.bin`` pickle that asks for something insightface never writes (a class, a function call): refused
+    before anything it names is called."""
+
+
+class _BoolDType:
+    """Stands for ``numpy.dtype('b1')`` while unpickling; its state is checked, never handed to NumPy."""
+
+    def __setstate__(self, state):
+        # (version, byte order, subarray, names, fields, elsize, alignment, flags) of a plain bool dtype; a
+        # Python 2 pickle read with encoding="bytes" gives the byte order as bytes.
+        if not (isinstance(state, tuple) and len(state) >= 2 and state[1] in ("|", b"|")
+                and all(v is None for v in state[2:5])):
+            raise UnsafeBinFile(f"unexpected NumPy dtype state {state!r:.80}")
+
+
+class _BoolArray:
+    """Stands for a 1-D NumPy bool array while unpickling (``_reconstruct`` + ``__setstate__``)."""
+
+    value: np.ndarray | None = None
+
+    def __setstate__(self, state):
+        # (version, shape, dtype, Fortran order, raw bytes)
+        if not (isinstance(state, tuple) and len(state) == 5 and isinstance(state[1], tuple) and len(state[1]) == 1
+                and isinstance(state[2], _BoolDType) and isinstance(state[4], (bytes, bytearray))):
+            raise UnsafeBinFile("a NumPy array in a .bin must be a 1-D bool array")
+        n = state[1][0]
+        if not isinstance(n, int) or n != len(state[4]):
+            raise UnsafeBinFile(f"NumPy bool array of {n!r} elements holds {len(state[4])} bytes")
+        self.value = np.frombuffer(bytes(state[4]), dtype=np.uint8) != 0
+
+
+def _np_dtype(name, align=False, copy=True):
+    if name not in ("b1", b"b1", "?", b"?"):
+        raise UnsafeBinFile(f"NumPy dtype {name!r:.40} in a .bin (only bool arrays are allowed)")
+    return _BoolDType()
+
+
+def _np_reconstruct(cls, shape, typecode):
+    if cls is not _NDARRAY:
+        raise UnsafeBinFile("NumPy _reconstruct of something other than ndarray")
+    return _BoolArray()
+
+
+def _np_frombuffer(buf, dtype, shape, order):  # NumPy >= 1.16 with pickle protocol 5
+    if not isinstance(dtype, _BoolDType) or not isinstance(buf, (bytes, bytearray)) or shape != (len(buf),):
+        raise UnsafeBinFile("a NumPy array in a .bin must be a 1-D bool array")
+    arr = _BoolArray()
+    arr.value = np.frombuffer(bytes(buf), dtype=np.uint8) != 0
+    return arr
+
+
+def _codecs_encode(text, encoding="utf-8"):  # how Python 3 pickles bytes at protocols 0-2
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise UnsafeBinFile("_codecs.encode in a .bin is only allowed as the latin1 encoding of a string")
+    return text.encode("latin1")
+
+
+_NDARRAY = object()  # what the unpickler gets for numpy.ndarray: only a marker that _np_reconstruct accepts
+
+# Everything a pickle may name, and what it gets instead of the real object: checked stand-ins, never the real
+# callables. Lists, tuples, bytes, str, ints and bools need no global at all.
+_BIN_GLOBALS = {
+    ("numpy", "dtype"): _np_dtype,
+    ("numpy", "ndarray"): _NDARRAY,
+    ("numpy.core.multiarray", "_reconstruct"): _np_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _np_reconstruct,
+    ("numpy.core.numeric", "_frombuffer"): _np_frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _np_frombuffer,
+    ("_codecs", "encode"): _codecs_encode,
+}
+
+
+class BinUnpickler(pickle.Unpickler):
+    """Unpickler for insightface ``.bin`` files: admits only what their writers produce — a pair of (list or
+    tuple of encoded images as bytes, list or tuple of bools or a 1-D NumPy bool array). Any other global
+    (a class, a function: the way a pickle runs code) raises :class:`UnsafeBinFile` before it is looked up."""
+
+    def find_class(self, module, name):
+        try:
+            return _BIN_GLOBALS[(module, name)]
+        except (KeyError, TypeError):
+            raise UnsafeBinFile(f"refused: the .bin asks for {module}.{name}, which an insightface .bin never "
+                                "contains (only bytes, bools and NumPy bool arrays are allowed)") from None
+
+    def persistent_load(self, pid):
+        raise UnsafeBinFile("refused: persistent ids are not part of an insightface .bin")
+
+
+def read_bin_pickle(file, name: str = ".bin") -> tuple[list[bytes], list[bool]]:
+    """(encoded images, issame) from an open insightface ``.bin`` file, through :class:`BinUnpickler`.
+    Raises :class:`UnsafeBinFile` for a pickle that names anything else and :class:`CorruptEntry` for one
+    that is not a ``.bin`` at all; no code from the file runs in either case."""
+    try:
+        obj = BinUnpickler(file, encoding="bytes").load()
+    except UnsafeBinFile as exc:
+        raise UnsafeBinFile(f"{name}: {exc}") from None
+    except Exception as exc:  # truncated or not a pickle: pickle raises many types
+        raise CorruptEntry(f"{name} is not an insightface .bin file (pickle of images and issame list): "
+                           f"{type(exc).__name__}: {exc}"[:300]) from None
+    if not (isinstance(obj, (tuple, list)) and len(obj) == 2):
+        raise CorruptEntry(f"{name} is not an insightface .bin file: expected (images, issame), got "
+                           f"{type(obj).__name__}")
+    bins, issame = obj
+    if not isinstance(bins, (list, tuple)) or not all(isinstance(b, (bytes, bytearray)) for b in bins):
+        raise CorruptEntry(f"{name}: the images must be a list of encoded image bytes")
+    if isinstance(issame, _BoolArray) and issame.value is not None:
+        flags = [bool(v) for v in issame.value]
+    elif isinstance(issame, (list, tuple)) and all(type(v) is bool for v in issame):
+        flags = list(issame)
+    else:
+        raise CorruptEntry(f"{name}: issame must be a list of bools or a NumPy bool array")
+    return [bytes(b) for b in bins], flags
+
+
 def load_bin(path: str | os.PathLike, strict: bool = False, image_size=(112, 112)) -> ImageSet:
     """insightface ``.bin`` verification set."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"benchmark file not found: {path}")
-    try:
-        with open(path, "rb") as f:
-            bins, issame = pickle.load(f, encoding="bytes")
-    except Exception as exc:
-        raise CorruptEntry(f"{path} is not an insightface .bin file (pickle of images and issame list): {exc}") from None
-    bins, issame = list(bins), list(issame)
+    with open(path, "rb") as f:
+        bins, issame = read_bin_pickle(f, str(path))
     if len(bins) != 2 * len(issame):
         raise CorruptEntry(f"{path}: {len(bins)} images for {len(issame)} pairs (expected twice as many)")
     if not issame:
         raise CorruptEntry(f"{path}: no pairs")
-    sources = [bytes(b) if not isinstance(b, (bytes, bytearray)) else b for b in bins]
-    return ImageSet(path.stem, sources, Pairs.consecutive(issame), strict=strict, image_size=image_size,
-                    keys=[str(i) for i in range(len(sources))])
+    return ImageSet(path.stem, bins, Pairs.consecutive(issame), strict=strict, image_size=image_size,
+                    keys=[str(i) for i in range(len(bins))])
 
 
 def _read_lines(path: Path) -> list[str]:
