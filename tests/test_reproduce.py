@@ -96,6 +96,21 @@ def test_table_equals_direct_eval_calls(setup, tmp_path):
 def test_resume_and_changed_config(setup, tmp_path, monkeypatch):
     root, vit = setup
     cfg = config(root, vit, out=str(tmp_path / "out"), benchmarks=[{"name": "LFW", "type": "bin", "path": "lfw.bin"}])
+    from vitfiqa.api import QualityModel
+
+    orig_score = QualityModel.score
+    scored = []
+
+    def score_then_stop(self, x, **kw):
+        if scored:
+            raise KeyboardInterrupt  # stopped while scoring qualities, after one batch
+        scored.append(len(x))
+        return orig_score(self, x, **kw)
+
+    monkeypatch.setattr(QualityModel, "score", score_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        reproduce(cfg, base=root, progress=False)
+    monkeypatch.setattr(QualityModel, "score", lambda self, x, **kw: scored.append(len(x)) or orig_score(self, x, **kw))
     embedded = []
     original = Recognizer.embed
 
@@ -108,7 +123,8 @@ def test_resume_and_changed_config(setup, tmp_path, monkeypatch):
     monkeypatch.setattr(Recognizer, "embed", interrupted)
     with pytest.raises(KeyboardInterrupt):
         reproduce(cfg, base=root, progress=False)
-    assert len(embedded) == 32
+    # ATTN's results table resumed after its first batch (16 + 32 images); ViTNT (other options: its own pass) 48
+    assert len(embedded) == 32 and scored == [16] * 6
     counted = []
 
     def counting(self, images):
@@ -119,11 +135,7 @@ def test_resume_and_changed_config(setup, tmp_path, monkeypatch):
     first = reproduce(cfg, base=root, progress=False)
     assert len(counted) == 48 - 32  # only the images not embedded before the interruption
     # unchanged config: nothing is computed again; a changed quality option recomputes that quality only
-    from vitfiqa.api import QualityModel
-
-    scored = []
-    orig_score = QualityModel.score
-    monkeypatch.setattr(QualityModel, "score", lambda self, x, **kw: scored.append(len(x)) or orig_score(self, x, **kw))
+    scored.clear()
     counted.clear()
     again = reproduce(cfg, base=root, progress=False)
     assert counted == [] and scored == []

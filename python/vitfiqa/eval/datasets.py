@@ -85,11 +85,12 @@ class ImageSet:
         except Exception as exc:  # PIL raises many types for broken data
             raise CorruptEntry(f"{self.name}: image {index} cannot be decoded: {exc}") from None
 
-    def batches(self, batch_size: int = 64, workers: int | None = None,
-                indices: Sequence[int] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield (indices, uint8 images [b,H,W,3]) over all images (or ``indices``), decoded ahead on
-        ``workers`` threads by :class:`vitfiqa.pipeline.ImageLoader`; unreadable images are logged, recorded
-        in ``errors`` and skipped (or raise with ``strict``)."""
+    def iter_batches(self, batch_size: int = 64, workers: int | None = None,
+                     indices: Sequence[int] | None = None) -> Iterator["LoadedBatch"]:
+        """Every batch of all images (or ``indices``, cut into runs of ``batch_size``), unreadable images
+        included: :class:`LoadedBatch` with the decoded uint8 images [b,H,W,3] of the readable ones. Decoding
+        runs ahead on ``workers`` threads in :class:`vitfiqa.pipeline.ImageLoader`, the package's one image
+        loader. Unreadable images are logged and recorded in ``errors`` (or raise with ``strict``)."""
         from ..pipeline import ImageLoader
 
         if batch_size <= 0:
@@ -99,15 +100,36 @@ class ImageSet:
             return
         loader = ImageLoader([self.sources[i] for i in order], batch_size, self.image_size, workers=workers)
         for batch in loader:
+            errors = {}
             for pos in sorted(batch.errors):
                 i = int(order[batch.start + pos])
                 exc = CorruptEntry(f"{self.name}: image {i} cannot be decoded: {batch.errors[pos]}")
                 if self.strict:
                     raise exc
                 self.errors.append((i, str(exc)))
+                errors[i] = str(exc)
                 log.warning("%s", exc)
-            if batch.ok:
-                yield order[[batch.start + p for p in batch.ok]], batch.images.numpy()
+            all_idx = order[batch.start:batch.start + len(batch.paths)]
+            images = batch.images.numpy() if batch.images is not None else None
+            yield LoadedBatch(all_idx, all_idx[batch.ok] if batch.ok else all_idx[:0], images, errors)
+
+    def batches(self, batch_size: int = 64, workers: int | None = None,
+                indices: Sequence[int] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield (indices, uint8 images [b,H,W,3]) of the readable images (see :meth:`iter_batches`)."""
+        for b in self.iter_batches(batch_size, workers, indices):
+            if b.images is not None:
+                yield b.ok, b.images
+
+
+@dataclass
+class LoadedBatch:
+    """One batch of an :class:`ImageSet`: ``indices`` of all its images, ``ok`` those decoded (``images``,
+    uint8 [len(ok),H,W,3], None when none was), ``errors`` {index: reason} for the others."""
+
+    indices: np.ndarray
+    ok: np.ndarray
+    images: np.ndarray | None
+    errors: dict[int, str]
 
 
 class UnsafeBinFile(CorruptEntry):

@@ -8,9 +8,11 @@ quality source the pair qualities, and the pAUC-EDC at each FMR; out come one ta
 (rows = FIQA methods, columns = benchmark x recognizer, one block per FMR, best in bold) as Markdown, LaTeX and
 CSV, an EDC plot grid (PNG and PDF) and the resolved config with package versions.
 
-Embeddings and qualities are cached per (model, benchmark, options), keyed by content hashes, in memory-mapped
-arrays written as each batch finishes: a re-run after an interruption continues where it stopped, and a
-changed config recomputes only what changed. A benchmark whose files are missing or corrupt is reported and
+Embeddings and qualities are cached per (model, benchmark, options), keyed by content hashes (model file,
+benchmark files, options), as each batch finishes: qualities in the package's results table
+(:class:`vitfiqa.results.ScoreTable`), embeddings in a memory-mapped array with an atomically replaced status
+file. A re-run after an interruption continues where it stopped, and a changed config recomputes only what
+changed (a changed ``batch_size`` starts new quality tables). A benchmark whose files are missing or corrupt is reported and
 skipped; the rest of the table is still produced.
 
 Example config (paths are relative to the config file)::
@@ -284,14 +286,12 @@ _FILE_HASHES: dict[tuple, str] = {}
 
 def file_hash(path: str) -> str:
     """SHA-256 of a file's content (memoised per path, size and modification time)."""
+    from ..api import _file_sha256
+
     st = os.stat(path)
     memo = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
     if memo not in _FILE_HASHES:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-        _FILE_HASHES[memo] = h.hexdigest()
+        _FILE_HASHES[memo] = _file_sha256(Path(path))
     return _FILE_HASHES[memo]
 
 
@@ -324,83 +324,87 @@ def benchmark_fingerprint(ds: ImageSet) -> str:
     return h.hexdigest()
 
 
-# -- the cache: memory-mapped arrays written batch by batch ----------------------------------------------------
+# -- the caches -------------------------------------------------------------------------------------------------
+# Qualities (per-image scores) go to the package's results table (vitfiqa.results.ScoreTable: atomic CSV shards
+# of whole batches), one table per quality source and benchmark. Embeddings (N x 1024 floats: 9 GB as CSV text at
+# IJB-C scale) go to a memory-mapped .npy with a per-image status file, replaced atomically after every batch
+# with the results table's atomic_write.
 
 TODO, DONE, UNREADABLE = 0, 1, 2
 
 
-class ArrayCache:
-    """A per-image array ([N] or [N, D]) on disk with a status per image (to do / done / unreadable).
+class EmbeddingCache:
+    """Per-image embeddings [N, D] on disk with a status per image (to do / done / unreadable).
 
     Values go into a memory-mapped ``values.npy``; after every batch they are flushed and then the status file
     is replaced atomically, so an interrupted run loses at most the batch in flight and a re-run computes only
     the images still to do. ``key`` (a content hash of everything the values depend on) names the folder."""
 
-    def __init__(self, root: str | os.PathLike, kind: str, key: str, n: int, describe: dict):
-        self.dir = Path(root) / f"{kind}-{key[:24]}"
+    def __init__(self, root: str | os.PathLike, key: str, n: int, describe: dict):
+        self.dir = Path(root) / f"embeddings-{key[:24]}"
         self.n = n
         self.describe = describe
         self.values = None
+        self.status = np.zeros(n, np.uint8)
         status = self.dir / "status.npy"
         if status.is_file() and (self.dir / "values.npy").is_file():
             try:
-                self.status = np.load(status)
-                self.values = np.load(self.dir / "values.npy", mmap_mode="r+")
-                if self.status.shape != (n,) or len(self.values) != n:
-                    raise ValueError("size changed")
+                st = np.load(status, allow_pickle=False)
+                values = np.load(self.dir / "values.npy", mmap_mode="r+", allow_pickle=False)
+                if st.shape != (n,) or values.ndim != 2 or len(values) != n:
+                    raise ValueError("sizes do not match the benchmark")
+                self.status, self.values = st, values
             except (OSError, ValueError) as exc:
                 log.warning("cache %s unusable (%s): recomputing", self.dir, exc)
-                self.values, self.status = None, np.zeros(n, np.uint8)
-        else:
-            self.status = np.zeros(n, np.uint8)
 
     @property
     def todo(self) -> np.ndarray:
         return np.flatnonzero(self.status == TODO)
 
-    @property
-    def complete(self) -> bool:
-        return self.values is not None and not (self.status == TODO).any()
-
-    def _allocate(self, width: int | None, dtype) -> None:
+    def _allocate(self, width: int) -> None:
         from numpy.lib.format import open_memmap
 
+        from ..results import atomic_write
+
         self.dir.mkdir(parents=True, exist_ok=True)
-        shape = (self.n,) if width is None else (self.n, width)
         tmp = self.dir / "values.tmp.npy"
-        mm = open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
-        mm[:] = np.nan
+        mm = open_memmap(tmp, mode="w+", dtype=np.float32, shape=(self.n, width))
         mm.flush()
         del mm
         os.replace(tmp, self.dir / "values.npy")
         self.values = np.load(self.dir / "values.npy", mmap_mode="r+")
-        (self.dir / "meta.json").write_text(json.dumps(self.describe, indent=1, default=str))
+        atomic_write(self.dir / "meta.json", json.dumps(self.describe, indent=1, default=str).encode())
 
-    def write(self, indices: np.ndarray, values: np.ndarray, unreadable=()) -> None:
-        values = np.asarray(values)
-        if self.values is None:
-            self._allocate(values.shape[1] if values.ndim == 2 else None,
-                           np.float32 if values.ndim == 2 else np.float64)
-        if len(indices):
+    def write(self, indices: np.ndarray, values: np.ndarray | None, unreadable=()) -> None:
+        import io
+
+        from ..results import atomic_write
+
+        if values is not None and len(indices):
+            if self.values is None:
+                self._allocate(values.shape[1])
             self.values[indices] = values
             self.values.flush()
-        self.status[np.asarray(indices, dtype=np.int64)] = DONE
-        self.status[np.asarray(list(unreadable), dtype=np.int64)] = UNREADABLE
-        tmp = self.dir / "status.tmp.npy"
-        np.save(tmp, self.status)
-        os.replace(tmp, self.dir / "status.npy")
-
-    def mark_unreadable(self, indices) -> None:
+            self.status[np.asarray(indices, dtype=np.int64)] = DONE
+        if len(unreadable):
+            self.status[np.asarray(list(unreadable), dtype=np.int64)] = UNREADABLE
         if self.values is None:
-            return  # nothing computed yet; the next run retries
-        self.write(np.empty(0, np.int64), np.empty((0,) + self.values.shape[1:]), unreadable=indices)
+            return  # nothing readable yet: the next run tries these images again
+        buf = io.BytesIO()
+        np.save(buf, self.status)
+        atomic_write(self.dir / "status.npy", buf.getvalue())
+
+    def features(self) -> np.ndarray:
+        """[N, D] float32 (memory-mapped); rows of unreadable images are NaN."""
+        if self.values is None:
+            raise CorruptEntry("no image of the benchmark could be read")
+        bad = np.flatnonzero(self.status != DONE)
+        if len(bad):
+            self.values[bad] = np.nan
+        return self.values
 
 
 # -- computing embeddings and qualities ------------------------------------------------------------------------
-
-def _new_errors(ds: ImageSet, before: int) -> list[int]:
-    return [i for i, _ in ds.errors[before:]]
-
 
 def _progress(total: int, initial: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
@@ -408,17 +412,18 @@ def _progress(total: int, initial: int, desc: str, enabled: bool):
     return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, leave=False)
 
 
-def compute_embeddings(spec: RecognizerSpec, ds: ImageSet, cfg: Config, fingerprint: str, progress: bool) -> ArrayCache:
+def compute_embeddings(spec: RecognizerSpec, ds: ImageSet, cfg: Config, fingerprint: str,
+                       progress: bool) -> EmbeddingCache:
     """Per-image embeddings of a benchmark with one recognizer, cached and resumable."""
     from ..recognizer import Recognizer
 
     opts = {k: v for k, v in asdict(spec).items() if k not in ("name", "model", "embeddings",
                                                                 "detector_score_weighting")}
     key = _json_hash(dict(model=file_hash(spec.model), benchmark=fingerprint, preprocessing=opts))
-    cache = ArrayCache(cfg.cache, "embeddings", key, len(ds),
-                       dict(recognizer=spec.name, model=spec.model, benchmark=ds.name, options=opts))
+    cache = EmbeddingCache(cfg.cache, key, len(ds),
+                           dict(recognizer=spec.name, model=spec.model, benchmark=ds.name, options=opts))
     todo = cache.todo
-    if len(todo) == 0 and cache.values is not None:
+    if len(todo) == 0:
         log.info("embeddings %s on %s: cached (%s)", spec.name, ds.name, cache.dir)
         return cache
     log.info("embeddings %s on %s: %d of %d images to compute", spec.name, ds.name, len(todo), len(ds))
@@ -426,58 +431,65 @@ def compute_embeddings(spec: RecognizerSpec, ds: ImageSet, cfg: Config, fingerpr
                      channel_order=spec.channel_order, mean=spec.mean, std=spec.std, flip=spec.flip,
                      output=spec.output, name=spec.name)
     bar = _progress(len(ds), len(ds) - len(todo), f"embeddings {spec.name} / {ds.name}", progress)
-    seen = len(ds.errors)
-    for idx, imgs in ds.batches(cfg.batch_size, workers=cfg.workers, indices=todo):
-        cache.write(idx, rec.embed(imgs), unreadable=_new_errors(ds, seen))
-        seen = len(ds.errors)
-        bar.update(len(idx))
-    cache.mark_unreadable(_new_errors(ds, seen))
+    for b in ds.iter_batches(cfg.batch_size, workers=cfg.workers, indices=todo):
+        cache.write(b.ok, rec.embed(b.images) if b.images is not None else None, unreadable=list(b.errors))
+        bar.update(len(b.indices))
     bar.close()
-    if cache.values is None:
-        raise CorruptEntry(f"{ds.name}: no image could be read")
     return cache
 
 
+def _quality_table(spec: QualitySpec, model_sha256: str, ds: ImageSet, cfg: Config, fingerprint: str):
+    from ..pipeline import run_description
+    from ..results import ScoreTable
+
+    run = run_description(model_sha256, ds.image_size, spec.dtype, [QUALITY_SCORE_KEYS[spec.method]], spec.options)
+    run.update(score=spec.method, benchmark=fingerprint)
+    key = _json_hash(dict(run=run, batch_size=int(cfg.batch_size)))
+    return ScoreTable(Path(cfg.cache) / f"quality-{key[:24]}.table", paths=ds.keys, keys=[spec.method],
+                      batch_size=int(cfg.batch_size), run=run)
+
+
 def compute_qualities(specs: list[QualitySpec], ds: ImageSet, cfg: Config, fingerprint: str,
-                      progress: bool) -> dict[str, ArrayCache]:
-    """Per-image vitfiqa qualities, one cache per quality source; sources sharing a model and options are
-    scored in one pass over the images."""
+                      progress: bool) -> dict[str, np.ndarray]:
+    """Per-image vitfiqa qualities (NaN for unreadable images), each quality source stored in its own results
+    table; sources sharing a model and options are scored in one pass over the images."""
     from ..api import QualityModel
 
-    caches: dict[str, ArrayCache] = {}
+    out: dict[str, np.ndarray] = {}
     groups: dict[tuple, list[QualitySpec]] = {}
     for spec in specs:
-        opts = dict(spec.options)
-        key = _json_hash(dict(model=file_hash(spec.model), benchmark=fingerprint, method=spec.method,
-                              options=opts, dtype=spec.dtype))
-        caches[spec.name] = ArrayCache(cfg.cache, "quality", key, len(ds),
-                                       dict(quality=spec.name, model=spec.model, method=spec.method,
-                                            options=opts, benchmark=ds.name))
-        groups.setdefault((spec.model, json.dumps(opts, sort_keys=True), spec.dtype), []).append(spec)
+        groups.setdefault((spec.model, json.dumps(spec.options, sort_keys=True), spec.dtype), []).append(spec)
     for (model_path, _, dtype), group in groups.items():
-        todo = np.unique(np.concatenate([caches[s.name].todo for s in group]))
-        names = ", ".join(s.name for s in group)
-        if len(todo) == 0:
-            log.info("qualities %s on %s: cached", names, ds.name)
-            continue
-        log.info("qualities %s on %s: %d of %d images to score", names, ds.name, len(todo), len(ds))
-        model = QualityModel(model_path, device=cfg.device, dtype=dtype, image_size=ds.image_size)
-        methods = sorted({QUALITY_SCORE_KEYS[s.method] for s in group})
-        bar = _progress(len(ds), len(ds) - len(todo), f"qualities {names} / {ds.name}", progress)
-        seen = len(ds.errors)
-        for idx, imgs in ds.batches(cfg.batch_size, workers=cfg.workers, indices=todo):
-            scores = model.score(imgs, methods=methods, **group[0].options).numpy()
-            bad = _new_errors(ds, seen)
-            seen = len(ds.errors)
+        tables = {s.name: _quality_table(s, file_hash(model_path), ds, cfg, fingerprint) for s in group}
+        try:
+            pending = sorted(set().union(*(t.pending_batches() for t in tables.values())))
+            names = ", ".join(s.name for s in group)
+            if pending:
+                todo = np.concatenate([np.arange(s, min(s + cfg.batch_size, len(ds))) for s in pending])
+                log.info("qualities %s on %s: %d of %d images to score", names, ds.name, len(todo), len(ds))
+                model = QualityModel(model_path, device=cfg.device, dtype=dtype, image_size=ds.image_size)
+                methods = sorted({QUALITY_SCORE_KEYS[s.method] for s in group})
+                bar = _progress(len(ds), len(ds) - len(todo), f"qualities {names} / {ds.name}", progress)
+                for b in ds.iter_batches(cfg.batch_size, workers=cfg.workers, indices=todo):
+                    scores = {}
+                    if b.images is not None:
+                        scores = model.score(b.images, methods=methods, **group[0].options).numpy()
+                    pos = {int(i): j for j, i in enumerate(b.ok)}
+                    for s in group:
+                        col = [float(scores[s.method][pos[int(i)]]) if int(i) in pos else float("nan")
+                               for i in b.indices]
+                        tables[s.name].commit({"index": b.indices.tolist(), "path": [ds.keys[i] for i in b.indices],
+                                               s.method: col, "error": [b.errors.get(int(i), "") for i in b.indices]})
+                    bar.update(len(b.indices))
+                bar.close()
+            else:
+                log.info("qualities %s on %s: cached", names, ds.name)
             for s in group:
-                c = caches[s.name]
-                keep = c.status[idx] == TODO
-                c.write(idx[keep], scores[s.method][keep], unreadable=bad)
-            bar.update(len(idx))
-        for s in group:
-            caches[s.name].mark_unreadable(_new_errors(ds, seen))
-        bar.close()
-    return caches
+                out[s.name] = np.asarray(tables[s.name].columns_dict()[s.method], dtype=np.float64)
+        finally:
+            for t in tables.values():
+                t.close()
+    return out
 
 
 # -- external files: scores of other methods, precomputed embeddings -------------------------------------------
@@ -688,9 +700,7 @@ def reproduce(config: str | os.PathLike | Mapping, out: str | os.PathLike | None
             qualities: dict[str, np.ndarray] = {}
             internal = [q for q in cfg.qualities if q.method is not None]
             if internal:
-                for name, cache in compute_qualities(internal, ds, cfg, fp, progress).items():
-                    qualities[name] = (np.full(len(ds), np.nan) if cache.values is None
-                                       else np.asarray(cache.values, dtype=np.float64))
+                qualities.update(compute_qualities(internal, ds, cfg, fp, progress))
             for q in cfg.qualities:
                 if q.method is None:
                     if bspec.name not in q.scores:
@@ -716,7 +726,7 @@ def reproduce(config: str | os.PathLike | Mapping, out: str | os.PathLike | None
                         feats = read_external_embeddings(rspec.embeddings[bspec.name], ds, rspec.name)
                     else:
                         cache = compute_embeddings(rspec, ds, cfg, fp, progress)
-                        feats, valid = cache.values, cache.status == DONE
+                        feats, valid = cache.features(), cache.status == DONE
                 except (FileNotFoundError, CorruptEntry) as exc:
                     log.warning("%s: recognizer %s skipped: %s", stage, rspec.name, exc)
                     notes.setdefault(bspec.name, []).append(f"recognizer {rspec.name}: {exc}")
@@ -763,5 +773,5 @@ def reproduce(config: str | os.PathLike | Mapping, out: str | os.PathLike | None
     return ReproduceResult(df, md, out_dir, skipped, files)
 
 
-__all__ = ["reproduce", "load_config", "Config", "ConfigError", "ReproduceResult", "ArrayCache",
+__all__ = ["reproduce", "load_config", "Config", "ConfigError", "ReproduceResult", "EmbeddingCache",
            "benchmark_fingerprint", "read_external_scores", "read_external_embeddings"]
