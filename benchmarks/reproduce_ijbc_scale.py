@@ -80,7 +80,7 @@ def generate(root: Path, n_images: int, n_templates: int, n_genuine: int, n_impo
 def evaluate_stage(root: Path) -> dict:
     """Runs in a fresh process: the measured part."""
     from vitfiqa.eval import evaluate, load_ijbc, template_quality
-    from vitfiqa.eval.reproduce import benchmark_comparison_scores
+    from vitfiqa.eval.reproduction import benchmark_comparison_scores
 
     times = {}
     t = time.perf_counter()

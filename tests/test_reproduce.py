@@ -11,7 +11,7 @@ from torch import nn
 from vitfiqa.cli import main
 from vitfiqa.eval import (comparison_scores, evaluate, ijbc_templates, load_bin, load_ijbc, score_image_set,
                           synthetic)
-from vitfiqa.eval.reproduce import reproduce
+from vitfiqa.eval.reproduction import reproduce
 from vitfiqa.recognizer import Recognizer
 
 from .conftest import export, spread

@@ -162,7 +162,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from vitfiqa.eval.reproduce import reproduce
+    from vitfiqa.eval.reproduction import reproduce
 
     result = reproduce(args.config, out=args.out, progress=not args.quiet)
     print(result.markdown)
@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("reproduce", help="a paper's pAUC-EDC table from a TOML config: benchmarks x recognizers x "
                                          "quality methods (cached, resumable)")
-    r.add_argument("config", help="TOML config (see vitfiqa.eval.reproduce)")
+    r.add_argument("config", help="TOML config (see vitfiqa.eval.reproduction)")
     r.add_argument("--out", help="output folder (default: the config's out)")
     r.set_defaults(fn=cmd_reproduce)
 

@@ -5,6 +5,7 @@ from .datasets import (CorruptEntry, IJBCMeta, ImageSet, Templates, UnsafeBinFil
                        load_pair_list, read_ijbc_landmarks, score_image_set, template_quality)
 from .edc import REFIT_GRID, EDCCurve, edc_curve, fnmr_at_fmr, pair_quality, pauc, threshold_at_fmr
 from .report import evaluate, plot_edc, plot_edc_grid, to_csv, to_latex, to_markdown
+from .reproduction import reproduce
 from .scores import Pairs, comparison_scores, flip_concat, l2_normalize
 
 __all__ = ["EDCCurve", "edc_curve", "pauc", "fnmr_at_fmr", "threshold_at_fmr", "pair_quality", "REFIT_GRID",
@@ -13,11 +14,3 @@ __all__ = ["EDCCurve", "edc_curve", "pauc", "fnmr_at_fmr", "threshold_at_fmr", "
            "load_labelled_all_pairs", "load_ijbc_meta", "ijbc_templates", "IJBCMeta", "score_image_set",
            "Templates", "aggregate_templates", "template_quality", "load_adience", "load_ijbc", "read_ijbc_landmarks",
            "reproduce"]
-
-
-def reproduce(config, out=None, progress: bool = True, base=None):
-    """Reproduce a paper's table from a config (see :mod:`vitfiqa.eval.reproduce`)."""
-    from .reproduce import reproduce as run
-
-    return run(config, out=out, progress=progress, base=base)
-
