@@ -221,3 +221,27 @@ def test_cli_evaluate_with_a_cnn_recognizer(setup, tmp_path, capsys):
     assert main(["-q", "evaluate", "--model", vit, "--fr-model", str(root / "cnn.pt"), "--bin", str(root / "lfw.bin"),
                  "--fmr", "0.1", "--methods", "attn", "--out", str(tmp_path / "ev"), "--channel-order", "bgr"]) == 0
     assert "lfw FMR=1e-1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("change, msg", [
+    (lambda c: c.update(bogus=1), "unknown config keys"),
+    (lambda c: c["benchmarks"].append({"name": "X", "type": "pairs", "root": "."}), "missing 'pairs'"),
+    (lambda c: c["benchmarks"].append({"name": "LFW", "type": "bin", "path": "x.bin"}), "duplicate benchmarks"),
+    (lambda c: c["benchmarks"].append({"name": "Y", "type": "megaface", "path": "x"}), "type must be one of"),
+    (lambda c: c["qualities"].append({"name": "Q", "method": "attn", "model": "m.pt", "scores": {"LFW": "a.csv"}}),
+     "either method"),
+    (lambda c: c["qualities"].append({"name": "Q", "scores": {"Nope": "a.csv"}}), "unknown benchmarks"),
+    (lambda c: c["qualities"].append({"name": "Q", "method": "attn", "model": "m.pt",
+                                      "options": {"exit_normalization": "zscore"}}), "batching"),
+    (lambda c: c.update(fmrs=[0.5, 2.0]), "fmrs"),
+    (lambda c: c["recognizers"].append({"name": "R"}), "needs a model"),
+])
+def test_config_errors(setup, change, msg):
+    from vitfiqa.eval.reproduction import load_config
+
+    root, vit = setup
+    (root / "m.pt").write_bytes(b"not checked before it is loaded")
+    cfg = config(root, vit)
+    change(cfg)
+    with pytest.raises(ValueError, match=msg):
+        load_config(cfg, base=root)

@@ -76,7 +76,7 @@ class ConfigError(ValueError):
 
 # -- the config ------------------------------------------------------------------------------------------------
 
-# type -> (loader, path-valued options, allowed options)
+# type -> (loader, path-valued options, allowed options; the required ones are listed in BENCHMARK_REQUIRED)
 BENCHMARK_TYPES: dict[str, tuple[Callable[..., ImageSet], tuple[str, ...], tuple[str, ...]]] = {
     "bin": (lambda o: load_bin(o["path"], image_size=o["image_size"]), ("path",), ("path",)),
     "pairs": (lambda o: load_lfw_pairs(o["root"], o["pairs"], ext=o.get("ext", "jpg"), image_size=o["image_size"]),
@@ -91,6 +91,8 @@ BENCHMARK_TYPES: dict[str, tuple[Callable[..., ImageSet], tuple[str, ...], tuple
                                  image_size=o["image_size"]),
              ("root",), ("root", "align", "prefix")),
 }
+BENCHMARK_REQUIRED = {"bin": ("path",), "pairs": ("root", "pairs"), "pair_list": ("data_dir",), "adience": ("root",),
+                      "ijbc": ("root",)}
 QUALITY_SCORE_KEYS = {"attn": "attn", "vitnt": "vitnt", "vitfiqa": "vitfiqa", "exfiqa_F": "exfiqa",
                       "exfiqa_FW": "exfiqa"}
 TOP_LEVEL = {"out", "cache", "fmrs", "variant", "limit", "batch_size", "device", "workers", "image_size",
@@ -208,7 +210,7 @@ def load_config(config: str | os.PathLike | Mapping, base: str | os.PathLike | N
         bad = set(opts) - set(allowed)
         if bad:
             raise ConfigError(f"benchmark {e['name']!r} ({kind}): unknown options {sorted(bad)}; allowed {list(allowed)}")
-        missing = [k for k in allowed[:1] if k not in opts]
+        missing = [k for k in BENCHMARK_REQUIRED[kind] if k not in opts]
         if missing:
             raise ConfigError(f"benchmark {e['name']!r} ({kind}): missing {missing[0]!r}")
         for k in path_keys:
