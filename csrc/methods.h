@@ -1,4 +1,4 @@
-// Method kernels: pure tensor functions over captured values. Definitions: shared/METHODS.md.
+// Method kernels: pure tensor functions over captured values. Definitions: docs/methods.md.
 #pragma once
 
 #include <ATen/ATen.h>

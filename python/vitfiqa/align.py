@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from .preprocess import DEFAULT_MAX_PIXELS
+
 # The ArcFace template for 112x112 crops (insightface ``arcface_dst``): x, y of the five landmarks.
 ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
                              [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float64)
@@ -87,13 +89,15 @@ def warp_affine(image, m, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(out, dtype=np.uint8)
 
 
-def align_face(image, landmarks, size: tuple[int, int] = (112, 112)) -> np.ndarray:
+def align_face(image, landmarks, size: tuple[int, int] = (112, 112),
+               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Warp ``image`` (uint8 HxWx3 array, PIL image, path or encoded bytes) so its five ``landmarks`` land on
-    the ArcFace template; returns a uint8 ``size`` x 3 array (pixels outside the image are black)."""
+    the ArcFace template; returns a uint8 ``size`` x 3 array (pixels outside the image are black).
+    ``max_pixels``: the decoding limit for files (default: the package's, see :mod:`vitfiqa.preprocess`)."""
     from .preprocess import _hwc_uint8
 
     m = similarity_transform(_landmarks(landmarks), template(size))
-    return warp_affine(_hwc_uint8(image), m, size)
+    return warp_affine(_hwc_uint8(image, max_pixels), m, size)
 
 
 @dataclass(frozen=True)
@@ -106,8 +110,8 @@ class FaceCrop:
     def __post_init__(self):
         object.__setattr__(self, "landmarks", tuple(map(float, _landmarks(self.landmarks).reshape(-1))))
 
-    def decode(self, size: tuple[int, int]) -> np.ndarray:
-        return align_face(self.source, np.asarray(self.landmarks).reshape(5, 2), size)
+    def decode(self, size: tuple[int, int], max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+        return align_face(self.source, np.asarray(self.landmarks).reshape(5, 2), size, max_pixels)
 
     def __str__(self) -> str:
         return os.fspath(self.source) if isinstance(self.source, (str, os.PathLike)) else "<bytes>"

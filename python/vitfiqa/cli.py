@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from .preprocess import DEFAULT_MAX_PIXELS
+
 log = logging.getLogger("vitfiqa")
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -83,6 +85,12 @@ def cmd_score(args) -> int:
     return 0
 
 
+def _max_pixels(args) -> int | None:
+    if args.max_pixels < 0:
+        raise CLIError("--max-pixels must be positive (0: no limit)")
+    return args.max_pixels or None
+
+
 def _score_local(args, methods: list[str], table_dir: Path):
     from tqdm.auto import tqdm
 
@@ -92,7 +100,12 @@ def _score_local(args, methods: list[str], table_dir: Path):
     model = vitfiqa.load(args.model, device=args.device or "cpu", dtype=args.dtype,
                          image_size=(args.image_size, args.image_size))
     files = _image_list(args.images)
+    if args.heatmaps and Path(args.images).is_dir() and Path(args.heatmaps).absolute().is_relative_to(
+            Path(args.images).absolute()):
+        raise CLIError("--heatmaps must not be inside the --images folder (the heatmaps would be scored as images "
+                       "on the next run)")
     options = dict(heatmap_dir=args.heatmaps, heatmap_format=args.heatmap_format) if args.heatmaps else {}
+    options["max_pixels"] = _max_pixels(args)
     table = open_table(model, files, methods, table_dir, batch_size=args.batch_size, overwrite=args.overwrite,
                        **options)
     if table.n_done:
@@ -118,7 +131,7 @@ def _score_ray(args, methods: list[str], table_dir: Path):
                    batch_size=args.batch_size, device=args.device,
                    dtype=args.dtype, image_size=(args.image_size, args.image_size),
                    workers=args.workers, num_actors=args.actors, overwrite=args.overwrite,
-                   progress=not args.quiet)
+                   progress=not args.quiet, max_pixels=_max_pixels(args))
     return ScoreTable.open(table_dir)
 
 
@@ -216,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--workers", type=int, help="image decoding threads (default: min(8, cores))")
     s.add_argument("--image-size", type=int, default=112)
+    s.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help=f"skip (with the reason in the table) images larger than this many pixels, read from the "
+                        f"header before decoding (default {DEFAULT_MAX_PIXELS:,}; 0: no limit)")
     s.add_argument("--overwrite", action="store_true", help="start again instead of resuming")
     s.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
                    help="score on Ray: a new local cluster, or the cluster at ADDRESS ('auto', 'ray://host:10001')")

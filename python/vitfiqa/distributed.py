@@ -25,6 +25,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .preprocess import DEFAULT_MAX_PIXELS
+
 log = logging.getLogger("vitfiqa")
 
 
@@ -84,7 +86,8 @@ def score_with_ray(model: str | os.PathLike | bytes, paths: Sequence[str], out_d
                    batch_size: int = 64, num_actors: int | None = None, device: str | None = None,
                    dtype: str = "float32", image_size: tuple[int, int] = (112, 112), workers: int | None = None,
                    cpus_per_actor: float | None = None, overwrite: bool = False, progress: bool = True,
-                   num_cpus: int | None = None, decode_processes: bool | None = None, **score_options):
+                   num_cpus: int | None = None, decode_processes: bool | None = None,
+                   max_pixels: int | None = DEFAULT_MAX_PIXELS, **score_options):
     """Score ``paths`` on a Ray cluster into the results table ``out_dir`` (created, or resumed when it holds
     this run's batches); returns the whole table as a pandas DataFrame (index, path, scores, error) in input
     order.
@@ -96,6 +99,7 @@ def score_with_ray(model: str | os.PathLike | bytes, paths: Sequence[str], out_d
     num_actors / cpus_per_actor: the actor pool (default: per GPU; else one actor per 2 CPUs, 1 on tiny
     clusters). workers: decoding threads (processes with decode_processes, the default on GPUs) per actor
     (default: its CPUs).
+    max_pixels: images above it are skipped with the reason, as in :func:`vitfiqa.pipeline.score_files`.
     score_options: as :meth:`vitfiqa.QualityModel.score` (no heatmaps; EX-FIQA exit normalisation stays
     'none', fuse data-set-wide with :func:`vitfiqa.fuse_exits`).
     """
@@ -131,7 +135,7 @@ def score_with_ray(model: str | os.PathLike | bytes, paths: Sequence[str], out_d
     probe = QualityModel(model_bytes, device="cpu", image_size=image_size)
     probe.score(torch.zeros(1, 3, *image_size), methods=methods, preprocess=False, **score_options)
     keys = score_keys(methods, probe.exit_depths(score_options.get("exits")) if "exfiqa" in methods else ())
-    run = run_description(probe.sha256, image_size, dtype, methods, score_options)
+    run = run_description(probe.sha256, image_size, dtype, methods, score_options, max_pixels=max_pixels)
     del probe
 
     with ScoreTable(out_dir, paths=paths, keys=keys, batch_size=batch_size, run=run, overwrite=overwrite) as table:
@@ -146,7 +150,7 @@ def score_with_ray(model: str | os.PathLike | bytes, paths: Sequence[str], out_d
                          logging_level=logging.WARNING)
             try:
                 _run(ray, model_bytes, table, pending, list(methods), num_actors, device, dtype, tuple(image_size),
-                     workers, cpus_per_actor, decode_processes, progress, score_options)
+                     workers, cpus_per_actor, decode_processes, progress, {**score_options, "max_pixels": max_pixels})
             finally:
                 if started:
                     ray.shutdown()

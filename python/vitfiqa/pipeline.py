@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from .api import METHODS, QualityModel, QualityResult
-from .preprocess import load_uint8, normalize_uint8
+from .preprocess import DEFAULT_MAX_PIXELS, load_uint8, normalize_uint8
 
 
 def score_keys(methods: Sequence[str], exit_depths: Sequence[int] = ()) -> list[str]:
@@ -88,16 +88,18 @@ class ScoredBatch:
         return cols
 
 
-def decode_files(paths: Sequence[str], size: tuple[int, int]):
+def decode_files(paths: Sequence[str], size: tuple[int, int], max_pixels: int | None = DEFAULT_MAX_PIXELS):
     """Decode and resize files -> (uint8 [n_ok,H,W,3], positions of the readable ones, {position: reason}).
-    Runs in a worker thread or process; one call per piece of a batch keeps task overhead small."""
+    Runs in a worker thread or process; one call per piece of a batch keeps task overhead small. A file that
+    cannot be used for any reason (missing, undecodable, truncated, above ``max_pixels``, unsupported mode)
+    is a skip with its reason, never the end of the run."""
     out = np.empty((len(paths), size[0], size[1], 3), dtype=np.uint8)
     ok, errors = [], {}
     for i, path in enumerate(paths):
         try:
-            out[len(ok)] = load_uint8(path, size)
+            out[len(ok)] = load_uint8(path, size, max_pixels)
             ok.append(i)
-        except (OSError, ValueError, TypeError) as exc:
+        except (OSError, ValueError, TypeError, MemoryError) as exc:
             errors[i] = str(exc).replace("\n", " ") or type(exc).__name__
     return out[:len(ok)], ok, errors
 
@@ -135,7 +137,7 @@ class ImageLoader:
 
     def __init__(self, paths: Sequence[str], batch_size: int = 64, size: tuple[int, int] = (112, 112),
                  workers: int | None = None, prefetch: int = 2, pin_memory: bool = False, start: int = 0,
-                 processes: bool = False, skip: Collection[int] = ()):
+                 processes: bool = False, skip: Collection[int] = (), max_pixels: int | None = DEFAULT_MAX_PIXELS):
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
         if prefetch < 1:
@@ -151,6 +153,7 @@ class ImageLoader:
         self.pin_memory = pin_memory
         self.start = start
         self.processes = processes
+        self.max_pixels = max_pixels
         self.skip = frozenset(skip)  # batch offsets (into paths) already done, e.g. committed to a results table
 
     def __len__(self) -> int:
@@ -171,7 +174,8 @@ class ImageLoader:
                 nxt = next(it, None)
                 if nxt is not None:
                     pieces = [nxt[1][i:i + step] for i in range(0, len(nxt[1]), step)]
-                    pending.append((nxt, [pool.submit(decode_files, piece, self.size) for piece in pieces]))
+                    pending.append((nxt, [pool.submit(decode_files, piece, self.size, self.max_pixels)
+                                           for piece in pieces]))
 
             for _ in range(self.prefetch):
                 submit()
@@ -237,17 +241,18 @@ def encode_heatmap(image: np.ndarray, heatmap: np.ndarray, fmt: str) -> bytes:
 
 
 def run_description(model_sha256: str, image_size, dtype, methods: Sequence[str], score_options: dict,
-                    heatmaps: dict | None = None) -> dict:
+                    heatmaps: dict | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict:
     """What a results table records about the run that fills it (model digest, input size, precision, methods,
-    options, heatmap output); a resume with anything different is refused instead of mixing scores."""
+    options, heatmap output, pixel limit); a resume with anything different is refused instead of mixing
+    scores."""
     return {"model_sha256": model_sha256, "image_size": list(image_size), "dtype": str(dtype).replace("torch.", ""),
             "methods": list(methods), "options": {k: score_options[k] for k in sorted(score_options)},
-            "heatmaps": heatmaps}
+            "heatmaps": heatmaps, "max_pixels": max_pixels}
 
 
 def open_table(model: QualityModel, paths: Sequence[str], methods: Sequence[str] | str, out, *,
                batch_size: int = 64, overwrite: bool = False, heatmap_dir: str | os.PathLike | None = None,
-               heatmap_format: str = "png", **score_options):
+               heatmap_format: str = "png", max_pixels: int | None = DEFAULT_MAX_PIXELS, **score_options):
     """The :class:`vitfiqa.results.ScoreTable` that :func:`score_files` with these arguments fills: created, or
     opened to resume (refused if it was made by a different model, image list, batch size or options).
     ``out`` may also be a table opened before; it is checked against this run."""
@@ -260,7 +265,7 @@ def open_table(model: QualityModel, paths: Sequence[str], methods: Sequence[str]
     if heatmap_dir is not None:
         heat = {"dir": str(Path(heatmap_dir).resolve()), "format": heatmap_format}
         score_options = {**score_options, "heatmaps": True}
-    run = run_description(model.sha256, model.image_size, model.dtype, methods, score_options, heat)
+    run = run_description(model.sha256, model.image_size, model.dtype, methods, score_options, heat, max_pixels)
     if isinstance(out, ScoreTable):
         out.expect(paths=paths, keys=keys, batch_size=batch_size, run=run)
         return out
@@ -271,7 +276,8 @@ def score_files(model: QualityModel, paths: Sequence[str], methods: Sequence[str
                 batch_size: int = 64, workers: int | None = None, prefetch: int = 2, start: int = 0,
                 decode_processes: bool | None = None, out: str | os.PathLike | None = None,
                 overwrite: bool = False, heatmap_dir: str | os.PathLike | None = None,
-                heatmap_format: str = "png", **score_options) -> Iterator[ScoredBatch]:
+                heatmap_format: str = "png", max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                **score_options) -> Iterator[ScoredBatch]:
     """Score image files batch by batch (a generator: results arrive as each batch finishes).
 
     out: a results table folder (or a :class:`vitfiqa.results.ScoreTable` from :func:`open_table`): each
@@ -284,6 +290,8 @@ def score_files(model: QualityModel, paths: Sequence[str], methods: Sequence[str
 
     workers: decoding threads, or processes with ``decode_processes=True`` (default: processes when the
     model is on a GPU, which threads cannot keep fed; threads on CPU, where the model is the bottleneck).
+    max_pixels: images larger than this (width x height, read from the header) are skipped with the reason
+    (default :data:`vitfiqa.preprocess.DEFAULT_MAX_PIXELS`; None = no limit of vitfiqa's own).
 
     ``score_options`` go to :meth:`QualityModel.score` (attn_block, vitnt_scale, ...). EX-FIQA's
     ``exit_normalization`` must stay ``none`` here: batch statistics would make a score depend on its batch
@@ -307,11 +315,21 @@ def score_files(model: QualityModel, paths: Sequence[str], methods: Sequence[str
         if start != 0:
             raise ValueError("start= offsets the index column; a results table (out=) numbers the whole input list")
         table = open_table(model, paths, methods, out, batch_size=batch_size, overwrite=overwrite,
-                           heatmap_dir=heat_dir, heatmap_format=heatmap_format, **score_options)
+                           heatmap_dir=heat_dir, heatmap_format=heatmap_format, max_pixels=max_pixels,
+                           **score_options)
     loader = ImageLoader(paths, batch_size, model.image_size, workers=workers, prefetch=prefetch,
                          pin_memory=model.device.type == "cuda", start=start,
                          processes=model.device.type == "cuda" if decode_processes is None else decode_processes,
-                         skip=set(table.batch_starts()) - set(table.pending_batches()) if table is not None else ())
+                         skip=set(table.batch_starts()) - set(table.pending_batches()) if table is not None else (),
+                         max_pixels=max_pixels)
+    # Heatmap files go through one temporary folder under heatmap_dir (same file system, so the rename is
+    # atomic), cleared of a killed run's leftovers when a table's lock makes this run the only writer.
+    heat_tmp = None
+    if heat_dir is not None:
+        from .results import clear_tmp_dir
+
+        heat_tmp = clear_tmp_dir(heat_dir / ".vitfiqa-tmp") if table is not None else heat_dir / ".vitfiqa-tmp"
+        heat_tmp.mkdir(parents=True, exist_ok=True)
     try:
         for batch in loader:
             result = None
@@ -329,12 +347,11 @@ def score_files(model: QualityModel, paths: Sequence[str], methods: Sequence[str
                         files[heat_dir / f"{name}.{meth}.{heatmap_format}"] = encode_heatmap(images[j], hm[j],
                                                                                              heatmap_format)
             if table is not None:
-                table.commit(sb.columns(), files)
-            else:
-                from .results import atomic_write
+                table.commit(sb.columns(), files, heat_tmp)
+            elif files:
+                from .results import atomic_write_many
 
-                for path, data in files.items():
-                    atomic_write(path, data)
+                atomic_write_many(files, heat_tmp)
             yield sb
     finally:
         if table is not None and table is not out:  # a table the caller opened stays theirs to close

@@ -14,37 +14,93 @@ import numpy as np
 import torch
 
 DEFAULT_IMAGE_SIZE = (112, 112)
+DEFAULT_MAX_PIXELS = 40_000_000
+"""Largest image (width x height) decoded by default: 40 MP is ~120 MB as RGB, several times any face photo,
+while a decompression bomb (a few kB of PNG that inflates to gigapixels) is refused from its header, before
+any pixel is decoded. ``max_pixels=None`` lifts vitfiqa's limit; Pillow's own still applies (it refuses images
+above 2 x ``PIL.Image.MAX_IMAGE_PIXELS``, 179 MP by default, and warns above 89 MP)."""
 
 
-def _load_pil(item: Any):
-    from PIL import Image, UnidentifiedImageError
+def _scale_to_uint8(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    a = (a.astype(np.float64) - lo) * (255.0 / (hi - lo) if hi > lo else 0.0)
+    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
 
-    if isinstance(item, (str, os.PathLike)):
-        path = Path(item)
-        if not path.is_file():
-            raise FileNotFoundError(f"image file not found: {path}")
-        try:
-            with Image.open(path) as im:
-                return im.convert("RGB")
-        except (UnidentifiedImageError, OSError) as exc:
-            raise ValueError(f"cannot read image {path}: {exc}") from None
-    if isinstance(item, (bytes, bytearray, memoryview)):  # an encoded image (e.g. from an insightface .bin)
+
+def high_depth_to_uint8(im) -> np.ndarray | None:
+    """8-bit grey array of a high-bit-depth single-channel image, scaled by its true range instead of
+    clipped (``convert("RGB")`` would clip every value above 255 to white); None for other modes.
+
+    - ``I;16*`` (16-bit grey, e.g. a 16-bit PNG or TIFF): the format's range 0..65535.
+    - ``I`` (32-bit integers): 0..65535 when every value fits (16-bit data, as some decoders deliver it),
+      else the image's own min..max.
+    - ``F`` (32-bit float): 0..1 when every value is in it, else the image's own min..max."""
+    if not (im.mode.startswith("I;16") or im.mode in ("I", "F")):
+        return None
+    a = np.asarray(im)
+    if a.size == 0:
+        raise ValueError("image has no pixels")
+    if im.mode == "F" and not np.isfinite(a).all():
+        raise ValueError("image has NaN or infinite pixel values")
+    lo, hi = float(a.min()), float(a.max())
+    if im.mode.startswith("I;16") or (im.mode == "I" and lo >= 0 and hi <= 65535):
+        return _scale_to_uint8(a, 0.0, 65535.0)
+    if im.mode == "F" and lo >= 0 and hi <= 1:
+        return _scale_to_uint8(a, 0.0, 1.0)
+    return _scale_to_uint8(a, lo, hi)
+
+
+def pil_to_rgb(im) -> np.ndarray:
+    """uint8 HxWx3 RGB array of a PIL image of any mode: 8-bit modes through ``convert("RGB")`` (alpha
+    dropped, palette and CMYK resolved), high-bit-depth ones scaled (:func:`high_depth_to_uint8`)."""
+    grey = high_depth_to_uint8(im)
+    if grey is not None:
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    return np.asarray(im.convert("RGB"))
+
+
+def read_image(src: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str | None = None) -> np.ndarray:
+    """Decode an image file (path, or a binary file object / bytes) -> uint8 HxWx3 RGB.
+
+    Every way a file can fail — missing, not an image, truncated, above ``max_pixels``, a mode with no RGB
+    conversion, a decoder error of any kind — raises FileNotFoundError or ValueError with the reason, so a
+    caller can skip the image and go on."""
+    from PIL import Image
+
+    label = name or (str(src) if isinstance(src, (str, os.PathLike)) else "image")
+    if isinstance(src, (str, os.PathLike)) and not Path(src).is_file():
+        raise FileNotFoundError(f"image file not found: {src}")
+    if isinstance(src, (bytes, bytearray, memoryview)):
         import io
 
-        try:
-            with Image.open(io.BytesIO(item)) as im:
-                return im.convert("RGB")
-        except (UnidentifiedImageError, OSError) as exc:
-            raise ValueError(f"cannot decode image bytes: {exc}") from None
+        src = io.BytesIO(src)
+    if max_pixels is not None and max_pixels <= 0:
+        raise ValueError("max_pixels must be positive (or None for no limit)")
+    try:
+        with Image.open(src) as im:
+            w, h = im.size
+            if max_pixels is not None and w * h > max_pixels:
+                raise _TooLarge(f"{w}x{h} = {w * h / 1e6:.1f} MP is above the limit of {max_pixels / 1e6:.1f} MP "
+                                "(max_pixels / --max-pixels)")
+            return pil_to_rgb(im)
+    except (_TooLarge, Image.DecompressionBombError) as exc:  # Pillow's own limit is checked inside open()
+        raise ValueError(f"image {label} not decoded: {exc}") from None
+    except Exception as exc:  # untrusted bytes: Pillow's decoders raise many types (OSError, SyntaxError, ...)
+        msg = str(exc).replace("\n", " ") or type(exc).__name__
+        raise ValueError(f"cannot read image {label}: {msg}") from None
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _hwc_uint8(item: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    from PIL import Image
+
+    if isinstance(item, (str, os.PathLike, bytes, bytearray, memoryview)):  # a file or its encoded bytes
+        return read_image(item, max_pixels)
     if isinstance(item, Image.Image):
-        return item.convert("RGB")
-    return None
-
-
-def _hwc_uint8(item: Any) -> np.ndarray:
-    pil = _load_pil(item)
-    if pil is not None:
-        return np.asarray(pil)
+        return pil_to_rgb(item)
+    # a uint8 array: HxW, HxWx1, HxWx3 or HxWx4
     arr = np.asarray(item)
     if arr.dtype != np.uint8:
         raise TypeError(f"images given as arrays must be uint8 HWC, got dtype {arr.dtype}")
@@ -57,19 +113,20 @@ def _hwc_uint8(item: Any) -> np.ndarray:
     return arr[:, :, :3]
 
 
-def load_uint8(item: Any, size: tuple[int, int] = DEFAULT_IMAGE_SIZE) -> np.ndarray:
-    """One image (path, encoded bytes, PIL image, uint8 array, or a :class:`vitfiqa.align.FaceCrop` which is
-    aligned by its landmarks) -> uint8 HxWx3 RGB array resized (bilinear) to ``size``.
+def load_uint8(item: Any, size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """One image (path, encoded bytes, PIL image, uint8 array, or a :class:`vitfiqa.align.FaceCrop`, which is
+    aligned by its five landmarks) -> uint8 HxWx3 RGB array resized (bilinear) to ``size`` (None: as it is).
 
-    Raises FileNotFoundError / ValueError (unreadable file) / TypeError (wrong dtype)."""
+    Raises FileNotFoundError / ValueError (unreadable file, above ``max_pixels``) / TypeError (wrong dtype)."""
     from PIL import Image
 
     from .align import FaceCrop
 
     if isinstance(item, FaceCrop):
-        return item.decode(tuple(size))
-    arr = _hwc_uint8(item)
-    if arr.shape[:2] != tuple(size):
+        return item.decode(tuple(size) if size is not None else (112, 112), max_pixels)
+    arr = _hwc_uint8(item, max_pixels)
+    if size is not None and arr.shape[:2] != tuple(size):
         arr = np.asarray(Image.fromarray(np.ascontiguousarray(arr)).resize((size[1], size[0]), Image.BILINEAR))
     return arr
 

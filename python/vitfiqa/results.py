@@ -54,22 +54,35 @@ class TableError(ValueError):
     shards (its manifest), or is in use by another process."""
 
 
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+def atomic_write(path: str | os.PathLike, data: bytes, tmp_dir: str | os.PathLike | None = None) -> None:
     """Write ``data`` to ``path`` so that ``path`` is either the old file or the complete new one, whatever
-    moment the process dies at: a temporary file in the same folder, fsync, rename over, fsync the folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    moment the process dies at: a temporary file (in ``tmp_dir``, default the same folder; it must be on the
+    same file system), fsync, rename over, fsync the folder."""
+    atomic_write_many({path: data}, tmp_dir)
+
+
+def atomic_write_many(files: Mapping[str | os.PathLike, bytes], tmp_dir: str | os.PathLike | None = None) -> None:
+    """:func:`atomic_write` for several files at once: every file is complete on disk before the first rename,
+    and each folder is synced once (not once per file)."""
+    staged: list[tuple[Path, Path]] = []
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        for path, data in files.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tmp_dir or path.parent) / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+            staged.append((tmp, path))
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        for tmp, path in staged:
+            os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    for folder in {path.parent for _, path in staged}:
+        _fsync_dir(folder)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -83,6 +96,16 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def clear_tmp_dir(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` for :func:`atomic_write`'s temporary files, removing what a killed writer left there.
+    Only for a folder that the caller alone writes (e.g. while it holds a table's lock)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for p in folder.glob(".*.tmp"):
+        p.unlink(missing_ok=True)
+    return folder
 
 
 def paths_digest(paths: Sequence[str]) -> str:
@@ -343,11 +366,13 @@ class ScoreTable:
         return pd.DataFrame(data)
 
     # -- writing --------------------------------------------------------------------------------------
-    def commit(self, columns: Mapping[str, Sequence], files: Mapping[str | os.PathLike, bytes] | None = None) -> None:
+    def commit(self, columns: Mapping[str, Sequence], files: Mapping[str | os.PathLike, bytes] | None = None,
+               files_tmp_dir: str | os.PathLike | None = None) -> None:
         """Commit rows (column-wise, any order) that make up one or more whole batches of the input list.
-        ``files`` (path -> bytes, e.g. heatmaps of these images) are written first, each atomically; the
-        shard that marks the batches done comes last. Batches already committed are skipped (a retried task
-        gives the same rows)."""
+        ``files`` (path -> bytes, e.g. heatmaps of these images) are written first, each atomically (through
+        ``files_tmp_dir`` when given: one folder to clear of a killed writer's leftovers, see
+        :func:`clear_tmp_dir`); the shard that marks the batches done comes last. Batches already committed are
+        skipped (a retried task gives the same rows)."""
         if self.paths is None:
             raise TableError("this table was opened for reading (ScoreTable.open); open it with the run's "
                              "paths to write")
@@ -371,8 +396,8 @@ class ScoreTable:
         if not keep:
             return
         rows = {c: [v[j] for j in keep] for c, v in rows.items()}
-        for path, data in (files or {}).items():
-            atomic_write(path, data)
+        if files:
+            atomic_write_many(files, files_tmp_dir)
         data = encode_csv(self.columns, rows, self.keys)
         shard = self.root / f"part-{rows['index'][0]:012d}-{hashlib.sha256(data).hexdigest()[:16]}.csv"
         atomic_write(shard, data)
@@ -441,5 +466,5 @@ def read_scores(path: str | os.PathLike):
                        na_values={c: ["nan"] for c in header if c not in ("index", "path", "error")})
 
 
-__all__ = ["ScoreTable", "TableError", "atomic_write", "read_scores", "table_columns", "encode_csv", "decode_csv",
+__all__ = ["ScoreTable", "TableError", "atomic_write", "atomic_write_many", "clear_tmp_dir", "read_scores", "table_columns", "encode_csv", "decode_csv",
            "paths_digest"]

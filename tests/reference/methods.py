@@ -1,5 +1,5 @@
 """Independent pure-PyTorch reference for every method: eager modules, Python forward hooks and the
-plain definitions of shared/METHODS.md written out directly (full N x N logits, explicit loops).
+plain definitions of docs/methods.md written out directly (full N x N logits, explicit loops).
 Nothing here calls vitfiqa's C++ core."""
 from __future__ import annotations
 

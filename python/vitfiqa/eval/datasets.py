@@ -28,6 +28,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from ..preprocess import DEFAULT_MAX_PIXELS, load_uint8
 from .scores import Pairs, l2_normalize
 
 log = logging.getLogger("vitfiqa.eval")
@@ -63,6 +64,7 @@ class ImageSet:
     errors: list[tuple[int, str]] = field(default_factory=list)
     keys: list[str] | None = None
     templates: Templates | None = None
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
 
     def __post_init__(self):
         if self.keys is None:
@@ -78,11 +80,11 @@ class ImageSet:
         return len(self.sources)
 
     def load(self, index: int) -> np.ndarray:
-        from ..preprocess import load_uint8
-
+        """Image ``index`` as uint8 HxWx3 RGB (resized to ``image_size``; high-bit-depth images scaled, see
+        :func:`vitfiqa.preprocess.read_image`). Raises CorruptEntry for any unreadable image."""
         try:
-            return load_uint8(self.sources[index], self.image_size)
-        except Exception as exc:  # PIL raises many types for broken data
+            return load_uint8(self.sources[index], self.image_size, self.max_pixels)
+        except (OSError, ValueError, TypeError, MemoryError) as exc:
             raise CorruptEntry(f"{self.name}: image {index} cannot be decoded: {exc}") from None
 
     def iter_batches(self, batch_size: int = 64, workers: int | None = None,
@@ -98,7 +100,8 @@ class ImageSet:
         order = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
         if len(order) == 0:
             return
-        loader = ImageLoader([self.sources[i] for i in order], batch_size, self.image_size, workers=workers)
+        loader = ImageLoader([self.sources[i] for i in order], batch_size, self.image_size, workers=workers,
+                             max_pixels=self.max_pixels)
         for batch in loader:
             errors = {}
             for pos in sorted(batch.errors):
