@@ -235,6 +235,7 @@ def test_cli_evaluate_with_a_cnn_recognizer(setup, tmp_path, capsys):
                                       "options": {"exit_normalization": "zscore"}}), "batching"),
     (lambda c: c.update(fmrs=[0.5, 2.0]), "fmrs"),
     (lambda c: c["recognizers"].append({"name": "R"}), "needs a model"),
+    (lambda c: c["recognizers"][0].update(std=[0.5, 0.0, 0.5]), "std must be positive"),
 ])
 def test_config_errors(setup, change, msg):
     from vitfiqa.eval.reproduction import load_config
@@ -245,3 +246,35 @@ def test_config_errors(setup, change, msg):
     change(cfg)
     with pytest.raises(ValueError, match=msg):
         load_config(cfg, base=root)
+
+
+def test_external_files_parquet_npz_and_matching(tmp_path):
+    """Score and embedding files keyed by image: Parquet, .npz, relative or foreign absolute paths, bare names;
+    an ambiguous or duplicated entry is refused."""
+    from vitfiqa.eval import ImageSet, Pairs
+    from vitfiqa.eval.datasets import CorruptEntry
+    from vitfiqa.eval.reproduction import QualitySpec, read_external_embeddings, read_external_scores
+
+    keys = ["a/x.jpg", "b/x.jpg", "b/y.jpg"]
+    ds = ImageSet("toy", [str(tmp_path / k) for k in keys], Pairs([0, 1], [1, 2], [True, False]), keys=keys)
+    pd.DataFrame({"path": ["/elsewhere/b/y.jpg", "a/x.jpg", "/elsewhere/b/x.jpg"], "q": [3.0, 1.0, 2.0],
+                  "other": [0, 0, 0]}).to_parquet(tmp_path / "s.parquet")
+    spec = QualitySpec("Q", scores={"toy": str(tmp_path / "s.parquet")}, column="q")
+    np.testing.assert_array_equal(read_external_scores(spec, "toy", ds), [1.0, 2.0, 3.0])
+    pd.DataFrame({"path": ["y.jpg"], "q": [5.0]}).to_csv(tmp_path / "bare.csv", index=False)
+    got = read_external_scores(QualitySpec("Q", scores={"toy": str(tmp_path / "bare.csv")}), "toy", ds)
+    assert np.isnan(got[:2]).all() and got[2] == 5.0  # missing images become NaN (their pairs are dropped)
+    pd.DataFrame({"path": ["x.jpg"], "q": [5.0]}).to_csv(tmp_path / "ambiguous.csv", index=False)
+    with pytest.raises(CorruptEntry, match="matches 2 images"):
+        read_external_scores(QualitySpec("Q", scores={"toy": str(tmp_path / "ambiguous.csv")}), "toy", ds)
+    pd.DataFrame({"index": [0, 0], "q": [1.0, 2.0]}).to_csv(tmp_path / "dup.csv", index=False)
+    with pytest.raises(CorruptEntry, match="occurs twice"):
+        read_external_scores(QualitySpec("Q", scores={"toy": str(tmp_path / "dup.csv")}), "toy", ds)
+    emb = np.arange(12, dtype=np.float32).reshape(3, 4)
+    pd.DataFrame({"image": keys[::-1], "embedding": list(emb[::-1])}).to_parquet(tmp_path / "e.parquet")
+    np.testing.assert_array_equal(read_external_embeddings(str(tmp_path / "e.parquet"), ds, "R"), emb)
+    np.savez(tmp_path / "e.npz", keys=np.array([2, 0, 1]), embeddings=emb[[2, 0, 1]])
+    np.testing.assert_array_equal(read_external_embeddings(str(tmp_path / "e.npz"), ds, "R"), emb)
+    np.save(tmp_path / "short.npy", emb[:2])
+    with pytest.raises(CorruptEntry, match="benchmark's image order"):
+        read_external_embeddings(str(tmp_path / "short.npy"), ds, "R")

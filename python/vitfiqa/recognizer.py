@@ -34,6 +34,8 @@ CHANNEL_ORDERS = ("rgb", "bgr")
 
 
 def _triple(v, name: str) -> tuple[float, float, float]:
+    if isinstance(v, (str, bytes)) or not (np.isscalar(v) or isinstance(v, (list, tuple))):
+        raise ValueError(f"{name} must be one number or three (per channel), got {v!r}")
     t = (float(v),) * 3 if np.isscalar(v) else tuple(float(x) for x in v)
     if len(t) != 3 or not all(np.isfinite(t)):
         raise ValueError(f"{name} must be one number or three (per channel), got {v!r}")

@@ -239,10 +239,16 @@ def load_config(config: str | os.PathLike | Mapping, base: str | os.PathLike | N
             spec.model = _path(base, spec.model)
             if not Path(spec.model).is_file():
                 raise FileNotFoundError(f"recognizer {spec.name!r}: model file not found: {spec.model}")
-        from ..recognizer import CHANNEL_ORDERS, FLIP_MODES
+        from ..recognizer import CHANNEL_ORDERS, FLIP_MODES, _triple
 
         if spec.channel_order not in CHANNEL_ORDERS or spec.flip not in FLIP_MODES:
             raise ConfigError(f"recognizer {spec.name!r}: channel_order in {CHANNEL_ORDERS}, flip in {FLIP_MODES}")
+        try:
+            if min(_triple(spec.std, "std")) <= 0:
+                raise ValueError("std must be positive")
+            _triple(spec.mean, "mean")
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"recognizer {spec.name!r}: {exc}") from None
         recognizers.append(spec)
 
     qualities = []
