@@ -104,3 +104,23 @@ def test_relative_paths_are_resolved_on_the_driver(local_ray, images, model_case
     frame = score_with_ray(model_cases["timm-script"].path, rel, tmp_path / "rel", ["attn"], image_size=(32, 32),
                            progress=False)
     assert frame["path"].tolist() == images[:3] and (frame["error"] == "").all()
+
+
+def test_reproduce_qualities_on_ray_equal_local(local_ray, model_cases, tmp_path):
+    """`reproduce` with ray = "local": the vitfiqa qualities of an image-file benchmark are scored by
+    vitfiqa.distributed; the table equals the local run's."""
+    from vitfiqa.eval import synthetic
+    from vitfiqa.eval.reproduction import reproduce
+
+    pairs = synthetic.write_lfw_style(tmp_path / "xq", n_subjects=4, per_subject=3, n_pairs=16)
+    vit = model_cases["insightface-script"].path
+    cfg = {"fmrs": [0.1], "batch_size": 8,
+           "benchmarks": [{"name": "XQ", "type": "pairs", "root": str(tmp_path / "xq"), "pairs": str(pairs)}],
+           "recognizers": [{"name": "ViT", "model": vit, "flip": "none"}],
+           "qualities": [{"name": "ATTN", "method": "attn", "model": vit}]}
+    local = reproduce(dict(cfg, out=str(tmp_path / "local")), progress=False)
+    threads = torch.get_num_threads()
+    on_ray = reproduce(dict(cfg, out=str(tmp_path / "ray"), ray="local"), progress=False)
+    torch.set_num_threads(threads)
+    assert list((tmp_path / "ray" / "cache").glob("ray-quality-*.table"))
+    np.testing.assert_allclose(on_ray.frame.pauc.values, local.frame.pauc.values, rtol=1e-6)

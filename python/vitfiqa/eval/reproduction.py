@@ -95,7 +95,7 @@ BENCHMARK_REQUIRED = {"bin": ("path",), "pairs": ("root", "pairs"), "pair_list":
                       "ijbc": ("root",)}
 QUALITY_SCORE_KEYS = {"attn": "attn", "vitnt": "vitnt", "vitfiqa": "vitfiqa", "exfiqa_F": "exfiqa",
                       "exfiqa_FW": "exfiqa"}
-TOP_LEVEL = {"out", "cache", "fmrs", "variant", "limit", "batch_size", "device", "workers", "image_size",
+TOP_LEVEL = {"out", "cache", "fmrs", "variant", "limit", "batch_size", "device", "workers", "image_size", "ray",
              "benchmarks", "recognizers", "qualities", "pauc_integration", "pauc_normalize"}
 
 
@@ -149,6 +149,8 @@ class Config:
     image_size: int = 112
     pauc_integration: str | None = None
     pauc_normalize: str | None = None
+    ray: str | None = None          # score vitfiqa qualities on Ray: "local" (this process's or a new local
+                                    # Ray), "auto" or "ray://host:port"; benchmarks of image files only
 
 
 def _fields(cls) -> set[str]:
@@ -467,7 +469,14 @@ def compute_qualities(specs: list[QualitySpec], ds: ImageSet, cfg: Config, finge
     groups: dict[tuple, list[QualitySpec]] = {}
     for spec in specs:
         groups.setdefault((spec.model, json.dumps(spec.options, sort_keys=True), spec.dtype), []).append(spec)
+    on_ray = cfg.ray is not None and all(isinstance(src, str) for src in ds.sources)
+    if cfg.ray is not None and not on_ray:
+        log.info("qualities on %s: scored locally (Ray scores image files; this benchmark holds encoded bytes or "
+                 "aligned crops)", ds.name)
     for (model_path, _, dtype), group in groups.items():
+        if on_ray:
+            out.update(_qualities_on_ray(group, model_path, dtype, ds, cfg, fingerprint, progress))
+            continue
         tables = {s.name: _quality_table(s, file_hash(model_path), ds, cfg, fingerprint) for s in group}
         try:
             pending = sorted(set().union(*(t.pending_batches() for t in tables.values())))
@@ -498,6 +507,24 @@ def compute_qualities(specs: list[QualitySpec], ds: ImageSet, cfg: Config, finge
             for t in tables.values():
                 t.close()
     return out
+
+
+def _qualities_on_ray(group: list[QualitySpec], model_path: str, dtype: str, ds: ImageSet, cfg: Config,
+                      fingerprint: str, progress: bool) -> dict[str, np.ndarray]:
+    """One pass of a model over a benchmark's image files on Ray (:func:`vitfiqa.distributed.score_with_ray`,
+    which resumes its own results table in the cache)."""
+    from ..distributed import score_with_ray
+
+    methods = sorted({QUALITY_SCORE_KEYS[s.method] for s in group})
+    key = _json_hash(dict(model=file_hash(model_path), benchmark=fingerprint, methods=methods,
+                          options=group[0].options, dtype=dtype, batch_size=int(cfg.batch_size)))
+    log.info("qualities %s on %s: on Ray (%s)", ", ".join(s.name for s in group), ds.name, cfg.ray)
+    frame = score_with_ray(model_path, list(ds.sources), Path(cfg.cache) / f"ray-quality-{key[:24]}.table",
+                           methods, address=None if cfg.ray in ("", "local") else cfg.ray,
+                           batch_size=int(cfg.batch_size), device=None if cfg.device == "cpu" else cfg.device,
+                           dtype=dtype, image_size=ds.image_size, progress=progress, **group[0].options)
+    frame = frame.sort_values("index")
+    return {s.name: frame[s.method].to_numpy(dtype=np.float64) for s in group}
 
 
 # -- external files: scores of other methods, precomputed embeddings -------------------------------------------
