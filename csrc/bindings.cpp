@@ -31,6 +31,8 @@ py::dict info_dict(const CaptureModel& m) {
   d["has_hierarchy"] = i.has_hierarchy;
   d["has_final_norm"] = i.has_final_norm;
   d["has_patch_embedding_conv"] = i.has_patch_conv;
+  d["patch_size"] = i.patch_size;
+  d["position_tokens"] = i.position_tokens;
   d["num_outputs"] = i.num_outputs;
   d["block_names"] = i.block_names;
   d["notes"] = i.notes;

@@ -426,10 +426,50 @@ void CaptureModel::analyse() {
     }
   }
   info_.has_patch_conv = patch_conv_ != nullptr;
+  analyse_patch_embedding(*g);
 
   auto out_type = g->outputs().at(0)->type();
   if (auto tt = out_type->cast<c10::TupleType>()) info_.num_outputs = static_cast<int64_t>(tt->elements().size());
   base_ = g;
+}
+
+// The value of a constant or of a GetAttr chain on self (a parameter, buffer or submodule), if it is one.
+std::optional<at::IValue> CaptureModel::resolve(Value* v, Graph& g) const {
+  if (v == g.inputs().at(0)) return module_._ivalue();
+  if (auto c = torch::jit::toIValue(v)) return c;
+  Node* n = v->node();
+  if (n->kind() != c10::prim::GetAttr) return std::nullopt;
+  auto owner = resolve(n->input(0), g);
+  if (!owner || !owner->isObject()) return std::nullopt;
+  auto obj = owner->toObject();
+  const auto& name = n->s(attr::name);
+  if (!obj->type()->hasAttribute(name)) return std::nullopt;
+  return obj->getAttr(name);
+}
+
+// Patch size and position-embedding length, from which the input size can be inferred when a model
+// carries no input contract: a conv with stride == kernel (the patch embedding) and the largest
+// [1, N, C] tensor attribute with the conv's C channels.
+void CaptureModel::analyse_patch_embedding(Graph& g) {
+  if (!patch_conv_) return;
+  auto weight = resolve(patch_conv_->input(1), g);
+  auto stride = torch::jit::toIValue(patch_conv_->input(3));
+  if (!weight || !weight->isTensor() || weight->toTensor().dim() != 4 || !stride || !stride->isIntList()) return;
+  const auto w = weight->toTensor();
+  auto st = stride->toIntVector();
+  if (st.size() == 1) st.push_back(st[0]);
+  if (st.size() != 2 || st[0] != w.size(2) || st[1] != w.size(3)) return;
+  info_.patch_size = {w.size(2), w.size(3)};
+  const int64_t channels = w.size(0);
+  for (Node* n : g.nodes()) {
+    if (n->kind() != c10::prim::GetAttr && n->kind() != c10::prim::Constant) continue;
+    if (n->outputs().size() != 1 || !n->output()->type()->isSubtypeOf(*c10::TensorType::get())) continue;
+    auto t = resolve(n->output(), g);
+    if (!t || !t->isTensor()) continue;
+    const auto& p = t->toTensor();
+    if (p.dim() == 3 && p.size(0) == 1 && p.size(2) == channels)
+      info_.position_tokens = std::max(info_.position_tokens, p.size(1));
+  }
 }
 
 CaptureModel::Built& CaptureModel::build(const CaptureRequest& req) {

@@ -63,6 +63,8 @@ struct ModelInfo {
   bool has_hierarchy = true;          // false for frozen models: blocks known only by op order
   bool has_final_norm = false;
   bool has_patch_conv = false;
+  std::vector<int64_t> patch_size;    // {kh, kw} of a patch-embedding conv with stride == kernel, else empty
+  int64_t position_tokens = 0;        // tokens of the [1, N, C] position embedding (C = conv channels), 0 if none
   int64_t num_outputs = 1;            // elements of the model's output tuple (1 = plain tensor)
   std::vector<std::string> block_names;
   std::vector<std::string> notes;
@@ -95,6 +97,8 @@ class CaptureModel {
   };
 
   void analyse();
+  void analyse_patch_embedding(torch::jit::Graph& g);
+  std::optional<at::IValue> resolve(torch::jit::Value* v, torch::jit::Graph& g) const;
   Built& build(const CaptureRequest& request);
   void check_images(const at::Tensor& images) const;
 

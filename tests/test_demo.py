@@ -1,38 +1,92 @@
-"""The embedded demo: shipped model, data from Debian's dataset-fashion-mnist, a small study run."""
+"""The embedded demo: synthetic faces, the shipped models and their input contract, a tiny train-demo run
+(seconds) and a small study run."""
 import json
 
+import numpy as np
 import pytest
+import torch
 
-from vitfiqa.demo.data import DATA_DIR
-from vitfiqa.demo.train import ASSET
-
-needs_data = pytest.mark.skipif(not (DATA_DIR / "t10k-images-idx3-ubyte.gz").exists(),
-                                reason="apt-get install dataset-fashion-mnist")
-
-
-def test_demo_model_ships_with_package():
-    import vitfiqa
-
-    assert ASSET.is_file(), "python -m vitfiqa.demo.train makes it"
-    m = vitfiqa.load(ASSET, image_size=(32, 32))
-    assert m.info["num_blocks"] == 6 and m.info["has_final_norm"]
+import vitfiqa
+from vitfiqa.demo import QUALITY_MODEL, RECOGNIZER, DemoConfig
+from vitfiqa.demo.faces import HELD_OUT, TRAIN, render_faces
 
 
-@needs_data
+def test_faces_are_deterministic_and_batch_independent():
+    a = render_faces([3, 7, 7], [0, 1, 2], 64)
+    b = render_faces([7], [1], 64)
+    assert a.shape == (3, 64, 64, 3) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a[1], b[0])
+    np.testing.assert_array_equal(render_faces([5], [2]), render_faces([5], [2]))
+    assert not np.array_equal(render_faces([5], [2], namespace=TRAIN), render_faces([5], [2], namespace=HELD_OUT))
+
+
+def test_identity_survives_nuisance():
+    """Two renders of one identity are closer than renders of two identities, on average, after removing
+    the background (a crude pixel check that the identity parameters, not only nuisance, shape the image)."""
+    ids = np.repeat(np.arange(12), 6)
+    smp = np.tile(np.arange(6), 12)
+    x = render_faces(ids, smp, 48).astype(np.float32)
+    centre = x[:, 12:36, 14:34].reshape(len(x), -1)  # the face, mostly
+    d = ((centre[:, None] - centre[None]) ** 2).mean(-1)
+    same = ids[:, None] == ids[None]
+    off_diag = ~np.eye(len(x), dtype=bool)
+    assert d[same & off_diag].mean() < 0.8 * d[~same].mean()
+
+
+@pytest.mark.parametrize("bad", [dict(identities=[-1], samples=[0]), dict(identities=[1, 2], samples=[0]),
+                                 dict(identities=[], samples=[]), dict(identities=[1], samples=[0], size=8)])
+def test_faces_reject_bad_input(bad):
+    with pytest.raises(ValueError):
+        render_faces(**bad)
+
+
+@pytest.mark.parametrize("path,outputs", [(RECOGNIZER, 1), (QUALITY_MODEL, 2)])
+def test_demo_models_ship_with_their_input_contract(path, outputs):
+    assert path.is_file(), "vitfiqa train-demo makes it"
+    m = vitfiqa.load(path)
+    assert m.info["num_outputs"] == outputs and m.info["has_final_norm"]
+    assert m.input_contract["image_size"] == (112, 112) and m.channel_order == "rgb"
+    assert m.input_contract["source"]["image_size"] == "model record"
+
+
+def test_train_demo_tiny(tmp_path):
+    """The whole train-demo path in seconds: render, recogniser, ViT-FIQA fine-tuned from it, export with
+    the contract, and a second call that resumes (nothing left to train) and exports the same models."""
+    from vitfiqa.demo.train import train
+
+    cfg = DemoConfig(image_size=32, patch_size=8, embed_dim=32, depth=2, num_features=16, identities=12,
+                     samples=4, batch_size=16, recognizer_epochs=2, quality_epochs=1)
+    out = dict(recognizer_out=tmp_path / "r.pt", quality_out=tmp_path / "q.pt", val_identities=6,
+               log=lambda *a: None)
+    first = train(cfg, tmp_path / "work", **out)
+    assert len(first["recognizer_validation"]) == 2 and len(first["quality_validation"]) == 1
+    rec, q = vitfiqa.load(tmp_path / "r.pt"), vitfiqa.load(tmp_path / "q.pt")
+    assert rec.image_size == q.image_size == (32, 32)
+    faces = list(render_faces([0, 1], [0, 0], 32, HELD_OUT))
+    r = q.score(faces, methods=("vitfiqa", "exfiqa", "attn"))
+    assert torch.isfinite(r.scores["vitfiqa"]).all()
+    before = (tmp_path / "q.pt").read_bytes()
+    again = train(cfg, tmp_path / "work", **out)
+    assert again["recognizer_validation"] == first["recognizer_validation"]
+    np.testing.assert_array_equal(vitfiqa.load(before).score(faces, methods=("vitfiqa",)).numpy()["vitfiqa"],
+                                  r.numpy()["vitfiqa"])
+
+
 def test_demo_study_small(tmp_path):
-    from vitfiqa.demo.study import run_demo
+    from vitfiqa.demo.study import LEVELS, run_demo
 
-    summary = run_demo(tmp_path / "report", n_images=40, n_pairs=4000, log=lambda *a: None)
-    for f in ("scores.csv", "correlations.csv", "pauc.csv", "edc.png", "heatmaps.png", "report.md"):
-        assert (tmp_path / "report" / f).stat().st_size > 100
+    summary = run_demo(tmp_path / "report", identities=8, samples=2, log=lambda *a: None)
+    files = ["scores.csv", "spearman.csv", "pauc.csv", "edc_fmr0.01.png", "edc_fmr0.001.png", "heatmaps_attn.png",
+             "heatmaps_vitnt.png", "report.md", "summary.json"]
+    for f in files:
+        assert (tmp_path / "report" / f).stat().st_size > 100, f
     saved = json.loads((tmp_path / "report" / "summary.json").read_text())
-    assert saved["images"] == 40 and set(saved["spearman"]) == set(summary["spearman"])
-    assert len(saved["spearman"]) == 8
-
-
-def test_demo_data_missing_is_clear(monkeypatch, tmp_path):
-    from vitfiqa.demo import data
-
-    monkeypatch.setattr(data, "DATA_DIR", tmp_path)
-    with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
-        data.load_split("test")
+    assert saved["images"] == 8 * 2 * (1 + len(LEVELS))
+    assert len(saved["spearman"]) == 4 * len(LEVELS)
+    assert set(saved["targets"]) == {"clean_fnmr_at_fmr_1e-3"} | {
+        f"pauc_ratio_to_random/{m}" for m in ("ATTN-FIQA", "ViTNT-FIQA", "ViT-FIQA", "EX-FIQA (FW)")}
+    # every missed target is explained in the report
+    report = (tmp_path / "report" / "report.md").read_text()
+    for name, why in saved["misses"].items():
+        assert why in report
+    assert "random rejection" in report and summary["seconds"] > 0

@@ -106,6 +106,33 @@ def test_relative_paths_are_resolved_on_the_driver(local_ray, images, model_case
     assert frame["path"].tolist() == images[:3] and (frame["error"] == "").all()
 
 
+def test_ray_reads_the_input_contract_and_channel_order(local_ray, images, tmp_path):
+    """The driver resolves the model's recorded contract (32x32, BGR, its normalisation) once and every actor
+    uses it; an explicit channel_order overrides the record, as in the local pipeline."""
+    import vitfiqa
+    from vitfiqa.models import ViTFIQA, export_torchscript
+
+    from .conftest import spread
+
+    torch.manual_seed(0)
+    model = spread(ViTFIQA(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, num_features=16))
+    path = export_torchscript(model, str(tmp_path / "bgr.pt"), input_contract={
+        "image_size": [32, 32], "channel_order": "bgr", "normalization": {"mean": [0.4, 0.5, 0.6], "std": [0.3] * 3}})
+    paths = images[:12]
+    for order in (None, "rgb"):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            local = score_frame(vitfiqa.load(path, channel_order=order), paths, ["attn", "vitfiqa"], batch_size=4)
+        finally:
+            torch.set_num_threads(threads)
+        dist = score_with_ray(path, paths, tmp_path / f"o_{order}", ["attn", "vitfiqa"], batch_size=4,
+                              channel_order=order, num_actors=1, progress=False)
+        for k in ("attn", "vitfiqa"):
+            np.testing.assert_array_equal(dist[k].to_numpy(), local[k].to_numpy())
+    assert not np.allclose(dist["attn"], score_frame(vitfiqa.load(path), paths, ["attn"], batch_size=4)["attn"])
+
+
 def test_reproduce_qualities_on_ray_equal_local(local_ray, model_cases, tmp_path):
     """`reproduce` with ray = "local": the vitfiqa qualities of an image-file benchmark are scored by
     vitfiqa.distributed; the table equals the local run's."""

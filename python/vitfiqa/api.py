@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from . import _core
-from .preprocess import DEFAULT_IMAGE_SIZE, as_batch
+from .preprocess import DEFAULT_CHANNEL_ORDER, DEFAULT_IMAGE_SIZE, DEFAULT_NORMALIZATION, as_batch, check_channel_order
 
 METHODS = ("attn", "vitnt", "vitfiqa", "exfiqa")
 _DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float64: "float64"}
@@ -87,10 +87,21 @@ class QualityModel:
     ``model`` is a path to a TorchScript file (``torch.jit.save`` of a scripted or traced module) or its
     bytes. ``dtype`` casts the model's floating parameters (float32, float16, bfloat16). ``sha256`` is the
     digest of the model file (a results table records it, so scores of two models are never mixed).
+
+    The input contract (how images vitfiqa decodes are prepared for this model): ``image_size`` (H, W),
+    ``channel_order`` ("rgb" or "bgr") and ``normalization`` ({"mean": [3], "std": [3]} on x/255). Each comes
+    from the explicit argument if given, else from the record that :func:`vitfiqa.models.export_torchscript`
+    stores in the file, else: the image size from the patch grid found in the graph (patch size x grid side;
+    the standard 112 when it gives the same grid), channel order rgb, normalisation mean = std = 0.5.
+    :attr:`input_contract` says which source each value came from. Float tensors passed to :meth:`score`
+    are taken as already prepared.
     """
 
     def __init__(self, model: str | os.PathLike | bytes, device: str | torch.device = "cpu",
-                 dtype: torch.dtype | str = torch.float32, image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE):
+                 dtype: torch.dtype | str = torch.float32, image_size: tuple[int, int] | int | None = None,
+                 channel_order: str | None = None, normalization: dict | None = None):
+        from .models import check_input_contract, read_input_contract
+
         dtype_name = _DTYPES.get(dtype, dtype) if isinstance(dtype, torch.dtype) else str(dtype)
         if dtype_name not in _DTYPES.values():
             raise ValueError(f"unsupported dtype {dtype!r}; use one of {sorted(_DTYPES.values())}")
@@ -112,7 +123,60 @@ class QualityModel:
             self.sha256 = _file_sha256(path)
         self.device = torch.device(device)
         self.dtype = getattr(torch, dtype_name)
-        self.image_size = tuple(image_size)
+        explicit = {}
+        if image_size is not None:
+            explicit["image_size"] = image_size if isinstance(image_size, int) else [int(v) for v in image_size]
+        if channel_order is not None:
+            explicit["channel_order"] = check_channel_order(channel_order)
+        if normalization is not None:
+            explicit["normalization"] = normalization
+        explicit = check_input_contract(explicit)
+        record = read_input_contract(model if isinstance(model, (bytes, bytearray)) else Path(model)) or {}
+        grid_size = self._size_from_graph()
+        fallback = {"image_size": list(grid_size) if grid_size else None, "channel_order": DEFAULT_CHANNEL_ORDER,
+                    "normalization": DEFAULT_NORMALIZATION}
+        fallback_source = {"image_size": "patch grid in the graph", "channel_order": "default",
+                           "normalization": "default"}
+        self._contract, self._contract_source = {}, {}
+        for key in ("image_size", "channel_order", "normalization"):
+            for source, values in (("argument", explicit), ("model record", record),
+                                   (fallback_source[key], fallback)):
+                if values.get(key) is not None:
+                    self._contract[key], self._contract_source[key] = values[key], source
+                    break
+        self.channel_order = self._contract["channel_order"]
+        self.normalization = self._contract["normalization"]
+
+    def _size_from_graph(self) -> tuple[int, int] | None:
+        """Input size from the patch embedding: a conv with stride = kernel p and a position embedding of N
+        tokens = prefix (0-8) + a square grid g x g. The standard 112 when floor(112 / p) = g (e.g.
+        insightface's patch 9: 12 x 9 = 108 pixels used of 112), else g x p."""
+        info = self.info
+        patch, tokens = info.get("patch_size") or [], info.get("position_tokens", 0)
+        if len(patch) != 2 or tokens <= 0:
+            return None
+        for prefix in range(0, 9):
+            side = int(round((tokens - prefix) ** 0.5)) if tokens > prefix else 0
+            if side > 0 and side * side == tokens - prefix:
+                return tuple(DEFAULT_IMAGE_SIZE[i] if DEFAULT_IMAGE_SIZE[i] // patch[i] == side else side * patch[i]
+                             for i in range(2))
+        return None
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(H, W) that decoded images are resized to; a clear error when the model does not tell it."""
+        size = self._contract.get("image_size")
+        if size is None:
+            raise ValueError("the input size of this model is unknown: it carries no input contract and no patch "
+                             "grid was found in its graph; pass image_size=(H, W) (CLI: --image-size)")
+        return tuple(size)
+
+    @property
+    def input_contract(self) -> dict:
+        """The resolved input contract and, under ``source``, where each value came from (argument, model
+        record, patch grid in the graph, default)."""
+        size = self._contract.get("image_size")
+        return {**self._contract, "image_size": tuple(size) if size else None, "source": dict(self._contract_source)}
 
     @property
     def info(self) -> dict:
@@ -131,7 +195,8 @@ class QualityModel:
     # -- input handling -------------------------------------------------------------------------
     def prepare(self, images: Any, preprocess: bool | str = "auto") -> torch.Tensor:
         """Images in any supported form -> validated [B,3,H,W] tensor on the model's device and dtype."""
-        x = as_batch(images, preprocess=preprocess, size=self.image_size)
+        x = as_batch(images, preprocess=preprocess, size=lambda: self.image_size, channel_order=self.channel_order,
+                     normalization=self.normalization)
         if x.shape[0] == 0:
             raise ValueError("empty image batch")
         if x.shape[1] != 3:
@@ -240,10 +305,16 @@ class QualityModel:
         return self._core.graph(**request)
 
 
-def load(model: str | os.PathLike | bytes, device: str | torch.device = "cpu",
-         dtype: torch.dtype | str = torch.float32, image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE) -> QualityModel:
-    """Load a TorchScript ViT (path or bytes) for quality scoring."""
-    return QualityModel(model, device=device, dtype=dtype, image_size=image_size)
+def load(model: str | os.PathLike | bytes | None = None, device: str | torch.device = "cpu",
+         dtype: torch.dtype | str = torch.float32, image_size: tuple[int, int] | int | None = None,
+         channel_order: str | None = None, normalization: dict | None = None) -> QualityModel:
+    """Load a TorchScript ViT (path or bytes; None: the embedded demo recogniser) for quality scoring.
+    ``image_size``, ``channel_order`` ("rgb" | "bgr") and ``normalization`` override the model's recorded
+    input contract (see :class:`QualityModel`)."""
+    if model is None:
+        from .demo import RECOGNIZER as model
+    return QualityModel(model, device=device, dtype=dtype, image_size=image_size, channel_order=channel_order,
+                        normalization=normalization)
 
 
 def fuse_exits(exit_scores: torch.Tensor | np.ndarray, depths: Sequence[int], fusion: str = "depth",

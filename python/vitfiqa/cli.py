@@ -97,8 +97,8 @@ def _score_local(args, methods: list[str], table_dir: Path):
     import vitfiqa
     from vitfiqa.pipeline import open_table, score_files
 
-    model = vitfiqa.load(args.model, device=args.device or "cpu", dtype=args.dtype,
-                         image_size=(args.image_size, args.image_size))
+    model = vitfiqa.load(args.model, device=args.device or "cpu", dtype=args.dtype, image_size=args.image_size,
+                         channel_order=args.channel_order)
     files = _image_list(args.images)
     if args.heatmaps and Path(args.images).is_dir() and Path(args.heatmaps).absolute().is_relative_to(
             Path(args.images).absolute()):
@@ -127,11 +127,12 @@ def _score_ray(args, methods: list[str], table_dir: Path):
     if args.heatmaps:
         raise CLIError("--heatmaps is not supported with --ray (heatmaps stay local); score without --ray")
     files = _image_list(args.images)
-    score_with_ray(args.model, files, str(table_dir), methods=methods, address=args.ray or None,
-                   batch_size=args.batch_size, device=args.device,
-                   dtype=args.dtype, image_size=(args.image_size, args.image_size),
-                   workers=args.workers, num_actors=args.actors, overwrite=args.overwrite,
-                   progress=not args.quiet, max_pixels=_max_pixels(args))
+    from .demo import RECOGNIZER
+
+    score_with_ray(args.model or RECOGNIZER, files, str(table_dir), methods=methods, address=args.ray or None,
+                   batch_size=args.batch_size, device=args.device, dtype=args.dtype, image_size=args.image_size,
+                   channel_order=args.channel_order, workers=args.workers, num_actors=args.actors,
+                   overwrite=args.overwrite, progress=not args.quiet, max_pixels=_max_pixels(args))
     return ScoreTable.open(table_dir)
 
 
@@ -146,12 +147,15 @@ def cmd_evaluate(args) -> int:
     fmrs = [float(f) for f in args.fmr.split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    size = (args.image_size, args.image_size)
-    qm = vitfiqa.load(args.model, device=args.device, image_size=size)
-    # The recognizer may be any TorchScript model (a CNN such as iResNet-100, or a ViT): embeddings only.
-    fr = Recognizer(args.fr_model or args.model, device=args.device, image_size=size,
+    qm = vitfiqa.load(args.model, device=args.device, image_size=args.image_size, channel_order=args.channel_order)
+    # The recognizer may be any TorchScript model (a CNN such as iResNet-100, or a ViT): embeddings only; its
+    # input comes from its own contract unless --image-size / --channel-order say otherwise.
+    fr = Recognizer(args.fr_model or args.model, device=args.device, image_size=args.image_size,
                     channel_order=args.channel_order, flip=args.flip)
-    ds = load_bin(args.bin, image_size=size)
+    if fr.image_size != qm.image_size:
+        raise CLIError(f"the quality model takes {qm.image_size} images and the FR model {fr.image_size}; "
+                       "pass --image-size to use one size for both")
+    ds = load_bin(args.bin, image_size=qm.image_size)
     quality = score_image_set(qm, ds, methods=methods, batch_size=args.batch_size, progress=not args.quiet)
     emb, ok = None, np.zeros(len(ds), bool)
     for idx, imgs in ds.batches(args.batch_size):
@@ -190,20 +194,31 @@ def cmd_inspect(args) -> int:
     m = vitfiqa.load(args.model, device=args.device)
     for k, v in m.info.items():
         print(f"{k}: {v}")
+    try:
+        print(f"input_contract: {m.input_contract}")
+    except ValueError as exc:
+        print(f"input_contract: unknown ({exc})")
     return 0
 
 
 def cmd_demo(args) -> int:
     from .demo.study import run_demo
 
-    run_demo(args.out, n_images=args.images, model_path=args.model)
+    run_demo(args.out, identities=args.identities, samples=args.samples, recognizer=args.recognizer,
+             quality_model=args.quality_model)
     return 0
 
 
 def cmd_train_demo(args) -> int:
-    from .demo.train import ASSET, train
+    from dataclasses import fields
 
-    train(args.epochs, out=Path(args.out) if args.out else ASSET)
+    from .demo import DemoConfig
+    from .demo.train import train
+
+    cfg = DemoConfig(**{f.name: getattr(args, f.name) for f in fields(DemoConfig) if getattr(args, f.name) is not None})
+    out = Path(args.out) if args.out else None
+    train(cfg, args.work_dir, threads=args.threads,
+          **({"recognizer_out": out / "demo_recognizer.pt", "quality_out": out / "demo_vitfiqa.pt"} if out else {}))
     return 0
 
 
@@ -213,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("score", help="score a folder or list of images")
-    s.add_argument("--model", required=True)
+    s.add_argument("--model", help="TorchScript ViT (default: the embedded demo recogniser)")
     s.add_argument("--images", required=True, help="folder (searched recursively) or text file of paths")
     s.add_argument("--methods", default="attn,vitnt")
     s.add_argument("--out", required=True,
@@ -228,7 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model precision (float16 for GPUs)")
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--workers", type=int, help="image decoding threads (default: min(8, cores))")
-    s.add_argument("--image-size", type=int, default=112)
+    s.add_argument("--image-size", type=int, help="input side in pixels (default: the model's recorded input "
+                   "contract, else its patch grid)")
+    s.add_argument("--channel-order", choices=("rgb", "bgr"),
+                   help="channel order the model expects (default: its recorded input contract, else rgb)")
     s.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help=f"skip (with the reason in the table) images larger than this many pixels, read from the "
                         f"header before decoding (default {DEFAULT_MAX_PIXELS:,}; 0: no limit)")
@@ -243,8 +261,6 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--fr-model", help="comparison (FR) model, any TorchScript CNN or ViT; default: the quality model")
     e.add_argument("--flip", choices=("concat", "sum", "none"), default="concat",
                    help="flip test: concat (CR-FIQA: [normalised original, normalised flip]), sum, none")
-    e.add_argument("--channel-order", choices=("rgb", "bgr"), default="rgb",
-                   help="the FR model's input channel order (the CR-FIQA evaluation feeds BGR)")
     e.add_argument("--bin", required=True)
     e.add_argument("--methods", default="attn,vitnt")
     e.add_argument("--fmr", default="1e-3,1e-4")
@@ -253,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default="vitfiqa-eval")
     e.add_argument("--device", default="cpu")
     e.add_argument("--batch-size", type=int, default=64)
-    e.add_argument("--image-size", type=int, default=112)
+    e.add_argument("--image-size", type=int, help="default: the model's recorded input contract, else its patch grid")
+    e.add_argument("--channel-order", choices=("rgb", "bgr"), help="default: the model's record, else rgb")
     e.set_defaults(fn=cmd_evaluate)
 
     r = sub.add_parser("reproduce", help="a paper's pAUC-EDC table from a TOML config: benchmarks x recognizers x "
@@ -263,19 +280,26 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(fn=cmd_reproduce)
 
     i = sub.add_parser("inspect", help="what the capture found in a model")
-    i.add_argument("--model", required=True)
+    i.add_argument("--model", help="default: the embedded demo recogniser")
     i.add_argument("--device", default="cpu")
     i.set_defaults(fn=cmd_inspect)
 
     d = sub.add_parser("demo", help="controlled-degradation study with the embedded demo model")
     d.add_argument("--out", default="vitfiqa-demo")
-    d.add_argument("--images", type=int, default=300)
-    d.add_argument("--model", help="default: the shipped demo ViT")
+    d.add_argument("--identities", type=int, default=150, help="held-out synthetic identities")
+    d.add_argument("--samples", type=int, default=4, help="renders per identity")
+    d.add_argument("--recognizer", help="default: the embedded demo recogniser")
+    d.add_argument("--quality-model", help="default: the embedded demo ViT-FIQA model")
     d.set_defaults(fn=cmd_demo)
 
-    t = sub.add_parser("train-demo", help="retrain the demo recognizer on Fashion-MNIST")
-    t.add_argument("--epochs", type=int, default=3)
-    t.add_argument("--out")
+    t = sub.add_parser("train-demo", help="retrain the two demo models on synthetic faces (resumable)")
+    t.add_argument("--work-dir", default="vitfiqa-train-demo", help="checkpoints and renders; re-run to resume")
+    t.add_argument("--out", help="folder for the two exported models (default: the package's assets)")
+    t.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    from .demo import DemoConfig
+
+    for name, value in DemoConfig().__dict__.items():
+        t.add_argument("--" + name.replace("_", "-"), type=type(value), help=f"default {value}")
     t.set_defaults(fn=cmd_train_demo)
     return p
 

@@ -42,7 +42,7 @@ def _ray():
 class _Scorer:
     """Ray Data actor: loads the model once, then scores whole batches (one input row = one batch of paths)."""
 
-    def __init__(self, model_ref, device, dtype, image_size, methods, workers, decode_processes, torch_threads,
+    def __init__(self, model_ref, device, dtype, input_contract, methods, workers, decode_processes, torch_threads,
                  score_options):
         import ray
         import torch
@@ -51,7 +51,7 @@ class _Scorer:
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
-        self.model = QualityModel(ray.get(model_ref[0]), device=device, dtype=dtype, image_size=image_size)
+        self.model = QualityModel(ray.get(model_ref[0]), device=device, dtype=dtype, **input_contract)
         self.methods = list(methods)
         self.workers = workers
         self.decode_processes = decode_processes
@@ -84,7 +84,8 @@ class _Scorer:
 def score_with_ray(model: str | os.PathLike | bytes, paths: Sequence[str], out_dir: str | os.PathLike,
                    methods: Sequence[str] | str = ("attn", "vitnt"), *, address: str | None = None,
                    batch_size: int = 64, num_actors: int | None = None, device: str | None = None,
-                   dtype: str = "float32", image_size: tuple[int, int] = (112, 112), workers: int | None = None,
+                   dtype: str = "float32", image_size: tuple[int, int] | int | None = None,
+                   channel_order: str | None = None, workers: int | None = None,
                    cpus_per_actor: float | None = None, overwrite: bool = False, progress: bool = True,
                    num_cpus: int | None = None, decode_processes: bool | None = None,
                    max_pixels: int | None = DEFAULT_MAX_PIXELS, **score_options):
@@ -96,6 +97,8 @@ def score_with_ray(model: str | os.PathLike | bytes, paths: Sequence[str], out_d
     ``num_cpus``); ``"auto"`` or ``"ray://host:port"`` joins that cluster.
     device: ``None`` uses one GPU per actor when the cluster has GPUs (one actor per GPU), else CPUs;
     ``"cpu"``/``"cuda"`` force it. dtype: ``float16`` halves GPU memory traffic.
+    image_size / channel_order ("rgb" | "bgr"): override the model's recorded input contract (as
+    :func:`vitfiqa.load`); the driver resolves it once and every actor uses the same.
     num_actors / cpus_per_actor: the actor pool (default: per GPU; else one actor per 2 CPUs, 1 on tiny
     clusters). workers: decoding threads (processes with decode_processes, the default on GPUs) per actor
     (default: its CPUs).
@@ -132,10 +135,13 @@ def score_with_ray(model: str | os.PathLike | bytes, paths: Sequence[str], out_d
 
     from .api import QualityModel
 
-    probe = QualityModel(model_bytes, device="cpu", image_size=image_size)
-    probe.score(torch.zeros(1, 3, *image_size), methods=methods, preprocess=False, **score_options)
+    probe = QualityModel(model_bytes, device="cpu", image_size=image_size, channel_order=channel_order)
+    contract = dict(image_size=probe.image_size, channel_order=probe.channel_order,
+                    normalization=probe.normalization)
+    probe.score(torch.zeros(1, 3, *probe.image_size), methods=methods, preprocess=False, **score_options)
     keys = score_keys(methods, probe.exit_depths(score_options.get("exits")) if "exfiqa" in methods else ())
-    run = run_description(probe.sha256, image_size, dtype, methods, score_options, max_pixels=max_pixels)
+    run = run_description(probe.sha256, probe.image_size, dtype, methods, score_options, max_pixels=max_pixels,
+                          input_contract=contract)
     del probe
 
     with ScoreTable(out_dir, paths=paths, keys=keys, batch_size=batch_size, run=run, overwrite=overwrite) as table:
@@ -149,7 +155,7 @@ def score_with_ray(model: str | os.PathLike | bytes, paths: Sequence[str], out_d
                 ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
                          logging_level=logging.WARNING)
             try:
-                _run(ray, model_bytes, table, pending, list(methods), num_actors, device, dtype, tuple(image_size),
+                _run(ray, model_bytes, table, pending, list(methods), num_actors, device, dtype, contract,
                      workers, cpus_per_actor, decode_processes, progress, {**score_options, "max_pixels": max_pixels})
             finally:
                 if started:
@@ -157,8 +163,8 @@ def score_with_ray(model: str | os.PathLike | bytes, paths: Sequence[str], out_d
         return table.frame()
 
 
-def _run(ray, model_bytes, table, pending, methods, num_actors, device, dtype, image_size, workers, cpus_per_actor,
-         decode_processes, progress, score_options) -> None:
+def _run(ray, model_bytes, table, pending, methods, num_actors, device, dtype, input_contract, workers,
+         cpus_per_actor, decode_processes, progress, score_options) -> None:
     resources = ray.cluster_resources()
     cpus, gpus = float(resources.get("CPU", 1)), int(resources.get("GPU", 0))
     if device is None:
@@ -187,7 +193,7 @@ def _run(ray, model_bytes, table, pending, methods, num_actors, device, dtype, i
     ds = ds.map_batches(
         _Scorer, batch_size=per_call, batch_format="numpy", concurrency=min(num_actors, blocks),
         num_cpus=cpus_per_actor, num_gpus=1 if use_gpu else 0,
-        fn_constructor_kwargs=dict(model_ref=model_ref, device=device, dtype=dtype, image_size=image_size,
+        fn_constructor_kwargs=dict(model_ref=model_ref, device=device, dtype=dtype, input_contract=input_contract,
                                    methods=methods, workers=workers or threads, torch_threads=threads,
                                    decode_processes=decode_processes,
                                    score_options=score_options))

@@ -239,9 +239,14 @@ def build_recognizer(name: str, checkpoint=None) -> nn.Module:
 
 
 def export_recognizer(name: str, checkpoint, path: str) -> dict:
-    """Build ``name``, load its official ``checkpoint`` and save it as TorchScript at ``path``; returns the
-    preprocessing options to use with it (channel order, mean, std, output)."""
+    """Build ``name``, load its official ``checkpoint`` and save it as TorchScript at ``path`` with its input
+    contract (112x112, channel order, normalisation), which :class:`vitfiqa.recognizer.Recognizer` reads;
+    returns the preprocessing options (channel order, mean, std, output)."""
     from .models import export_torchscript
 
-    export_torchscript(build_recognizer(name, checkpoint), path)
-    return RECOGNIZERS[name].preprocessing()
+    model = build_recognizer(name, checkpoint)
+    preset = RECOGNIZERS[name]
+    export_torchscript(model, path, input_contract=dict(
+        image_size=[112, 112], channel_order=preset.channel_order,
+        normalization={"mean": [preset.mean] * 3, "std": [preset.std] * 3}))
+    return preset.preprocessing()

@@ -203,9 +203,10 @@ class ImageLoader:
 
 
 def to_model_input(images: torch.Tensor, model: QualityModel) -> torch.Tensor:
-    """uint8 NHWC batch -> the model's device and dtype, scaled to [-1, 1] there (non-blocking from pinned memory)."""
+    """uint8 RGB NHWC batch -> the model's device and dtype, in the model's channel order and normalisation
+    (non-blocking from pinned memory)."""
     x = images.to(model.device, non_blocking=images.is_pinned())
-    return normalize_uint8(x, model.dtype)
+    return normalize_uint8(x, model.dtype, model.channel_order, model.normalization)
 
 
 HEATMAP_FORMATS = ("png", "npy")
@@ -241,11 +242,15 @@ def encode_heatmap(image: np.ndarray, heatmap: np.ndarray, fmt: str) -> bytes:
 
 
 def run_description(model_sha256: str, image_size, dtype, methods: Sequence[str], score_options: dict,
-                    heatmaps: dict | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict:
-    """What a results table records about the run that fills it (model digest, input size, precision, methods,
-    options, heatmap output, pixel limit); a resume with anything different is refused instead of mixing
-    scores."""
-    return {"model_sha256": model_sha256, "image_size": list(image_size), "dtype": str(dtype).replace("torch.", ""),
+                    heatmaps: dict | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                    input_contract: dict | None = None) -> dict:
+    """What a results table records about the run that fills it (model digest, input size, channel order and
+    normalisation, precision, methods, options, heatmap output, pixel limit); a resume with anything different
+    is refused instead of mixing scores."""
+    contract = input_contract or {}
+    return {"model_sha256": model_sha256, "image_size": list(image_size),
+            "channel_order": contract.get("channel_order", "rgb"), "normalization": contract.get("normalization"),
+            "dtype": str(dtype).replace("torch.", ""),
             "methods": list(methods), "options": {k: score_options[k] for k in sorted(score_options)},
             "heatmaps": heatmaps, "max_pixels": max_pixels}
 
@@ -265,7 +270,8 @@ def open_table(model: QualityModel, paths: Sequence[str], methods: Sequence[str]
     if heatmap_dir is not None:
         heat = {"dir": str(Path(heatmap_dir).resolve()), "format": heatmap_format}
         score_options = {**score_options, "heatmaps": True}
-    run = run_description(model.sha256, model.image_size, model.dtype, methods, score_options, heat, max_pixels)
+    run = run_description(model.sha256, model.image_size, model.dtype, methods, score_options, heat, max_pixels,
+                          {"channel_order": model.channel_order, "normalization": model.normalization})
     if isinstance(out, ScoreTable):
         out.expect(paths=paths, keys=keys, batch_size=batch_size, run=run)
         return out

@@ -2,7 +2,9 @@
 
 The standard face-recognition preprocessing (insightface / ViT-FIQA family) is: RGB, 112x112,
 ``(x / 255 - 0.5) / 0.5``. It is applied to uint8 images (NumPy HWC/NHWC arrays, PIL images, file paths);
-float tensors are taken as already preprocessed unless ``preprocess=True``.
+float tensors are taken as already preprocessed unless ``preprocess=True``. A model's input contract (or the
+caller) may ask for another size, BGR channel order (the decoded RGB channels are reversed) or another
+per-channel mean and std (applied to ``x / 255``).
 """
 from __future__ import annotations
 
@@ -14,6 +16,16 @@ import numpy as np
 import torch
 
 DEFAULT_IMAGE_SIZE = (112, 112)
+DEFAULT_CHANNEL_ORDER = "rgb"
+DEFAULT_NORMALIZATION = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+
+
+def check_channel_order(channel_order: str) -> str:
+    if channel_order not in ("rgb", "bgr"):
+        raise ValueError(f"channel_order must be 'rgb' or 'bgr', got {channel_order!r}")
+    return channel_order
+
+
 DEFAULT_MAX_PIXELS = 40_000_000
 """Largest image (width x height) decoded by default: 40 MP is ~120 MB as RGB, several times any face photo,
 while a decompression bomb (a few kB of PNG that inflates to gigapixels) is refused from its header, before
@@ -131,19 +143,27 @@ def load_uint8(item: Any, size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
     return arr
 
 
-def normalize_uint8(batch: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 NHWC batch (on any device) -> contiguous NCHW in [-1, 1]: ``(x / 255 - 0.5) / 0.5``.
+def normalize_uint8(batch: torch.Tensor, dtype: torch.dtype = torch.float32, channel_order: str = "rgb",
+                    normalization: dict | None = None) -> torch.Tensor:
+    """uint8 RGB NHWC batch (on any device) -> contiguous NCHW ``(x / 255 - mean) / std`` (default mean = std
+    = 0.5: [-1, 1]), channels reversed first for a ``bgr`` model.
 
     The arithmetic is float32 whatever ``dtype`` is (then cast), so CPU and GPU, float32 and the CPU-side
     path of :func:`preprocess_images` give the same bits."""
     x = batch.permute(0, 3, 1, 2).to(torch.float32)
-    x = (x / 255.0 - 0.5) / 0.5
+    if check_channel_order(channel_order) == "bgr":
+        x = x.flip(1)
+    norm = normalization or DEFAULT_NORMALIZATION
+    mean = torch.tensor(norm["mean"], dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(norm["std"], dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    x = (x / 255.0 - mean) / std
     return x.to(dtype).contiguous()
 
 
-def preprocess_images(images: Any, size: tuple[int, int] = DEFAULT_IMAGE_SIZE) -> torch.Tensor:
-    """uint8 images (one or a sequence of HWC arrays, PIL images or paths; or an NHWC uint8 array) ->
-    float32 [B,3,H,W] tensor resized (bilinear) to ``size`` and scaled to [-1, 1]."""
+def preprocess_images(images: Any, size: tuple[int, int] = DEFAULT_IMAGE_SIZE, channel_order: str = "rgb",
+                      normalization: dict | None = None) -> torch.Tensor:
+    """uint8 RGB images (one or a sequence of HWC arrays, PIL images or paths; or an NHWC uint8 array) ->
+    float32 [B,3,H,W] tensor resized (bilinear) to ``size``, normalised as :func:`normalize_uint8`."""
     if isinstance(images, np.ndarray) and images.ndim == 4:
         items: Sequence[Any] = list(images)
     elif isinstance(images, (list, tuple)):
@@ -155,11 +175,16 @@ def preprocess_images(images: Any, size: tuple[int, int] = DEFAULT_IMAGE_SIZE) -
     out = np.empty((len(items), size[0], size[1], 3), dtype=np.uint8)
     for i, item in enumerate(items):
         out[i] = load_uint8(item, size)
-    return normalize_uint8(torch.from_numpy(out))
+    return normalize_uint8(torch.from_numpy(out), channel_order=channel_order, normalization=normalization)
 
 
-def as_batch(images: Any, preprocess: bool | str = "auto", size: tuple[int, int] = DEFAULT_IMAGE_SIZE) -> torch.Tensor:
-    """Normalise any supported image input to a float [B,3,H,W] tensor (not yet on the model's device)."""
+def as_batch(images: Any, preprocess: bool | str = "auto", size: tuple[int, int] | None = DEFAULT_IMAGE_SIZE,
+             channel_order: str = "rgb", normalization: dict | None = None) -> torch.Tensor:
+    """Normalise any supported image input to a float [B,3,H,W] tensor (not yet on the model's device).
+    ``size`` may be a callable giving the size, asked only when uint8 images need resizing."""
+    def prep(x):
+        return preprocess_images(x, size() if callable(size) else size, channel_order, normalization)
+
     if isinstance(images, torch.Tensor):
         x = images
         if x.dim() == 3:
@@ -168,8 +193,8 @@ def as_batch(images: Any, preprocess: bool | str = "auto", size: tuple[int, int]
             raise ValueError(f"image tensors must be [B,3,H,W] or [3,H,W], got shape {tuple(images.shape)}")
         if x.dtype == torch.uint8:
             if x.shape[1] != 3 and x.shape[-1] == 3:  # NHWC uint8
-                return preprocess_images(x.cpu().numpy(), size)
-            return preprocess_images(x.permute(0, 2, 3, 1).cpu().numpy(), size)
+                return prep(x.cpu().numpy())
+            return prep(x.permute(0, 2, 3, 1).cpu().numpy())
         if not x.is_floating_point():
             raise TypeError(f"image tensors must be floating point (or uint8 to be preprocessed), got {x.dtype}")
         if preprocess is True:
@@ -181,4 +206,4 @@ def as_batch(images: Any, preprocess: bool | str = "auto", size: tuple[int, int]
         if np.issubdtype(images.dtype, np.floating) and images.ndim in (3, 4) and images.shape[-3] == 3:
             return as_batch(torch.from_numpy(np.ascontiguousarray(images)), preprocess=False, size=size)
         raise TypeError(f"NumPy images must be uint8 HWC/NHWC (or float CHW/NCHW preprocessed), got {images.dtype} {images.shape}")
-    return preprocess_images(images, size)
+    return prep(images)

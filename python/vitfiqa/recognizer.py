@@ -5,9 +5,12 @@ image batch to embeddings (or a tuple whose element ``output`` is the embedding,
 ``(embedding, conv_out)``). It is run as is by the C++ core (``vitfiqa._core.ScriptModel``): no attention
 analysis, so CNNs work.
 
-Each recognizer carries its input preprocessing: ``channel_order`` (``rgb`` or ``bgr``: the official CR-FIQA
-extraction reads images with OpenCV and feeds BGR), ``mean``/``std`` applied to x/255 (insightface ArcFace /
-ElasticFace / CurricularFace: 0.5, 0.5; MagFace: 0, 1, i.e. x/255 only), and ``flip``:
+Each recognizer carries its input preprocessing: ``image_size``, ``channel_order`` (``rgb`` or ``bgr``: the
+official CR-FIQA extraction reads images with OpenCV and feeds BGR) and ``mean``/``std`` applied to x/255
+(insightface ArcFace / ElasticFace / CurricularFace: 0.5, 0.5; MagFace: 0, 1, i.e. x/255 only). Each comes from
+the explicit argument, else from the input contract stored in the TorchScript file
+(:func:`vitfiqa.models.export_torchscript` / :func:`vitfiqa.models.export_recognizer`), else the defaults
+(112x112, rgb, 0.5/0.5). The arithmetic is :func:`vitfiqa.preprocess.normalize_uint8`'s. And ``flip``:
 
 ``concat`` (CR-FIQA evaluation)
     embed the image and its horizontal flip (of the decoded uint8 image), L2-normalise each, concatenate
@@ -27,7 +30,7 @@ import numpy as np
 import torch
 
 from .eval.scores import flip_concat
-from .preprocess import DEFAULT_IMAGE_SIZE
+from .preprocess import DEFAULT_CHANNEL_ORDER, DEFAULT_IMAGE_SIZE, DEFAULT_NORMALIZATION, normalize_uint8
 
 FLIP_MODES = ("concat", "sum", "none")
 CHANNEL_ORDERS = ("rgb", "bgr")
@@ -50,18 +53,16 @@ class Recognizer:
     """
 
     def __init__(self, model: str | os.PathLike | bytes, device: str = "cpu", dtype: str = "float32",
-                 image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE, channel_order: str = "rgb",
-                 mean: float | Sequence[float] = 0.5, std: float | Sequence[float] = 0.5, flip: str = "concat",
-                 output: int = 0, name: str | None = None):
+                 image_size: tuple[int, int] | int | None = None, channel_order: str | None = None,
+                 mean: float | Sequence[float] | None = None, std: float | Sequence[float] | None = None,
+                 flip: str = "concat", output: int = 0, name: str | None = None):
         from . import _core
+        from .models import read_input_contract
 
-        if channel_order not in CHANNEL_ORDERS:
+        if channel_order is not None and channel_order not in CHANNEL_ORDERS:
             raise ValueError(f"channel_order must be one of {CHANNEL_ORDERS}, got {channel_order!r}")
         if flip not in FLIP_MODES:
             raise ValueError(f"flip must be one of {FLIP_MODES}, got {flip!r}")
-        self.mean, self.std = _triple(mean, "mean"), _triple(std, "std")
-        if min(self.std) <= 0:
-            raise ValueError("std must be positive")
         device = str(device)
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise RuntimeError(f"device {device!r} requested but CUDA is not available in this torch build")
@@ -76,11 +77,18 @@ class Recognizer:
                 raise FileNotFoundError(f"recognizer model file not found: {path}")
             self._core = _core.ScriptModel(str(path), device, str(dtype))
             self.source = str(path)
+        record = read_input_contract(model if isinstance(model, (bytes, bytearray)) else Path(model)) or {}
+        norm = record.get("normalization", DEFAULT_NORMALIZATION)
+        self.mean = _triple(norm["mean"] if mean is None else mean, "mean")
+        self.std = _triple(norm["std"] if std is None else std, "std")
+        if min(self.std) <= 0:
+            raise ValueError("std must be positive")
+        size = image_size if image_size is not None else record.get("image_size", DEFAULT_IMAGE_SIZE)
+        self.image_size = (int(size), int(size)) if np.isscalar(size) else tuple(int(v) for v in size)
+        self.channel_order = channel_order or record.get("channel_order", DEFAULT_CHANNEL_ORDER)
         self.name = name or (Path(self.source).stem if self.source != "<bytes>" else "recognizer")
         self.device = torch.device(device)
         self.dtype = getattr(torch, str(dtype))
-        self.image_size = tuple(image_size)
-        self.channel_order = channel_order
         self.flip = flip
         self.output = int(output)
 
@@ -97,14 +105,8 @@ class Recognizer:
             raise ValueError(f"images are {tuple(x.shape[1:3])}, the recognizer expects {self.image_size}")
         if x.shape[0] == 0:
             raise ValueError("empty image batch")
-        x = x.to(self.device).permute(0, 3, 1, 2).to(torch.float32)
-        if self.channel_order == "bgr":
-            x = x.flip(1)
-        # mean/std are per model-input channel (B, G, R order for a BGR model).
-        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
-        x = (x / 255.0 - mean) / std
-        return x.to(self.dtype).contiguous()
+        return normalize_uint8(x.to(self.device), self.dtype, self.channel_order,
+                               {"mean": list(self.mean), "std": list(self.std)})
 
     def forward(self, x: torch.Tensor) -> np.ndarray:
         """The model's forward on a prepared batch -> float32 embeddings [B, D]."""

@@ -53,19 +53,40 @@ def vitfiqa_loss(emb, quality, labels, head: MarginSoftmax, alpha: float = 10.0)
 
 
 class InMemoryDataset(torch.utils.data.Dataset):
-    """Preprocessed float images [N,3,H,W] with integer identities [N]."""
+    """Images with integer identities [N]: preprocessed float [N,3,H,W], or uint8 [N,H,W,3] RGB that is scaled
+    to [-1, 1] per item (four times less memory for a large rendered set)."""
 
     def __init__(self, images: torch.Tensor, identities):
         ids = torch.as_tensor(np.asarray(identities), dtype=torch.long)
-        if images.dim() != 4 or len(images) != len(ids) or len(ids) == 0:
-            raise ValueError("need a non-empty [N,3,H,W] image tensor and one identity per image")
+        if isinstance(images, np.ndarray):
+            images = torch.from_numpy(images)
+        ok = images.dim() == 4 and (images.is_floating_point() and images.shape[1] == 3
+                                    or images.dtype == torch.uint8 and images.shape[3] == 3)
+        if not ok or len(images) != len(ids) or len(ids) == 0:
+            raise ValueError("need a non-empty float [N,3,H,W] or uint8 [N,H,W,3] image tensor and one identity "
+                             "per image")
         self.images, self.identities = images, ids
 
     def __len__(self):
         return len(self.images)
 
     def __getitem__(self, i):
-        return self.images[i], self.identities[i]
+        x = self.images[i]
+        if x.dtype == torch.uint8:
+            from .preprocess import normalize_uint8
+
+            x = normalize_uint8(x[None])[0]
+        return x, self.identities[i]
+
+    def __getitems__(self, indices):
+        """A whole batch at once (the DataLoader calls this; one normalisation per batch, not per image)."""
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        x = self.images[idx]
+        if x.dtype == torch.uint8:
+            from .preprocess import normalize_uint8
+
+            x = normalize_uint8(x)
+        return x, self.identities[idx]
 
 
 class FolderDataset(torch.utils.data.Dataset):
@@ -100,25 +121,68 @@ def _num_classes(dataset) -> int:
     return int(max(int(dataset[i][1]) for i in range(len(dataset)))) + 1
 
 
-def train_vitfiqa(model: nn.Module, dataset, epochs: int = 10, batch_size: int = 128, lr: float = 1e-3,
-                  weight_decay: float = 0.05, alpha: float = 10.0, s: float = 64.0, m: float = 0.4,
-                  device: str = "cpu", checkpoint_dir: str | os.PathLike | None = None, resume: bool = True,
-                  progress: bool = True, seed: int = 0, augment: Callable | None = None) -> dict:
-    """Train a ViT-FIQA model (forward -> (embedding, quality)). Returns the loss history per step.
+def train_recognizer(model: nn.Module, dataset, epochs: int = 10, batch_size: int = 128, lr: float = 1e-3,
+                     weight_decay: float = 0.05, s: float = 64.0, m: float = 0.4, **kwargs) -> dict:
+    """Train a plain face recognition model (forward -> embedding) with the CosFace margin softmax over the
+    data set's identities. Same options, checkpoints and history as :func:`train_vitfiqa` (no quality term)."""
+    return _train(model, dataset, epochs, batch_size, lr, weight_decay, None, s, m, **kwargs)
 
-    With ``checkpoint_dir`` a checkpoint is written after every epoch and, with ``resume``, training starts
-    from the latest one (model, margin head, optimiser, epoch)."""
+
+def train_vitfiqa(model: nn.Module, dataset, epochs: int = 10, batch_size: int = 128, lr: float = 1e-3,
+                  weight_decay: float = 0.05, alpha: float = 10.0, s: float = 64.0, m: float = 0.4, **kwargs) -> dict:
+    """Train a ViT-FIQA model (forward -> (embedding, quality)). Returns the loss history per step and the
+    margin head (``history["head"]``, whose rows are the class centres).
+
+    Options: ``device``; ``checkpoint_dir`` (a checkpoint after every epoch and every ``checkpoint_every``
+    seconds; with ``resume`` training continues from the latest one: model, margin head, optimiser,
+    schedule, position in the epoch); ``head`` (a trained :class:`MarginSoftmax` to continue from, e.g. the
+    recogniser's class centres when fine-tuning from it); ``schedule`` (``constant`` or ``cosine``: linear
+    warm-up over ``warmup`` steps, then cosine decay to zero); ``augment(x)`` applied to each batch;
+    ``after_epoch(epoch, model, head) -> dict`` (e.g. a validation, stored in ``history["epochs"]``);
+    ``log`` (a function of one string; progress lines) or ``progress`` (a tqdm bar); ``seed``."""
+    return _train(model, dataset, epochs, batch_size, lr, weight_decay, alpha, s, m, **kwargs)
+
+
+def _train(model: nn.Module, dataset, epochs: int, batch_size: int, lr: float, weight_decay: float,
+           alpha: float | None, s: float, m: float, device: str = "cpu",
+           checkpoint_dir: str | os.PathLike | None = None, resume: bool = True, progress: bool = True, seed: int = 0,
+           augment: Callable | None = None, head: MarginSoftmax | None = None, schedule: str = "constant",
+           warmup: int = 0, checkpoint_every: float = 300.0, after_epoch: Callable | None = None,
+           log: Callable[[str], None] | None = None, log_every: int = 50) -> dict:
+    """The one training loop: CosFace (alpha None) or ViT-FIQA (CosFace + alpha * quality regression)."""
+    import math
+    import time
+
     from tqdm.auto import tqdm
 
+    if schedule not in ("constant", "cosine"):
+        raise ValueError("schedule must be 'constant' or 'cosine'")
+    if epochs < 1 or batch_size < 1:
+        raise ValueError("epochs and batch_size must be positive")
     torch.manual_seed(seed)
     model.to(device).eval()  # BatchNorm cannot see a batch of one in training mode
     with torch.no_grad():
-        feats = model(dataset[0][0][None].to(device))[0].shape[1]
+        out = model(dataset[0][0][None].to(device))
+    if (alpha is not None) != isinstance(out, (tuple, list)):
+        raise ValueError("train_vitfiqa needs a model returning (embedding, quality); train_recognizer one "
+                         "returning the embedding")
+    feats = (out[0] if alpha is not None else out).shape[1]
     model.train()
-    head = MarginSoftmax(feats, _num_classes(dataset), s=s, m=m).to(device)
-    opt = torch.optim.AdamW(list(model.parameters()) + list(head.parameters()), lr=lr, weight_decay=weight_decay)
-    history = {"loss": [], "fr": [], "quality": []}
-    start_epoch = 0
+    head = (head or MarginSoftmax(feats, _num_classes(dataset), s=s, m=m)).to(device)
+    params = list(model.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    per_epoch = len(dataset) // batch_size if len(dataset) > batch_size else 1
+    total = epochs * per_epoch
+
+    def lr_at(step: int) -> float:
+        if schedule == "constant":
+            return lr
+        if step < warmup:
+            return lr * (step + 1) / warmup
+        return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+    history: dict = {"loss": [], "fr": [], "quality": [], "epochs": []}
+    start_epoch, start_batch = 0, 0
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else None
     if ckpt_dir and resume and (ckpt_dir / "last.pt").exists():
         # weights_only: a checkpoint folder may come from elsewhere; tensors, numbers and lists are all it holds
@@ -126,27 +190,61 @@ def train_vitfiqa(model: nn.Module, dataset, epochs: int = 10, batch_size: int =
         model.load_state_dict(state["model"])
         head.load_state_dict(state["head"])
         opt.load_state_dict(state["optimizer"])
-        start_epoch, history = state["epoch"], state["history"]
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=len(dataset) > batch_size,
-                                         generator=torch.Generator().manual_seed(seed))
+        start_epoch, start_batch = int(state["epoch"]), int(state.get("batch", 0))
+        history.update({k: list(v) for k, v in state["history"].items()})
+
+    def save(epoch: int, batch: int) -> None:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        tmp = ckpt_dir / "last.pt.tmp"
+        torch.save({"model": model.state_dict(), "head": head.state_dict(), "optimizer": opt.state_dict(),
+                    "epoch": epoch, "batch": batch, "history": {k: v for k, v in history.items()}}, tmp)
+        os.replace(tmp, ckpt_dir / "last.pt")  # a crash while saving never leaves a torn checkpoint
+
+    last_save = t0 = time.time()
     for epoch in range(start_epoch, epochs):
-        bar = tqdm(loader, disable=not progress, desc=f"epoch {epoch + 1}/{epochs}")
-        for x, y in bar:
+        # the order of an epoch depends only on (seed, epoch), so a resumed epoch skips exactly what was done
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed * 100003 + epoch))
+        batches = [order[i:i + batch_size].tolist() for i in range(0, per_epoch * batch_size, batch_size)] \
+            if len(dataset) > batch_size else [order.tolist()]
+        first = start_batch if epoch == start_epoch else 0
+        # InMemoryDataset hands over whole batches (__getitems__), so there is nothing left to collate
+        collate = (lambda batch: batch) if isinstance(dataset, InMemoryDataset) else None
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches[first:], collate_fn=collate)
+        bar = tqdm(loader, disable=not progress or log is not None, desc=f"epoch {epoch + 1}/{epochs}")
+        for b, (x, y) in enumerate(bar, start=first):
+            step = epoch * per_epoch + b
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step)
             x, y = x.to(device), y.to(device)
             if augment is not None:
                 x = augment(x)
-            emb, q = model(x)
-            loss, fr, ql = vitfiqa_loss(emb, q, y, head, alpha)
+            if alpha is None:
+                loss, _ = head(model(x), y)
+                fr, ql = loss, torch.zeros(())
+            else:
+                emb, q = model(x)
+                loss, fr, ql = vitfiqa_loss(emb, q, y, head, alpha)
             opt.zero_grad()
             loss.backward()
             opt.step()
             for k, v in (("loss", loss), ("fr", fr), ("quality", ql)):
                 history[k].append(float(v.detach()))
             bar.set_postfix(loss=f"{history['loss'][-1]:.3f}")
+            if log is not None and (step + 1) % log_every == 0:
+                recent = history["loss"][-log_every:]
+                log(f"epoch {epoch + 1}/{epochs} step {step + 1}/{total} loss {np.mean(recent):.3f} "
+                    f"fr {np.mean(history['fr'][-log_every:]):.3f} quality {np.mean(history['quality'][-log_every:]):.4f} "
+                    f"lr {lr_at(step):.2e} ({time.time() - t0:.0f} s)")
+            if ckpt_dir and time.time() - last_save > checkpoint_every:
+                save(epoch, b + 1)
+                last_save = time.time()
+        if after_epoch is not None:
+            model.eval()
+            history["epochs"].append({"epoch": epoch + 1, **after_epoch(epoch + 1, model, head)})
+            model.train()
         if ckpt_dir:
-            ckpt_dir.mkdir(parents=True, exist_ok=True)
-            torch.save({"model": model.state_dict(), "head": head.state_dict(), "optimizer": opt.state_dict(),
-                        "epoch": epoch + 1, "history": history}, ckpt_dir / "last.pt")
+            save(epoch + 1, 0)
+            last_save = time.time()
     model.eval()
     history["head"] = head
     return history

@@ -1,2 +1,37 @@
-"""The embedded demo: a small ViT recognizer trained on Fashion-MNIST (a stand-in for a face model: each
-clothing class plays the role of an identity) and a controlled-degradation study of the quality methods."""
+"""The embedded demo: synthetic faces (:mod:`.faces`), a small face-ViT recogniser and a ViT-FIQA quality
+model trained on them (:mod:`.train`, ``vitfiqa train-demo``), and a controlled-degradation study of the four
+quality methods on held-out identities (:mod:`.study`, ``vitfiqa demo``)."""
+from dataclasses import dataclass
+from pathlib import Path
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+RECOGNIZER = ASSETS / "demo_recognizer.pt"     # plain face ViT (CosFace): ATTN-FIQA and ViTNT-FIQA read it
+QUALITY_MODEL = ASSETS / "demo_vitfiqa.pt"     # ViT-FIQA quality-token model: ViT-FIQA and EX-FIQA read it
+
+
+@dataclass
+class DemoConfig:
+    """What `vitfiqa train-demo` trains (every field is a --option of the command)."""
+
+    image_size: int = 112
+    patch_size: int = 16
+    embed_dim: int = 96
+    depth: int = 4
+    num_heads: int = 4
+    mlp_ratio: float = 2.0
+    num_features: int = 128
+    identities: int = 2000
+    samples: int = 16
+    batch_size: int = 128
+    recognizer_epochs: int = 10
+    recognizer_lr: float = 1e-3
+    quality_epochs: int = 4
+    quality_lr: float = 5e-4
+    s: float = 32.0
+    m: float = 0.3
+    degrade_share: float = 0.35
+    seed: int = 0
+
+    def model_kwargs(self) -> dict:
+        return dict(img_size=self.image_size, patch_size=self.patch_size, embed_dim=self.embed_dim, depth=self.depth,
+                    num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, num_features=self.num_features)

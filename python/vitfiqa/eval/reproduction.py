@@ -111,9 +111,9 @@ class RecognizerSpec:
     name: str
     model: str | None = None
     embeddings: dict[str, str] = field(default_factory=dict)
-    channel_order: str = "rgb"
-    mean: Any = 0.5
-    std: Any = 0.5
+    channel_order: str | None = None   # None: the model's input contract, else rgb
+    mean: Any = None                   # None: the model's input contract, else 0.5
+    std: Any = None
     flip: str = "concat"
     output: int = 0
     dtype: str = "float32"
@@ -243,12 +243,13 @@ def load_config(config: str | os.PathLike | Mapping, base: str | os.PathLike | N
                 raise FileNotFoundError(f"recognizer {spec.name!r}: model file not found: {spec.model}")
         from ..recognizer import CHANNEL_ORDERS, FLIP_MODES, _triple
 
-        if spec.channel_order not in CHANNEL_ORDERS or spec.flip not in FLIP_MODES:
+        if spec.channel_order not in CHANNEL_ORDERS + (None,) or spec.flip not in FLIP_MODES:
             raise ConfigError(f"recognizer {spec.name!r}: channel_order in {CHANNEL_ORDERS}, flip in {FLIP_MODES}")
         try:
-            if min(_triple(spec.std, "std")) <= 0:
+            if spec.std is not None and min(_triple(spec.std, "std")) <= 0:
                 raise ValueError("std must be positive")
-            _triple(spec.mean, "mean")
+            if spec.mean is not None:
+                _triple(spec.mean, "mean")
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"recognizer {spec.name!r}: {exc}") from None
         recognizers.append(spec)
