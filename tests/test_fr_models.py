@@ -6,6 +6,7 @@ import torch
 
 from vitfiqa.fr_models import (RECOGNIZERS, IRBackbone, IResNet, build_recognizer, ir_backbone, iresnet,
                                recognizer_state_dict, strict_load)
+from vitfiqa.models import export_torchscript
 from vitfiqa.recognizer import Recognizer
 
 from .conftest import export, spread
@@ -117,9 +118,13 @@ def test_recognizer_runs_cnns_through_the_core(tmp_path):
     np.testing.assert_allclose(e[:, :512], unit(ref), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(e[:, 512:], unit(ref_flip), rtol=1e-4, atol=1e-5)
     mag = randomize(small_iresnet(eps=2e-5), seed=3)
-    path = export(mag, "trace", torch.randn(2, 3, 112, 112), str(tmp_path / "mag.pt"))
-    pre = RECOGNIZERS["magface_r100"].preprocessing()
-    rec = Recognizer(path, flip="none", **pre)
+    # the preset's preprocessing travels in the TorchScript file's input contract (as export_recognizer writes it)
+    pre = RECOGNIZERS["magface_r100"]
+    path = export_torchscript(mag, str(tmp_path / "mag.pt"), "trace", torch.randn(2, 3, 112, 112), input_contract={
+        "image_size": [112, 112], "channel_order": pre.channel_order,
+        "normalization": {"mean": [pre.mean] * 3, "std": [pre.std] * 3}})
+    rec = Recognizer(path, flip="none")
+    assert rec.channel_order == "bgr" and rec.mean == (0.0, 0.0, 0.0) and rec.std == (1.0, 1.0, 1.0)
     np.testing.assert_allclose(unit(rec.embed(imgs)), unit(mag(bgr / 255).detach().numpy()), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="outputs"):
         Recognizer(str(tmp_path / "ir50.pt"), output=5).embed(imgs)
