@@ -1,4 +1,5 @@
 // ATTN-FIQA: magnitude of the final block's pre-softmax attention logits, and the per-patch heatmap.
+#include <cmath>
 #include <stdexcept>
 
 #include "methods.h"
@@ -32,7 +33,7 @@ at::Tensor attn_score(const AttentionCapture& a, int64_t first_token) {
   auto q_mean = q.mean(2, false, at::kDouble);  // [B,H,D]
   auto k_mean = k.mean(2, false, at::kDouble);
   auto score = (q_mean * k_mean).sum(-1).mean(1) * a.scale;
-  if (a.mask) {
+  if (a.mask && a.mask_in_logits) {
     auto m = mask_dd(a);
     if (first_token > 0) m = m.narrow(2, first_token, m.size(2) - first_token).narrow(3, first_token, m.size(3) - first_token);
     score = score + m.mean({1, 2, 3});
@@ -48,36 +49,61 @@ at::Tensor attn_key_means(const AttentionCapture& a) {
   auto q_mean = a.q.mean(2, true, at::kDouble);                                               // [B,H,1,D]
   auto per_key = at::matmul(q_mean, a.k.to(at::kDouble).transpose(-2, -1)).squeeze(2) * a.scale;  // [B,H,N]
   auto out = per_key.mean(1);
-  if (a.mask) out = out + mask_dd(a).mean(1).mean(1);
+  if (a.mask && a.mask_in_logits) out = out + mask_dd(a).mean(1).mean(1);
   return out;
 }
 
 at::Tensor attention_logits(const AttentionCapture& a) {
   if (a.kind == AttentionKind::Softmax) return a.logits;
   auto l = at::matmul(a.q * a.scale, a.k.transpose(-2, -1));
-  if (a.mask) l = l + *a.mask;
+  if (a.mask && a.mask_in_logits) l = l + *a.mask;
   return l;
 }
 
 at::Tensor attention_probs(const AttentionCapture& a) {
-  return at::softmax(attention_logits(a).to(at::kFloat), -1);
+  if (a.kind == AttentionKind::Softmax) return at::softmax(a.logits.to(at::kFloat), -1);
+  auto l = at::matmul(a.q * a.scale, a.k.transpose(-2, -1));
+  if (a.mask) l = l + *a.mask;  // the model's own attention: its mask applies whatever the logits choice
+  return at::softmax(l.to(at::kFloat), -1);
 }
 
-at::Tensor token_heatmap(const at::Tensor& per_token, int64_t prefix, const std::vector<int64_t>& grid,
-                         const std::vector<int64_t>& out_hw, bool minmax_per_image) {
+at::Tensor token_grid(const at::Tensor& per_token, int64_t prefix, const std::vector<int64_t>& grid) {
   if (grid.size() != 2) throw std::invalid_argument("the patch grid is unknown; pass grid=(h, w)");
   int64_t patches = grid[0] * grid[1];
   if (per_token.size(1) - prefix != patches)
     throw std::invalid_argument("token count " + std::to_string(per_token.size(1)) + " minus " + std::to_string(prefix) +
                                 " prefix tokens does not fill a " + std::to_string(grid[0]) + "x" +
                                 std::to_string(grid[1]) + " patch grid");
-  auto map = per_token.narrow(1, prefix, patches).to(at::kFloat).reshape({-1, 1, grid[0], grid[1]});
-  if (minmax_per_image) {
-    auto flat = map.flatten(1);
-    auto lo = std::get<0>(flat.min(1, true)).view({-1, 1, 1, 1});
-    auto hi = std::get<0>(flat.max(1, true)).view({-1, 1, 1, 1});
-    // A constant map has no structure to show: it becomes all zeros rather than NaN.
-    map = (map - lo) / (hi - lo).clamp_min(1e-12);
+  return per_token.narrow(1, prefix, patches).to(at::kFloat).reshape({-1, grid[0], grid[1]});
+}
+
+at::Tensor render_heatmaps(const at::Tensor& grids, const std::vector<int64_t>& out_hw, const std::string& mode,
+                           const std::vector<double>& value_range) {
+  if (!grids.defined() || grids.dim() != 3 || grids.size(0) == 0)
+    throw std::invalid_argument("heatmap grids must be a non-empty [B,gh,gw] tensor");
+  if (!out_hw.empty() && (out_hw.size() != 2 || out_hw[0] <= 0 || out_hw[1] <= 0))
+    throw std::invalid_argument("heatmap size must be two positive integers (height, width)");
+  auto map = grids.to(at::kFloat).unsqueeze(1);  // [B,1,gh,gw]
+  if (mode != "none") {
+    at::Tensor lo, hi;
+    if (mode == "image") {
+      auto flat = map.flatten(1);
+      lo = std::get<0>(flat.min(1, true)).view({-1, 1, 1, 1});
+      hi = std::get<0>(flat.max(1, true)).view({-1, 1, 1, 1});
+    } else if (mode == "global") {
+      lo = map.min();
+      hi = map.max();
+    } else if (mode == "range") {
+      if (value_range.size() != 2 || !std::isfinite(value_range[0]) || !std::isfinite(value_range[1]) ||
+          !(value_range[1] >= value_range[0]))
+        throw std::invalid_argument("heatmap value range must be two finite numbers (low, high) with low <= high");
+      lo = at::scalar_tensor(value_range[0], map.options());
+      hi = at::scalar_tensor(value_range[1], map.options());
+    } else {
+      throw std::invalid_argument("unknown heatmap normalisation '" + mode + "' (image, global, range, none)");
+    }
+    // The official expression, in float32 like the official numpy arrays; a constant map becomes zeros.
+    map = ((map - lo) / (hi - lo + 1e-8f)).clamp(0.0, 1.0);
   }
   if (!out_hw.empty())
     map = at::upsample_bilinear2d(map, {out_hw[0], out_hw[1]}, /*align_corners=*/false);

@@ -5,6 +5,7 @@
 #include <torch/csrc/jit/passes/constant_propagation.h>
 #include <torch/csrc/jit/passes/dead_code_elimination.h>
 #include <torch/csrc/jit/passes/inliner.h>
+#include <torch/csrc/jit/passes/lower_tuples.h>
 #include <torch/csrc/jit/serialization/import.h>
 #include <ATen/core/grad_mode.h>
 
@@ -24,9 +25,17 @@ namespace attr = c10::attr;
 
 namespace {
 
+// Torch's messages can quote bytes of a corrupt file; pybind11 turns a message that is not valid UTF-8 into a
+// UnicodeDecodeError instead of the ValueError we raise (found by benchmarks/fuzz.py). Keep printable ASCII.
+std::string printable(std::string s) {
+  for (auto& c : s)
+    if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) > 0x7e) c = '?';
+  return s;
+}
+
 std::string first_line(const std::string& s) {
   auto pos = s.find('\n');
-  return pos == std::string::npos ? s : s.substr(0, pos);
+  return printable(pos == std::string::npos ? s : s.substr(0, pos));
 }
 
 // The interpreter's message ends with the original error after a TorchScript traceback.
@@ -35,7 +44,7 @@ std::string last_line(const std::string& s) {
   std::string line, last;
   while (std::getline(in, line))
     if (line.find_first_not_of(" \t") != std::string::npos) last = line;
-  return last.empty() ? s : last.substr(last.find_first_not_of(" \t"));
+  return printable(last.empty() ? s : last.substr(last.find_first_not_of(" \t")));
 }
 
 at::ScalarType parse_dtype(const std::string& dtype) {
@@ -180,6 +189,123 @@ void eliminate_dead_code_and_guards(std::shared_ptr<Graph>& g) {
   if (removed) torch::jit::EliminateDeadCode(g);
 }
 
+// Values computed from the images' data (through any op, control flow included). Shapes are not data: a
+// size, rank or device read off a tensor starts no dependence, so a position table or mask built for the
+// input's size counts as a constant, like the parameters it is made of.
+std::unordered_set<Value*> data_dependent_values(Graph& g, Value* images) {
+  static const std::unordered_set<c10::Symbol> shape_ops{c10::aten::size, c10::aten::dim,    c10::aten::numel,
+                                                         c10::aten::len,  c10::prim::device,
+                                                         c10::prim::dtype, c10::aten::sym_size};
+  std::unordered_set<Value*> dep{images};
+  std::function<void(torch::jit::Block*)> walk = [&](torch::jit::Block* b) {
+    for (Node* n : b->nodes()) {
+      for (auto* inner : n->blocks()) walk(inner);
+      if (shape_ops.count(n->kind())) continue;
+      if (reads_any(n, dep))
+        for (Value* o : n->outputs()) dep.insert(o);
+    }
+  };
+  walk(g.block());
+  return dep;
+}
+
+// Every value `n` reads, directly or through what computed it.
+std::unordered_set<Value*> ancestors(Node* n) {
+  std::unordered_set<Value*> seen;
+  std::vector<Value*> stack;
+  collect_reads(n, stack);
+  while (!stack.empty()) {
+    Value* v = stack.back();
+    stack.pop_back();
+    if (!seen.insert(v).second) continue;
+    collect_reads(v->node(), stack);
+  }
+  return seen;
+}
+
+std::string display_name(const ScopePath& scope) {
+  std::string name = join(scope, scope.size());
+  if (name.rfind("SELF.", 0) == 0) name = name.substr(5);  // scripted graphs name the top module SELF
+  return name;
+}
+
+// The q.k*scale part of a softmax input that adds terms computed without the images (a relative-position
+// bias, a fixed mask): walks back through such additions (and dtype casts) to the data-dependent operand.
+// Returns nullptr when the softmax input adds nothing of the kind.
+Value* unbiased_logits(Value* softmax_input, const std::unordered_set<Value*>& data_dependent) {
+  Value* v = softmax_input;
+  bool biased = false;
+  for (;;) {
+    Node* n = v->node();
+    auto k = n->kind();
+    if ((k == c10::aten::add || k == c10::aten::sub) && n->inputs().size() >= 2 &&
+        n->input(1)->type()->isSubtypeOf(*c10::TensorType::get())) {
+      bool lhs = data_dependent.count(n->input(0)) > 0, rhs = data_dependent.count(n->input(1)) > 0;
+      auto alpha = n->inputs().size() > 2 ? torch::jit::toIValue(n->input(2)) : std::optional<c10::IValue>(c10::IValue(1));
+      bool unit_alpha = alpha && ((alpha->isInt() && alpha->toInt() == 1) || (alpha->isDouble() && alpha->toDouble() == 1.0));
+      if (lhs && !rhs && unit_alpha) {
+        v = n->input(0);
+        biased = true;
+        continue;
+      }
+      if (rhs && !lhs && k == c10::aten::add && unit_alpha) {
+        v = n->input(1);
+        biased = true;
+        continue;
+      }
+      break;
+    }
+    if (k == c10::aten::to || k == c10::aten::contiguous || k == c10::aten::type_as) {
+      v = n->input(0);
+      continue;
+    }
+    break;
+  }
+  return biased ? v : nullptr;
+}
+
+// Refuses models that are not one token sequence running through every block: between two consecutive
+// blocks the residual stream may only be cast, copied or reshaped; a convolution, pooling, concatenation or
+// projection there (Swin's patch merging, PiT's pooling, PVT's stages) changes the tokens, so per-token
+// methods would compare different things. Shifted windows (aten::roll inside a block) are refused too.
+void check_plain_token_sequence(Graph& g, const std::vector<ScopePath>& scopes,
+                                std::unordered_map<Node*, ScopePath>& node_paths,
+                                const std::vector<Value*>& block_outputs, const std::vector<Node*>& sites) {
+  static const std::unordered_set<c10::Symbol> passthrough{
+      c10::aten::to,      c10::aten::contiguous, c10::aten::dropout,      c10::aten::clone,
+      c10::aten::detach,  c10::aten::type_as,    c10::aten::view,         c10::aten::reshape,
+      c10::aten::size,    c10::prim::ListConstruct, c10::prim::ListUnpack, c10::prim::TupleConstruct,
+      c10::prim::TupleUnpack, c10::prim::TupleIndex, c10::prim::NumToTensor, c10::aten::Int,
+      c10::aten::__getitem__, c10::prim::Constant, c10::aten::feature_dropout, c10::aten::alpha_dropout};
+  auto in_any_block = [&](Node* n) {
+    for (auto& sc : scopes)
+      if (starts_with(node_paths[n], sc)) return true;
+    return false;
+  };
+  for (Node* n : g.nodes()) {
+    if (n->kind() == c10::aten::roll && in_any_block(n))
+      throw std::invalid_argument("not a plain ViT: shifted-window attention (aten::roll in '" +
+                                  display_name(node_paths[n]) +
+                                  "', as in Swin); vitfiqa scores ViTs whose attention spans the whole token sequence");
+  }
+  for (size_t b = 0; b + 1 < scopes.size(); ++b) {
+    auto feeds_next = ancestors(sites[b + 1]);
+    std::unordered_set<Value*> downstream{block_outputs[b]};
+    for (Node* n = block_outputs[b]->node()->next(); n != sites[b + 1] && n != g.return_node(); n = n->next()) {
+      if (!reads_any(n, downstream)) continue;
+      for (Value* o : n->outputs()) downstream.insert(o);
+      bool between = std::any_of(n->outputs().begin(), n->outputs().end(), [&](Value* o) { return feeds_next.count(o) > 0; });
+      if (!between || in_any_block(n) || passthrough.count(n->kind())) continue;
+      std::string where = node_paths[n].empty() ? std::string("the model's forward") : "'" + display_name(node_paths[n]) + "'";
+      throw std::invalid_argument("not a plain ViT: between blocks '" + display_name(scopes[b]) + "' and '" +
+                                  display_name(scopes[b + 1]) + "' the tokens pass through " +
+                                  n->kind().toQualString() + " in " + where +
+                                  " (token pooling or merging between stages, as in Swin, PiT or PVT); vitfiqa "
+                                  "scores ViTs whose blocks all read one token sequence");
+    }
+  }
+}
+
 // Move constants and module/parameter reads (GetAttr chains on self) to the top of the graph. Inlining
 // leaves them next to their first use, e.g. the final norm's weight after the last block; hoisted, a
 // copy of the final norm or head can be placed right after an early block, whose tokens can then be
@@ -200,7 +326,49 @@ void hoist_parameter_reads(Graph& g) {
   }
 }
 
+// Reads of plain (str, int, float, bool) module attributes become constants, so constant propagation folds
+// the branches they select: e.g. the ViT-FIQA class's `if self.mode == "token"` in a scripted forward,
+// whose output tuple would otherwise come out of an If. Safe while the graph assigns no attributes: the
+// module is private to the CaptureModel and its attributes never change after loading.
+void fold_constant_attributes(Graph& g, const torch::jit::Module& module) {
+  std::function<bool(torch::jit::Block*)> assigns = [&](torch::jit::Block* b) {
+    for (Node* n : b->nodes()) {
+      if (n->kind() == c10::prim::SetAttr) return true;
+      for (auto* inner : n->blocks())
+        if (assigns(inner)) return true;
+    }
+    return false;
+  };
+  if (assigns(g.block())) return;
+  std::unordered_map<Value*, c10::IValue> objects{{g.inputs().at(0), module._ivalue()}};
+  std::function<void(torch::jit::Block*)> fold = [&](torch::jit::Block* b) {
+    for (Node* n : b->nodes()) {
+      for (auto* inner : n->blocks()) fold(inner);
+      if (n->kind() != c10::prim::GetAttr) continue;
+      auto owner = objects.find(n->input(0));
+      if (owner == objects.end() || !owner->second.isObject()) continue;
+      const auto& obj = owner->second.toObjectRef();
+      const std::string& name = n->s(attr::name);
+      if (!obj.type()->hasAttribute(name)) continue;
+      c10::IValue value = obj.getAttr(name);
+      if (value.isObject()) {
+        objects[n->output()] = value;
+      } else if (value.isString() || value.isInt() || value.isDouble() || value.isBool()) {
+        torch::jit::WithInsertPoint guard(n);
+        n->output()->replaceAllUsesWith(g.insertConstant(value));
+      }
+    }
+  };
+  fold(g.block());
+}
+
 }  // namespace
+
+void check_attn_logits(const std::string& attn_logits) {
+  if (attn_logits != "qk" && attn_logits != "full")
+    throw std::invalid_argument("attn_logits must be 'qk' (q.k*scale, the papers' definition) or 'full' (the whole "
+                                "softmax input, bias and mask included), got '" + attn_logits + "'");
+}
 
 std::string CaptureRequest::key() const {
   std::ostringstream os;
@@ -213,7 +381,7 @@ std::string CaptureRequest::key() const {
   put("P", probs_blocks);
   put("T", token_blocks);
   put("E", exit_blocks);
-  os << "n" << tokens_final_norm << "t" << tokens_output << "d" << token_distances << "o" << model_output << "x"
+  os << "a" << attn_logits << "n" << tokens_final_norm << "t" << tokens_output << "d" << token_distances << "o" << model_output << "x"
      << exit_output;
   return os.str();
 }
@@ -225,26 +393,29 @@ torch::jit::Module load_script_module(const std::string& path_or_bytes, bool fro
       return torch::jit::load(in, device);
     }
     return torch::jit::load(path_or_bytes, device);
-  } catch (const c10::Error& e) {
+  } catch (const std::exception& e) {
+    // c10::Error from the archive reader, but also torch::jit::ErrorReport (the TorchScript compiler on damaged
+    // code records) and std::bad_alloc (a size field gone wrong): all mean a corrupt file (benchmarks/fuzz.py).
+    auto* c10_error = dynamic_cast<const c10::Error*>(&e);
     throw std::invalid_argument(std::string("could not load a TorchScript model") +
                                 (from_bytes ? " from bytes" : " from '" + path_or_bytes + "'") +
                                 " (corrupt file, or not saved with torch.jit.save?): " +
-                                first_line(e.what_without_backtrace()));
+                                first_line(c10_error ? c10_error->what_without_backtrace() : e.what()));
   }
 }
 
 CaptureModel::CaptureModel(const std::string& path_or_bytes, bool from_bytes, const std::string& device,
-                           const std::string& dtype)
+                           const std::string& dtype, const std::string& final_norm)
     : device_(parse_device(device)), dtype_(parse_dtype(dtype)) {
   module_ = load_script_module(path_or_bytes, from_bytes, device_);
   module_.eval();
   if (dtype_ != at::kFloat) module_.to(dtype_);
   if (!module_.find_method("forward"))
     throw std::invalid_argument("the TorchScript module has no forward method");
-  analyse();
+  analyse(final_norm);
 }
 
-void CaptureModel::analyse() {
+void CaptureModel::analyse(const std::string& final_norm) {
   auto method = module_.get_method("forward");
   auto& fn = method.function();
   const auto& schema = fn.getSchema();
@@ -265,6 +436,10 @@ void CaptureModel::analyse() {
     g->eraseInput(i);
   }
   torch::jit::Inline(*g);
+  // Blocks that return (tokens, attention) tuples (the ATTN/ViTNT repositories' ViT): after inlining, the
+  // tuple is built inside the block and unpacked outside; lowering the pair leaves the tokens as a plain
+  // tensor leaving the block.
+  torch::jit::LowerSimpleTuples(g);
   // Scoring always runs in eval mode. Folding `training` to False lets constant propagation drop the
   // training-only branches (BatchNorm's num_batches_tracked update, dropout); their side effects would
   // otherwise keep the whole original head alive and defeat early exits.
@@ -278,6 +453,7 @@ void CaptureModel::analyse() {
     }
   };
   fold_training(g->block());
+  fold_constant_attributes(*g, module_);
   torch::jit::ConstantPropagation(g);
   torch::jit::EliminateDeadCode(g);
   hoist_parameter_reads(*g);
@@ -353,9 +529,7 @@ void CaptureModel::analyse() {
         throw std::invalid_argument("block '" + join(scope, scope.size()) +
                                     "' has more than one attention op; vitfiqa expects one attention per block");
       block_scopes.push_back(scope);
-      std::string name = join(scope, scope.size());
-      if (name.rfind("SELF.", 0) == 0) name = name.substr(5);  // scripted graphs name the top module SELF
-      info_.block_names.push_back(name);
+      info_.block_names.push_back(display_name(scope));
     }
   } else {
     info_.notes.push_back("the graph carries no module hierarchy (frozen model?): blocks are known only by the "
@@ -364,6 +538,27 @@ void CaptureModel::analyse() {
   }
 
   for (size_t b = 0; b < chosen.size(); ++b) sites_.push_back({chosen[b], static_cast<int64_t>(b)});
+  const auto data_dependent = data_dependent_values(*g, g->inputs().at(1));
+  // Biased attention: the softmax input (or SDPA's attn_mask) adds terms that do not come from q.k.
+  std::vector<std::string> biased;
+  for (auto& s : sites_) {
+    if (s.node->kind() == c10::aten::softmax) {
+      s.unbiased_logits = unbiased_logits(s.node->input(0), data_dependent);
+      s.biased = s.unbiased_logits != nullptr;
+    } else {
+      s.biased = !is_none(s.node->namedInput("attn_mask"));
+    }
+    if (s.biased) {
+      info_.biased_blocks.push_back(s.block);
+      biased.push_back(info_.block_names.at(s.block));
+    }
+  }
+  if (!biased.empty())
+    info_.notes.push_back("ATTN-FIQA: the attention of " + std::to_string(biased.size()) + " block(s) (" + biased.front() +
+                          (biased.size() > 1 ? ", ..." : "") +
+                          ") adds a bias or mask to q.k*scale before the softmax (relative-position bias?); "
+                          "attn_logits='qk' (default, the papers' q.k/sqrt(d)) leaves it out, 'full' includes it, "
+                          "and the two give different scores");
   info_.num_blocks = static_cast<int64_t>(chosen.size());
   bool any_sdpa = false, any_softmax = false;
   for (auto& s : sites_) {
@@ -379,42 +574,63 @@ void CaptureModel::analyse() {
   if (any_sdpa && any_softmax) throw std::invalid_argument("the model mixes explicit and fused attention across blocks");
   info_.attention_kind = any_sdpa ? AttentionKind::ScaledDotProduct : AttentionKind::Softmax;
 
-  // Block outputs: the one tensor produced inside a block scope that is used outside it.
+  // Block outputs, found by data flow. A candidate is a tensor computed inside the block scope from the
+  // images' data and used outside it; constants, parameters and what is built from them alone (the tracer's
+  // 0-dim `scale` constant created in blocks.0.attn and reused by every block, a relative-position table)
+  // are not. Of several candidates (a block returning its attention weights beside the hidden state), the
+  // output is the residual stream: the one the next block's attention reads; for the last block, the one
+  // made like the previous blocks' outputs (same op at the same place in the block).
   if (info_.has_hierarchy) {
     std::unordered_map<Node*, ScopePath> node_paths;
     for (Node* n : g->nodes()) node_paths[n] = scope_path(n);
-    for (auto& scope : block_scopes) {
+    auto relative = [&](Value* v, const ScopePath& scope) {
+      const auto& p = node_paths[v->node()];
+      std::string r = v->node()->kind().toQualString();
+      for (size_t i = scope.size(); i < p.size(); ++i) r += "/" + (is_number(p[i]) ? std::string("#") : p[i]);
+      return r;
+    };
+    for (size_t b = 0; b < block_scopes.size(); ++b) {
+      const auto& scope = block_scopes[b];
       std::vector<Value*> escaping;
       for (Node* n : g->nodes()) {
         if (!starts_with(node_paths[n], scope)) continue;
+        if (n->kind() == c10::prim::Constant || n->kind() == c10::prim::GetAttr) continue;
         for (Value* v : n->outputs()) {
+          if (!v->type()->isSubtypeOf(*c10::TensorType::get()) || !data_dependent.count(v)) continue;
           bool escapes = false;
           for (auto& use : v->uses()) {
             Node* u = top_level(use.user, *g);
             if (u == g->return_node() || !starts_with(node_paths[u], scope)) escapes = true;
           }
-          if (escapes && v->type()->isSubtypeOf(*c10::TensorType::get())) escaping.push_back(v);
+          if (escapes) escaping.push_back(v);
         }
       }
+      if (escaping.size() > 1 && b + 1 < block_scopes.size()) {
+        auto feeds_next = ancestors(sites_[b + 1].node);
+        std::vector<Value*> kept;
+        for (Value* v : escaping)
+          if (feeds_next.count(v)) kept.push_back(v);
+        escaping = kept;
+      } else if (escaping.size() > 1 && b > 0) {
+        std::string like = relative(block_outputs_.back(), block_scopes[b - 1]);
+        std::vector<Value*> kept;
+        for (Value* v : escaping)
+          if (relative(v, scope) == like) kept.push_back(v);
+        escaping = kept;
+      }
       if (escaping.size() != 1)
-        throw std::invalid_argument("could not locate the output of block '" + join(scope, scope.size()) + "' (" +
-                                    std::to_string(escaping.size()) + " candidate tensors leave it)");
+        throw std::invalid_argument("could not locate the output of block '" + display_name(scope) + "' (" +
+                                    std::to_string(escaping.size()) + " tensors computed from the images leave it" +
+                                    (escaping.size() > 1 ? " and feed the next block" : "") + ")");
       block_outputs_.push_back(escaping.front());
     }
-    // The final norm: a layer_norm outside every block that reads the last block's output.
-    for (auto& use : block_outputs_.back()->uses()) {
-      Node* u = use.user;
-      if (u->kind() == c10::aten::layer_norm && u->owningBlock() == g->block()) {
-        final_norm_ = u;
-        break;
-      }
-    }
-    info_.has_final_norm = final_norm_ != nullptr;
-    if (final_norm_) {  // layer_norm(x, [C], weight, bias, eps): fusable into the distance kernel
-      auto shape = torch::jit::toIValue(final_norm_->input(1));
-      auto eps = torch::jit::toIValue(final_norm_->input(4));
-      final_norm_fusable_ = shape && shape->isIntList() && shape->toIntList().size() == 1 && eps && eps->isDouble();
-    }
+    std::vector<Node*> site_nodes;
+    for (auto& site : sites_) site_nodes.push_back(site.node);
+    check_plain_token_sequence(*g, block_scopes, node_paths, block_outputs_, site_nodes);
+    if (final_norm.empty()) find_final_norm(*g);
+    else make_named_final_norm(*g, final_norm);
+  } else if (!final_norm.empty()) {
+    throw std::invalid_argument("final_norm='" + final_norm + "' cannot be used: " + info_.notes.back());
   }
 
   // The patch embedding: the first convolution before the first attention gives the patch grid.
@@ -472,11 +688,164 @@ void CaptureModel::analyse_patch_embedding(Graph& g) {
   }
 }
 
+namespace {
+
+// Ops that pass a tensor's values through unchanged (dtype casts, layout, views, eval-mode dropout): the
+// official face ViTs write `self.norm(x.float())`, and other models reshape or `contiguous()` first.
+// `views` marks the ones that may change the shape (their shape arguments are kept as the model wrote them).
+bool is_value_preserving(Node* n, bool* view) {
+  static const std::unordered_set<std::string> same_shape{"aten::to", "aten::type_as", "aten::contiguous",
+                                                          "aten::clone", "aten::detach", "aten::alias"};
+  static const std::unordered_set<std::string> views{"aten::view", "aten::reshape", "aten::view_as",
+                                                     "aten::reshape_as", "aten::flatten", "aten::unflatten",
+                                                     "aten::squeeze", "aten::unsqueeze"};
+  static const std::unordered_set<std::string> dropouts{"aten::dropout", "aten::feature_dropout",
+                                                        "aten::alpha_dropout", "aten::feature_alpha_dropout"};
+  const std::string kind = n->kind().toQualString();
+  if (n->outputs().size() != 1 || !n->output()->type()->isSubtypeOf(*c10::TensorType::get())) return false;
+  if (same_shape.count(kind)) {
+    *view = false;
+    return true;
+  }
+  if (views.count(kind)) {
+    *view = true;
+    return true;
+  }
+  if (dropouts.count(kind)) {  // dropout(x, p, train): an identity only when train is a constant False
+    auto train = torch::jit::toIValue(n->input(2));
+    *view = false;
+    return train && train->isBool() && !train->toBool();
+  }
+  return false;
+}
+
+// A cast to float32 (or a cast that names no dtype): the fused LayerNorm + distance kernel reads float32.
+bool is_float_cast_or_copy(Node* n) {
+  if (n->kind() != c10::aten::to) return n->kind() != c10::aten::type_as;
+  auto index = n->schema().argumentIndexWithName("dtype");
+  if (!index) return false;  // to(other): the dtype comes from another tensor
+  Value* dtype = n->input(*index);
+  if (is_none(dtype)) return true;
+  auto v = torch::jit::toIValue(dtype);
+  return v && v->isInt() && static_cast<at::ScalarType>(v->toInt()) == at::kFloat;
+}
+
+}  // namespace
+
+void CaptureModel::find_final_norm(Graph& g) {
+  // Depth-first along top-level, value-preserving uses of the last block's output; the first layer_norm
+  // (in graph order) reached that way is the final norm.
+  Node* found = nullptr;
+  std::vector<Node*> path, chain;
+  std::function<void(Value*)> walk = [&](Value* v) {
+    for (auto& use : v->uses()) {
+      Node* u = use.user;
+      if (u->owningBlock() != g.block() || use.offset != 0) continue;
+      if (u->kind() == c10::aten::layer_norm) {
+        if (!found || u->isBefore(found)) {
+          found = u;
+          chain = path;
+          chain.push_back(u);
+        }
+        continue;
+      }
+      bool view = false;
+      if (path.size() < 16 && is_value_preserving(u, &view)) {
+        path.push_back(u);
+        walk(u->output());
+        path.pop_back();
+      }
+    }
+  };
+  walk(block_outputs_.back());
+  if (!found) return;
+  std::string name = display_name(scope_path(found));
+  set_final_norm(chain, name.empty() ? "layer_norm after the last block" : name);
+}
+
+void CaptureModel::set_final_norm(const std::vector<Node*>& chain, const std::string& source) {
+  final_norm_chain_ = chain;
+  final_norm_ = chain.back();
+  info_.has_final_norm = true;
+  info_.final_norm = source;
+  info_.final_norm_ops.clear();
+  // layer_norm(x, [C], weight, bias, eps) on the raw block output, or after casts to float32 / copies
+  // only: fusable into the distance kernel (which reads float32 rows and applies the norm itself).
+  auto shape = torch::jit::toIValue(final_norm_->input(1));
+  auto eps = torch::jit::toIValue(final_norm_->input(4));
+  final_norm_fusable_ = shape && shape->isIntList() && shape->toIntList().size() == 1 && eps && eps->isDouble();
+  for (size_t i = 0; i + 1 < chain.size(); ++i) {
+    info_.final_norm_ops.push_back(chain[i]->kind().toQualString());
+    bool view = false;
+    is_value_preserving(chain[i], &view);
+    if (view || !is_float_cast_or_copy(chain[i])) final_norm_fusable_ = false;
+  }
+}
+
+void CaptureModel::make_named_final_norm(Graph& g, const std::string& path) {
+  auto fail = [&](const std::string& why) {
+    return std::invalid_argument("final_norm='" + path + "': " + why);
+  };
+  std::vector<std::string> parts;
+  {
+    std::istringstream in(path);
+    std::string part;
+    while (std::getline(in, part, '.')) parts.push_back(part);
+  }
+  if (parts.empty() || path.back() == '.' ||
+      std::any_of(parts.begin(), parts.end(), [](const std::string& p) { return p.empty(); }))
+    throw fail("expected a dotted module path such as 'norm' or 'net.norm'");
+  // Read the module's parameters through GetAttr nodes at the top of the graph, like the hoisted reads.
+  torch::jit::Module mod = module_;
+  Value* obj = g.inputs().at(0);
+  std::string walked;
+  {
+    torch::jit::WithInsertPoint top(g.param_node()->next());
+    for (const auto& part : parts) {
+      walked += (walked.empty() ? "" : ".") + part;
+      if (!mod.hasattr(part) || !mod.attr(part).isModule())
+        throw fail("the model has no submodule '" + walked + "'");
+      mod = mod.attr(part).toModule();
+      obj = g.insertNode(g.createGetAttr(obj, part))->output();
+    }
+  }
+  const std::string type_name = mod.type()->name() ? mod.type()->name()->name() : "";
+  if (type_name.find("LayerNorm") == std::string::npos)
+    throw fail("that module is a " + (type_name.empty() ? std::string("module") : type_name) + ", not a LayerNorm");
+  auto param = [&](const char* name) -> Value* {
+    torch::jit::WithInsertPoint top(obj->node()->next());
+    if (mod.hasattr(name) && mod.attr(name).isTensor()) return g.insertNode(g.createGetAttr(obj, name))->output();
+    return g.insertConstant(c10::IValue());
+  };
+  Value* weight = param("weight");
+  Value* bias = param("bias");
+  std::vector<int64_t> shape;
+  if (mod.hasattr("normalized_shape") && mod.attr("normalized_shape").isTuple()) {
+    for (const auto& e : mod.attr("normalized_shape").toTupleRef().elements()) shape.push_back(e.toInt());
+  } else if (mod.hasattr("weight") && mod.attr("weight").isTensor()) {
+    auto sizes = mod.attr("weight").toTensor().sizes();
+    shape.assign(sizes.begin(), sizes.end());
+  } else {
+    throw fail("the module keeps neither normalized_shape nor a weight, so its normalised shape is unknown");
+  }
+  double eps = 1e-5;
+  if (mod.hasattr("eps") && mod.attr("eps").isDouble()) {
+    eps = mod.attr("eps").toDouble();
+  } else {
+    info_.notes.push_back("final_norm='" + path + "' keeps no eps (traced module): nn.LayerNorm's default 1e-5 is used");
+  }
+  Value* last = block_outputs_.back();
+  torch::jit::WithInsertPoint after(last->node()->next());
+  Value* out = g.insert(c10::aten::layer_norm, {last, shape, weight, bias, eps, true});
+  set_final_norm({out->node()}, path + " (named by final_norm)");
+}
+
 CaptureModel::Built& CaptureModel::build(const CaptureRequest& req) {
   std::string key = req.key();
   auto it = cache_.find(key);
   if (it != cache_.end()) return *it->second;
 
+  check_attn_logits(req.attn_logits);
   auto check_block = [&](int64_t b, const char* what) {
     if (b < 0 || b >= info_.num_blocks)
       throw std::out_of_range(std::string(what) + " block index " + std::to_string(b) + " is out of range (model has " +
@@ -488,7 +857,9 @@ CaptureModel::Built& CaptureModel::build(const CaptureRequest& req) {
                                 (info_.notes.empty() ? std::string("no module hierarchy") : info_.notes.back()) +
                                 "); save it with torch.jit.script or torch.jit.trace without torch.jit.freeze");
   if (!req.token_blocks.empty() && req.tokens_final_norm && !final_norm_)
-    throw std::invalid_argument("no final LayerNorm after the last block was found, but normalised block tokens were asked for");
+    throw std::invalid_argument(
+        "no final LayerNorm after the last block was found in the model's forward, but normalised block tokens "
+        "were asked for (ViTNT-FIQA); if forward leaves the norm out, name it: final_norm='norm' (its module path)");
 
   // Copy the analysed graph keeping a map from its values to the copy's.
   auto g = std::make_shared<Graph>();
@@ -549,7 +920,8 @@ CaptureModel::Built& CaptureModel::build(const CaptureRequest& req) {
     check_block(b, "attention");
     Node* site = sites_[b].node;
     if (site->kind() == c10::aten::softmax) {
-      emit(vmap.at(site->input(0)), "logits", b);
+      bool qk = req.attn_logits == "qk" && sites_[b].unbiased_logits;
+      emit(vmap.at(qk ? sites_[b].unbiased_logits : site->input(0)), "logits", b);
     } else {
       emit(vmap.at(site->namedInput("query")), "q", b);
       emit(vmap.at(site->namedInput("key")), "k", b);
@@ -557,6 +929,13 @@ CaptureModel::Built& CaptureModel::build(const CaptureRequest& req) {
       if (!is_none(scale)) emit(vmap.at(scale), "scale", b);
       Value* mask = site->namedInput("attn_mask");
       if (!is_none(mask)) emit(vmap.at(mask), "mask", b);
+    }
+    // The shape of the token sequence entering the block, to check at run time that the attention spans it
+    // (windowed or channel attention would not); free: the block reads that tensor anyway.
+    if (b > 0 && !block_outputs_.empty()) {
+      Value* stream = vmap.at(block_outputs_[b - 1]);
+      torch::jit::WithInsertPoint guard(stream->node()->next());
+      emit(g->insert(c10::aten::size, {stream}), "stream_shape", b);
     }
   }
   for (int64_t b : req.probs_blocks) {
@@ -575,8 +954,9 @@ CaptureModel::Built& CaptureModel::build(const CaptureRequest& req) {
     Value* out = block_outputs_[b];
     auto normed = [&]() -> Value* {
       if (!req.tokens_final_norm) return vmap.at(out);
-      if (out == final_norm_->input(0)) return vmap.at(final_norm_->output());  // computed by the model anyway
-      return reapply({final_norm_}, final_norm_->input(0), vmap.at(out)).first;
+      Value* last = block_outputs_.back();
+      if (out == last) return vmap.at(final_norm_->output());  // computed by the model anyway
+      return reapply(final_norm_chain_, last, vmap.at(out)).first;
     };
     Value* tokens = (req.tokens_output || !fuse_norm) ? normed() : nullptr;
     if (req.tokens_output) emit(tokens, "tokens", b);
@@ -697,6 +1077,7 @@ CaptureResult CaptureModel::run(const at::Tensor& images, const CaptureRequest& 
   }
   auto elems = stack.at(0).toTupleRef().elements();
   CaptureResult res;
+  std::map<int64_t, std::vector<int64_t>> stream_shapes;
   for (size_t i = 0; i < elems.size(); ++i) {
     const auto& [tag, b] = built->layout[i];
     const auto& v = elems[i];
@@ -710,6 +1091,8 @@ CaptureResult CaptureModel::run(const at::Tensor& images, const CaptureRequest& 
       res.attention[b].k = v.toTensor();
     } else if (tag == "scale") {
       res.attention[b].scale = v.isNone() ? 0.0 : v.toDouble();
+    } else if (tag == "stream_shape") {
+      stream_shapes[b] = v.toIntVector();
     } else if (tag == "mask") {
       if (!v.isNone()) res.attention[b].mask = v.toTensor();
     } else if (tag == "probs") {
@@ -729,6 +1112,25 @@ CaptureResult CaptureModel::run(const at::Tensor& images, const CaptureRequest& 
     }
   }
   for (auto& [b, a] : res.attention) {
+    // A plain ViT attends over each image's whole token sequence: one attention batch row per image and as
+    // many keys as the tokens entering the block. Windowed attention (ViTDet, SAM) batches windows; channel
+    // attention (XCiT) attends over channels. Their logits are not ATTN-FIQA's, so they are refused.
+    const at::Tensor& keys = a.kind == AttentionKind::Softmax ? a.logits : a.k;
+    const std::string& name = info_.block_names.at(b);
+    if (keys.dim() == 4 && keys.size(0) != images.size(0))
+      throw std::invalid_argument("not a plain ViT: the attention of block '" + name + "' runs on " +
+                                  std::to_string(keys.size(0)) + " sequences for " + std::to_string(images.size(0)) +
+                                  " images (windowed attention?); vitfiqa scores ViTs whose attention spans each "
+                                  "image's whole token sequence");
+    if (keys.dim() == 4 && stream_shapes.count(b)) {
+      const auto& shape = stream_shapes.at(b);
+      int64_t n_keys = a.kind == AttentionKind::Softmax ? keys.size(3) : keys.size(2);
+      if (shape.size() != 3 || shape[1] != n_keys)
+        throw std::invalid_argument("not a plain ViT: the attention of block '" + name + "' has " +
+                                    std::to_string(n_keys) + " keys but the tokens entering it have shape " +
+                                    c10::str(shape) + " (channel attention or token pooling?); vitfiqa scores ViTs "
+                                    "whose attention runs over the [B,N,C] token sequence");
+    }
     if (a.kind == AttentionKind::Softmax) {
       if (a.logits.dim() != 4 || a.logits.size(-1) != a.logits.size(-2))
         throw std::invalid_argument("attention logits of block " + std::to_string(b) + " have shape " +
@@ -738,6 +1140,7 @@ CaptureResult CaptureModel::run(const at::Tensor& images, const CaptureRequest& 
     if (a.q.dim() != 4 || a.k.dim() != 4)
       throw std::invalid_argument("fused attention q/k of block " + std::to_string(b) + " are not [B,H,N,D]");
     if (a.scale == 0.0) a.scale = 1.0 / std::sqrt(static_cast<double>(a.q.size(-1)));
+    a.mask_in_logits = req.attn_logits == "full";
     if (a.k.size(1) != a.q.size(1)) a.k = a.k.repeat_interleave(a.q.size(1) / a.k.size(1), 1);  // GQA
     if (a.mask && a.mask->scalar_type() == at::kBool)
       throw std::invalid_argument("boolean attention masks are not supported (logits would be -inf)");

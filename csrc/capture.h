@@ -20,9 +20,17 @@ namespace vitfiqa {
 
 enum class AttentionKind { Softmax, ScaledDotProduct };
 
+// Which attention logits ATTN-FIQA (its heatmap and raw logit captures) reads where the softmax input adds a
+// bias or mask to q.k*scale (BEiT's relative-position bias, timm's relpos ViTs, additive masks):
+// "qk" = q.k*scale, the papers' definition; "full" = the whole softmax input, bias and mask included.
+// The one default for the C++ options, the bindings and the Python API.
+inline constexpr const char* kDefaultAttnLogits = "qk";
+void check_attn_logits(const std::string& attn_logits);  // throws std::invalid_argument unless qk | full
+
 // What one forward pass should return. Indices are 0-based block indices.
 struct CaptureRequest {
   std::vector<int64_t> logits_blocks;    // softmax input / (q, k, scale, mask) of these blocks
+  std::string attn_logits = kDefaultAttnLogits;  // "qk" | "full": bias and mask in the logits or not
   std::vector<int64_t> probs_blocks;     // post-softmax attention of these blocks (softmax sites only)
   std::vector<int64_t> token_blocks;     // these blocks' outputs ...
   bool tokens_final_norm = true;         // ... passed through the model's final LayerNorm ...
@@ -44,6 +52,8 @@ struct AttentionCapture {
   at::Tensor q, k;                 // [B,H,N,D], SDPA sites (k repeated to q's heads for GQA)
   double scale = 0.0;              // SDPA scale actually used
   std::optional<at::Tensor> mask;  // SDPA additive float mask (broadcastable to [B,H,N,N])
+  bool mask_in_logits = true;      // false: the logits are q.k*scale alone (attn_logits="qk"); the
+                                   // post-softmax attention always includes the mask
 };
 
 struct CaptureResult {
@@ -62,19 +72,24 @@ struct ModelInfo {
   AttentionKind attention_kind = AttentionKind::Softmax;
   bool has_hierarchy = true;          // false for frozen models: blocks known only by op order
   bool has_final_norm = false;
+  std::string final_norm;             // where the final norm came from: its module path, or the named option
+  std::vector<std::string> final_norm_ops;  // value-preserving ops between the last block and the norm
   bool has_patch_conv = false;
   std::vector<int64_t> patch_size;    // {kh, kw} of a patch-embedding conv with stride == kernel, else empty
   int64_t position_tokens = 0;        // tokens of the [1, N, C] position embedding (C = conv channels), 0 if none
   int64_t num_outputs = 1;            // elements of the model's output tuple (1 = plain tensor)
   std::vector<std::string> block_names;
+  std::vector<int64_t> biased_blocks;  // blocks whose softmax input adds a bias or mask to q.k*scale
   std::vector<std::string> notes;
 };
 
 class CaptureModel {
  public:
-  // Loads from a file path or (when from_bytes) from the serialized bytes themselves.
+  // Loads from a file path or (when from_bytes) from the serialized bytes themselves. final_norm: the
+  // dotted module path of the model's final LayerNorm, for models whose forward does not apply it (ViTNT
+  // then applies that module to every block's output); empty = find the norm in the forward graph.
   CaptureModel(const std::string& path_or_bytes, bool from_bytes, const std::string& device,
-               const std::string& dtype);
+               const std::string& dtype, const std::string& final_norm = "");
 
   CaptureResult run(const at::Tensor& images, const CaptureRequest& request);
   at::IValue forward(const at::Tensor& images);  // the plain model forward, for baselines
@@ -88,6 +103,8 @@ class CaptureModel {
   struct Site {
     torch::jit::Node* node;
     int64_t block;
+    bool biased = false;                           // softmax input / attn_mask adds a bias or mask
+    torch::jit::Value* unbiased_logits = nullptr;  // softmax sites: q.k*scale before the bias terms
   };
   struct Built {
     std::shared_ptr<torch::jit::Graph> graph;
@@ -96,9 +113,12 @@ class CaptureModel {
     std::vector<std::pair<std::string, int64_t>> layout;
   };
 
-  void analyse();
   void analyse_patch_embedding(torch::jit::Graph& g);
   std::optional<at::IValue> resolve(torch::jit::Value* v, torch::jit::Graph& g) const;
+  void analyse(const std::string& final_norm);
+  void find_final_norm(torch::jit::Graph& g);
+  void make_named_final_norm(torch::jit::Graph& g, const std::string& path);
+  void set_final_norm(const std::vector<torch::jit::Node*>& chain, const std::string& source);
   Built& build(const CaptureRequest& request);
   void check_images(const at::Tensor& images) const;
 
@@ -108,7 +128,10 @@ class CaptureModel {
   std::shared_ptr<torch::jit::Graph> base_;  // inlined, defaults substituted, constant-propagated
   std::vector<Site> sites_;                  // one per block, in block order
   std::vector<torch::jit::Value*> block_outputs_;
+  // The final norm and the value-preserving ops that lead to it from the last block's output, in order
+  // (the norm last); re-applied to another block's output, the chain gives that block's normed tokens.
   torch::jit::Node* final_norm_ = nullptr;
+  std::vector<torch::jit::Node*> final_norm_chain_;
   bool final_norm_fusable_ = false;
   torch::jit::Node* patch_conv_ = nullptr;
   ModelInfo info_;

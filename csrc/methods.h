@@ -23,11 +23,18 @@ at::Tensor attention_logits(const AttentionCapture& a);
 // Post-softmax attention [B,H,N,N].
 at::Tensor attention_probs(const AttentionCapture& a);
 
-// ---- shared heatmap helper (attn_fiqa.cpp) ----
-// [B,N] per-token values -> drop prefix tokens -> [B,gh,gw] grid -> optional per-image min-max ->
-// bilinear resize to out_hw -> [B,H,W] float32.
-at::Tensor token_heatmap(const at::Tensor& per_token, int64_t prefix, const std::vector<int64_t>& grid,
-                         const std::vector<int64_t>& out_hw, bool minmax_per_image);
+// ---- shared heatmap helpers (attn_fiqa.cpp) ----
+// [B,N] per-token values -> drop prefix tokens -> [B,gh,gw] patch grid (float32, raw values).
+at::Tensor token_grid(const at::Tensor& per_token, int64_t prefix, const std::vector<int64_t>& grid);
+// Patch grids [B,gh,gw] -> [B,H,W] float32 heatmaps, normalised as the official ATTN-FIQA plot script does:
+// on the patch grid, BEFORE the bilinear resize, (g - lo) / (hi - lo + 1e-8) clipped to [0, 1], with
+//   "image":  lo, hi = min, max of each image's grid (official normalize_global=False),
+//   "global": lo, hi = min, max over every grid given (official normalize_global=True: all images shown),
+//   "range":  lo, hi = value_range (e.g. a data set's min and max, collected over several calls),
+//   "none":   raw values.
+// Then bilinear resize (align_corners=False, as cv2.INTER_LINEAR) to out_hw ({} keeps the grid).
+at::Tensor render_heatmaps(const at::Tensor& grids, const std::vector<int64_t>& out_hw, const std::string& mode,
+                           const std::vector<double>& value_range);
 
 // ---- ViTNT-FIQA (vitnt_fiqa.cpp) ----
 struct VitntResult {
@@ -46,8 +53,9 @@ at::Tensor patch_step_distance_ln(const at::Tensor& a, const at::Tensor& b, cons
 // weights: optional [B,P] patch weights summing to 1 (attention weighting); uniform mean when absent.
 VitntResult vitnt_score(const std::vector<at::Tensor>& steps, int64_t prefix, double scale,
                         const std::optional<at::Tensor>& weights);
-// Attention weighting: post-softmax attention, head-mean, summed over queries, patch keys, normalised to 1.
-at::Tensor patch_attention_weights(const at::Tensor& probs, int64_t prefix);
+// Attention weighting: post-softmax attention, head-mean, summed over queries, averaged over the given
+// blocks (official last_block_attention_only=False; one block = the default), patch keys, normalised to 1.
+at::Tensor patch_attention_weights(const std::vector<at::Tensor>& probs, int64_t prefix);
 
 // ---- EX-FIQA (ex_fiqa.cpp) ----
 // exit_scores [L,B] for exits at 1-based depths `depths`; normalization "none" | "zscore" | "minmax"

@@ -69,6 +69,16 @@ std::map<std::string, at::Tensor> score(CaptureModel& model, const at::Tensor& i
   if (methods.empty() && !o.return_captures) throw std::invalid_argument("no method requested");
   if (o.vitnt_weighting != "uniform" && o.vitnt_weighting != "attention")
     throw std::invalid_argument("vitnt_weighting must be 'uniform' or 'attention', got '" + o.vitnt_weighting + "'");
+  if (o.heatmaps) {  // checked before the forward pass, which could be long
+    static const std::set<std::string> modes{"image", "global", "range", "none"};
+    if (!modes.count(o.heatmap_normalize))
+      throw std::invalid_argument("heatmap normalisation must be image, global, range or none, got '" +
+                                  o.heatmap_normalize + "'");
+    if ((o.heatmap_normalize == "range") != !o.heatmap_range.empty())
+      throw std::invalid_argument("a heatmap value range goes with (and only with) heatmap normalisation 'range'");
+  }
+  if (o.vitnt_attention_blocks != "last" && o.vitnt_attention_blocks != "all")
+    throw std::invalid_argument("vitnt_attention_blocks must be 'last' or 'all', got '" + o.vitnt_attention_blocks + "'");
   if (!std::isfinite(o.vitnt_scale) || o.vitnt_scale <= 0) throw std::invalid_argument("vitnt_scale must be a positive number");
 
   const int64_t L = model.info().num_blocks;
@@ -77,13 +87,18 @@ std::map<std::string, at::Tensor> score(CaptureModel& model, const at::Tensor& i
   const bool vitfiqa = methods.count("vitfiqa"), exfiqa = methods.count("exfiqa");
   int64_t attn_block = resolve_blocks({o.attn_block}, L, "ATTN-FIQA").front();
   if (attn) req.logits_blocks.push_back(attn_block);
+  check_attn_logits(o.attn_logits);
+  req.attn_logits = o.attn_logits;
   std::vector<int64_t> vitnt_blocks = o.vitnt_blocks.empty() ? all_blocks(L) : resolve_blocks(o.vitnt_blocks, L, "ViTNT-FIQA");
   if (vitnt) {
     if (vitnt_blocks.size() < 2) throw std::invalid_argument("ViTNT-FIQA needs at least two selected blocks");
     req.token_blocks = vitnt_blocks;
     req.token_distances = true;
     req.tokens_output = o.return_captures;
-    if (o.vitnt_weighting == "attention") req.probs_blocks.push_back(vitnt_blocks.back());
+    if (o.vitnt_weighting == "attention") {
+      if (o.vitnt_attention_blocks == "all") req.probs_blocks = vitnt_blocks;
+      else req.probs_blocks.push_back(vitnt_blocks.back());
+    }
   }
   std::vector<int64_t> exits = o.exits.empty() ? all_blocks(L) : resolve_blocks(o.exits, L, "EX-FIQA exit");
   if (vitfiqa) req.exit_blocks.push_back(L - 1);
@@ -111,19 +126,26 @@ std::map<std::string, at::Tensor> score(CaptureModel& model, const at::Tensor& i
   if (attn) {
     const auto& a = cap.attention.at(attn_block);
     out["attn"] = attn_score(a, o.attn_patches_only ? prefix : 0);
-    if (o.heatmaps) out["attn_heatmap"] = token_heatmap(attn_key_means(a), prefix, grid, out_hw, o.heatmap_minmax);
+    if (o.heatmaps) {
+      out["attn_heatmap_grid"] = token_grid(attn_key_means(a), prefix, grid);
+      out["attn_heatmap"] = render_heatmaps(out["attn_heatmap_grid"], out_hw, o.heatmap_normalize, o.heatmap_range);
+    }
     if (o.return_captures) out["attention_logits." + std::to_string(attn_block)] = attention_logits(a);
   }
   if (vitnt) {
     std::optional<at::Tensor> weights;
     if (o.vitnt_weighting == "attention") {
-      int64_t last = vitnt_blocks.back();
-      at::Tensor probs = cap.probs.count(last) ? cap.probs.at(last) : attention_probs(cap.attention.at(last));
+      std::vector<at::Tensor> probs;
+      for (int64_t b : req.probs_blocks)
+        probs.push_back(cap.probs.count(b) ? cap.probs.at(b) : attention_probs(cap.attention.at(b)));
       weights = patch_attention_weights(probs, prefix);
     }
     auto r = vitnt_score(cap.token_distances, prefix, o.vitnt_scale, weights);
     out["vitnt"] = r.score;
-    if (o.heatmaps) out["vitnt_heatmap"] = token_heatmap(r.patch_quality, 0, grid, out_hw, o.heatmap_minmax);
+    if (o.heatmaps) {
+      out["vitnt_heatmap_grid"] = token_grid(r.patch_quality, 0, grid);
+      out["vitnt_heatmap"] = render_heatmaps(out["vitnt_heatmap_grid"], out_hw, o.heatmap_normalize, o.heatmap_range);
+    }
     if (o.return_captures) {
       out["vitnt_patch_quality"] = r.patch_quality;
       for (int64_t b : vitnt_blocks) out["block_tokens." + std::to_string(b)] = cap.tokens.at(b);

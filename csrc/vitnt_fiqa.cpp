@@ -126,8 +126,14 @@ VitntResult vitnt_score(const std::vector<at::Tensor>& steps, int64_t prefix, do
   return {score, q, dist};
 }
 
-at::Tensor patch_attention_weights(const at::Tensor& probs, int64_t prefix) {
-  auto received = probs.mean(1, false, at::kDouble).sum(1);  // [B,N]: what each key receives over all queries
+at::Tensor patch_attention_weights(const std::vector<at::Tensor>& probs, int64_t prefix) {
+  if (probs.empty()) throw std::invalid_argument("attention weighting needs the attention of at least one block");
+  at::Tensor received;  // [B,N]: what each key receives over all queries, head-mean, averaged over blocks
+  for (const auto& p : probs) {
+    auto r = p.mean(1, false, at::kDouble).sum(1);
+    received = received.defined() ? received + r : r;
+  }
+  received = received / static_cast<double>(probs.size());
   auto patches = received.narrow(1, prefix, received.size(1) - prefix);
   return patches / patches.sum(1, true);
 }

@@ -6,7 +6,6 @@ import shutil
 import signal
 import time
 
-import numpy as np
 import pytest
 
 from vitfiqa.pipeline import score_frame
@@ -109,11 +108,15 @@ def test_truncated_shards_are_detected_and_redone(tmp_path, images, loaded):
 
 
 def _run_cli(argv):
+    import threading
+
     import torch
+    from tqdm import tqdm
 
     from vitfiqa.cli import main
 
     torch.set_num_threads(1)
+    tqdm.set_lock(threading.RLock())  # not tqdm's default multiprocessing lock, which a SIGKILL would leak
     os._exit(main(argv))
 
 

@@ -7,9 +7,9 @@
 """
 import torch  # noqa: F401  (loads libtorch before the extension)
 
-from .api import METHODS, QualityModel, QualityResult, fuse_exits, load
+from .api import METHODS, QualityModel, QualityResult, fuse_exits, load, render_heatmaps
 from .preprocess import DEFAULT_IMAGE_SIZE, preprocess_images
 
-__all__ = ["load", "QualityModel", "QualityResult", "fuse_exits", "preprocess_images", "METHODS",
+__all__ = ["load", "QualityModel", "QualityResult", "fuse_exits", "render_heatmaps", "preprocess_images", "METHODS",
            "DEFAULT_IMAGE_SIZE"]
 __version__ = "0.1.0"

@@ -27,11 +27,14 @@ class QualityResult:
 
     ``scores`` maps a score name to a float64 tensor [B]: ``attn`` (ATTN-FIQA), ``vitnt`` (ViTNT-FIQA),
     ``vitfiqa`` (ViT-FIQA), ``exfiqa_F`` / ``exfiqa_FW`` (EX-FIQA fusions). ``exits`` is the EX-FIQA
-    per-exit matrix [L,B] with ``exit_depths`` (1-based). ``heatmaps`` maps a method to [B,H,W] in [0,1].
+    per-exit matrix [L,B] with ``exit_depths`` (1-based). ``heatmaps`` maps a method to [B,H,W] in [0,1];
+    ``heatmap_grids`` to the raw patch-grid values [B,gh,gw] they were drawn from (for data-set-wide
+    normalisation with :func:`render_heatmaps`).
     """
 
     scores: dict[str, torch.Tensor] = field(default_factory=dict)
     heatmaps: dict[str, torch.Tensor] = field(default_factory=dict)
+    heatmap_grids: dict[str, torch.Tensor] = field(default_factory=dict)
     exits: torch.Tensor | None = None
     exit_depths: list[int] = field(default_factory=list)
     captures: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -66,6 +69,8 @@ class QualityResult:
             out.scores[k] = torch.cat([p.scores[k] for p in parts])
         for k in first.heatmaps:
             out.heatmaps[k] = torch.cat([p.heatmaps[k] for p in parts])
+        for k in first.heatmap_grids:
+            out.heatmap_grids[k] = torch.cat([p.heatmap_grids[k] for p in parts])
         if first.exits is not None:
             out.exits = torch.cat([p.exits for p in parts], dim=1)
         for k in first.captures:
@@ -95,13 +100,27 @@ class QualityModel:
     the standard 112 when it gives the same grid), channel order rgb, normalisation mean = std = 0.5.
     :attr:`input_contract` says which source each value came from. Float tensors passed to :meth:`score`
     are taken as already prepared.
+
+    ``final_norm``: the model's final LayerNorm, which ViTNT-FIQA (and captured block tokens) apply to every
+    block's output. ``None`` (default) finds it in the forward graph: the first ``layer_norm`` reached from
+    the last block's output through value-preserving ops (dtype casts such as ``norm(x.float())``,
+    ``contiguous``, views and reshapes, eval-mode dropout). A dotted module path (``"norm"``,
+    ``"net.norm"``, ``"fc_norm"``) names it instead, for models whose ``forward`` does not apply it to the
+    tokens (the ATTN-FIQA / ViTNT-FIQA repositories' ViT drops it from ``forward``; timm's ``fc_norm``
+    models apply it after pooling): that module, which must be a LayerNorm, is then applied to each block's
+    tokens. ``info["final_norm"]`` says which norm is used and ``info["final_norm_ops"]`` the ops passed.
     """
 
     def __init__(self, model: str | os.PathLike | bytes, device: str | torch.device = "cpu",
                  dtype: torch.dtype | str = torch.float32, image_size: tuple[int, int] | int | None = None,
-                 channel_order: str | None = None, normalization: dict | None = None):
+                 channel_order: str | None = None, normalization: dict | None = None,
+                 final_norm: str | None = None):
         from .models import check_input_contract, read_input_contract
 
+        if final_norm is not None and (not isinstance(final_norm, str) or not final_norm.strip()):
+            raise ValueError(f"final_norm must be None (find it in forward) or a module path such as 'norm', "
+                             f"got {final_norm!r}")
+        norm_path = (final_norm or "").strip()
         dtype_name = _DTYPES.get(dtype, dtype) if isinstance(dtype, torch.dtype) else str(dtype)
         if dtype_name not in _DTYPES.values():
             raise ValueError(f"unsupported dtype {dtype!r}; use one of {sorted(_DTYPES.values())}")
@@ -111,18 +130,19 @@ class QualityModel:
         if isinstance(model, (bytes, bytearray)):
             if len(model) == 0:
                 raise ValueError("model bytes are empty")
-            self._core = _core.CaptureModel.from_bytes(bytes(model), device, dtype_name)
+            self._core = _core.CaptureModel.from_bytes(bytes(model), device, dtype_name, norm_path)
             self.source = "<bytes>"
             self.sha256 = hashlib.sha256(model).hexdigest()
         else:
             path = Path(model)
             if not path.is_file():
                 raise FileNotFoundError(f"model file not found: {path}")
-            self._core = _core.CaptureModel(str(path), device, dtype_name)
+            self._core = _core.CaptureModel(str(path), device, dtype_name, norm_path)
             self.source = str(path)
             self.sha256 = _file_sha256(path)
         self.device = torch.device(device)
         self.dtype = getattr(torch, dtype_name)
+        self.final_norm = norm_path or None  # the module path the user named, None = found in forward
         explicit = {}
         if image_size is not None:
             explicit["image_size"] = image_size if isinstance(image_size, int) else [int(v) for v in image_size]
@@ -208,10 +228,12 @@ class QualityModel:
     # -- scoring ----------------------------------------------------------------------------------
     def score(self, images: Any, methods: Iterable[str] | str = ("attn", "vitnt"), *, heatmaps: bool = False,
               return_captures: bool = False, preprocess: bool | str = "auto", batch_size: int | None = None,
-              attn_block: int = -1, attn_tokens: str = "all", vitnt_blocks: Sequence[int] | None = None,
-              vitnt_scale: float = 8.0, vitnt_weighting: str = "uniform", prefix_tokens: int | None = None,
+              attn_block: int = -1, attn_tokens: str = "all", attn_logits: str | None = None,
+              vitnt_blocks: Sequence[int] | None = None, vitnt_scale: float = 8.0, vitnt_weighting: str = "uniform",
+              vitnt_attention_blocks: str = "last", prefix_tokens: int | None = None,
               grid: tuple[int, int] | None = None, heatmap_size: tuple[int, int] | None = None,
-              heatmap_normalize: str = "image", exits: Sequence[int] | None = None,
+              heatmap_normalize: str = "image", heatmap_range: tuple[float, float] | None = None,
+              exits: Sequence[int] | None = None,
               exit_normalization: str = "none", quality_output: int = -1) -> QualityResult:
         """Score images with one forward pass per batch.
 
@@ -219,10 +241,22 @@ class QualityModel:
         ``exfiqa`` (EX-FIQA exits and fusions; needs a quality-token model).
         attn_block: block whose logits ATTN-FIQA reads (default the last). attn_tokens: ``all`` (the papers'
         plain mean over every query and key) or ``patches`` (prefix tokens excluded).
+        attn_logits: where the softmax input adds a bias or mask to q.k*scale (relative-position bias as in
+        BEiT and timm's relpos ViTs, additive masks; ``info["notes"]`` says so), ``qk`` reads q.k*scale alone
+        (the papers' definition) and ``full`` the whole softmax input; None = the core's default (``qk``).
+        The choice applies to the score, the heatmap and captured logits; attention weights (ViTNT's
+        weighting) are always the model's own softmax output.
         vitnt_blocks: selected blocks (0-based, default all); vitnt_scale: s in 2/(1+exp(s d));
-        vitnt_weighting: ``uniform`` or ``attention``.
+        vitnt_weighting: ``uniform`` or ``attention``; vitnt_attention_blocks (attention weighting): ``last``
+        (the last selected block's attention, the official default) or ``all`` (averaged over the selected
+        blocks: the official ``last_block_attention_only=False``).
         prefix_tokens / grid: override the CLS/quality-token count and patch grid found from the model.
-        heatmap_normalize: ``image`` (per-image min-max) or ``none`` (raw values, e.g. to normalise globally).
+        heatmap_normalize: as the official ATTN-FIQA plot script, min-max on the patch grid BEFORE the
+        bilinear resize, ``(g - lo) / (hi - lo + 1e-8)`` clipped to [0, 1]: ``image`` (each image's own
+        min/max; official ``--normalize-per-image``), ``global`` (min/max over every image of this call, all
+        batches; the official default ``normalize_global=True`` for the images of one figure) or ``none``
+        (raw values). heatmap_range=(lo, hi) with ``global``: a fixed range instead, e.g. a whole data set's
+        min/max collected from ``result.heatmap_grids`` of earlier calls (see :func:`render_heatmaps`).
         exits: EX-FIQA exit blocks (0-based, default all); exit_normalization: ``none``, ``zscore`` or
         ``minmax`` over the batch (for data-set-wide normalisation use :func:`fuse_exits` on ``exits``).
         """
@@ -236,8 +270,10 @@ class QualityModel:
             raise ValueError("no method requested")
         if attn_tokens not in ("all", "patches"):
             raise ValueError("attn_tokens must be 'all' or 'patches'")
-        if heatmap_normalize not in ("image", "none"):
-            raise ValueError("heatmap_normalize must be 'image' or 'none'")
+        if heatmap_normalize not in ("image", "global", "none"):
+            raise ValueError(f"heatmap_normalize must be 'image', 'global' or 'none', got {heatmap_normalize!r}")
+        if heatmap_range is not None and heatmap_normalize != "global":
+            raise ValueError("heatmap_range is a global normalisation range: use it with heatmap_normalize='global'")
         if batch_size is not None and batch_size <= 0:
             raise ValueError("batch_size must be positive")
 
@@ -247,13 +283,17 @@ class QualityModel:
         opts.return_captures = bool(return_captures)
         opts.attn_block = int(attn_block)
         opts.attn_patches_only = attn_tokens == "patches"
+        if attn_logits is not None:  # the default lives in the core (kDefaultAttnLogits), nowhere else
+            opts.attn_logits = str(attn_logits)
         opts.vitnt_blocks = [int(b) for b in (vitnt_blocks or [])]
         opts.vitnt_scale = float(vitnt_scale)
         opts.vitnt_weighting = vitnt_weighting
+        opts.vitnt_attention_blocks = vitnt_attention_blocks
         opts.prefix_tokens = -1 if prefix_tokens is None else int(prefix_tokens)
         opts.grid = list(grid) if grid else []
         opts.heatmap_size = list(heatmap_size) if heatmap_size else []
-        opts.heatmap_minmax = heatmap_normalize == "image"
+        opts.heatmap_normalize = "range" if heatmap_range is not None else heatmap_normalize
+        opts.heatmap_range = _value_range(heatmap_range) if heatmap_range is not None else []
         opts.exits = [int(b) for b in (exits or [])]
         opts.exit_normalization = exit_normalization
         opts.quality_output = int(quality_output)
@@ -261,7 +301,13 @@ class QualityModel:
         x = self.prepare(images, preprocess)
         step = batch_size or x.shape[0]
         parts = [self._score_batch(x[i:i + step], opts) for i in range(0, x.shape[0], step)]
-        return parts[0] if len(parts) == 1 else QualityResult.concat(parts)
+        if len(parts) == 1:
+            return parts[0]
+        res = QualityResult.concat(parts)
+        if opts.heatmaps and opts.heatmap_normalize == "global":  # one range over every batch of this call
+            size = tuple(res.heatmaps[next(iter(res.heatmaps))].shape[-2:]) if res.heatmaps else None
+            res.heatmaps = {k: render_heatmaps(g, size, "global") for k, g in res.heatmap_grids.items()}
+        return res
 
     def _score_batch(self, x: torch.Tensor, opts) -> QualityResult:
         raw = self._core.score(x, opts)
@@ -269,6 +315,8 @@ class QualityModel:
         for key, value in raw.items():
             if key.endswith("_heatmap"):
                 res.heatmaps[key[: -len("_heatmap")]] = value
+            elif key.endswith("_heatmap_grid"):
+                res.heatmap_grids[key[: -len("_heatmap_grid")]] = value
             elif key == "exfiqa_exits":
                 res.exits = value
             elif key.startswith(("attention_logits.", "block_tokens.")) or key == "vitnt_patch_quality":
@@ -286,15 +334,18 @@ class QualityModel:
 
     def capture(self, images: Any, *, attention_blocks: Sequence[int] = (), probs_blocks: Sequence[int] = (),
                 token_blocks: Sequence[int] = (), final_norm: bool = True, exit_blocks: Sequence[int] = (),
-                exit_output: int = -1, model_output: bool = False, preprocess: bool | str = "auto") -> dict:
-        """Raw captures from one forward pass: ``attention_logits`` {block: [B,H,N,N]},
+                exit_output: int = -1, model_output: bool = False, preprocess: bool | str = "auto",
+                attn_logits: str | None = None) -> dict:
+        """Raw captures from one forward pass: ``attention_logits`` {block: [B,H,N,N]} (``attn_logits`` as in
+        :meth:`score`),
         ``attention_probs``, ``block_tokens`` {block: [B,N,C]} (final-norm applied unless final_norm=False),
         ``exits`` {block: head output at that exit}, ``model_output``, ``patch_grid``."""
         L = self.num_blocks
         norm = lambda bs: sorted({b % L if -L <= b < L else b for b in bs})  # noqa: E731
         x = self.prepare(images, preprocess)
+        extra = {} if attn_logits is None else {"attn_logits": str(attn_logits)}
         return self._core.capture(x, norm(attention_blocks), norm(probs_blocks), norm(token_blocks), final_norm,
-                                  norm(exit_blocks), int(exit_output), bool(model_output))
+                                  norm(exit_blocks), int(exit_output), bool(model_output), **extra)
 
     def forward(self, images: Any, preprocess: bool | str = "auto"):
         """The model's plain forward (C++ torch::jit), e.g. to get embeddings."""
@@ -307,14 +358,43 @@ class QualityModel:
 
 def load(model: str | os.PathLike | bytes | None = None, device: str | torch.device = "cpu",
          dtype: torch.dtype | str = torch.float32, image_size: tuple[int, int] | int | None = None,
-         channel_order: str | None = None, normalization: dict | None = None) -> QualityModel:
+         channel_order: str | None = None, normalization: dict | None = None,
+         final_norm: str | None = None) -> QualityModel:
     """Load a TorchScript ViT (path or bytes; None: the embedded demo recogniser) for quality scoring.
     ``image_size``, ``channel_order`` ("rgb" | "bgr") and ``normalization`` override the model's recorded
-    input contract (see :class:`QualityModel`)."""
+    input contract; ``final_norm`` names the final LayerNorm (see :class:`QualityModel`)."""
     if model is None:
         from .demo import RECOGNIZER as model
     return QualityModel(model, device=device, dtype=dtype, image_size=image_size, channel_order=channel_order,
-                        normalization=normalization)
+                        normalization=normalization, final_norm=final_norm)
+
+
+def _value_range(value_range) -> list[float]:
+    try:
+        lo, hi = (float(v) for v in value_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"a heatmap value range is two numbers (low, high), got {value_range!r}") from None
+    return [lo, hi]
+
+
+def render_heatmaps(grids: torch.Tensor | np.ndarray, size: tuple[int, int] | None = None,
+                    normalize: str = "global", value_range: tuple[float, float] | None = None) -> torch.Tensor:
+    """Heatmaps [B,H,W] from patch grids [B,gh,gw] (``QualityResult.heatmap_grids``), normalised as the
+    official ATTN-FIQA plot script: min-max on the patch grid before the bilinear resize (``size``, default
+    the grid), ``(g - lo) / (hi - lo + 1e-8)`` clipped to [0, 1]. ``normalize``: ``global`` (lo, hi = min,
+    max of all grids given, or ``value_range``), ``image`` (per grid) or ``none``.
+
+    A data set's global normalisation (the official default over all images shown): collect the grids of
+    several ``score`` calls, ``torch.cat`` them, and render them here in one call; or pass
+    ``value_range=(min, max)`` of all grids."""
+    if normalize not in ("image", "global", "none"):
+        raise ValueError(f"normalize must be 'image', 'global' or 'none', got {normalize!r}")
+    if value_range is not None and normalize != "global":
+        raise ValueError("value_range is a global normalisation range: use it with normalize='global'")
+    mode = "range" if value_range is not None else normalize
+    t = torch.as_tensor(np.array(grids, copy=True) if isinstance(grids, np.ndarray) else grids)
+    return _core.render_heatmaps(t, list(size) if size else [], mode,
+                                 _value_range(value_range) if value_range is not None else [])
 
 
 def fuse_exits(exit_scores: torch.Tensor | np.ndarray, depths: Sequence[int], fusion: str = "depth",

@@ -98,7 +98,7 @@ def _score_local(args, methods: list[str], table_dir: Path):
     from vitfiqa.pipeline import open_table, score_files
 
     model = vitfiqa.load(args.model, device=args.device or "cpu", dtype=args.dtype, image_size=args.image_size,
-                         channel_order=args.channel_order)
+                         channel_order=args.channel_order, final_norm=args.final_norm)
     files = _image_list(args.images)
     if args.heatmaps and Path(args.images).is_dir() and Path(args.heatmaps).absolute().is_relative_to(
             Path(args.images).absolute()):
@@ -132,7 +132,8 @@ def _score_ray(args, methods: list[str], table_dir: Path):
     score_with_ray(args.model or RECOGNIZER, files, str(table_dir), methods=methods, address=args.ray or None,
                    batch_size=args.batch_size, device=args.device, dtype=args.dtype, image_size=args.image_size,
                    channel_order=args.channel_order, workers=args.workers, num_actors=args.actors,
-                   overwrite=args.overwrite, progress=not args.quiet, max_pixels=_max_pixels(args))
+                   overwrite=args.overwrite, progress=not args.quiet, max_pixels=_max_pixels(args),
+                   final_norm=args.final_norm)
     return ScoreTable.open(table_dir)
 
 
@@ -147,7 +148,8 @@ def cmd_evaluate(args) -> int:
     fmrs = [float(f) for f in args.fmr.split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    qm = vitfiqa.load(args.model, device=args.device, image_size=args.image_size, channel_order=args.channel_order)
+    qm = vitfiqa.load(args.model, device=args.device, image_size=args.image_size, channel_order=args.channel_order,
+                      final_norm=args.final_norm)
     # The recognizer may be any TorchScript model (a CNN such as iResNet-100, or a ViT): embeddings only; its
     # input comes from its own contract unless --image-size / --channel-order say otherwise.
     fr = Recognizer(args.fr_model or args.model, device=args.device, image_size=args.image_size,
@@ -191,7 +193,7 @@ def cmd_reproduce(args) -> int:
 def cmd_inspect(args) -> int:
     import vitfiqa
 
-    m = vitfiqa.load(args.model, device=args.device)
+    m = vitfiqa.load(args.model, device=args.device, final_norm=args.final_norm)
     for k, v in m.info.items():
         print(f"{k}: {v}")
     try:
@@ -220,6 +222,12 @@ def cmd_train_demo(args) -> int:
     train(cfg, args.work_dir, threads=args.threads,
           **({"recognizer_out": out / "demo_recognizer.pt", "quality_out": out / "demo_vitfiqa.pt"} if out else {}))
     return 0
+
+
+def _final_norm_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--final-norm", metavar="MODULE",
+                        help="module path of the model's final LayerNorm (e.g. norm) when its forward does not "
+                             "apply it to the tokens; default: found in the forward graph")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -254,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
                    help="score on Ray: a new local cluster, or the cluster at ADDRESS ('auto', 'ray://host:10001')")
     s.add_argument("--actors", type=int, help="with --ray: scoring actors (default: one per GPU, else per 2 CPUs)")
+    _final_norm_argument(s)
     s.set_defaults(fn=cmd_score)
 
     e = sub.add_parser("evaluate", help="pAUC-EDC tables and plots on an insightface .bin benchmark")
@@ -264,13 +273,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--bin", required=True)
     e.add_argument("--methods", default="attn,vitnt")
     e.add_argument("--fmr", default="1e-3,1e-4")
-    e.add_argument("--variant", default="refit", help="EDC variant (refit, iso, ...: see vitfiqa.eval.edc_curve)")
+    e.add_argument("--variant", choices=("refit", "crfiqa", "iso"), default="refit",
+                   help="EDC variant: refit (CR-FIQA style), crfiqa (the CR-FIQA ERC code exactly), iso (ISO/IEC 29794-1)")
     e.add_argument("--limit", type=float, default=0.3)
     e.add_argument("--out", default="vitfiqa-eval")
     e.add_argument("--device", default="cpu")
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--image-size", type=int, help="default: the model's recorded input contract, else its patch grid")
     e.add_argument("--channel-order", choices=("rgb", "bgr"), help="default: the model's record, else rgb")
+    _final_norm_argument(e)
     e.set_defaults(fn=cmd_evaluate)
 
     r = sub.add_parser("reproduce", help="a paper's pAUC-EDC table from a TOML config: benchmarks x recognizers x "
@@ -282,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="what the capture found in a model")
     i.add_argument("--model", help="default: the embedded demo recogniser")
     i.add_argument("--device", default="cpu")
+    _final_norm_argument(i)
     i.set_defaults(fn=cmd_inspect)
 
     d = sub.add_parser("demo", help="controlled-degradation study with the embedded demo model")

@@ -42,8 +42,8 @@ def _ray():
 class _Scorer:
     """Ray Data actor: loads the model once, then scores whole batches (one input row = one batch of paths)."""
 
-    def __init__(self, model_ref, device, dtype, input_contract, methods, workers, decode_processes, torch_threads,
-                 score_options):
+    def __init__(self, model_ref, device, dtype, input_contract, final_norm, methods, workers, decode_processes,
+                 torch_threads, score_options):
         import ray
         import torch
 
@@ -51,7 +51,8 @@ class _Scorer:
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
-        self.model = QualityModel(ray.get(model_ref[0]), device=device, dtype=dtype, **input_contract)
+        self.model = QualityModel(ray.get(model_ref[0]), device=device, dtype=dtype, final_norm=final_norm,
+                                  **input_contract)
         self.methods = list(methods)
         self.workers = workers
         self.decode_processes = decode_processes
@@ -88,7 +89,8 @@ def score_with_ray(model: str | os.PathLike | bytes, paths: Sequence[str], out_d
                    channel_order: str | None = None, workers: int | None = None,
                    cpus_per_actor: float | None = None, overwrite: bool = False, progress: bool = True,
                    num_cpus: int | None = None, decode_processes: bool | None = None,
-                   max_pixels: int | None = DEFAULT_MAX_PIXELS, **score_options):
+                   max_pixels: int | None = DEFAULT_MAX_PIXELS, final_norm: str | None = None,
+                   **score_options):
     """Score ``paths`` on a Ray cluster into the results table ``out_dir`` (created, or resumed when it holds
     this run's batches); returns the whole table as a pandas DataFrame (index, path, scores, error) in input
     order.
@@ -101,7 +103,7 @@ def score_with_ray(model: str | os.PathLike | bytes, paths: Sequence[str], out_d
     :func:`vitfiqa.load`); the driver resolves it once and every actor uses the same.
     num_actors / cpus_per_actor: the actor pool (default: per GPU; else one actor per 2 CPUs, 1 on tiny
     clusters). workers: decoding threads (processes with decode_processes, the default on GPUs) per actor
-    (default: its CPUs).
+    (default: its CPUs). final_norm: as :class:`vitfiqa.QualityModel`.
     max_pixels: images above it are skipped with the reason, as in :func:`vitfiqa.pipeline.score_files`.
     score_options: as :meth:`vitfiqa.QualityModel.score` (no heatmaps; EX-FIQA exit normalisation stays
     'none', fuse data-set-wide with :func:`vitfiqa.fuse_exits`).
@@ -135,13 +137,14 @@ def score_with_ray(model: str | os.PathLike | bytes, paths: Sequence[str], out_d
 
     from .api import QualityModel
 
-    probe = QualityModel(model_bytes, device="cpu", image_size=image_size, channel_order=channel_order)
+    probe = QualityModel(model_bytes, device="cpu", image_size=image_size, channel_order=channel_order,
+                         final_norm=final_norm)
     contract = dict(image_size=probe.image_size, channel_order=probe.channel_order,
                     normalization=probe.normalization)
     probe.score(torch.zeros(1, 3, *probe.image_size), methods=methods, preprocess=False, **score_options)
     keys = score_keys(methods, probe.exit_depths(score_options.get("exits")) if "exfiqa" in methods else ())
     run = run_description(probe.sha256, probe.image_size, dtype, methods, score_options, max_pixels=max_pixels,
-                          input_contract=contract)
+                          input_contract=contract, final_norm=final_norm)
     del probe
 
     with ScoreTable(out_dir, paths=paths, keys=keys, batch_size=batch_size, run=run, overwrite=overwrite) as table:
@@ -155,7 +158,7 @@ def score_with_ray(model: str | os.PathLike | bytes, paths: Sequence[str], out_d
                 ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
                          logging_level=logging.WARNING)
             try:
-                _run(ray, model_bytes, table, pending, list(methods), num_actors, device, dtype, contract,
+                _run(ray, model_bytes, table, pending, list(methods), num_actors, device, dtype, contract, final_norm,
                      workers, cpus_per_actor, decode_processes, progress, {**score_options, "max_pixels": max_pixels})
             finally:
                 if started:
@@ -163,7 +166,7 @@ def score_with_ray(model: str | os.PathLike | bytes, paths: Sequence[str], out_d
         return table.frame()
 
 
-def _run(ray, model_bytes, table, pending, methods, num_actors, device, dtype, input_contract, workers,
+def _run(ray, model_bytes, table, pending, methods, num_actors, device, dtype, input_contract, final_norm, workers,
          cpus_per_actor, decode_processes, progress, score_options) -> None:
     resources = ray.cluster_resources()
     cpus, gpus = float(resources.get("CPU", 1)), int(resources.get("GPU", 0))
@@ -194,7 +197,8 @@ def _run(ray, model_bytes, table, pending, methods, num_actors, device, dtype, i
         _Scorer, batch_size=per_call, batch_format="numpy", concurrency=min(num_actors, blocks),
         num_cpus=cpus_per_actor, num_gpus=1 if use_gpu else 0,
         fn_constructor_kwargs=dict(model_ref=model_ref, device=device, dtype=dtype, input_contract=input_contract,
-                                   methods=methods, workers=workers or threads, torch_threads=threads,
+                                   final_norm=final_norm, methods=methods, workers=workers or threads,
+                                   torch_threads=threads,
                                    decode_processes=decode_processes,
                                    score_options=score_options))
     # The driver is the table's only writer: rows are committed as soon as their batch is complete (Ray may

@@ -1,18 +1,29 @@
-"""An insightface-style face ViT (the ViT-FIQA family), with optional quality token.
+"""Face ViTs of the papers' official code (insightface / CVLFace layout), the ViT-FIQA variants, named presets
+of every official configuration, and official checkpoint loading.
 
-Layout follows insightface's ``vit.py``: 112x112 input, patch 9 (12x12 = 144 tokens, the last 4 pixels
-unused), no CLS token, learned position embedding, pre-norm blocks with explicit
-``(q @ k^T) * head_dim**-0.5`` attention, MLP Linear-ReLU6-Linear, final LayerNorm, embedding head
-flatten(N*C) -> Linear -> BN1d -> Linear -> BN1d.
+Layout follows insightface's ``vit.py`` (CVLFace's ViT is the same class): 112x112 input, patch 9 (12x12 =
+144 tokens, the last 4 pixels unused) or 8 (14x14 = 196), no CLS token, learned position embedding,
+pre-norm blocks with explicit ``(q @ k^T) * head_dim**-0.5`` attention, MLP Linear-ReLU6-Linear, final
+LayerNorm, embedding head flatten(N*C) -> Linear -> BN1d -> Linear -> BN1d. Parameter names equal the
+official ones, except the ViT-FIQA quality token (``quality_token`` here, ``qs_token`` officially;
+:func:`load_official_state_dict` maps it).
 
-ViT-FIQA variants (``quality``):
+ViT-FIQA variants (``quality``; the official ``vit_qs`` ``mode``):
   ``None``     plain recognition model, ``forward`` returns the embedding.
   ``"token"``  a learned quality token prepended (own position embedding); head_qs = BN1d(C) -> Linear(C,1)
-               on the final-norm output of token 0. ``forward`` returns ``(embedding, quality[B,1])``.
+               on the final-norm output of token 0; the embedding from the patch tokens.
+               ``forward`` returns ``(embedding, quality[B,1])``.
   ``"crfiqa"`` no token; head_qs = BN1d(E) -> Linear(E,1) on the embedding. Returns ``(embedding, quality)``.
+  ``"full"``   the quality token prepended, the embedding computed from all N+1 tokens, head_qs on the
+               embedding. Returns ``(embedding, quality)``.
+
+:func:`preset` builds every official configuration by name (:data:`PRESETS`): a head count carries no
+weights, so a model built by hand with the wrong one loads an official checkpoint without error.
 """
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -165,6 +176,22 @@ class CRFIQAViT(FaceViT):
         return emb, self.head_qs(emb)
 
 
+class FullQualityViT(ViTFIQA):
+    """ViT-FIQA "full" variant: the quality token prepended; the embedding is computed from all N+1
+    final-norm tokens and head_qs reads the embedding. ``forward`` returns ``(embedding, quality[B,1])``."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        dim, feats = self.pos_embed.shape[-1], self.feature[-1].num_features
+        self.feature[0] = nn.Linear(dim * (self.num_patches + 1), dim, bias=False)
+        nn.init.trunc_normal_(self.feature[0].weight, std=0.02)
+        self.head_qs = nn.Sequential(nn.BatchNorm1d(feats, eps=2e-5), nn.Linear(feats, 1, bias=False))
+
+    def forward(self, x):
+        emb = self.feature(self.forward_tokens(x).flatten(1))
+        return emb, self.head_qs(emb)
+
+
 def face_vit(size: str = "vit_s", patch_size: int = 9, img_size: int = 112, quality: Optional[str] = None,
              **kwargs) -> FaceViT:
     """vit_t / vit_s / vit_b face ViT (patch 9 at 112x112 like insightface; patch 8 for CVLFace-style)."""
@@ -177,38 +204,167 @@ def face_vit(size: str = "vit_s", patch_size: int = 9, img_size: int = 112, qual
 
 
 def model_class(quality: Optional[str]) -> type:
-    """The class for a ViT-FIQA variant: None (plain), "token" or "crfiqa"."""
-    classes = {None: FaceViT, "token": ViTFIQA, "crfiqa": CRFIQAViT}
+    """The class for a ViT-FIQA variant: None (plain), "token", "crfiqa" or "full"."""
+    classes = {None: FaceViT, "token": ViTFIQA, "crfiqa": CRFIQAViT, "full": FullQualityViT}
     if quality not in classes:
-        raise ValueError("quality must be None, 'token' or 'crfiqa'")
+        raise ValueError(f"quality must be None, 'token', 'crfiqa' or 'full', got {quality!r}")
     return classes[quality]
 
 
-def load_official_state_dict(model: nn.Module, state, prefixes=("module.", "net.", "backbone.")) -> nn.Module:
-    """Load an official checkpoint (path or dict) into ``model``: strips DataParallel/wrapper prefixes and
-    checks keys strictly, raising one clear error that lists missing and unexpected keys."""
+@dataclass(frozen=True)
+class Preset:
+    """One official configuration: the class and constructor arguments, and where they come from."""
+
+    name: str
+    quality: Optional[str]
+    config: dict
+    used_by: str
+    source: str
+
+
+_VITFIQA = dict(patch_size=9, embed_dim=512, depth=12, num_heads=8, mlp_ratio=4.0, num_features=512)
+_VITFIQA_SOURCE = ("ViT-FIQA evaluation/QualityModel.py and EX-FIQA evaluation/QualityModel.py: vit_qs "
+                   "img 112, patch 9, 512 wide, 12 blocks, 8 heads, mlp 4, embedding 512 (= width)")
+PRESETS: dict[str, Preset] = {p.name: p for p in (
+    Preset("cvlface_vit_s", None, dict(patch_size=8, embed_dim=512, depth=12, num_heads=8, mlp_ratio=5.0),
+           "ATTN-FIQA (official run: ViT-S, AdaFace WebFace4M)",
+           "CVLFace models/vit 'small' (= ATTN-FIQA / ViTNT-FIQA 'vits'): patch 8, 512, 12 blocks, 8 heads, mlp 5"),
+    Preset("cvlface_vit_b", None, dict(patch_size=8, embed_dim=512, depth=24, num_heads=16, mlp_ratio=3.0),
+           "ViTNT-FIQA (official run: ViT-B, AdaFace WebFace4M)",
+           "CVLFace models/vit 'base' (= ATTN-FIQA / ViTNT-FIQA 'vitb'): patch 8, 512, 24 blocks, 16 heads, mlp 3"),
+    Preset("insightface_vit_t", None, dict(patch_size=9, embed_dim=256, depth=12, num_heads=8, mlp_ratio=4.0),
+           "insightface arcface_torch vit_t", "insightface backbones: patch 9, 256, 12 blocks, 8 heads, mlp 4"),
+    Preset("insightface_vit_s", None, dict(patch_size=9, embed_dim=512, depth=12, num_heads=8, mlp_ratio=4.0),
+           "insightface arcface_torch vit_s", "insightface backbones: patch 9, 512, 12 blocks, 8 heads, mlp 4"),
+    Preset("insightface_vit_b", None, dict(patch_size=9, embed_dim=512, depth=24, num_heads=8, mlp_ratio=4.0),
+           "insightface arcface_torch vit_b", "insightface backbones: patch 9, 512, 24 blocks, 8 heads, mlp 4"),
+    Preset("vitfiqa_token", "token", _VITFIQA, "ViT-FIQA (T) and EX-FIQA (T): vitfiqa_token.pt", _VITFIQA_SOURCE),
+    Preset("vitfiqa_crfiqa", "crfiqa", _VITFIQA, "ViT-FIQA (C) and EX-FIQA (C): vitfiqa_crfiqa.pt", _VITFIQA_SOURCE),
+    Preset("vitfiqa_full", "full", _VITFIQA, "ViT-FIQA / EX-FIQA 'full' mode: vitfiqa_full.pt", _VITFIQA_SOURCE),
+)}
+
+
+def preset(name: str, **overrides) -> FaceViT:
+    """A model in one official configuration (eval mode), e.g. ``preset("cvlface_vit_b")``; see
+    :data:`PRESETS`. ``overrides`` change constructor arguments (e.g. ``num_features``)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    p = PRESETS[name]
+    return model_class(p.quality)(**{**p.config, **overrides}).eval()
+
+
+# Official names that differ from ours, and parameters only training uses (insightface / CVLFace / vit_qs
+# `mask_token` fills masked positions when training with mask_ratio > 0; eval never reads it).
+OFFICIAL_RENAMES = {"qs_token": "quality_token"}
+TRAINING_ONLY_KEYS = ("mask_token",)
+# Containers that nest the weights: insightface/ViT-FIQA training checkpoints (state_dict_backbone), CVLFace
+# and others (state_dict, model); and wrapper prefixes on every key (DataParallel module., CVLFace net.).
+_NESTING_KEYS = ("state_dict_backbone", "state_dict", "model")
+_WRAPPER_PREFIXES = ("module.", "net.", "backbone.", "model.")
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_official_state_dict` did to fit a checkpoint to the model."""
+
+    unwrapped: list = field(default_factory=list)   # nesting keys descended, outermost first
+    stripped: list = field(default_factory=list)    # wrapper prefixes removed from every key
+    renamed: dict = field(default_factory=dict)     # official name -> ours
+    dropped: list = field(default_factory=list)     # training-only keys left out
+
+
+def _shapes(module: nn.Module) -> dict:
+    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+
+
+@functools.lru_cache(maxsize=None)
+def _preset_shapes(name: str) -> dict:
+    p = PRESETS[name]
+    with torch.device("meta"):  # shapes only: no memory
+        return _shapes(model_class(p.quality)(**p.config))
+
+
+def _fitting_presets(shapes: dict) -> list[str]:
+    return [name for name in PRESETS if _preset_shapes(name) == shapes]
+
+
+def _num_heads(model: nn.Module) -> Optional[int]:
+    blocks = getattr(model, "blocks", None)
+    try:
+        return int(blocks[0].attn.num_heads)
+    except (TypeError, AttributeError, IndexError):
+        return None
+
+
+def load_official_state_dict(model: nn.Module | str, state, *, report: bool = False):
+    """Load an official checkpoint (path, or a loaded dict) into ``model`` (a module, or a :data:`PRESETS`
+    name to build); returns the model (and a :class:`LoadReport` with ``report=True``).
+
+    Generic unwrapping, reported in the log: weights nested under ``state_dict_backbone`` / ``state_dict``
+    / ``model`` are taken out; a wrapper prefix on EVERY key (``module.``, ``net.``, ``backbone.``,
+    ``model.``) is removed (a prefix only some keys carry is left alone, so e.g. a classifier head saved
+    beside a backbone stays a separate, unexpected key); ``qs_token`` becomes ``quality_token``;
+    training-only keys (``mask_token``) are dropped. Then keys and shapes are checked strictly: one error
+    lists missing, unexpected and mis-shaped keys and names the presets whose shapes the checkpoint fits.
+    A head count has no weights: when the shapes fit a preset with another head count than the model's, a
+    warning says so. Files are read with ``torch.load(weights_only=True)``."""
+    import logging
+    import warnings
+
+    if isinstance(model, str):
+        model = preset(model)
     if not isinstance(state, dict):
         state = torch.load(state, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):
-        if key in state and isinstance(state[key], dict):
-            state = state[key]
+    rep = LoadReport()
+    while not all(isinstance(v, torch.Tensor) for v in state.values()):
+        key = next((k for k in _NESTING_KEYS if isinstance(state.get(k), dict)), None)
+        if key is None:
+            others = sorted(k for k, v in state.items() if not isinstance(v, torch.Tensor))
+            raise ValueError(f"checkpoint holds non-tensor entries {others[:10]} and none of "
+                             f"{list(_NESTING_KEYS)} to descend into")
+        state, rep.unwrapped = state[key], rep.unwrapped + [key]
+    own = model.state_dict()
+    while state:
+        prefix = next((p for p in _WRAPPER_PREFIXES if all(k.startswith(p) for k in state)
+                       and not any(k.startswith(p) for k in own)), None)
+        if prefix is None:
+            break
+        state = {k[len(prefix):]: v for k, v in state.items()}
+        rep.stripped.append(prefix)
     cleaned = {}
     for k, v in state.items():
-        for p in prefixes:
-            if k.startswith(p):
-                k = k[len(p):]
+        if k in OFFICIAL_RENAMES and k not in own and OFFICIAL_RENAMES[k] in own:
+            rep.renamed[k] = OFFICIAL_RENAMES[k]
+            k = OFFICIAL_RENAMES[k]
+        elif k in TRAINING_ONLY_KEYS and k not in own:
+            rep.dropped.append(k)
+            continue
         cleaned[k] = v
-    own = model.state_dict()
     missing = sorted(set(own) - set(cleaned))
     unexpected = sorted(set(cleaned) - set(own))
     shape = sorted(k for k in set(own) & set(cleaned) if own[k].shape != cleaned[k].shape)
+    # Which presets the checkpoint fits, in our names whatever the model asked for has.
+    fits = _fitting_presets({OFFICIAL_RENAMES.get(k, k): tuple(v.shape) for k, v in state.items()
+                             if k not in TRAINING_ONLY_KEYS})
     if missing or unexpected or shape:
+        hint = (f"; the checkpoint's shapes fit preset {' / '.join(repr(f) for f in fits)}: "
+                f"vitfiqa.models.preset({fits[0]!r})" if fits else
+                "; its shapes fit none of the presets")
         raise ValueError("checkpoint does not match the model: "
                          f"missing {missing[:10]}{'...' if len(missing) > 10 else ''}, "
                          f"unexpected {unexpected[:10]}{'...' if len(unexpected) > 10 else ''}, "
-                         f"shape mismatch {shape[:10]}")
+                         f"shape mismatch {shape[:10]}{hint}")
+    heads = _num_heads(model)
+    preset_heads = {PRESETS[f].config["num_heads"] for f in fits}
+    if heads is not None and preset_heads and heads not in preset_heads:
+        warnings.warn(f"the checkpoint's shapes fit preset {fits[0]!r} with {sorted(preset_heads)} attention heads, "
+                      f"but the model has {heads}: a head count carries no weights, so the embeddings would be "
+                      f"wrong silently; build the model with vitfiqa.models.preset({fits[0]!r})", stacklevel=2)
     model.load_state_dict(cleaned)
-    return model
+    logging.getLogger("vitfiqa").info("checkpoint loaded: nested under %s, prefixes removed %s, renamed %s, "
+                                      "training-only keys dropped %s", rep.unwrapped, rep.stripped, rep.renamed,
+                                      rep.dropped)
+    return (model, rep) if report else model
 
 
 INPUT_CONTRACT_FILE = "vitfiqa_input.json"  # name of the TorchScript extra file holding the input contract
@@ -257,6 +413,8 @@ def read_input_contract(model) -> Optional[dict]:
         zf = zipfile.ZipFile(io.BytesIO(bytes(model)) if isinstance(model, (bytes, bytearray)) else model)
     except (zipfile.BadZipFile, OSError):
         return None  # not a zip archive: the loader reports what is wrong with the file
+    except Exception as exc:  # a damaged zip directory (benchmarks/fuzz.py: NotImplementedError, UnicodeDecodeError)
+        raise ValueError(f"the model file's zip directory is damaged ({type(exc).__name__}: {exc})") from None
     with zf:
         names = [n for n in zf.namelist() if n.endswith("/extra/" + INPUT_CONTRACT_FILE)]
         if not names:
@@ -266,7 +424,12 @@ def read_input_contract(model) -> Optional[dict]:
             raise ValueError(f"the model's {INPUT_CONTRACT_FILE} is {info.file_size} bytes; an input contract is a "
                              "few hundred")
         try:
-            contract = json.loads(zf.read(info).decode("utf-8"))
+            data = zf.read(info)
+        except Exception as exc:  # damaged record: bad CRC, zlib.error, EOFError, unsupported compression ...
+            raise ValueError(f"the model's {INPUT_CONTRACT_FILE} record is damaged ({type(exc).__name__}: {exc})") \
+                from None
+        try:
+            contract = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
             raise ValueError(f"the model's {INPUT_CONTRACT_FILE} is not valid JSON: {exc}") from None
     try:

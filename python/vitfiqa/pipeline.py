@@ -243,16 +243,16 @@ def encode_heatmap(image: np.ndarray, heatmap: np.ndarray, fmt: str) -> bytes:
 
 def run_description(model_sha256: str, image_size, dtype, methods: Sequence[str], score_options: dict,
                     heatmaps: dict | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                    input_contract: dict | None = None) -> dict:
+                    input_contract: dict | None = None, final_norm: str | None = None) -> dict:
     """What a results table records about the run that fills it (model digest, input size, channel order and
-    normalisation, precision, methods, options, heatmap output, pixel limit); a resume with anything different
-    is refused instead of mixing scores."""
+    normalisation, the final norm named by the user, precision, methods, options, heatmap output, pixel
+    limit); a resume with anything different is refused instead of mixing scores."""
     contract = input_contract or {}
     return {"model_sha256": model_sha256, "image_size": list(image_size),
             "channel_order": contract.get("channel_order", "rgb"), "normalization": contract.get("normalization"),
             "dtype": str(dtype).replace("torch.", ""),
             "methods": list(methods), "options": {k: score_options[k] for k in sorted(score_options)},
-            "heatmaps": heatmaps, "max_pixels": max_pixels}
+            "heatmaps": heatmaps, "max_pixels": max_pixels, "final_norm": final_norm}
 
 
 def open_table(model: QualityModel, paths: Sequence[str], methods: Sequence[str] | str, out, *,
@@ -271,7 +271,8 @@ def open_table(model: QualityModel, paths: Sequence[str], methods: Sequence[str]
         heat = {"dir": str(Path(heatmap_dir).resolve()), "format": heatmap_format}
         score_options = {**score_options, "heatmaps": True}
     run = run_description(model.sha256, model.image_size, model.dtype, methods, score_options, heat, max_pixels,
-                          {"channel_order": model.channel_order, "normalization": model.normalization})
+                          {"channel_order": model.channel_order, "normalization": model.normalization},
+                          model.final_norm)
     if isinstance(out, ScoreTable):
         out.expect(paths=paths, keys=keys, batch_size=batch_size, run=run)
         return out

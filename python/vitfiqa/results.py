@@ -38,7 +38,7 @@ import os
 import re
 import uuid
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 log = logging.getLogger("vitfiqa")
 

@@ -23,7 +23,11 @@ def _to_uint8_image(image) -> np.ndarray:
 
 
 def normalize_heatmaps(heatmaps, mode: str = "image") -> np.ndarray:
-    """Min-max normalise a stack [B,H,W]: per ``image`` or ``global`` over the whole stack."""
+    """Min-max normalise a stack of already resized maps [B,H,W]: per ``image`` or ``global`` over the stack.
+
+    This is NOT the official ATTN-FIQA convention (which normalises the patch grid before resizing, so its
+    maps differ by up to a few hundredths): for that, ask ``QualityModel.score`` for
+    ``heatmap_normalize="image"|"global"`` or use :func:`vitfiqa.render_heatmaps` on ``heatmap_grids``."""
     h = np.asarray(heatmaps.cpu() if hasattr(heatmaps, "cpu") else heatmaps, dtype=np.float64)
     if mode == "image":
         lo = h.reshape(len(h), -1).min(1)[:, None, None]
@@ -51,16 +55,19 @@ def overlay(image, heatmap, alpha: float = 0.4, cmap: str = "jet") -> np.ndarray
 
 
 def heatmap_figure(images: Sequence, heatmaps, titles: Sequence[str] | None = None, path: str | None = None,
-                   normalize: str = "image", alpha: float = 0.4, ncols: int | None = None):
-    """A grid of overlays (one per image); ``normalize="global"`` shares one scale across the figure so
-    heatmaps are comparable between images. Saved to ``path`` (PNG/PDF) when given."""
+                   normalize: str | None = None, alpha: float = 0.4, ncols: int | None = None):
+    """A grid of overlays (one per image). ``normalize=None`` draws the maps as given (as ``score`` normalised
+    them: ``heatmap_normalize="global"`` shares one scale across the figure, the official default);
+    ``"image"`` / ``"global"`` re-normalise the resized maps (see :func:`normalize_heatmaps`).
+    Saved to ``path`` (PNG/PDF) when given."""
     import matplotlib
 
     if path is not None:
         matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    hms = normalize_heatmaps(heatmaps, normalize)
+    hms = np.asarray(heatmaps.cpu() if hasattr(heatmaps, "cpu") else heatmaps, dtype=np.float64) \
+        if normalize is None else normalize_heatmaps(heatmaps, normalize)
     n = len(images)
     if n == 0 or len(hms) != n:
         raise ValueError("one heatmap per image is needed")

@@ -18,7 +18,9 @@ class Recorder:
         self.attn_inputs: list[torch.Tensor] = []
         self.handles = []
         for blk in model.blocks:
-            self.handles.append(blk.register_forward_hook(lambda m, i, o: self.block_outputs.append(o)))
+            # Blocks of the ATTN/ViTNT repositories' ViT return (tokens, attention).
+            self.handles.append(blk.register_forward_hook(
+                lambda m, i, o: self.block_outputs.append(o[0] if isinstance(o, tuple) else o)))
             self.handles.append(blk.attn.register_forward_pre_hook(lambda m, args: self.attn_inputs.append(args[0])))
 
     def __call__(self, x):
@@ -63,26 +65,36 @@ def attn_fiqa(model, x, block: int = -1, first_token: int = 0):
     return lg.mean(dim=(1, 2, 3))
 
 
-def minmax(m: torch.Tensor) -> torch.Tensor:
-    flat = m.flatten(1)
-    lo, hi = flat.min(1).values, flat.max(1).values
-    return (m - lo[:, None, None]) / (hi - lo).clamp_min(1e-12)[:, None, None]
+def grid_heatmaps(per_patch: torch.Tensor, grid, size, normalize: str = "image", value_range=None):
+    """The official ATTN-FIQA plot convention, written out per image: reshape to the patch grid, min-max
+    (each image's own, or one (lo, hi) for all images) as (g - lo) / (hi - lo + 1e-8) clipped to [0, 1],
+    then bilinear resize (half-pixel centres, as cv2.INTER_LINEAR)."""
+    grids = [p.float().reshape(grid[0], grid[1]) for p in per_patch]
+    if normalize == "global":
+        lo, hi = value_range or (min(g.min().item() for g in grids), max(g.max().item() for g in grids))
+    out = []
+    for g in grids:
+        if normalize == "image":
+            lo, hi = g.min().item(), g.max().item()
+        if normalize != "none":
+            g = ((g - lo) / (hi - lo + 1e-8)).clamp(0, 1)
+        out.append(F.interpolate(g[None, None], size=size, mode="bilinear", align_corners=False)[0, 0])
+    return torch.stack(out)
 
 
-def grid_heatmap(per_patch: torch.Tensor, grid, size):
-    m = per_patch.float().reshape(-1, grid[0], grid[1])
-    m = minmax(m)
-    return F.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-
-
-def attn_heatmap(model, x, prefix: int, grid, block: int = -1):
+def attn_key_means(model, x, prefix: int, block: int = -1):
+    """What each patch key receives: head mean, then mean over all queries, of the pre-softmax logits."""
     _, _, inputs = run(model, x)
     lg = logits(model, inputs[block], block % len(model.blocks))
-    per_key = lg.mean(1).mean(1)[:, prefix:]  # head mean, then mean over queries: what each key receives
-    return grid_heatmap(per_key, grid, x.shape[-2:])
+    return lg.mean(1).mean(1)[:, prefix:]
 
 
-def vitnt_fiqa(model, x, prefix: int, blocks=None, s: float = 8.0, weighting: str = "uniform"):
+def attn_heatmap(model, x, prefix: int, grid, block: int = -1, normalize: str = "image", value_range=None):
+    return grid_heatmaps(attn_key_means(model, x, prefix, block), grid, x.shape[-2:], normalize, value_range)
+
+
+def vitnt_fiqa(model, x, prefix: int, blocks=None, s: float = 8.0, weighting: str = "uniform",
+               attention_blocks: str = "last"):
     _, outs, inputs = run(model, x)
     blocks = list(range(len(outs))) if blocks is None else sorted(b % len(outs) for b in blocks)
     with torch.no_grad():
@@ -94,8 +106,11 @@ def vitnt_fiqa(model, x, prefix: int, blocks=None, s: float = 8.0, weighting: st
     q = 2.0 / (1.0 + torch.exp(s * d))
     if weighting == "uniform":
         return q.mean(1), q
-    probs = torch.softmax(logits(model, inputs[blocks[-1]], blocks[-1]), dim=-1)
-    received = probs.mean(1).sum(1)[:, prefix:]
+    # The official ViTNT weights: per block, head-mean post-softmax attention summed over queries; with
+    # attention_blocks="all" averaged over the selected blocks; then normalised over the patch keys.
+    weighted = blocks if attention_blocks == "all" else blocks[-1:]
+    received = sum(torch.softmax(logits(model, inputs[b], b), dim=-1).mean(1).sum(1) for b in weighted) / len(weighted)
+    received = received[:, prefix:]
     w = received / received.sum(1, keepdim=True)
     return (q * w).sum(1), q
 

@@ -187,6 +187,12 @@ def _np_frombuffer(buf, dtype, shape, order):  # NumPy >= 1.16 with pickle proto
     return arr
 
 
+def _np_scalar(dtype, data):  # a NumPy bool scalar (np.bool_), as list-building scripts sometimes leave them
+    if not isinstance(dtype, _BoolDType) or not isinstance(data, (bytes, bytearray)) or len(data) != 1:
+        raise UnsafeBinFile("a NumPy scalar in a .bin must be a bool")
+    return data != b"\x00"
+
+
 def _codecs_encode(text, encoding="utf-8"):  # how Python 3 pickles bytes at protocols 0-2
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
         raise UnsafeBinFile("_codecs.encode in a .bin is only allowed as the latin1 encoding of a string")
@@ -204,13 +210,15 @@ _BIN_GLOBALS = {
     ("numpy._core.multiarray", "_reconstruct"): _np_reconstruct,
     ("numpy.core.numeric", "_frombuffer"): _np_frombuffer,
     ("numpy._core.numeric", "_frombuffer"): _np_frombuffer,
+    ("numpy.core.multiarray", "scalar"): _np_scalar,
+    ("numpy._core.multiarray", "scalar"): _np_scalar,
     ("_codecs", "encode"): _codecs_encode,
 }
 
 
 class BinUnpickler(pickle.Unpickler):
     """Unpickler for insightface ``.bin`` files: admits only what their writers produce — a pair of (list or
-    tuple of encoded images as bytes, list or tuple of bools or a 1-D NumPy bool array). Any other global
+    tuple of encoded images as bytes, list or tuple of bools (Python or NumPy) or a 1-D NumPy bool array). Any other global
     (a class, a function: the way a pickle runs code) raises :class:`UnsafeBinFile` before it is looked up."""
 
     def find_class(self, module, name):
@@ -269,10 +277,12 @@ def _read_lines(path: Path) -> list[str]:
     """Non-empty stripped lines; a UTF-8 byte-order mark at the start is dropped."""
     if not path.is_file():
         raise FileNotFoundError(f"list file not found: {path}")
+    data = path.read_bytes()
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise CorruptEntry(f"{path} is not a UTF-8 text file: {exc}") from None
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:  # found by benchmarks/fuzz.py: was a bare UnicodeDecodeError
+        line = data[:exc.start].count(b"\n") + 1
+        raise CorruptEntry(f"{path.name} line {line}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     return [ln.strip() for ln in text.splitlines() if ln.strip()]
 
 

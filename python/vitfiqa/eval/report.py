@@ -15,6 +15,7 @@ def evaluate(qualities: Mapping[str, np.ndarray], comparison_scores: np.ndarray,
              pair_reduce: str = "min", integration: str | None = None, normalize: str | None = None):
     """pAUC-EDC of every quality method on one benchmark and comparison (FR) model.
 
+    variant: ``refit``, ``crfiqa`` or ``iso`` (see :mod:`vitfiqa.eval.edc`); pairs are passed in protocol order.
     qualities: method name -> per-image (or per-template) quality, indexed like ``pairs``; NaN marks an
     unreadable image, whose pairs are dropped with a warning. comparison_scores: one similarity per pair.
     Returns a DataFrame with columns method, benchmark, fr_model, fmr, variant, limit, pauc, pauc_x1e3,
@@ -34,10 +35,10 @@ def evaluate(qualities: Mapping[str, np.ndarray], comparison_scores: np.ndarray,
         valid = np.isfinite(pq) & np.isfinite(scores)
         if not valid.all():
             warnings.warn(f"{method}: {int((~valid).sum())} pairs with unreadable images or NaN scores dropped")
-        gen = valid & pairs.genuine
-        imp = valid & ~pairs.genuine
         for fmr in fmrs:
-            curve = edc_curve(scores[gen], scores[imp], pq[gen], pq[imp], fmr=fmr, variant=variant)
+            # Pairs in protocol order (the crfiqa variant's tie order depends on it); unreadable ones dropped.
+            curve = edc_curve(pairs=(scores[valid], pairs.genuine[valid], pq[valid]), fmr=fmr, variant=variant,
+                              benchmark=benchmark or None)
             area = pauc(curve, limit=limit, integration=integration, normalize=normalize)
             rows.append(dict(method=method, benchmark=benchmark, fr_model=fr_model, fmr=fmr, variant=variant,
                              limit=limit, pauc=area, pauc_x1e3=area * 1e3, fnmr_at_0=float(curve.fnmr[0]),
