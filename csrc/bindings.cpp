@@ -154,6 +154,32 @@ PYBIND11_MODULE(_core, m) {
           py::arg("logits_blocks") = std::vector<int64_t>{}, py::arg("token_blocks") = std::vector<int64_t>{},
           py::arg("exit_blocks") = std::vector<int64_t>{}, py::arg("final_norm") = true);
 
+  py::class_<ScriptModel>(m, "ScriptModel", "Any TorchScript model run as is (embeddings of a CNN or ViT recognizer)")
+      .def(py::init([](const std::string& path, const std::string& device, const std::string& dtype) {
+             return new ScriptModel(path, false, device, dtype);
+           }),
+           py::arg("path"), py::arg("device") = "cpu", py::arg("dtype") = "float32",
+           py::call_guard<py::gil_scoped_release>())
+      .def_static(
+          "from_bytes",
+          [](const py::bytes& data, const std::string& device, const std::string& dtype) {
+            std::string buf = data;
+            py::gil_scoped_release release;
+            return new ScriptModel(buf, true, device, dtype);
+          },
+          py::arg("data"), py::arg("device") = "cpu", py::arg("dtype") = "float32")
+      .def(
+          "forward",
+          [](ScriptModel& self, const at::Tensor& images) {
+            at::IValue out;
+            {
+              py::gil_scoped_release release;
+              out = self.forward(images);
+            }
+            return ivalue_to_py(out);
+          },
+          py::arg("images"));
+
   m.def(
       "fuse_exits",
       [](const at::Tensor& exit_scores, const std::vector<int64_t>& depths, const std::string& fusion,

@@ -386,16 +386,13 @@ std::string CaptureRequest::key() const {
   return os.str();
 }
 
-CaptureModel::CaptureModel(const std::string& path_or_bytes, bool from_bytes, const std::string& device,
-                           const std::string& dtype, const std::string& final_norm)
-    : device_(parse_device(device)), dtype_(parse_dtype(dtype)) {
+torch::jit::Module load_script_module(const std::string& path_or_bytes, bool from_bytes, const at::Device& device) {
   try {
     if (from_bytes) {
       std::istringstream in(path_or_bytes);
-      module_ = torch::jit::load(in, device_);
-    } else {
-      module_ = torch::jit::load(path_or_bytes, device_);
+      return torch::jit::load(in, device);
     }
+    return torch::jit::load(path_or_bytes, device);
   } catch (const std::exception& e) {
     // c10::Error from the archive reader, but also torch::jit::ErrorReport (the TorchScript compiler on damaged
     // code records) and std::bad_alloc (a size field gone wrong): all mean a corrupt file (benchmarks/fuzz.py).
@@ -405,6 +402,12 @@ CaptureModel::CaptureModel(const std::string& path_or_bytes, bool from_bytes, co
                                 " (corrupt file, or not saved with torch.jit.save?): " +
                                 first_line(c10_error ? c10_error->what_without_backtrace() : e.what()));
   }
+}
+
+CaptureModel::CaptureModel(const std::string& path_or_bytes, bool from_bytes, const std::string& device,
+                           const std::string& dtype, const std::string& final_norm)
+    : device_(parse_device(device)), dtype_(parse_dtype(dtype)) {
+  module_ = load_script_module(path_or_bytes, from_bytes, device_);
   module_.eval();
   if (dtype_ != at::kFloat) {
     // Only floating state is cast: Module::to(dtype) would also turn integer buffers (position ids, index
@@ -1195,6 +1198,32 @@ at::IValue CaptureModel::attribute(const std::string& name) const {
 std::string CaptureModel::graph_for(const CaptureRequest& request) {
   std::lock_guard<std::mutex> lock(mutex_);
   return build(request).graph->toString();
+}
+
+ScriptModel::ScriptModel(const std::string& path_or_bytes, bool from_bytes, const std::string& device,
+                         const std::string& dtype)
+    : device_(parse_device(device)), dtype_(parse_dtype(dtype)) {
+  module_ = load_script_module(path_or_bytes, from_bytes, device_);
+  module_.eval();
+  if (dtype_ != at::kFloat) module_.to(dtype_);
+  if (!module_.find_method("forward")) throw std::invalid_argument("the TorchScript module has no forward method");
+}
+
+at::IValue ScriptModel::forward(const at::Tensor& images) {
+  if (!images.defined() || images.dim() != 4 || images.size(0) == 0)
+    throw std::invalid_argument("images must be a non-empty 4-D [B,C,H,W] tensor");
+  if (images.scalar_type() != dtype_)
+    throw std::invalid_argument(std::string("images dtype ") + c10::toString(images.scalar_type()) +
+                                " does not match the model dtype " + c10::toString(dtype_));
+  if (images.device() != device_)
+    throw std::invalid_argument("images are on " + images.device().str() + " but the model is on " + device_.str());
+  at::NoGradGuard no_grad;
+  try {
+    return module_.forward({images});
+  } catch (const std::exception& e) {
+    throw std::invalid_argument("the model's forward failed on input of shape " + c10::str(images.sizes()) + ": " +
+                                last_line(e.what()));
+  }
 }
 
 }  // namespace vitfiqa

@@ -139,4 +139,23 @@ class CaptureModel {
   std::map<std::string, std::unique_ptr<Built>> cache_;
 };
 
+// torch::jit::load from a path or from the serialized bytes, with one clear error for a corrupt file.
+torch::jit::Module load_script_module(const std::string& path_or_bytes, bool from_bytes, const at::Device& device);
+
+// Any TorchScript model (CNN or ViT) run as is: no graph analysis, for recognizers that only give
+// embeddings. Same loading and input checks as CaptureModel.
+class ScriptModel {
+ public:
+  ScriptModel(const std::string& path_or_bytes, bool from_bytes, const std::string& device, const std::string& dtype);
+  at::IValue forward(const at::Tensor& images);
+  at::Device device() const { return device_; }
+  at::ScalarType dtype() const { return dtype_; }
+
+ private:
+  torch::jit::Module module_;
+  at::Device device_;
+  at::ScalarType dtype_;
+};
+
 }  // namespace vitfiqa
+

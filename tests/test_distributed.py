@@ -131,3 +131,23 @@ def test_ray_reads_the_input_contract_and_channel_order(local_ray, images, tmp_p
         for k in ("attn", "vitfiqa"):
             np.testing.assert_array_equal(dist[k].to_numpy(), local[k].to_numpy())
     assert not np.allclose(dist["attn"], score_frame(vitfiqa.load(path), paths, ["attn"], batch_size=4)["attn"])
+
+
+def test_reproduce_qualities_on_ray_equal_local(local_ray, model_cases, tmp_path):
+    """`reproduce` with ray = "local": the vitfiqa qualities of an image-file benchmark are scored by
+    vitfiqa.distributed; the table equals the local run's."""
+    from vitfiqa.eval import synthetic
+    from vitfiqa.eval.reproduction import reproduce
+
+    pairs = synthetic.write_lfw_style(tmp_path / "xq", n_subjects=4, per_subject=3, n_pairs=16)
+    vit = model_cases["insightface-script"].path
+    cfg = {"fmrs": [0.1], "batch_size": 8,
+           "benchmarks": [{"name": "XQ", "type": "pairs", "root": str(tmp_path / "xq"), "pairs": str(pairs)}],
+           "recognizers": [{"name": "ViT", "model": vit, "flip": "none"}],
+           "qualities": [{"name": "ATTN", "method": "attn", "model": vit}]}
+    local = reproduce(dict(cfg, out=str(tmp_path / "local")), progress=False)
+    threads = torch.get_num_threads()
+    on_ray = reproduce(dict(cfg, out=str(tmp_path / "ray"), ray="local"), progress=False)
+    torch.set_num_threads(threads)
+    assert list((tmp_path / "ray" / "cache").glob("ray-quality-*.table"))
+    np.testing.assert_allclose(on_ray.frame.pauc.values, local.frame.pauc.values, rtol=1e-6)

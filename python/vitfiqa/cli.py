@@ -1,4 +1,4 @@
-"""Command line: ``vitfiqa score | evaluate | inspect | demo | train-demo``. Errors are one line, exit 2."""
+"""Command line: ``vitfiqa score | evaluate | reproduce | inspect | demo | train-demo``. Errors are one line, exit 2."""
 from __future__ import annotations
 
 import argparse
@@ -142,6 +142,7 @@ def cmd_evaluate(args) -> int:
 
     import vitfiqa
     from vitfiqa.eval import comparison_scores, evaluate, load_bin, plot_edc, score_image_set, to_latex, to_markdown
+    from vitfiqa.recognizer import Recognizer
 
     methods = _methods(args.methods)
     fmrs = [float(f) for f in args.fmr.split(",")]
@@ -149,24 +150,24 @@ def cmd_evaluate(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     qm = vitfiqa.load(args.model, device=args.device, image_size=args.image_size, channel_order=args.channel_order,
                       final_norm=args.final_norm)
-    fr = vitfiqa.load(args.fr_model or args.model, device=args.device, image_size=args.image_size,
-                      channel_order=args.channel_order)
+    # The recognizer may be any TorchScript model (a CNN such as iResNet-100, or a ViT): embeddings only; its
+    # input comes from its own contract unless --image-size / --channel-order say otherwise.
+    fr = Recognizer(args.fr_model or args.model, device=args.device, image_size=args.image_size,
+                    channel_order=args.channel_order, flip=args.flip)
     if fr.image_size != qm.image_size:
         raise CLIError(f"the quality model takes {qm.image_size} images and the FR model {fr.image_size}; "
                        "pass --image-size to use one size for both")
     ds = load_bin(args.bin, image_size=qm.image_size)
     quality = score_image_set(qm, ds, methods=methods, batch_size=args.batch_size, progress=not args.quiet)
-    parts = {}
+    emb, ok = None, np.zeros(len(ds), bool)
     for idx, imgs in ds.batches(args.batch_size):
-        e = fr.forward(list(imgs))
-        e = e[0] if isinstance(e, tuple) else e
-        parts.update({int(i): v for i, v in zip(idx, e.float().cpu().numpy())})
-    dim = len(next(iter(parts.values())))
-    emb = np.zeros((len(ds), dim), dtype=np.float32)
-    for i, v in parts.items():
-        emb[i] = v
-    ok = np.array([i in parts for i in range(len(ds))])
-    sims = comparison_scores(np.where(ok[:, None], emb, 1.0), ds.pairs)
+        e = fr.embed(imgs)
+        if emb is None:
+            emb = np.ones((len(ds), e.shape[1]), dtype=np.float32)
+        emb[idx], ok[idx] = e, True
+    if emb is None:
+        raise CLIError(f"no image of {args.bin} could be read")
+    sims = comparison_scores(emb, ds.pairs)
     sims[~(ok[ds.pairs.a] & ok[ds.pairs.b])] = np.nan
     df = evaluate(quality, sims, ds.pairs, benchmark=ds.name, fr_model=Path(args.fr_model or args.model).stem,
                   fmrs=fmrs, variant=args.variant, limit=args.limit)
@@ -176,6 +177,16 @@ def cmd_evaluate(args) -> int:
     for fmr in fmrs:
         plot_edc(df, str(out / f"edc_{ds.name}_fmr{fmr:g}.png"), fmr=fmr)
     print(to_markdown(df))
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    from vitfiqa.eval.reproduction import reproduce
+
+    result = reproduce(args.config, out=args.out, progress=not args.quiet)
+    print(result.markdown)
+    for name, reason in result.skipped.items():
+        print(f"vitfiqa: benchmark {name} skipped: {reason}", file=sys.stderr)
     return 0
 
 
@@ -256,7 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="pAUC-EDC tables and plots on an insightface .bin benchmark")
     e.add_argument("--model", required=True, help="quality (ViT) model")
-    e.add_argument("--fr-model", help="comparison (FR) model; default: the quality model")
+    e.add_argument("--fr-model", help="comparison (FR) model, any TorchScript CNN or ViT; default: the quality model")
+    e.add_argument("--flip", choices=("concat", "sum", "none"), default="concat",
+                   help="flip test: concat (CR-FIQA: [normalised original, normalised flip]), sum, none")
     e.add_argument("--bin", required=True)
     e.add_argument("--methods", default="attn,vitnt")
     e.add_argument("--fmr", default="1e-3,1e-4")
@@ -270,6 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--channel-order", choices=("rgb", "bgr"), help="default: the model's record, else rgb")
     _final_norm_argument(e)
     e.set_defaults(fn=cmd_evaluate)
+
+    r = sub.add_parser("reproduce", help="a paper's pAUC-EDC table from a TOML config: benchmarks x recognizers x "
+                                         "quality methods (cached, resumable)")
+    r.add_argument("config", help="TOML config (see vitfiqa.eval.reproduction)")
+    r.add_argument("--out", help="output folder (default: the config's out)")
+    r.set_defaults(fn=cmd_reproduce)
 
     i = sub.add_parser("inspect", help="what the capture found in a model")
     i.add_argument("--model", help="default: the embedded demo recogniser")

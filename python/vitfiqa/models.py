@@ -463,3 +463,9 @@ def export_torchscript(model: nn.Module, path: str, method: str = "script", exam
             raise ValueError("method must be 'script' or 'trace'")
     ts.save(path, _extra_files=extra)
     return path
+
+
+# The CNN recognizers of the papers (insightface iResNet, MagFace, CurricularFace IR) live in fr_models.
+from .fr_models import (RECOGNIZERS, IRBackbone, IResNet, build_recognizer, export_recognizer,  # noqa: E402,F401
+                        ir_backbone, iresnet, recognizer_state_dict)
+

@@ -144,7 +144,8 @@ class ImageLoader:
             raise ValueError("prefetch must be at least 1")
         if workers is not None and workers < 1:
             raise ValueError("workers must be at least 1")
-        self.paths = [os.fspath(p) for p in paths]
+        # Items are paths, encoded bytes or aligned face crops (anything preprocess.load_uint8 reads).
+        self.paths = [os.fspath(p) if isinstance(p, os.PathLike) else p for p in paths]
         self.batch_size = batch_size
         self.size = tuple(size)
         self.workers = workers or min(8, os.cpu_count() or 1)

@@ -112,6 +112,7 @@ def _hwc_uint8(item: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.nda
         return read_image(item, max_pixels)
     if isinstance(item, Image.Image):
         return pil_to_rgb(item)
+    # a uint8 array: HxW, HxWx1, HxWx3 or HxWx4
     arr = np.asarray(item)
     if arr.dtype != np.uint8:
         raise TypeError(f"images given as arrays must be uint8 HWC, got dtype {arr.dtype}")
@@ -126,12 +127,16 @@ def _hwc_uint8(item: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.nda
 
 def load_uint8(item: Any, size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
                max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """One image (path, encoded bytes, PIL image or uint8 array) -> uint8 HxWx3 RGB array resized (bilinear) to
-    ``size`` (None: as it is).
+    """One image (path, encoded bytes, PIL image, uint8 array, or a :class:`vitfiqa.align.FaceCrop`, which is
+    aligned by its five landmarks) -> uint8 HxWx3 RGB array resized (bilinear) to ``size`` (None: as it is).
 
     Raises FileNotFoundError / ValueError (unreadable file, above ``max_pixels``) / TypeError (wrong dtype)."""
     from PIL import Image
 
+    from .align import FaceCrop
+
+    if isinstance(item, FaceCrop):
+        return item.decode(tuple(size) if size is not None else (112, 112), max_pixels)
     arr = _hwc_uint8(item, max_pixels)
     if size is not None and arr.shape[:2] != tuple(size):
         arr = np.asarray(Image.fromarray(np.ascontiguousarray(arr)).resize((size[1], size[0]), Image.BILINEAR))

@@ -1,16 +1,21 @@
-"""Benchmark loaders. Images are decoded lazily and streamed in batches; a corrupt entry is reported with
-its index (``dataset.errors``) and skipped unless ``strict=True``.
+"""Benchmark loaders. Every loader returns an :class:`ImageSet`: image sources (paths, encoded bytes or
+landmark-aligned :class:`vitfiqa.align.FaceCrop`), stable image keys, and the comparison pairs. Images are
+decoded by the package's one image loader (:class:`vitfiqa.pipeline.ImageLoader`); a corrupt entry is
+reported with its index (``dataset.errors``) and skipped unless ``strict=True``. Text files may start with a
+UTF-8 byte-order mark.
 
 - insightface ``.bin`` (LFW, AgeDB-30, CALFW, CPLFW, CFP-FP): pickle of (list of encoded images, issame
   list); images 2i and 2i+1 form pair i. Read by a restricted unpickler (:class:`BinUnpickler`): a ``.bin``
   from elsewhere can never run code, only be refused.
-- CR-FIQA folder layout: ``image_path_list.txt`` (one image path per line) + ``pair_list.txt``
-  (``i j label`` per line, 0-based indices into the image list).
+- CR-FIQA lists (:func:`load_pair_list`): ``image_path_list.txt`` (image paths relative to the data folder)
+  + ``pair_list.txt`` (``name_a name_b label`` per line, names are image file names without extension).
 - XQLFW / LFW-style ``pairs.txt``: ``name n1 n2`` (genuine) or ``name1 n1 name2 n2`` (impostor),
   images at ``root/name/name_%04d.jpg``.
-- Adience-style labelled list: every pair, genuine if same subject.
-- IJB-C 1:1: ``ijbc_face_tid_mid.txt`` (image template media) + ``ijbc_template_pair_label.txt``
-  (template template label); see :func:`ijbc_templates`.
+- Adience (:func:`load_adience`): the release's tab-separated ``fold_*_data.txt`` files; every pair of images,
+  genuine if the same subject.
+- IJB-C 1:1 (:func:`load_ijbc`): ``meta/ijbc_face_tid_mid.txt`` (image template media),
+  ``meta/ijbc_template_pair_label.txt`` (template template label), ``loose_crop/`` images aligned with the
+  landmarks of ``meta/ijbc_name_5pts_score.txt``; pairs are between templates (see :func:`aggregate_templates`).
 """
 from __future__ import annotations
 
@@ -34,8 +39,22 @@ class CorruptEntry(ValueError):
 
 
 @dataclass
+class Templates:
+    """Image-to-template assignment of a template benchmark (IJB-C): ``template``/``media`` per image,
+    ``ids`` the sorted unique template ids that the pairs index; ``detector_scores`` optional per image."""
+
+    template: np.ndarray
+    media: np.ndarray
+    ids: np.ndarray
+    detector_scores: np.ndarray | None = None
+
+
+@dataclass
 class ImageSet:
-    """A list of image sources (encoded bytes or paths) with the benchmark's comparison pairs."""
+    """A list of image sources with the benchmark's comparison pairs.
+
+    ``keys`` are the images' stable names (relative paths, or the index for a ``.bin``) by which external
+    score and embedding files are matched. With ``templates`` the pairs index templates, not images."""
 
     name: str
     sources: Sequence
@@ -43,7 +62,19 @@ class ImageSet:
     strict: bool = False
     image_size: tuple[int, int] | None = (112, 112)
     errors: list[tuple[int, str]] = field(default_factory=list)
+    keys: list[str] | None = None
+    templates: Templates | None = None
     max_pixels: int | None = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self):
+        if self.keys is None:
+            self.keys = [str(s) if isinstance(s, (str, os.PathLike)) else str(i) for i, s in enumerate(self.sources)]
+        if len(self.keys) != len(self.sources):
+            raise ValueError("one key per image source is needed")
+        if self.templates is None:
+            self.pairs.check(len(self.sources))
+        else:
+            self.pairs.check(len(self.templates.ids))
 
     def __len__(self) -> int:
         return len(self.sources)
@@ -56,26 +87,52 @@ class ImageSet:
         except (OSError, ValueError, TypeError, MemoryError) as exc:
             raise CorruptEntry(f"{self.name}: image {index} cannot be decoded: {exc}") from None
 
-    def batches(self, batch_size: int = 64) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield (indices, uint8 images [b,H,W,3]); unreadable images are logged, recorded in ``errors``
-        and skipped (or raise with ``strict``)."""
+    def iter_batches(self, batch_size: int = 64, workers: int | None = None,
+                     indices: Sequence[int] | None = None) -> Iterator["LoadedBatch"]:
+        """Every batch of all images (or ``indices``, cut into runs of ``batch_size``), unreadable images
+        included: :class:`LoadedBatch` with the decoded uint8 images [b,H,W,3] of the readable ones. Decoding
+        runs ahead on ``workers`` threads in :class:`vitfiqa.pipeline.ImageLoader`, the package's one image
+        loader. Unreadable images are logged and recorded in ``errors`` (or raise with ``strict``)."""
+        from ..pipeline import ImageLoader
+
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
-        idx, imgs = [], []
-        for i in range(len(self)):
-            try:
-                imgs.append(self.load(i))
-                idx.append(i)
-            except CorruptEntry as exc:
+        order = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
+        if len(order) == 0:
+            return
+        loader = ImageLoader([self.sources[i] for i in order], batch_size, self.image_size, workers=workers,
+                             max_pixels=self.max_pixels)
+        for batch in loader:
+            errors = {}
+            for pos in sorted(batch.errors):
+                i = int(order[batch.start + pos])
+                exc = CorruptEntry(f"{self.name}: image {i} cannot be decoded: {batch.errors[pos]}")
                 if self.strict:
-                    raise
+                    raise exc
                 self.errors.append((i, str(exc)))
+                errors[i] = str(exc)
                 log.warning("%s", exc)
-            if len(imgs) == batch_size:
-                yield np.asarray(idx), np.stack(imgs)
-                idx, imgs = [], []
-        if imgs:
-            yield np.asarray(idx), np.stack(imgs)
+            all_idx = order[batch.start:batch.start + len(batch.paths)]
+            images = batch.images.numpy() if batch.images is not None else None
+            yield LoadedBatch(all_idx, all_idx[batch.ok] if batch.ok else all_idx[:0], images, errors)
+
+    def batches(self, batch_size: int = 64, workers: int | None = None,
+                indices: Sequence[int] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield (indices, uint8 images [b,H,W,3]) of the readable images (see :meth:`iter_batches`)."""
+        for b in self.iter_batches(batch_size, workers, indices):
+            if b.images is not None:
+                yield b.ok, b.images
+
+
+@dataclass
+class LoadedBatch:
+    """One batch of an :class:`ImageSet`: ``indices`` of all its images, ``ok`` those decoded (``images``,
+    uint8 [len(ok),H,W,3], None when none was), ``errors`` {index: reason} for the others."""
+
+    indices: np.ndarray
+    ok: np.ndarray
+    images: np.ndarray | None
+    errors: dict[int, str]
 
 
 class UnsafeBinFile(CorruptEntry):
@@ -212,36 +269,91 @@ def load_bin(path: str | os.PathLike, strict: bool = False, image_size=(112, 112
         raise CorruptEntry(f"{path}: {len(bins)} images for {len(issame)} pairs (expected twice as many)")
     if not issame:
         raise CorruptEntry(f"{path}: no pairs")
-    return ImageSet(path.stem, bins, Pairs.consecutive(issame), strict=strict, image_size=image_size)
+    return ImageSet(path.stem, bins, Pairs.consecutive(issame), strict=strict, image_size=image_size,
+                    keys=[str(i) for i in range(len(bins))])
 
 
 def _read_lines(path: Path) -> list[str]:
+    """Non-empty stripped lines; a UTF-8 byte-order mark at the start is dropped."""
     if not path.is_file():
         raise FileNotFoundError(f"list file not found: {path}")
     data = path.read_bytes()
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:  # found by benchmarks/fuzz.py: was a bare UnicodeDecodeError
         line = data[:exc.start].count(b"\n") + 1
         raise CorruptEntry(f"{path.name} line {line}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     return [ln.strip() for ln in text.splitlines() if ln.strip()]
 
 
-def load_pair_list(root: str | os.PathLike, images_file: str = "image_path_list.txt",
-                   pairs_file: str = "pair_list.txt", strict: bool = False, image_size=(112, 112)) -> ImageSet:
-    """CR-FIQA layout: image paths (relative to ``root`` unless absolute) and ``i j label`` pairs."""
-    root = Path(root)
-    images = [p if os.path.isabs(p) else str(root / p) for p in _read_lines(root / images_file)]
-    a, b, g = [], [], []
-    for n, line in enumerate(_read_lines(root / pairs_file)):
+def _is_int(token: str) -> bool:
+    return token.lstrip("-").isdigit()
+
+
+def load_pair_list(data_dir: str | os.PathLike, list_dir: str | os.PathLike | None = None,
+                   images_file: str = "image_path_list.txt", pairs_file: str = "pair_list.txt",
+                   ids: str = "auto", strict: bool = False, image_size=(112, 112)) -> ImageSet:
+    """CR-FIQA list layout (``feature_extraction/extract_emb.py`` and ``ERC/erc.py``): ``list_dir`` holds
+    ``image_path_list.txt`` (image paths relative to ``data_dir``, the folder the official scripts call
+    ``--relative_dir``) and ``pair_list.txt`` (``a b label``: ``a``/``b`` are image file names without the
+    extension, e.g. ``p_1_img_17 p_1_img_20 1``). ``list_dir`` defaults to ``data_dir``.
+
+    ids: ``names`` (the official layout), ``indices`` (0-based positions in the image list) or ``auto``
+    (names when every pair id names an image). A list whose ids cannot be image names is refused, never
+    misread: ids that are not image names; and all-numeric ids when the image names are numbers too (IJB-C:
+    the official IJB-C pair list holds *template* ids, use :func:`load_ijbc`), unless ``ids`` says which."""
+    data_dir = Path(data_dir)
+    list_dir = Path(list_dir) if list_dir is not None else data_dir
+    if ids not in ("auto", "names", "indices"):
+        raise ValueError("ids must be 'auto', 'names' or 'indices'")
+    images = [p if os.path.isabs(p) else str(data_dir / p) for p in _read_lines(list_dir / images_file)]
+    rel = _read_lines(list_dir / images_file)
+    rows = []
+    for n, line in enumerate(_read_lines(list_dir / pairs_file)):
         parts = line.split()
+        if len(parts) < 3 or not _is_int(parts[2]) or int(parts[2]) not in (0, 1):
+            raise CorruptEntry(f"{pairs_file} line {n + 1}: expected 'name_a name_b label(0/1)', got {line!r}")
+        rows.append(parts[:3])
+    if not rows:
+        raise CorruptEntry(f"{pairs_file}: no pairs")
+    stems: dict[str, int] = {}
+    for i, p in enumerate(rel):
+        stem = Path(p).stem
+        if stem in stems:
+            raise CorruptEntry(f"{images_file}: image name {stem!r} occurs twice (lines {stems[stem] + 1} and {i + 1});"
+                               " pair names would be ambiguous")
+        stems[stem] = i
+    tokens = {t for r in rows for t in r[:2]}
+    numeric = all(_is_int(t) for t in tokens)
+    if ids == "auto":
+        unknown = sorted(tokens - set(stems))
+        if unknown:
+            hint = (" (they look like 0-based image indices: pass ids='indices' if that is what they are)"
+                    if numeric else "")
+            raise CorruptEntry(f"{pairs_file}: {len(unknown)} pair ids are not image names of {images_file}, "
+                               f"e.g. {unknown[0]!r}{hint}")
+        if numeric and all(_is_int(s) for s in stems):
+            raise CorruptEntry(f"{pairs_file}: ids and image names are all numbers, so image names cannot be told "
+                               "from IJB-C template ids or indices; pass ids='names' (or 'indices'), or use "
+                               "load_ijbc for an IJB-C template pair list")
+        ids = "names"
+    if ids == "names":
+        missing = sorted(tokens - set(stems))
+        if missing:
+            raise CorruptEntry(f"{pairs_file}: pair id {missing[0]!r} is not an image name of {images_file}")
+        a = [stems[r[0]] for r in rows]
+        b = [stems[r[1]] for r in rows]
+    else:
+        if not numeric:
+            raise CorruptEntry(f"{pairs_file}: ids='indices' but the ids are not integers")
+        a = [int(r[0]) for r in rows]
+        b = [int(r[1]) for r in rows]
         try:
-            i, j, lab = int(parts[0]), int(parts[1]), int(parts[2])
-        except (IndexError, ValueError):
-            raise CorruptEntry(f"{pairs_file} line {n + 1}: expected 'i j label', got {line!r}") from None
-        a.append(i), b.append(j), g.append(lab == 1)
-    pairs = Pairs(a, b, g).check(len(images))
-    return ImageSet(root.name, images, pairs, strict=strict, image_size=image_size)
+            Pairs(a, b, np.zeros(len(a), bool)).check(len(images))
+        except ValueError as exc:
+            raise CorruptEntry(f"{pairs_file}: {exc}") from None
+    pairs = Pairs(a, b, [int(r[2]) == 1 for r in rows])
+    return ImageSet(list_dir.name, images, pairs, strict=strict, image_size=image_size, keys=rel)
 
 
 def load_lfw_pairs(root: str | os.PathLike, pairs_file: str | os.PathLike, ext: str = "jpg", strict: bool = False,
@@ -252,8 +364,9 @@ def load_lfw_pairs(root: str | os.PathLike, pairs_file: str | os.PathLike, ext: 
     a, b, g = [], [], []
 
     def image(name: str, num: str) -> int:
-        p = str(root / name / f"{name}_{int(num):04d}.{ext}")
-        return index.setdefault(p, len(index))
+        if not num.isdigit():
+            raise CorruptEntry(f"{pairs_file} line {n + 1}: image number {num!r} is not a number")
+        return index.setdefault(f"{name}/{name}_{int(num):04d}.{ext}", len(index))
 
     for n, line in enumerate(_read_lines(Path(pairs_file))):
         parts = line.split()
@@ -265,15 +378,65 @@ def load_lfw_pairs(root: str | os.PathLike, pairs_file: str | os.PathLike, ext: 
             a.append(image(parts[0], parts[1])), b.append(image(parts[2], parts[3])), g.append(False)
         else:
             raise CorruptEntry(f"{pairs_file} line {n + 1}: expected 3 or 4 fields, got {line!r}")
-    return ImageSet(Path(pairs_file).stem, list(index), Pairs(a, b, g), strict=strict, image_size=image_size)
+    if not a:
+        raise CorruptEntry(f"{pairs_file}: no pairs")
+    keys = list(index)
+    return ImageSet(Path(pairs_file).stem, [str(root / k) for k in keys], Pairs(a, b, g), strict=strict,
+                    image_size=image_size, keys=keys)
 
 
 def load_labelled_all_pairs(paths: Sequence[str], identities: Sequence, name: str = "adience", strict: bool = False,
-                            image_size=(112, 112)) -> ImageSet:
+                            image_size=(112, 112), keys: Sequence[str] | None = None) -> ImageSet:
     """Adience protocol: every pair of the labelled images, genuine if the same subject."""
     if len(paths) != len(identities):
         raise ValueError("one identity per image path is needed")
-    return ImageSet(name, list(paths), Pairs.all_pairs(identities), strict=strict, image_size=image_size)
+    return ImageSet(name, list(paths), Pairs.all_pairs(identities), strict=strict, image_size=image_size,
+                    keys=None if keys is None else list(keys))
+
+
+ADIENCE_COLUMNS = ("user_id", "original_image", "face_id")
+ADIENCE_LAYOUTS = {
+    # folder: file-name prefix of the Adience release's face crops
+    "aligned": "landmark_aligned_face",
+    "faces": "coarse_tilt_aligned_face",
+}
+
+
+def load_adience(root: str | os.PathLike, folds: Sequence[str | os.PathLike] | None = None, faces: str = "aligned",
+                 name: str = "adience", strict: bool = False, image_size=(112, 112)) -> ImageSet:
+    """Adience from its release: tab-separated ``fold_*_data.txt`` files (header ``user_id original_image
+    face_id age gender ...``; ages like ``(25, 32)`` contain spaces, so columns are split on tabs only) and
+    the face crops at ``root/<faces>/<user_id>/<prefix>.<face_id>.<original_image>`` (``faces="aligned"``:
+    ``landmark_aligned_face``; ``"faces"``: ``coarse_tilt_aligned_face``). Subject = (user_id, face_id);
+    every pair of images, genuine if the same subject. ``folds`` default: every ``fold_*_data.txt`` in root."""
+    root = Path(root)
+    if faces not in ADIENCE_LAYOUTS:
+        raise ValueError(f"faces must be one of {sorted(ADIENCE_LAYOUTS)}")
+    fold_files = [Path(f) if os.path.isabs(f) else root / f for f in folds] if folds else \
+        sorted(root.glob("fold_*_data.txt"))
+    if not fold_files:
+        raise FileNotFoundError(f"no Adience fold files (fold_*_data.txt) in {root}")
+    keys, subjects = [], []
+    for fold in fold_files:
+        lines = [ln for ln in _read_lines(Path(fold))]
+        header = lines[0].split("\t") if lines else []
+        col = {h.strip(): i for i, h in enumerate(header)}
+        if not all(c in col for c in ADIENCE_COLUMNS):
+            raise CorruptEntry(f"{fold}: not an Adience fold file (tab-separated header with "
+                               f"{', '.join(ADIENCE_COLUMNS)} expected, got {lines[0][:80]!r})")
+        for n, line in enumerate(lines[1:], start=2):
+            parts = [p.strip() for p in line.split("\t")]
+            if len(parts) < len(header):
+                raise CorruptEntry(f"{fold} line {n}: {len(parts)} tab-separated fields, header has {len(header)}")
+            user, image, face = (parts[col[c]] for c in ADIENCE_COLUMNS)
+            if not face.isdigit() or not user or not image:
+                raise CorruptEntry(f"{fold} line {n}: bad user_id/original_image/face_id in {line!r}")
+            keys.append(f"{faces}/{user}/{ADIENCE_LAYOUTS[faces]}.{face}.{image}")
+            subjects.append(f"{user}/{face}")
+    if len(set(keys)) != len(keys):
+        raise CorruptEntry(f"{name}: an image is listed twice across {[f.name for f in fold_files]}")
+    return load_labelled_all_pairs([str(root / k) for k in keys], subjects, name=name, strict=strict,
+                                   image_size=image_size, keys=keys)
 
 
 @dataclass
@@ -283,6 +446,21 @@ class IJBCMeta:
     media: np.ndarray
     pairs: Pairs  # indices into the sorted unique template ids ``template_ids``
     template_ids: np.ndarray
+
+
+def _int_table(path: Path, columns: int, what: str) -> np.ndarray:
+    """A whitespace-separated integer table (IJB-C's 15.6 M pair lines are parsed by pandas' C reader)."""
+    import pandas as pd
+
+    if not path.is_file():
+        raise FileNotFoundError(f"list file not found: {path}")
+    try:
+        frame = pd.read_csv(path, sep=r"\s+", header=None, dtype=np.int64, encoding="utf-8-sig")
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise CorruptEntry(f"{path.name}: expected '{what}' integer lines: {str(exc).splitlines()[0]}") from None
+    if frame.shape[1] != columns:
+        raise CorruptEntry(f"{path.name}: expected {columns} columns ({what}), got {frame.shape[1]}")
+    return frame.to_numpy()
 
 
 def load_ijbc_meta(meta_dir: str | os.PathLike, faces_file: str = "ijbc_face_tid_mid.txt",
@@ -296,12 +474,9 @@ def load_ijbc_meta(meta_dir: str | os.PathLike, faces_file: str = "ijbc_face_tid
             images.append(parts[0]), tid.append(int(parts[1])), mid.append(int(parts[2]))
         except (IndexError, ValueError):
             raise CorruptEntry(f"{faces_file} line {n + 1}: expected 'image template media', got {line!r}") from None
-    try:
-        raw = np.loadtxt(meta_dir / pairs_file, dtype=np.int64, ndmin=2)
-    except (OSError, ValueError) as exc:
-        raise CorruptEntry(f"{pairs_file}: {exc}") from None
-    if raw.shape[1] != 3:
-        raise CorruptEntry(f"{pairs_file}: expected 3 columns, got {raw.shape[1]}")
+    raw = _int_table(meta_dir / pairs_file, 3, "template template label")
+    if not np.isin(raw[:, 2], (0, 1)).all():
+        raise CorruptEntry(f"{pairs_file}: labels must be 0 or 1")
     template_ids = np.unique(np.asarray(tid))
     pos_a = np.searchsorted(template_ids, raw[:, 0])
     pos_b = np.searchsorted(template_ids, raw[:, 1])
@@ -312,25 +487,125 @@ def load_ijbc_meta(meta_dir: str | os.PathLike, faces_file: str = "ijbc_face_tid
     return IJBCMeta(images, np.asarray(tid), np.asarray(mid), Pairs(pos_a, pos_b, raw[:, 2] == 1), template_ids)
 
 
+def read_ijbc_landmarks(path: str | os.PathLike) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``ijbc_name_5pts_score.txt``: ``name x1 y1 ... x5 y5 score`` per line -> (names, landmarks [N,5,2],
+    detector scores [N])."""
+    names, pts, scores = [], [], []
+    for n, line in enumerate(_read_lines(Path(path))):
+        parts = line.split()
+        try:
+            if len(parts) != 12:
+                raise ValueError
+            vals = [float(v) for v in parts[1:]]
+        except ValueError:
+            raise CorruptEntry(f"{Path(path).name} line {n + 1}: expected 'name' + 10 landmark coordinates + "
+                               f"score, got {line[:80]!r}") from None
+        names.append(parts[0]), pts.append(vals[:10]), scores.append(vals[10])
+    arr = np.asarray(pts, dtype=np.float64).reshape(-1, 5, 2)
+    if not np.isfinite(arr).all() or not np.isfinite(scores).all():
+        raise CorruptEntry(f"{Path(path).name}: NaN or Inf landmarks or scores")
+    return names, arr, np.asarray(scores, dtype=np.float64)
+
+
+def load_ijbc(root: str | os.PathLike, align: bool = True, image_dir: str = "loose_crop", prefix: str = "ijbc",
+              strict: bool = False, image_size=(112, 112)) -> ImageSet:
+    """IJB-C (or IJB-B with ``prefix="ijbb"``) 1:1 verification from the release layout: ``root/meta/`` with
+    ``<prefix>_face_tid_mid.txt``, ``<prefix>_template_pair_label.txt`` and ``<prefix>_name_5pts_score.txt``,
+    images in ``root/loose_crop/``. With ``align`` (the insightface IJB evaluation) each loose crop is warped
+    to the 112x112 ArcFace template by its five landmarks; the detector scores are kept in
+    ``templates.detector_scores`` for optional feature weighting. Pairs index ``templates.ids``."""
+    root = Path(root)
+    meta = load_ijbc_meta(root / "meta", f"{prefix}_face_tid_mid.txt", f"{prefix}_template_pair_label.txt")
+    keys = [f"{image_dir}/{n}" for n in meta.images]
+    paths = [str(root / k) for k in keys]
+    scores = None
+    if align:
+        lm_file = root / "meta" / f"{prefix}_name_5pts_score.txt"
+        names, lms, det = read_ijbc_landmarks(lm_file)
+        pos = {nm: i for i, nm in enumerate(names)}
+        missing = [nm for nm in meta.images if nm not in pos]
+        if missing:
+            raise CorruptEntry(f"{lm_file.name}: no landmarks for {len(missing)} images, e.g. {missing[0]!r}")
+        order = np.asarray([pos[nm] for nm in meta.images])
+        from ..align import FaceCrop
+
+        sources = [FaceCrop(p, lms[j]) for p, j in zip(paths, order)]
+        scores = det[order]
+    else:
+        sources = paths
+    return ImageSet(root.name, sources, meta.pairs, strict=strict, image_size=image_size, keys=keys,
+                    templates=Templates(meta.template, meta.media, meta.template_ids, scores))
+
+
+def read_rows(features, start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) of an [N, D] array. A memory-mapped array (a cache on disk) is read with plain file
+    reads, so the pages do not stay mapped into the process: memory stays bounded by one chunk."""
+    if isinstance(features, np.memmap) and features.filename and features.flags.c_contiguous:
+        stop = min(stop, len(features))
+        row = int(np.prod(features.shape[1:])) * features.dtype.itemsize
+        with open(features.filename, "rb") as f:
+            f.seek(features.offset + start * row)
+            out = np.fromfile(f, dtype=features.dtype, count=(stop - start) * row // features.dtype.itemsize)
+        return out.reshape((stop - start,) + features.shape[1:])
+    return np.asarray(features[start:stop])
+
+
+def aggregate_templates(features, template, media, weights=None, valid=None, chunk: int = 8192):
+    """IJB-C template features as the insightface and CR-FIQA evaluations build them: the mean image feature
+    of each media, summed over the template's media, L2-normalised. ``features`` [N,D] may be a
+    memory-mapped array: it is read in chunks of ``chunk`` rows, so memory stays O(templates x D).
+    ``weights`` (e.g. detector scores) multiply each image's feature first; ``valid`` False excludes an image
+    (unreadable). Returns (template_ids, float32 features [T,D]); a template with no valid image is NaN."""
+    import torch
+
+    template, media = np.asarray(template), np.asarray(media)
+    n = len(template)
+    if len(features) != n or len(media) != n or features.ndim != 2:
+        raise ValueError("features [N,D], template and media must have one entry per image")
+    if valid is None:  # rows with NaN (unreadable images) are left out
+        valid = np.concatenate([np.isfinite(read_rows(features, s, s + chunk)).all(axis=1) for s in range(0, n, chunk)])
+    valid = np.asarray(valid, bool)
+    tids, t_idx = np.unique(template, return_inverse=True)
+    _, m_idx = np.unique(np.stack([t_idx, media], 1), axis=0, return_inverse=True)
+    m_idx = m_idx.reshape(-1)
+    # sum over media of the media mean = sum over images of feature / (valid images in its media)
+    per_media = np.bincount(m_idx, weights=valid.astype(np.float64))
+    w = np.where(valid, 1.0 / np.maximum(per_media[m_idx], 1), 0.0)
+    if weights is not None:
+        w = w * np.asarray(weights, dtype=np.float64)
+    out = torch.zeros((len(tids), features.shape[1]), dtype=torch.float64)
+    for s in range(0, n, chunk):
+        sel = slice(s, s + chunk)
+        # a copy (np.array), so the caller's features are never modified in place
+        f = torch.from_numpy(np.array(read_rows(features, s, s + chunk), dtype=np.float64))
+        f = torch.nan_to_num_(f).mul_(torch.from_numpy(w[sel])[:, None])
+        out.index_add_(0, torch.from_numpy(t_idx[sel].astype(np.int64)), f)
+    tfeat = out.numpy()
+    norms = np.linalg.norm(tfeat, axis=1, keepdims=True)
+    has = np.bincount(t_idx, weights=valid.astype(np.float64), minlength=len(tids)) > 0
+    tfeat = np.where(has[:, None], tfeat / np.where(norms > 0, norms, 1), np.nan).astype(np.float32)
+    return tids, tfeat
+
+
+def template_quality(quality, template) -> np.ndarray:
+    """Template quality = min over its images' qualities (NaN, i.e. unreadable, images ignored; NaN when
+    none is left), in the order of the sorted unique template ids."""
+    q = np.asarray(quality, dtype=np.float64)
+    _, t_idx = np.unique(np.asarray(template), return_inverse=True)
+    tq = np.full(t_idx.max() + 1, np.inf)
+    np.fmin.at(tq, t_idx, np.where(np.isnan(q), np.inf, q))
+    tq[np.isinf(tq)] = np.nan
+    return tq
+
+
 def ijbc_templates(features, quality, template, media) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Template features (L2-normalised sum over media of the per-media mean image feature) and template
     quality (min over its images). Returns (template_ids, features [T,D], quality [T])."""
-    feats = np.asarray(features, dtype=np.float64)
-    q = np.asarray(quality, dtype=np.float64)
-    template, media = np.asarray(template), np.asarray(media)
-    if not (len(feats) == len(q) == len(template) == len(media)):
+    feats = np.asarray(features)
+    if not (len(feats) == len(quality)):
         raise ValueError("features, quality, template and media must have one entry per image")
-    tids, t_idx = np.unique(template, return_inverse=True)
-    tm, tm_idx = np.unique(np.stack([t_idx, media], 1), axis=0, return_inverse=True)
-    tm_idx = tm_idx.reshape(-1)
-    media_sum = np.zeros((len(tm), feats.shape[1]))
-    np.add.at(media_sum, tm_idx, feats)
-    media_mean = media_sum / np.bincount(tm_idx, minlength=len(tm))[:, None]
-    tfeat = np.zeros((len(tids), feats.shape[1]))
-    np.add.at(tfeat, tm[:, 0], media_mean)
-    tq = np.full(len(tids), np.inf)
-    np.minimum.at(tq, t_idx, q)
-    return tids, l2_normalize(tfeat), tq
+    tids, tfeat = aggregate_templates(feats, template, media)
+    return tids, tfeat, template_quality(quality, template)
 
 
 def score_image_set(model, dataset: ImageSet, methods=("attn", "vitnt"), batch_size: int = 64,
@@ -342,7 +617,7 @@ def score_image_set(model, dataset: ImageSet, methods=("attn", "vitnt"), batch_s
     out: dict[str, np.ndarray] = {}
     bar = tqdm(total=len(dataset), disable=not progress, desc=f"scoring {dataset.name}")
     for idx, imgs in dataset.batches(batch_size):
-        r = model.score(list(imgs), methods=methods, **score_kwargs)
+        r = model.score(imgs, methods=methods, **score_kwargs)
         for k, v in r.numpy().items():
             out.setdefault(k, np.full(len(dataset), np.nan))[idx] = v
         bar.update(len(idx))

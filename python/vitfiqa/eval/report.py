@@ -46,15 +46,42 @@ def evaluate(qualities: Mapping[str, np.ndarray], comparison_scores: np.ndarray,
     return pd.DataFrame(rows)
 
 
-def _pivot(df, value: str, decimals: int):
-    table = df.pivot_table(index="method", columns=["benchmark", "fmr"], values=value, aggfunc="first", sort=False)
-    best = table.min(axis=0)
-    cells = {}
-    for col in table.columns:
-        for method in table.index:
-            v = table.loc[method, col]
-            cells[(method, col)] = ("" if np.isnan(v) else f"{v:.{decimals}f}", bool(v == best[col]))
-    return table, cells
+LAYOUTS = ("benchmark", "fmr_blocks")
+
+
+def _column_label(col, layout: str) -> str:
+    if layout == "benchmark":
+        b, f = col
+        return f"{b} FMR={_fmr_label(f)}"
+    b, r = col
+    return f"{b} / {r}" if r else str(b)
+
+
+def _blocks(df, value: str, decimals: int, layout: str):
+    """[(block title, pivot table, {(method, column): (text, is_best)})]. ``benchmark``: one block, columns
+    (benchmark, FMR). ``fmr_blocks`` (the papers' layout): one block per FMR, columns (benchmark, recognizer).
+    The lowest value of each column is marked best (pAUC: lower is better)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}")
+    if df.empty:
+        raise ValueError("no results to tabulate")
+    if layout == "benchmark":
+        groups = [("", df, ["benchmark", "fmr"])]
+    else:
+        groups = [(f"FMR={_fmr_label(f)}", df[df.fmr == f], ["benchmark", "fr_model"]) for f in dict.fromkeys(df.fmr)]
+    methods = list(dict.fromkeys(df.method))
+    out = []
+    for title, part, cols in groups:
+        table = part.pivot_table(index="method", columns=cols, values=value, aggfunc="first", sort=False,
+                                 dropna=False).reindex(methods)
+        best = table.min(axis=0)
+        cells = {}
+        for col in table.columns:
+            for method in table.index:
+                v = table.loc[method, col]
+                cells[(method, col)] = ("" if np.isnan(v) else f"{v:.{decimals}f}", bool(v == best[col]))
+        out.append((title, table, cells))
+    return out
 
 
 def _fmr_label(fmr: float) -> str:
@@ -62,66 +89,79 @@ def _fmr_label(fmr: float) -> str:
     return f"1e{exp}" if np.isclose(10.0 ** exp, fmr) else f"{fmr:g}"
 
 
-def to_markdown(df, value: str = "pauc_x1e3", decimals: int = 2) -> str:
-    """Methods x (benchmark, FMR) table like the papers' (lowest per column in bold)."""
-    table, cells = _pivot(df, value, decimals)
-    head = ["Method"] + [f"{b} FMR={_fmr_label(f)}" for b, f in table.columns]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for method in table.index:
-        row = [str(method)]
-        for col in table.columns:
-            text, is_best = cells[(method, col)]
-            row.append(f"**{text}**" if is_best and text else text)
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
+def to_markdown(df, value: str = "pauc_x1e3", decimals: int = 2, layout: str = "benchmark") -> str:
+    """Methods x (benchmark, FMR) table like the papers' (lowest per column in bold). ``layout="fmr_blocks"``:
+    one table per FMR with (benchmark, recognizer) columns."""
+    lines = []
+    for title, table, cells in _blocks(df, value, decimals, layout):
+        if title:
+            lines += [f"**{title}**", ""]
+        head = ["Method"] + [_column_label(c, layout) for c in table.columns]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for method in table.index:
+            row = [str(method)]
+            for col in table.columns:
+                text, is_best = cells[(method, col)]
+                row.append(f"**{text}**" if is_best and text else text)
+            lines.append("| " + " | ".join(row) + " |")
+        if title:
+            lines.append("")
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def to_latex(df, value: str = "pauc_x1e3", decimals: int = 2, caption: str | None = None) -> str:
-    """A booktabs LaTeX table in the papers' layout: benchmarks as column groups, FMRs below them."""
-    table, cells = _pivot(df, value, decimals)
-    benches = list(dict.fromkeys(b for b, _ in table.columns))
-    esc = lambda s: str(s).replace("_", r"\_").replace("%", r"\%")  # noqa: E731
+def to_csv(df, path=None, value: str = "pauc_x1e3", layout: str = "fmr_blocks"):
+    """The table as CSV, one row per method and block (``block`` holds e.g. ``FMR=1e-3``), values at full
+    precision; returns the text and writes it to ``path`` when given."""
+    import pandas as pd
+
+    frames = []
+    for title, table, _ in _blocks(df, value, 2, layout):
+        t = table.copy()
+        t.columns = [_column_label(c, layout) for c in t.columns]
+        t.insert(0, "block", title)
+        frames.append(t.reset_index())
+    text = pd.concat(frames, ignore_index=True).to_csv(index=False)
+    if path is not None:
+        with open(path, "w") as f:
+            f.write(text)
+    return text
+
+
+def to_latex(df, value: str = "pauc_x1e3", decimals: int = 2, caption: str | None = None,
+             layout: str = "benchmark") -> str:
+    """A booktabs LaTeX table in the papers' layout: benchmarks as column groups with FMRs below them
+    (``layout="benchmark"``), or recognizers below them and one row block per FMR (``"fmr_blocks"``)."""
+    blocks = _blocks(df, value, decimals, layout)
+    columns = list(dict.fromkeys(c for _, t, _ in blocks for c in t.columns))
+    benches = list(dict.fromkeys(b for b, _ in columns))
+    esc = lambda s: str(s).replace("_", r"\_").replace("%", r"\%").replace("&", r"\&")  # noqa: E731
     out = [r"\begin{table}[t]", r"\centering"]
     if caption:
         out.append(rf"\caption{{{esc(caption)}}}")
-    out.append(r"\begin{tabular}{l" + "c" * len(table.columns) + "}")
+    out.append(r"\begin{tabular}{l" + "c" * len(columns) + "}")
     out.append(r"\toprule")
     groups = []
     for b in benches:
-        n = sum(1 for bb, _ in table.columns if bb == b)
+        n = sum(1 for bb, _ in columns if bb == b)
         groups.append(rf"\multicolumn{{{n}}}{{c}}{{{esc(b)}}}")
     out.append("Method & " + " & ".join(groups) + r" \\")
-    out.append(" & " + " & ".join(f"FMR={_fmr_label(f)}" for _, f in table.columns) + r" \\")
-    out.append(r"\midrule")
-    for method in table.index:
-        vals = []
-        for col in table.columns:
-            text, is_best = cells[(method, col)]
-            vals.append(rf"\textbf{{{text}}}" if is_best and text else text)
-        out.append(esc(method) + " & " + " & ".join(vals) + r" \\")
+    sub = [f"FMR={_fmr_label(x)}" if layout == "benchmark" else esc(x) for _, x in columns]
+    out.append(" & " + " & ".join(sub) + r" \\")
+    for title, table, cells in blocks:
+        out.append(r"\midrule")
+        if title:
+            out.append(rf"\multicolumn{{{len(columns) + 1}}}{{l}}{{\textit{{{esc(title)}}}}} \\")
+        for method in table.index:
+            vals = []
+            for col in columns:
+                text, is_best = cells.get((method, col), ("", False))
+                vals.append(rf"\textbf{{{text}}}" if is_best and text else text)
+            out.append(esc(method) + " & " + " & ".join(vals) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(out) + "\n"
 
 
-def plot_edc(df, path: str | None = None, benchmark: str | None = None, fmr: float | None = None,
-             title: str | None = None, limit_line: bool = True):
-    """EDC curves (one per method) for one benchmark and FMR, with the random-rejection baseline dashed
-    and pAUC in the legend. Saves to ``path`` (PNG or PDF by extension) when given; returns the figure."""
-    import matplotlib
-
-    if path is not None:
-        matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    sel = df
-    if benchmark is not None:
-        sel = sel[sel.benchmark == benchmark]
-    if fmr is None:
-        fmr = sel.fmr.iloc[0]
-    sel = sel[np.isclose(sel.fmr, fmr)]
-    if sel.empty:
-        raise ValueError("no rows to plot for that benchmark / FMR")
-    fig, ax = plt.subplots(figsize=(5.2, 4.0))
+def _draw_edc(ax, sel, fmr: float, title: str | None, limit_line: bool = True) -> None:
     for _, row in sel.iterrows():
         c: EDCCurve = row.curve
         style = dict(where="post") if c.variant == "iso" else {}
@@ -136,10 +176,61 @@ def plot_edc(df, path: str | None = None, benchmark: str | None = None, fmr: flo
     ax.set_xlim(0, 1 if sel.iloc[0].variant == "iso" else 0.95)
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    bench = sel.iloc[0].benchmark
-    ax.set_title(title or f"EDC {bench} {sel.iloc[0].fr_model}".strip())
-    ax.legend(fontsize=8)
+    ax.set_title(title or f"EDC {sel.iloc[0].benchmark} {sel.iloc[0].fr_model}".strip(), fontsize=9)
+    ax.legend(fontsize=7)
+
+
+def _pyplot(path):
+    import matplotlib
+
+    if path is not None:
+        matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_edc(df, path: str | None = None, benchmark: str | None = None, fmr: float | None = None,
+             title: str | None = None, limit_line: bool = True, fr_model: str | None = None):
+    """EDC curves (one per method) for one benchmark (and recognizer) and FMR, with the random-rejection
+    baseline dashed and pAUC in the legend. Saves to ``path`` (PNG or PDF by extension) when given; returns
+    the figure."""
+    plt = _pyplot(path)
+    sel = df
+    if benchmark is not None:
+        sel = sel[sel.benchmark == benchmark]
+    if fr_model is not None:
+        sel = sel[sel.fr_model == fr_model]
+    if fmr is None and not sel.empty:
+        fmr = sel.fmr.iloc[0]
+    sel = sel[np.isclose(sel.fmr, fmr)] if fmr is not None else sel
+    if sel.empty:
+        raise ValueError("no rows to plot for that benchmark / FMR")
+    fig, ax = plt.subplots(figsize=(5.2, 4.0))
+    _draw_edc(ax, sel, fmr, title, limit_line)
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=150)
+    return fig
+
+
+def plot_edc_grid(df, paths=(), limit_line: bool = True):
+    """A grid of EDC plots: one row per (benchmark, recognizer), one column per FMR. Saved to every path in
+    ``paths`` (PNG and/or PDF by extension); returns the figure."""
+    plt = _pyplot(paths[0] if paths else None)
+    if df.empty:
+        raise ValueError("no rows to plot")
+    rows = list(dict.fromkeys(zip(df.benchmark, df.fr_model)))
+    fmrs = list(dict.fromkeys(df.fmr))
+    fig, axes = plt.subplots(len(rows), len(fmrs), figsize=(4.6 * len(fmrs), 3.6 * len(rows)), squeeze=False)
+    for i, (bench, rec) in enumerate(rows):
+        for j, fmr in enumerate(fmrs):
+            sel = df[(df.benchmark == bench) & (df.fr_model == rec) & (df.fmr == fmr)]
+            if sel.empty:
+                axes[i, j].set_axis_off()
+                continue
+            _draw_edc(axes[i, j], sel, fmr, f"{bench} / {rec}, FMR={_fmr_label(fmr)}", limit_line)
+    fig.tight_layout()
+    for p in paths:
+        fig.savefig(p, dpi=120)
     return fig

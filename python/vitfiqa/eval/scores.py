@@ -67,22 +67,44 @@ def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def flip_concat(embeddings, flipped_embeddings) -> np.ndarray:
-    """CR-FIQA style: concatenate the embedding of each image with that of its horizontal flip (1024-d)."""
+    """CR-FIQA evaluation: each image's embedding and that of its horizontal flip, each L2-normalised, concatenated
+    as [original, flipped] (2 x D, e.g. 1024-d) and not normalised again."""
     e, f = np.asarray(embeddings), np.asarray(flipped_embeddings)
-    if e.shape != f.shape:
-        raise ValueError(f"embedding shapes differ: {e.shape} vs {f.shape}")
-    return np.concatenate([e, f], axis=1)
+    if e.shape != f.shape or e.ndim != 2:
+        raise ValueError(f"embeddings must be two [N, D] arrays of equal shape, got {e.shape} and {f.shape}")
+    return np.concatenate([l2_normalize(e), l2_normalize(f)], axis=1)
 
 
-def comparison_scores(embeddings, pairs: Pairs, metric: str = "cosine", chunk: int = 1 << 20) -> np.ndarray:
+def comparison_scores(embeddings, pairs: Pairs, metric: str = "cosine", chunk: int | None = None) -> np.ndarray:
     """Similarity of each pair: ``cosine`` of L2-normalised embeddings, or ``arccos`` = 1 - arccos(cos)/pi
-    (the CR-FIQA code's angular distance turned into a similarity). float32, computed in chunks."""
+    (the CR-FIQA code's angular distance turned into a similarity). float32, computed in bounded memory.
+
+    Sparse pair lists (LFW: 6,000 pairs of 12,000 images) gather the two rows of each pair, ``chunk`` pairs at a
+    time (default: two gathered blocks of about 32 MB whatever the width). Dense ones (IJB-C: 15.6 M pairs of
+    23 k templates; Adience: all pairs) multiply blocks of rows by the whole matrix and pick the pairs: far
+    fewer random memory reads. Both give the float32 dot product (up to rounding order)."""
     emb = l2_normalize(embeddings)
     pairs.check(len(emb))
+    n, d = emb.shape
+    if chunk is None:
+        chunk = max(1024, (32 << 20) // max(1, d * emb.itemsize))
     out = np.empty(len(pairs), dtype=np.float32)
-    for s in range(0, len(pairs), chunk):
-        a, b = emb[pairs.a[s:s + chunk]], emb[pairs.b[s:s + chunk]]
-        out[s:s + chunk] = np.einsum("ij,ij->i", a, b)
+    if n * n <= 64 * len(pairs):  # dense: row blocks x all rows, ~32 MB per block of similarities
+        block = max(1, min(n, (32 << 20) // (4 * n)))
+        order = np.argsort(pairs.a, kind="stable")
+        bounds = np.searchsorted(pairs.a[order], np.arange(0, n + block, block))
+        emb_t = np.ascontiguousarray(emb.T)
+        for i in range(len(bounds) - 1):
+            lo, hi = bounds[i], bounds[i + 1]
+            if lo == hi:
+                continue
+            sims = emb[i * block:(i + 1) * block] @ emb_t
+            sel = order[lo:hi]
+            out[sel] = sims[pairs.a[sel] - i * block, pairs.b[sel]]
+    else:
+        for s in range(0, len(pairs), chunk):
+            a, b = emb[pairs.a[s:s + chunk]], emb[pairs.b[s:s + chunk]]
+            out[s:s + chunk] = np.einsum("ij,ij->i", a, b)
     np.clip(out, -1.0, 1.0, out=out)
     if metric == "cosine":
         return out

@@ -1,0 +1,813 @@
+"""Reproduce a paper's table in one command: ``vitfiqa reproduce CONFIG.toml`` or :func:`reproduce`.
+
+A config names benchmarks (any mix of insightface ``.bin``, LFW/XQLFW pairs files, CR-FIQA lists, Adience
+folds, IJB-C 1:1 templates), recognizers (any TorchScript model, CNN or ViT, used for embeddings only; or
+precomputed embeddings) and quality sources (vitfiqa methods on a model, or per-image score files of other
+methods: the competitor rows). For every benchmark x recognizer it computes comparison scores, for every
+quality source the pair qualities, and the pAUC-EDC at each FMR; out come one table in the papers' layout
+(rows = FIQA methods, columns = benchmark x recognizer, one block per FMR, best in bold) as Markdown, LaTeX and
+CSV, an EDC plot grid (PNG and PDF) and the resolved config with package versions.
+
+Embeddings and qualities are cached per (model, benchmark, options), keyed by content hashes (model file,
+benchmark files, options), as each batch finishes: qualities in the package's results table
+(:class:`vitfiqa.results.ScoreTable`), embeddings in a memory-mapped array with an atomically replaced status
+file. A re-run after an interruption continues where it stopped, and a changed config recomputes only what
+changed (a changed ``batch_size`` starts new quality tables). A benchmark whose files are missing or corrupt is reported and
+skipped; the rest of the table is still produced.
+
+Example config (paths are relative to the config file)::
+
+    out = "table"
+    fmrs = [1e-3, 1e-4]          # default
+    variant = "refit"            # EDC variant, passed to vitfiqa.eval.evaluate
+    limit = 0.3                  # pAUC discard limit
+
+    [[benchmarks]]
+    name = "LFW"
+    type = "bin"                 # bin | pairs | pair_list | adience | ijbc
+    path = "data/lfw.bin"
+
+    [[benchmarks]]
+    name = "IJB-C"
+    type = "ijbc"
+    root = "IJB_release/IJBC"    # meta/ + loose_crop/, aligned by ijbc_name_5pts_score.txt
+
+    [[recognizers]]
+    name = "ArcFace"
+    model = "arcface_r100.pt"    # TorchScript; or: embeddings = { LFW = "lfw_arcface.npy" }
+    channel_order = "bgr"        # the official CR-FIQA extraction feeds OpenCV's BGR
+    flip = "concat"              # concat (CR-FIQA) | sum (insightface IJB) | none
+
+    [[qualities]]
+    name = "ATTN-FIQA"
+    method = "attn"
+    model = "vit_b_face.pt"
+    options = { attn_block = -1 }
+
+    [[qualities]]
+    name = "CR-FIQA(L)"
+    scores = { LFW = "scores/CRFIQAL_lfw.txt", "IJB-C" = "scores/CRFIQAL_IJBC.parquet" }
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from .datasets import (CorruptEntry, ImageSet, aggregate_templates, load_adience, load_bin, load_ijbc,
+                       load_lfw_pairs, load_pair_list, template_quality)
+from .report import evaluate, plot_edc_grid, to_csv, to_latex, to_markdown
+from .scores import comparison_scores
+
+log = logging.getLogger("vitfiqa.reproduce")
+
+
+class ConfigError(ValueError):
+    """The reproduce config is invalid (one-line reason)."""
+
+
+# -- the config ------------------------------------------------------------------------------------------------
+
+# type -> (loader, path-valued options, allowed options; the required ones are listed in BENCHMARK_REQUIRED)
+BENCHMARK_TYPES: dict[str, tuple[Callable[..., ImageSet], tuple[str, ...], tuple[str, ...]]] = {
+    "bin": (lambda o: load_bin(o["path"], image_size=o["image_size"]), ("path",), ("path",)),
+    "pairs": (lambda o: load_lfw_pairs(o["root"], o["pairs"], ext=o.get("ext", "jpg"), image_size=o["image_size"]),
+              ("root", "pairs"), ("root", "pairs", "ext")),
+    "pair_list": (lambda o: load_pair_list(o["data_dir"], o.get("list_dir"), ids=o.get("ids", "auto"),
+                                           image_size=o["image_size"]),
+                  ("data_dir", "list_dir"), ("data_dir", "list_dir", "ids")),
+    "adience": (lambda o: load_adience(o["root"], o.get("folds"), faces=o.get("faces", "aligned"),
+                                       image_size=o["image_size"]),
+                ("root", "folds"), ("root", "folds", "faces")),
+    "ijbc": (lambda o: load_ijbc(o["root"], align=o.get("align", True), prefix=o.get("prefix", "ijbc"),
+                                 image_size=o["image_size"]),
+             ("root",), ("root", "align", "prefix")),
+}
+BENCHMARK_REQUIRED = {"bin": ("path",), "pairs": ("root", "pairs"), "pair_list": ("data_dir",), "adience": ("root",),
+                      "ijbc": ("root",)}
+QUALITY_SCORE_KEYS = {"attn": "attn", "vitnt": "vitnt", "vitfiqa": "vitfiqa", "exfiqa_F": "exfiqa",
+                      "exfiqa_FW": "exfiqa"}
+TOP_LEVEL = {"out", "cache", "fmrs", "variant", "limit", "batch_size", "device", "workers", "image_size", "ray",
+             "benchmarks", "recognizers", "qualities", "pauc_integration", "pauc_normalize"}
+
+
+@dataclass
+class BenchmarkSpec:
+    name: str
+    type: str
+    options: dict
+
+
+@dataclass
+class RecognizerSpec:
+    name: str
+    model: str | None = None
+    embeddings: dict[str, str] = field(default_factory=dict)
+    channel_order: str | None = None   # None: the model's input contract, else rgb
+    mean: Any = None                   # None: the model's input contract, else 0.5
+    std: Any = None
+    flip: str = "concat"
+    output: int = 0
+    dtype: str = "float32"
+    detector_score_weighting: bool = False
+
+
+@dataclass
+class QualitySpec:
+    name: str
+    method: str | None = None
+    model: str | None = None
+    options: dict = field(default_factory=dict)
+    dtype: str = "float32"
+    scores: dict[str, str] = field(default_factory=dict)
+    column: str | None = None
+    key: str | None = None
+    higher_is_better: bool = True
+
+
+@dataclass
+class Config:
+    benchmarks: list[BenchmarkSpec]
+    recognizers: list[RecognizerSpec]
+    qualities: list[QualitySpec]
+    out: str = "vitfiqa-reproduce"
+    cache: str | None = None
+    fmrs: list[float] = field(default_factory=lambda: [1e-3, 1e-4])
+    variant: str = "refit"
+    limit: float = 0.3
+    batch_size: int = 64
+    device: str = "cpu"
+    workers: int | None = None
+    image_size: int = 112
+    pauc_integration: str | None = None
+    pauc_normalize: str | None = None
+    ray: str | None = None          # score vitfiqa qualities on Ray: "local" (this process's or a new local
+                                    # Ray), "auto" or "ray://host:port"; benchmarks of image files only
+
+
+def _fields(cls) -> set[str]:
+    return set(cls.__dataclass_fields__)
+
+
+def _path(base: Path, p) -> str:
+    if not isinstance(p, str) or not p:
+        raise ConfigError(f"expected a path string, got {p!r}")
+    return str(Path(p) if os.path.isabs(p) else base / p)
+
+
+def load_config(config: str | os.PathLike | Mapping, base: str | os.PathLike | None = None) -> Config:
+    """Parse and check a config (TOML file path or a dict with the same layout). Relative paths are resolved
+    against the config file's folder (or ``base``, default the working directory, for a dict)."""
+    if isinstance(config, Mapping):
+        raw = dict(config)
+        base = Path(base or ".")
+    else:
+        import tomllib
+
+        path = Path(config)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        base = Path(base) if base is not None else path.parent
+    unknown = set(raw) - TOP_LEVEL
+    if unknown:
+        raise ConfigError(f"unknown config keys {sorted(unknown)}; allowed: {sorted(TOP_LEVEL)}")
+    for key in ("benchmarks", "recognizers", "qualities"):
+        if not raw.get(key) or not isinstance(raw[key], list):
+            raise ConfigError(f"the config needs at least one [[{key}]] entry")
+
+    def named(entries, what):
+        names = []
+        for e in entries:
+            if not isinstance(e, dict) or not isinstance(e.get("name"), str) or not e["name"]:
+                raise ConfigError(f"every [[{what}]] entry needs a name")
+            names.append(e["name"])
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ConfigError(f"duplicate {what} names {sorted(dup)}")
+        return names
+
+    bench_names = named(raw["benchmarks"], "benchmarks")
+    named(raw["recognizers"], "recognizers")
+    named(raw["qualities"], "qualities")
+
+    benchmarks = []
+    for e in raw["benchmarks"]:
+        kind = e.get("type")
+        if kind not in BENCHMARK_TYPES:
+            raise ConfigError(f"benchmark {e['name']!r}: type must be one of {sorted(BENCHMARK_TYPES)}, got {kind!r}")
+        _, path_keys, allowed = BENCHMARK_TYPES[kind]
+        opts = {k: v for k, v in e.items() if k not in ("name", "type")}
+        bad = set(opts) - set(allowed)
+        if bad:
+            raise ConfigError(f"benchmark {e['name']!r} ({kind}): unknown options {sorted(bad)}; allowed {list(allowed)}")
+        missing = [k for k in BENCHMARK_REQUIRED[kind] if k not in opts]
+        if missing:
+            raise ConfigError(f"benchmark {e['name']!r} ({kind}): missing {missing[0]!r}")
+        for k in path_keys:
+            if k in opts:
+                opts[k] = [_path(base, p) for p in opts[k]] if isinstance(opts[k], list) else _path(base, opts[k])
+        benchmarks.append(BenchmarkSpec(e["name"], kind, opts))
+
+    def per_benchmark_files(e, key, what):
+        files = e.get(key, {})
+        if not isinstance(files, dict):
+            raise ConfigError(f"{what} {e['name']!r}: {key} must be a table benchmark name -> file")
+        unknown = set(files) - set(bench_names)
+        if unknown:
+            raise ConfigError(f"{what} {e['name']!r}: {key} names unknown benchmarks {sorted(unknown)}")
+        return {b: _path(base, f) for b, f in files.items()}
+
+    recognizers = []
+    for e in raw["recognizers"]:
+        bad = set(e) - _fields(RecognizerSpec)
+        if bad:
+            raise ConfigError(f"recognizer {e['name']!r}: unknown options {sorted(bad)}")
+        spec = RecognizerSpec(**{**e, "embeddings": per_benchmark_files(e, "embeddings", "recognizer")})
+        if spec.model is None and not spec.embeddings:
+            raise ConfigError(f"recognizer {spec.name!r} needs a model (TorchScript file) or embeddings files")
+        if spec.model is not None:
+            spec.model = _path(base, spec.model)
+            if not Path(spec.model).is_file():
+                raise FileNotFoundError(f"recognizer {spec.name!r}: model file not found: {spec.model}")
+        from ..recognizer import CHANNEL_ORDERS, FLIP_MODES, _triple
+
+        if spec.channel_order not in CHANNEL_ORDERS + (None,) or spec.flip not in FLIP_MODES:
+            raise ConfigError(f"recognizer {spec.name!r}: channel_order in {CHANNEL_ORDERS}, flip in {FLIP_MODES}")
+        try:
+            if spec.std is not None and min(_triple(spec.std, "std")) <= 0:
+                raise ValueError("std must be positive")
+            if spec.mean is not None:
+                _triple(spec.mean, "mean")
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"recognizer {spec.name!r}: {exc}") from None
+        recognizers.append(spec)
+
+    qualities = []
+    for e in raw["qualities"]:
+        bad = set(e) - _fields(QualitySpec)
+        if bad:
+            raise ConfigError(f"quality {e['name']!r}: unknown options {sorted(bad)}")
+        spec = QualitySpec(**{**e, "scores": per_benchmark_files(e, "scores", "quality")})
+        if (spec.method is None) == (not spec.scores):
+            raise ConfigError(f"quality {spec.name!r}: give either method + model (a vitfiqa method) or scores "
+                              "(per-benchmark score files)")
+        if spec.method is not None:
+            if spec.method not in QUALITY_SCORE_KEYS:
+                raise ConfigError(f"quality {spec.name!r}: method must be one of {sorted(QUALITY_SCORE_KEYS)}")
+            if spec.model is None:
+                raise ConfigError(f"quality {spec.name!r}: method {spec.method!r} needs a model")
+            spec.model = _path(base, spec.model)
+            if not Path(spec.model).is_file():
+                raise FileNotFoundError(f"quality {spec.name!r}: model file not found: {spec.model}")
+            from ..pipeline import check_batch_independent
+
+            check_batch_independent(spec.options)
+        qualities.append(spec)
+
+    top = {k: raw[k] for k in TOP_LEVEL - {"benchmarks", "recognizers", "qualities"} if k in raw}
+    cfg = Config(benchmarks, recognizers, qualities, **top)
+    cfg.out = _path(base, cfg.out)
+    cfg.cache = _path(base, cfg.cache) if cfg.cache else None  # default: <out>/cache
+    cfg.fmrs = [float(f) for f in cfg.fmrs]
+    if not cfg.fmrs or not all(0 < f < 1 for f in cfg.fmrs):
+        raise ConfigError(f"fmrs must be values in (0, 1), got {cfg.fmrs}")
+    if not 0 < float(cfg.limit) <= 1:
+        raise ConfigError(f"limit must be in (0, 1], got {cfg.limit}")
+    if int(cfg.batch_size) <= 0:
+        raise ConfigError("batch_size must be positive")
+    return cfg
+
+
+# -- content hashes ------------------------------------------------------------------------------------------
+
+_FILE_HASHES: dict[tuple, str] = {}
+
+
+def file_hash(path: str) -> str:
+    """SHA-256 of a file's content (memoised per path, size and modification time)."""
+    from ..api import _file_sha256
+
+    st = os.stat(path)
+    memo = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    if memo not in _FILE_HASHES:
+        _FILE_HASHES[memo] = _file_sha256(Path(path))
+    return _FILE_HASHES[memo]
+
+
+def _json_hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def benchmark_fingerprint(ds: ImageSet) -> str:
+    """What the cached arrays of a benchmark depend on: image keys, sources (bytes content; path, size and
+    modification time of files; landmarks of aligned crops), image size and the pairs."""
+    from ..align import FaceCrop
+
+    h = hashlib.sha256()
+    h.update(repr(ds.image_size).encode())
+    for key, src in zip(ds.keys, ds.sources):
+        h.update(key.encode() + b"\0")
+        if isinstance(src, FaceCrop):
+            h.update(np.asarray(src.landmarks).tobytes())
+            src = src.source
+        if isinstance(src, (bytes, bytearray)):
+            h.update(hashlib.sha256(src).digest())
+        else:
+            try:
+                st = os.stat(src)
+                h.update(f"{src}|{st.st_size}|{st.st_mtime_ns}".encode())
+            except OSError:
+                h.update(f"{src}|missing".encode())
+    for arr in (ds.pairs.a, ds.pairs.b, ds.pairs.genuine):
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+# -- the caches -------------------------------------------------------------------------------------------------
+# Qualities (per-image scores) go to the package's results table (vitfiqa.results.ScoreTable: atomic CSV shards
+# of whole batches), one table per quality source and benchmark. Embeddings (N x 1024 floats: 9 GB as CSV text at
+# IJB-C scale) go to a memory-mapped .npy with a per-image status file, replaced atomically after every batch
+# with the results table's atomic_write.
+
+TODO, DONE, UNREADABLE = 0, 1, 2
+
+
+class EmbeddingCache:
+    """Per-image embeddings [N, D] on disk with a status per image (to do / done / unreadable).
+
+    Values go into a memory-mapped ``values.npy``; after every batch they are flushed and then the status file
+    is replaced atomically, so an interrupted run loses at most the batch in flight and a re-run computes only
+    the images still to do. ``key`` (a content hash of everything the values depend on) names the folder."""
+
+    def __init__(self, root: str | os.PathLike, key: str, n: int, describe: dict):
+        self.dir = Path(root) / f"embeddings-{key[:24]}"
+        self.n = n
+        self.describe = describe
+        self.values = None
+        self.status = np.zeros(n, np.uint8)
+        status = self.dir / "status.npy"
+        if status.is_file() and (self.dir / "values.npy").is_file():
+            try:
+                st = np.load(status, allow_pickle=False)
+                values = np.load(self.dir / "values.npy", mmap_mode="r+", allow_pickle=False)
+                if st.shape != (n,) or values.ndim != 2 or len(values) != n:
+                    raise ValueError("sizes do not match the benchmark")
+                self.status, self.values = st, values
+            except (OSError, ValueError) as exc:
+                log.warning("cache %s unusable (%s): recomputing", self.dir, exc)
+
+    @property
+    def todo(self) -> np.ndarray:
+        return np.flatnonzero(self.status == TODO)
+
+    def _allocate(self, width: int) -> None:
+        from numpy.lib.format import open_memmap
+
+        from ..results import atomic_write
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / "values.tmp.npy"
+        mm = open_memmap(tmp, mode="w+", dtype=np.float32, shape=(self.n, width))
+        mm.flush()
+        del mm
+        os.replace(tmp, self.dir / "values.npy")
+        self.values = np.load(self.dir / "values.npy", mmap_mode="r+")
+        atomic_write(self.dir / "meta.json", json.dumps(self.describe, indent=1, default=str).encode())
+
+    def write(self, indices: np.ndarray, values: np.ndarray | None, unreadable=()) -> None:
+        import io
+
+        from ..results import atomic_write
+
+        if values is not None and len(indices):
+            if self.values is None:
+                self._allocate(values.shape[1])
+            self.values[indices] = values
+            self.values.flush()
+            self.status[np.asarray(indices, dtype=np.int64)] = DONE
+        if len(unreadable):
+            self.status[np.asarray(list(unreadable), dtype=np.int64)] = UNREADABLE
+        if self.values is None:
+            return  # nothing readable yet: the next run tries these images again
+        buf = io.BytesIO()
+        np.save(buf, self.status)
+        atomic_write(self.dir / "status.npy", buf.getvalue())
+
+    def features(self) -> np.ndarray:
+        """[N, D] float32 (memory-mapped); rows of unreadable images are NaN."""
+        if self.values is None:
+            raise CorruptEntry("no image of the benchmark could be read")
+        bad = np.flatnonzero(self.status != DONE)
+        if len(bad):
+            self.values[bad] = np.nan
+        return self.values
+
+
+# -- computing embeddings and qualities ------------------------------------------------------------------------
+
+def _progress(total: int, initial: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, leave=False)
+
+
+def compute_embeddings(spec: RecognizerSpec, ds: ImageSet, cfg: Config, fingerprint: str,
+                       progress: bool) -> EmbeddingCache:
+    """Per-image embeddings of a benchmark with one recognizer, cached and resumable."""
+    from ..recognizer import Recognizer
+
+    opts = {k: v for k, v in asdict(spec).items() if k not in ("name", "model", "embeddings",
+                                                                "detector_score_weighting")}
+    key = _json_hash(dict(model=file_hash(spec.model), benchmark=fingerprint, preprocessing=opts))
+    cache = EmbeddingCache(cfg.cache, key, len(ds),
+                           dict(recognizer=spec.name, model=spec.model, benchmark=ds.name, options=opts))
+    todo = cache.todo
+    if len(todo) == 0:
+        log.info("embeddings %s on %s: cached (%s)", spec.name, ds.name, cache.dir)
+        return cache
+    log.info("embeddings %s on %s: %d of %d images to compute", spec.name, ds.name, len(todo), len(ds))
+    rec = Recognizer(spec.model, device=cfg.device, dtype=spec.dtype, image_size=ds.image_size,
+                     channel_order=spec.channel_order, mean=spec.mean, std=spec.std, flip=spec.flip,
+                     output=spec.output, name=spec.name)
+    bar = _progress(len(ds), len(ds) - len(todo), f"embeddings {spec.name} / {ds.name}", progress)
+    for b in ds.iter_batches(cfg.batch_size, workers=cfg.workers, indices=todo):
+        cache.write(b.ok, rec.embed(b.images) if b.images is not None else None, unreadable=list(b.errors))
+        bar.update(len(b.indices))
+    bar.close()
+    return cache
+
+
+def _quality_table(spec: QualitySpec, model_sha256: str, ds: ImageSet, cfg: Config, fingerprint: str):
+    from ..pipeline import run_description
+    from ..results import ScoreTable
+
+    run = run_description(model_sha256, ds.image_size, spec.dtype, [QUALITY_SCORE_KEYS[spec.method]], spec.options)
+    run.update(score=spec.method, benchmark=fingerprint)
+    key = _json_hash(dict(run=run, batch_size=int(cfg.batch_size)))
+    return ScoreTable(Path(cfg.cache) / f"quality-{key[:24]}.table", paths=ds.keys, keys=[spec.method],
+                      batch_size=int(cfg.batch_size), run=run)
+
+
+def compute_qualities(specs: list[QualitySpec], ds: ImageSet, cfg: Config, fingerprint: str,
+                      progress: bool) -> dict[str, np.ndarray]:
+    """Per-image vitfiqa qualities (NaN for unreadable images), each quality source stored in its own results
+    table; sources sharing a model and options are scored in one pass over the images."""
+    from ..api import QualityModel
+
+    out: dict[str, np.ndarray] = {}
+    groups: dict[tuple, list[QualitySpec]] = {}
+    for spec in specs:
+        groups.setdefault((spec.model, json.dumps(spec.options, sort_keys=True), spec.dtype), []).append(spec)
+    on_ray = cfg.ray is not None and all(isinstance(src, str) for src in ds.sources)
+    if cfg.ray is not None and not on_ray:
+        log.info("qualities on %s: scored locally (Ray scores image files; this benchmark holds encoded bytes or "
+                 "aligned crops)", ds.name)
+    for (model_path, _, dtype), group in groups.items():
+        if on_ray:
+            out.update(_qualities_on_ray(group, model_path, dtype, ds, cfg, fingerprint, progress))
+            continue
+        tables = {s.name: _quality_table(s, file_hash(model_path), ds, cfg, fingerprint) for s in group}
+        try:
+            pending = sorted(set().union(*(t.pending_batches() for t in tables.values())))
+            names = ", ".join(s.name for s in group)
+            if pending:
+                todo = np.concatenate([np.arange(s, min(s + cfg.batch_size, len(ds))) for s in pending])
+                log.info("qualities %s on %s: %d of %d images to score", names, ds.name, len(todo), len(ds))
+                model = QualityModel(model_path, device=cfg.device, dtype=dtype, image_size=ds.image_size)
+                methods = sorted({QUALITY_SCORE_KEYS[s.method] for s in group})
+                bar = _progress(len(ds), len(ds) - len(todo), f"qualities {names} / {ds.name}", progress)
+                for b in ds.iter_batches(cfg.batch_size, workers=cfg.workers, indices=todo):
+                    scores = {}
+                    if b.images is not None:
+                        scores = model.score(b.images, methods=methods, **group[0].options).numpy()
+                    pos = {int(i): j for j, i in enumerate(b.ok)}
+                    for s in group:
+                        col = [float(scores[s.method][pos[int(i)]]) if int(i) in pos else float("nan")
+                               for i in b.indices]
+                        tables[s.name].commit({"index": b.indices.tolist(), "path": [ds.keys[i] for i in b.indices],
+                                               s.method: col, "error": [b.errors.get(int(i), "") for i in b.indices]})
+                    bar.update(len(b.indices))
+                bar.close()
+            else:
+                log.info("qualities %s on %s: cached", names, ds.name)
+            for s in group:
+                out[s.name] = np.asarray(tables[s.name].columns_dict()[s.method], dtype=np.float64)
+        finally:
+            for t in tables.values():
+                t.close()
+    return out
+
+
+def _qualities_on_ray(group: list[QualitySpec], model_path: str, dtype: str, ds: ImageSet, cfg: Config,
+                      fingerprint: str, progress: bool) -> dict[str, np.ndarray]:
+    """One pass of a model over a benchmark's image files on Ray (:func:`vitfiqa.distributed.score_with_ray`,
+    which resumes its own results table in the cache)."""
+    from ..distributed import score_with_ray
+
+    methods = sorted({QUALITY_SCORE_KEYS[s.method] for s in group})
+    key = _json_hash(dict(model=file_hash(model_path), benchmark=fingerprint, methods=methods,
+                          options=group[0].options, dtype=dtype, batch_size=int(cfg.batch_size)))
+    log.info("qualities %s on %s: on Ray (%s)", ", ".join(s.name for s in group), ds.name, cfg.ray)
+    frame = score_with_ray(model_path, list(ds.sources), Path(cfg.cache) / f"ray-quality-{key[:24]}.table",
+                           methods, address=None if cfg.ray in ("", "local") else cfg.ray,
+                           batch_size=int(cfg.batch_size), device=None if cfg.device == "cpu" else cfg.device,
+                           dtype=dtype, image_size=ds.image_size, progress=progress, **group[0].options)
+    frame = frame.sort_values("index")
+    return {s.name: frame[s.method].to_numpy(dtype=np.float64) for s in group}
+
+
+# -- external files: scores of other methods, precomputed embeddings -------------------------------------------
+
+KEY_COLUMNS = ("key", "path", "image", "name", "file", "filename", "index")
+
+
+def _match_keys(entries: list[str], ds: ImageSet, what: str) -> np.ndarray:
+    """Position in ``ds`` of each external entry (-1 when not in the benchmark). Entries match an image key
+    exactly, or as a path ending in it (absolute paths of another machine), or the key ends in the entry
+    (bare file names), and must do so unambiguously."""
+    exact = {k: i for i, k in enumerate(ds.keys)}
+    by_base: dict[str, list[int]] = {}
+    for i, k in enumerate(ds.keys):
+        by_base.setdefault(k.replace("\\", "/").rsplit("/", 1)[-1], []).append(i)
+    out = np.full(len(entries), -1, np.int64)
+    for j, e in enumerate(entries):
+        e = str(e).strip()
+        if e in exact:
+            out[j] = exact[e]
+            continue
+        norm = e.replace("\\", "/")
+        cands = [i for i in by_base.get(norm.rsplit("/", 1)[-1], [])
+                 if norm.endswith("/" + ds.keys[i]) or ds.keys[i].endswith("/" + norm) or ds.keys[i] == norm]
+        if len(cands) > 1:
+            raise CorruptEntry(f"{what}: entry {e!r} matches {len(cands)} images of {ds.name} "
+                               f"({ds.keys[cands[0]]!r}, {ds.keys[cands[1]]!r})")
+        if cands:
+            out[j] = cands[0]
+    return out
+
+
+def _read_table(path: str):
+    import pandas as pd
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"file not found: {p}")
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            return pd.read_parquet(p)
+        if suffix == ".csv":
+            return pd.read_csv(p, encoding="utf-8-sig")
+        if suffix in (".txt", ".tsv", ".dat"):
+            # CR-FIQA score files: "path score" per line, no header
+            frame = pd.read_csv(p, sep=r"\s+", header=None, encoding="utf-8-sig", dtype={0: str})
+            if frame.shape[1] != 2:
+                raise CorruptEntry(f"{p.name}: expected two whitespace-separated columns (path score)")
+            frame.columns = ["path", "score"]
+            return frame
+    except (ValueError, OSError, ImportError) as exc:
+        raise CorruptEntry(f"{p.name} cannot be read: {str(exc).splitlines()[0]}") from None
+    raise CorruptEntry(f"{p.name}: unsupported score/embedding file type {suffix!r} (.csv, .parquet, .txt, .npy, .npz)")
+
+
+def _positions(frame, ds: ImageSet, key: str | None, what: str) -> tuple[np.ndarray, str]:
+    key = key or next((c for c in KEY_COLUMNS if c in frame.columns), None)
+    if key is None or key not in frame.columns:
+        raise CorruptEntry(f"{what}: no key column ({', '.join(KEY_COLUMNS)}) to match images by")
+    if key == "index":
+        pos = frame[key].to_numpy()
+        if not np.issubdtype(pos.dtype, np.integer) or (pos < 0).any() or (pos >= len(ds)).any():
+            raise CorruptEntry(f"{what}: index column must hold image indices in [0, {len(ds)})")
+        return pos.astype(np.int64), key
+    return _match_keys([str(v) for v in frame[key]], ds, what), key
+
+
+def _scatter(pos: np.ndarray, values: np.ndarray, n: int, what: str, name: str) -> np.ndarray:
+    found = pos >= 0
+    dup = np.bincount(pos[found], minlength=n) > 1
+    if dup.any():
+        raise CorruptEntry(f"{what}: image {int(np.flatnonzero(dup)[0])} of {name} occurs twice")
+    out = np.full((n,) + values.shape[1:], np.nan, dtype=np.float64 if values.ndim == 1 else np.float32)
+    out[pos[found]] = values[found]
+    missing = n - int(found.sum())
+    if missing:
+        log.warning("%s: %d of %d images of %s have no entry (their pairs are dropped)", what, missing, n, name)
+    return out
+
+
+def read_external_scores(spec: QualitySpec, bench: str, ds: ImageSet) -> np.ndarray:
+    """Per-image scores of another FIQA method from CSV / Parquet (a key column: path, image, name or index;
+    ``column`` or the one numeric column) or a CR-FIQA ``path score`` text file; higher = better unless
+    ``higher_is_better = false``."""
+    path = spec.scores[bench]
+    what = f"quality {spec.name!r} ({Path(path).name})"
+    frame = _read_table(path)
+    pos, key = _positions(frame, ds, spec.key, what)
+    numeric = [c for c in frame.columns if c != key and np.issubdtype(frame[c].dtype, np.number)]
+    col = spec.column or (numeric[0] if len(numeric) == 1 else None)
+    if col is None or col not in frame.columns:
+        raise CorruptEntry(f"{what}: say which score column to use (column = ...); numeric columns: {numeric}")
+    vals = frame[col].to_numpy(dtype=np.float64)
+    if not spec.higher_is_better:
+        vals = -vals
+    return _scatter(pos, vals, len(ds), what, ds.name)
+
+
+def read_external_embeddings(path: str, ds: ImageSet, name: str) -> np.ndarray:
+    """Precomputed image features, used as they are (flip concatenation included if it was applied):
+    ``.npy`` [N, D] in the benchmark's image order; ``.npz`` with ``embeddings`` and ``keys`` arrays;
+    Parquet with a key column and an ``embedding`` list column (or one column per dimension)."""
+    what = f"embeddings of {name!r} ({Path(path).name})"
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{what}: file not found: {p}")
+    if p.suffix == ".npy":
+        try:
+            arr = np.load(p, allow_pickle=False)
+        except ValueError as exc:
+            raise CorruptEntry(f"{what}: {exc}") from None
+        if arr.ndim != 2 or len(arr) != len(ds):
+            raise CorruptEntry(f"{what}: shape {arr.shape}, expected [{len(ds)}, D] in the benchmark's image order")
+        return arr.astype(np.float32, copy=False)
+    if p.suffix == ".npz":
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                if "embeddings" not in z or "keys" not in z:
+                    raise CorruptEntry(f"{what}: needs arrays 'embeddings' and 'keys', has {sorted(z.files)}")
+                emb, keys = z["embeddings"], z["keys"]
+        except ValueError as exc:
+            raise CorruptEntry(f"{what}: {exc}") from None
+        if emb.ndim != 2 or len(keys) != len(emb):
+            raise CorruptEntry(f"{what}: embeddings {emb.shape} and {len(keys)} keys do not match")
+        pos = (keys.astype(np.int64) if np.issubdtype(keys.dtype, np.integer) else
+               _match_keys([str(k) for k in keys], ds, what))
+        return _scatter(pos, emb, len(ds), what, ds.name)
+    frame = _read_table(str(p))
+    pos, key = _positions(frame, ds, None, what)
+    if "embedding" in frame.columns:
+        emb = np.stack([np.asarray(v, dtype=np.float32) for v in frame["embedding"]])
+    else:
+        cols = [c for c in frame.columns if c != key and np.issubdtype(frame[c].dtype, np.number)]
+        emb = frame[cols].to_numpy(dtype=np.float32)
+    return _scatter(pos, emb, len(ds), what, ds.name)
+
+
+# -- evaluation --------------------------------------------------------------------------------------------------
+
+def benchmark_comparison_scores(features: np.ndarray, ds: ImageSet, det_weights: bool, valid: np.ndarray | None = None) -> np.ndarray:
+    """Comparison score per pair (cosine); NaN where an image (or a whole template) is missing. ``valid``
+    marks the readable images (default: rows without NaN)."""
+    if ds.templates is not None:
+        t = ds.templates
+        weights = t.detector_scores if det_weights else None
+        if det_weights and weights is None:
+            raise ValueError("detector_score_weighting needs the benchmark's detector scores (IJB-C landmarks file)")
+        _, feats = aggregate_templates(features, t.template, t.media, weights=weights, valid=valid)
+    else:
+        feats = np.asarray(features, dtype=np.float32)
+    ok = np.isfinite(feats).all(axis=1) & (np.abs(feats).sum(axis=1) > 0)
+    sims = comparison_scores(np.where(ok[:, None], feats, 1.0), ds.pairs)
+    sims[~(ok[ds.pairs.a] & ok[ds.pairs.b])] = np.nan
+    return sims
+
+
+def _versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("vitfiqa", "torch", "numpy", "pandas", "pillow", "matplotlib", "pyarrow", "ray"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+@dataclass
+class ReproduceResult:
+    frame: Any                      # tidy DataFrame: method, benchmark, fr_model, fmr, pauc, pauc_x1e3, curve...
+    markdown: str
+    out: Path
+    skipped: dict[str, str]         # benchmark -> reason
+    files: dict[str, str]
+
+
+def reproduce(config: str | os.PathLike | Mapping, out: str | os.PathLike | None = None, progress: bool = True,
+              base: str | os.PathLike | None = None) -> ReproduceResult:
+    """Run a reproduce config (TOML path or dict) and write the table, plots and resolved config to its ``out``
+    folder (or ``out``). Returns the tidy result frame and what was written."""
+    import pandas as pd
+
+    t0 = time.time()
+    cfg = load_config(config, base=base)
+    if out is not None:
+        cfg.out = str(out)
+    cfg.cache = cfg.cache or str(Path(cfg.out) / "cache")
+    out_dir = Path(cfg.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    size = (int(cfg.image_size), int(cfg.image_size))
+    skipped: dict[str, str] = {}
+    notes: dict[str, list[str]] = {}
+    frames = []
+    n_b = len(cfg.benchmarks)
+    for bi, bspec in enumerate(cfg.benchmarks, 1):
+        stage = f"[{bi}/{n_b}] {bspec.name}"
+        try:
+            log.info("%s: loading (%s)", stage, bspec.type)
+            ds = BENCHMARK_TYPES[bspec.type][0]({**bspec.options, "image_size": size})
+            ds.name = bspec.name
+            n_units = len(ds.templates.ids) if ds.templates is not None else len(ds)
+            log.info("%s: %d images, %d pairs (%d genuine)%s", stage, len(ds), len(ds.pairs), ds.pairs.n_genuine,
+                     f", {n_units} templates" if ds.templates is not None else "")
+            fp = benchmark_fingerprint(ds)
+            # qualities per image: vitfiqa methods (cached) and external files
+            qualities: dict[str, np.ndarray] = {}
+            internal = [q for q in cfg.qualities if q.method is not None]
+            if internal:
+                qualities.update(compute_qualities(internal, ds, cfg, fp, progress))
+            for q in cfg.qualities:
+                if q.method is None:
+                    if bspec.name not in q.scores:
+                        notes.setdefault(bspec.name, []).append(f"quality {q.name}: no score file for this benchmark")
+                        continue
+                    try:
+                        qualities[q.name] = read_external_scores(q, bspec.name, ds)
+                    except (FileNotFoundError, CorruptEntry) as exc:
+                        log.warning("%s: quality %s skipped: %s", stage, q.name, exc)
+                        notes.setdefault(bspec.name, []).append(f"quality {q.name}: {exc}")
+            if ds.templates is not None:
+                qualities = {k: template_quality(v, ds.templates.template) for k, v in qualities.items()}
+            qualities = {q.name: qualities[q.name] for q in cfg.qualities if q.name in qualities}  # config order
+            if not qualities:
+                raise CorruptEntry("no quality scores for this benchmark")
+            for rspec in cfg.recognizers:
+                if rspec.model is None and bspec.name not in rspec.embeddings:
+                    notes.setdefault(bspec.name, []).append(f"recognizer {rspec.name}: no embeddings for this benchmark")
+                    continue
+                try:
+                    valid = None
+                    if bspec.name in rspec.embeddings:
+                        feats = read_external_embeddings(rspec.embeddings[bspec.name], ds, rspec.name)
+                    else:
+                        cache = compute_embeddings(rspec, ds, cfg, fp, progress)
+                        feats, valid = cache.features(), cache.status == DONE
+                except (FileNotFoundError, CorruptEntry) as exc:
+                    log.warning("%s: recognizer %s skipped: %s", stage, rspec.name, exc)
+                    notes.setdefault(bspec.name, []).append(f"recognizer {rspec.name}: {exc}")
+                    continue
+                log.info("%s: evaluating %s (%d quality sources x %d FMRs)", stage, rspec.name, len(qualities),
+                         len(cfg.fmrs))
+                sims = benchmark_comparison_scores(feats, ds, rspec.detector_score_weighting, valid)
+                frames.append(evaluate(qualities, sims, ds.pairs, benchmark=bspec.name, fr_model=rspec.name,
+                                       fmrs=cfg.fmrs, variant=cfg.variant, limit=float(cfg.limit),
+                                       integration=cfg.pauc_integration, normalize=cfg.pauc_normalize))
+            if ds.errors:
+                notes.setdefault(bspec.name, []).append(f"{len(ds.errors)} unreadable images skipped")
+        except (FileNotFoundError, CorruptEntry, OSError, ValueError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            log.error("%s: skipped: %s", stage, reason)
+            skipped[bspec.name] = reason
+    if not frames:
+        raise RuntimeError("no benchmark could be evaluated: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    df = pd.concat(frames, ignore_index=True)
+    files = {}
+    md = to_markdown(df, layout="fmr_blocks")
+    files["markdown"] = str(out_dir / "table.md")
+    Path(files["markdown"]).write_text(md)
+    files["latex"] = str(out_dir / "table.tex")
+    Path(files["latex"]).write_text(to_latex(df, layout="fmr_blocks",
+                                             caption=f"pAUC-EDC x 10^3 (discard up to {cfg.limit:g}, {cfg.variant})"))
+    files["csv"] = str(out_dir / "table.csv")
+    to_csv(df, files["csv"], layout="fmr_blocks")
+    files["tidy_csv"] = str(out_dir / "pauc.csv")
+    df.drop(columns="curve").to_csv(files["tidy_csv"], index=False)
+    files["edc_png"], files["edc_pdf"] = str(out_dir / "edc.png"), str(out_dir / "edc.pdf")
+    import matplotlib.pyplot as plt
+
+    plt.close(plot_edc_grid(df, (files["edc_png"], files["edc_pdf"])))
+    files["resolved_config"] = str(out_dir / "resolved_config.json")
+    resolved = dict(config=asdict(cfg), versions=_versions(), skipped=skipped, notes=notes,
+                    model_hashes={p: file_hash(p) for p in
+                                  sorted({s.model for s in cfg.recognizers + cfg.qualities if s.model})},
+                    seconds=round(time.time() - t0, 2))
+    Path(files["resolved_config"]).write_text(json.dumps(resolved, indent=1, default=str))
+    for name, reason in skipped.items():
+        log.warning("benchmark %s was skipped: %s", name, reason)
+    log.info("wrote %s (%.1f s)", ", ".join(Path(f).name for f in files.values()), time.time() - t0)
+    return ReproduceResult(df, md, out_dir, skipped, files)
+
+
+__all__ = ["reproduce", "load_config", "Config", "ConfigError", "ReproduceResult", "EmbeddingCache",
+           "benchmark_fingerprint", "read_external_scores", "read_external_embeddings"]

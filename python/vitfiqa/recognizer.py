@@ -1,0 +1,139 @@
+"""Face recognizers of any architecture, used for comparison scores (embeddings only).
+
+A recognizer is any TorchScript model (CNN such as iResNet-100, or ViT) whose forward maps a preprocessed
+image batch to embeddings (or a tuple whose element ``output`` is the embedding, e.g. CurricularFace's
+``(embedding, conv_out)``). It is run as is by the C++ core (``vitfiqa._core.ScriptModel``): no attention
+analysis, so CNNs work.
+
+Each recognizer carries its input preprocessing: ``image_size``, ``channel_order`` (``rgb`` or ``bgr``: the
+official CR-FIQA extraction reads images with OpenCV and feeds BGR) and ``mean``/``std`` applied to x/255
+(insightface ArcFace / ElasticFace / CurricularFace: 0.5, 0.5; MagFace: 0, 1, i.e. x/255 only). Each comes from
+the explicit argument, else from the input contract stored in the TorchScript file
+(:func:`vitfiqa.models.export_torchscript` / :func:`vitfiqa.models.export_recognizer`), else the defaults
+(112x112, rgb, 0.5/0.5). The arithmetic is :func:`vitfiqa.preprocess.normalize_uint8`'s. And ``flip``:
+
+``concat`` (CR-FIQA evaluation)
+    embed the image and its horizontal flip (of the decoded uint8 image), L2-normalise each, concatenate
+    [original, flipped] (2 x D), not normalised again.
+``sum`` (insightface IJB evaluation)
+    the raw sum of the two embeddings.
+``none``
+    the image's embedding only.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .eval.scores import flip_concat
+from .preprocess import DEFAULT_CHANNEL_ORDER, DEFAULT_IMAGE_SIZE, DEFAULT_NORMALIZATION, normalize_uint8
+
+FLIP_MODES = ("concat", "sum", "none")
+CHANNEL_ORDERS = ("rgb", "bgr")
+
+
+def _triple(v, name: str) -> tuple[float, float, float]:
+    if isinstance(v, (str, bytes)) or not (np.isscalar(v) or isinstance(v, (list, tuple))):
+        raise ValueError(f"{name} must be one number or three (per channel), got {v!r}")
+    t = (float(v),) * 3 if np.isscalar(v) else tuple(float(x) for x in v)
+    if len(t) != 3 or not all(np.isfinite(t)):
+        raise ValueError(f"{name} must be one number or three (per channel), got {v!r}")
+    return t
+
+
+class Recognizer:
+    """A TorchScript face recognizer (path or bytes) used for embeddings only.
+
+    >>> r = Recognizer("arcface_r100.pt", channel_order="bgr", flip="concat")
+    >>> e = r.embed(uint8_nhwc_batch)          # float32 [B, 1024]
+    """
+
+    def __init__(self, model: str | os.PathLike | bytes, device: str = "cpu", dtype: str = "float32",
+                 image_size: tuple[int, int] | int | None = None, channel_order: str | None = None,
+                 mean: float | Sequence[float] | None = None, std: float | Sequence[float] | None = None,
+                 flip: str = "concat", output: int = 0, name: str | None = None):
+        from . import _core
+        from .models import read_input_contract
+
+        if channel_order is not None and channel_order not in CHANNEL_ORDERS:
+            raise ValueError(f"channel_order must be one of {CHANNEL_ORDERS}, got {channel_order!r}")
+        if flip not in FLIP_MODES:
+            raise ValueError(f"flip must be one of {FLIP_MODES}, got {flip!r}")
+        device = str(device)
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError(f"device {device!r} requested but CUDA is not available in this torch build")
+        if isinstance(model, (bytes, bytearray)):
+            if not model:
+                raise ValueError("model bytes are empty")
+            self._core = _core.ScriptModel.from_bytes(bytes(model), device, str(dtype))
+            self.source = "<bytes>"
+        else:
+            path = Path(model)
+            if not path.is_file():
+                raise FileNotFoundError(f"recognizer model file not found: {path}")
+            self._core = _core.ScriptModel(str(path), device, str(dtype))
+            self.source = str(path)
+        record = read_input_contract(model if isinstance(model, (bytes, bytearray)) else Path(model)) or {}
+        norm = record.get("normalization", DEFAULT_NORMALIZATION)
+        self.mean = _triple(norm["mean"] if mean is None else mean, "mean")
+        self.std = _triple(norm["std"] if std is None else std, "std")
+        if min(self.std) <= 0:
+            raise ValueError("std must be positive")
+        size = image_size if image_size is not None else record.get("image_size", DEFAULT_IMAGE_SIZE)
+        self.image_size = (int(size), int(size)) if np.isscalar(size) else tuple(int(v) for v in size)
+        self.channel_order = channel_order or record.get("channel_order", DEFAULT_CHANNEL_ORDER)
+        self.name = name or (Path(self.source).stem if self.source != "<bytes>" else "recognizer")
+        self.device = torch.device(device)
+        self.dtype = getattr(torch, str(dtype))
+        self.flip = flip
+        self.output = int(output)
+
+    def __repr__(self) -> str:
+        return (f"Recognizer({self.source!r}, channel_order={self.channel_order!r}, mean={self.mean}, "
+                f"std={self.std}, flip={self.flip!r})")
+
+    def preprocess(self, images) -> torch.Tensor:
+        """uint8 NHWC RGB batch (NumPy or torch) -> the model's float NCHW input on its device."""
+        x = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
+        if x.dtype != torch.uint8 or x.dim() != 4 or x.shape[-1] != 3:
+            raise ValueError(f"images must be a uint8 [B,H,W,3] batch, got {tuple(x.shape)} {x.dtype}")
+        if tuple(x.shape[1:3]) != self.image_size:
+            raise ValueError(f"images are {tuple(x.shape[1:3])}, the recognizer expects {self.image_size}")
+        if x.shape[0] == 0:
+            raise ValueError("empty image batch")
+        return normalize_uint8(x.to(self.device), self.dtype, self.channel_order,
+                               {"mean": list(self.mean), "std": list(self.std)})
+
+    def forward(self, x: torch.Tensor) -> np.ndarray:
+        """The model's forward on a prepared batch -> float32 embeddings [B, D]."""
+        out = self._core.forward(x)
+        if isinstance(out, tuple):
+            if not -len(out) <= self.output < len(out):
+                raise ValueError(f"the recognizer returns {len(out)} outputs; output={self.output} does not exist")
+            out = out[self.output]
+        if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"the recognizer's output {shape} is not an embedding batch [B, D]")
+        e = out.detach().float().cpu().numpy()
+        if not np.isfinite(e).all():
+            raise ValueError("the recognizer produced NaN or Inf embeddings")
+        return e
+
+    def embed(self, images) -> np.ndarray:
+        """uint8 NHWC RGB images -> float32 embeddings with this recognizer's flip mode applied."""
+        arr = images.cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+        e = self.forward(self.preprocess(arr))
+        if self.flip == "none":
+            return e
+        # Flip of the decoded uint8 image along its width, as the CR-FIQA and insightface evaluations do.
+        f = self.forward(self.preprocess(np.ascontiguousarray(arr[:, :, ::-1])))
+        return flip_concat(e, f) if self.flip == "concat" else e + f
+
+    @property
+    def embedding_factor(self) -> int:
+        """Embedding width relative to the model's output (2 with flip concatenation)."""
+        return 2 if self.flip == "concat" else 1
