@@ -149,7 +149,9 @@ def run_demo(out_dir: str | Path = "vitfiqa-demo", identities: int = 150, sample
     corr = {}
     for kind in LEVELS:
         sel = frame[(frame.degradation == kind) | (frame.degradation == "clean")]
-        corr[kind] = {name: float(sel[name].corr(sel["level"], method="spearman")) for name in methods}
+        # Spearman = Pearson on average ranks (ties shared); pandas' method="spearman" would need SciPy.
+        ranks = sel[list(methods) + ["level"]].rank()
+        corr[kind] = {name: float(ranks[name].corr(ranks["level"])) for name in methods}
     corr_table = pd.DataFrame(corr)
     corr_table.to_csv(out / "spearman.csv")
 
