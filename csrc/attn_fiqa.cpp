@@ -14,15 +14,19 @@ at::Tensor mask_dd(const AttentionCapture& a) {
   return a.mask->to(at::kDouble).expand({q.size(0), q.size(1), q.size(2), a.k.size(2)});
 }
 
+at::ScalarType row_sum_dtype(const at::Tensor& logits) {
+  return logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
 }  // namespace
 
 at::Tensor attn_score(const AttentionCapture& a, int64_t first_token) {
   if (a.kind == AttentionKind::Softmax) {
     auto l = a.logits;
     if (first_token > 0) l = l.narrow(2, first_token, l.size(2) - first_token).narrow(3, first_token, l.size(3) - first_token);
-    // Two stages: rows of N keys in float32 (cheap, short sums), then float64 over heads and queries,
-    // where a signed mean of many values would lose digits in float32.
-    return l.sum(-1, false, at::kFloat).to(at::kDouble).mean({1, 2}) / static_cast<double>(l.size(3));
+    // Two stages: rows of N keys in float32 (cheap, short sums; float64 for float64 models), then float64
+    // over heads and queries, where a signed mean of many values would lose digits in float32.
+    return l.sum(-1, false, row_sum_dtype(l)).to(at::kDouble).mean({1, 2}) / static_cast<double>(l.size(3));
   }
   auto q = a.q, k = a.k;
   if (first_token > 0) {
@@ -44,7 +48,7 @@ at::Tensor attn_score(const AttentionCapture& a, int64_t first_token) {
 at::Tensor attn_key_means(const AttentionCapture& a) {
   if (a.kind == AttentionKind::Softmax) {  // [B,N]: per key, mean over heads and queries
     auto l = a.logits;
-    return l.sum(2, false, at::kFloat).to(at::kDouble).mean(1) / static_cast<double>(l.size(2));
+    return l.sum(2, false, row_sum_dtype(l)).to(at::kDouble).mean(1) / static_cast<double>(l.size(2));
   }
   auto q_mean = a.q.mean(2, true, at::kDouble);                                               // [B,H,1,D]
   auto per_key = at::matmul(q_mean, a.k.to(at::kDouble).transpose(-2, -1)).squeeze(2) * a.scale;  // [B,H,N]

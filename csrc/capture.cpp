@@ -409,7 +409,15 @@ CaptureModel::CaptureModel(const std::string& path_or_bytes, bool from_bytes, co
     : device_(parse_device(device)), dtype_(parse_dtype(dtype)) {
   module_ = load_script_module(path_or_bytes, from_bytes, device_);
   module_.eval();
-  if (dtype_ != at::kFloat) module_.to(dtype_);
+  if (dtype_ != at::kFloat) {
+    // Only floating state is cast: Module::to(dtype) would also turn integer buffers (position ids, index
+    // tables of Hugging Face models) into floats, which then fail as indices.
+    at::NoGradGuard no_grad;
+    for (at::Tensor t : module_.parameters())
+      if (t.is_floating_point() && t.scalar_type() != dtype_) t.set_data(t.to(dtype_));
+    for (at::Tensor t : module_.buffers())
+      if (t.is_floating_point() && t.scalar_type() != dtype_) t.set_data(t.to(dtype_));
+  }
   if (!module_.find_method("forward"))
     throw std::invalid_argument("the TorchScript module has no forward method");
   analyse(final_norm);
@@ -500,6 +508,22 @@ void CaptureModel::analyse(const std::string& final_norm) {
   for (auto& pat : pattern_order)
     if (by_pattern[pat].size() > by_pattern[best].size()) best = pat;
   auto& chosen = by_pattern[best];
+  // A stray attention (an attention-pooling head) occurs once; a second repeated pattern is a second run of
+  // attention blocks: stages named apart (stage1.#, stage2.#), which would be scored as if they were the model.
+  for (auto& pat : pattern_order)
+    if (pat != best && by_pattern[pat].size() > 1) {
+      auto show = [&](const std::string& p) {
+        std::string out = p.substr(0, p.size() - 1);
+        std::replace(out.begin(), out.end(), '/', '.');
+        if (out.rfind("SELF.", 0) == 0) out = out.substr(5);
+        return "'" + out + "' x" + std::to_string(by_pattern[p].size());
+      };
+      throw std::invalid_argument("not a plain ViT: attention blocks in more than one repeated module pattern (" +
+                                  show(pattern_order.front() == best ? best : pat) + ", " +
+                                  show(pattern_order.front() == best ? pat : best) +
+                                  "): stages of blocks, as in hierarchical transformers; vitfiqa scores ViTs whose "
+                                  "blocks all read one token sequence");
+    }
   if (chosen.size() < candidates.size())
     info_.notes.push_back(std::to_string(candidates.size() - chosen.size()) +
                           " attention-like op(s) outside the transformer blocks were ignored");
@@ -526,8 +550,9 @@ void CaptureModel::analyse(const std::string& final_norm) {
     for (Node* n : chosen) {
       ScopePath scope(paths[n].begin(), paths[n].begin() + std::min(depth, paths[n].size()));
       if (!block_scopes.empty() && block_scopes.back() == scope)
-        throw std::invalid_argument("block '" + join(scope, scope.size()) +
-                                    "' has more than one attention op; vitfiqa expects one attention per block");
+        throw std::invalid_argument("not a plain ViT: block '" + display_name(scope) +
+                                    "' has more than one attention op (stages of attention blocks, as in PVT, or "
+                                    "several attentions per block); vitfiqa expects one attention per block");
       block_scopes.push_back(scope);
       info_.block_names.push_back(display_name(scope));
     }
@@ -629,8 +654,12 @@ void CaptureModel::analyse(const std::string& final_norm) {
     check_plain_token_sequence(*g, block_scopes, node_paths, block_outputs_, site_nodes);
     if (final_norm.empty()) find_final_norm(*g);
     else make_named_final_norm(*g, final_norm);
+    if (!final_norm_)  // the model loads and ATTN-FIQA works; only a request for normalised tokens raises
+      info_.notes.push_back("ViTNT-FIQA: no LayerNorm is applied to the last block's output in forward (a norm "
+                            "after pooling, fc_norm?); name the one to use with final_norm='module.path'");
   } else if (!final_norm.empty()) {
-    throw std::invalid_argument("final_norm='" + final_norm + "' cannot be used: " + info_.notes.back());
+    throw std::invalid_argument("final_norm='" + final_norm + "' cannot be used: the graph carries no module "
+                                "hierarchy (frozen model?), so block outputs cannot be located");
   }
 
   // The patch embedding: the first convolution before the first attention gives the patch grid.
@@ -853,9 +882,9 @@ CaptureModel::Built& CaptureModel::build(const CaptureRequest& req) {
   };
   bool needs_outputs = !req.token_blocks.empty() || !req.exit_blocks.empty();
   if (needs_outputs && block_outputs_.empty())
-    throw std::invalid_argument("block outputs cannot be located in this model (" +
-                                (info_.notes.empty() ? std::string("no module hierarchy") : info_.notes.back()) +
-                                "); save it with torch.jit.script or torch.jit.trace without torch.jit.freeze");
+    throw std::invalid_argument("block outputs cannot be located in this model (the graph carries no module "
+                                "hierarchy: frozen?); save it with torch.jit.script or torch.jit.trace without "
+                                "torch.jit.freeze");
   if (!req.token_blocks.empty() && req.tokens_final_norm && !final_norm_)
     throw std::invalid_argument(
         "no final LayerNorm after the last block was found in the model's forward, but normalised block tokens "
@@ -1125,16 +1154,19 @@ CaptureResult CaptureModel::run(const at::Tensor& images, const CaptureRequest& 
     if (keys.dim() == 4 && stream_shapes.count(b)) {
       const auto& shape = stream_shapes.at(b);
       int64_t n_keys = a.kind == AttentionKind::Softmax ? keys.size(3) : keys.size(2);
-      if (shape.size() != 3 || shape[1] != n_keys)
+      const int64_t B = images.size(0);  // batch-first [B,N,C], or sequence-first [N,B,C] (nn.MultiheadAttention)
+      bool spans = shape.size() == 3 && ((shape[0] == B && shape[1] == n_keys) || (shape[0] == n_keys && shape[1] == B));
+      if (!spans)
         throw std::invalid_argument("not a plain ViT: the attention of block '" + name + "' has " +
                                     std::to_string(n_keys) + " keys but the tokens entering it have shape " +
-                                    c10::str(shape) + " (channel attention or token pooling?); vitfiqa scores ViTs "
+                                    c10::str(c10::IntArrayRef(shape)) + " (channel attention or token pooling?); vitfiqa scores ViTs "
                                     "whose attention runs over the [B,N,C] token sequence");
     }
     if (a.kind == AttentionKind::Softmax) {
       if (a.logits.dim() != 4 || a.logits.size(-1) != a.logits.size(-2))
-        throw std::invalid_argument("attention logits of block " + std::to_string(b) + " have shape " +
-                                    c10::str(a.logits.sizes()) + ", expected [B,H,N,N]");
+        throw std::invalid_argument("not a plain ViT: the attention logits of block '" + name + "' have shape " +
+                                    c10::str(a.logits.sizes()) + ", not [B,H,N,N] (heads folded into the batch, "
+                                    "or windowed attention?)");
       continue;
     }
     if (a.q.dim() != 4 || a.k.dim() != 4)

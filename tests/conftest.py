@@ -50,6 +50,14 @@ FAMILIES = {
     "timm": (lambda: TimmStyleViT(img_size=32, patch_size=8, dim=48, depth=4, num_heads=3), 32, 1, (4, 4), None),
     "timm_qknorm": (lambda: TimmStyleViT(img_size=32, patch_size=8, dim=48, depth=3, num_heads=3, qk_norm=True),
                     32, 1, (4, 4), None),
+    # timm with fused attention off: traced, `self.scale` becomes one 0-dim constant made in blocks.0.attn
+    "timm_explicit": (lambda: TimmStyleViT(img_size=32, patch_size=8, dim=48, depth=3, num_heads=3, fused_attn=False),
+                      32, 1, (4, 4), None),
+    # a relative-position bias added to the logits: ATTN-FIQA's default leaves it out (tests/test_compat_bias.py)
+    "timm_relpos": (lambda: TimmStyleViT(img_size=32, patch_size=8, dim=48, depth=3, num_heads=3, rel_pos=True),
+                    32, 1, (4, 4), None),
+    "timm_relpos_explicit": (lambda: TimmStyleViT(img_size=32, patch_size=8, dim=48, depth=3, num_heads=3,
+                                                  rel_pos=True, fused_attn=False), 32, 1, (4, 4), None),
 }
 
 

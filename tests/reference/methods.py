@@ -35,8 +35,9 @@ class Recorder:
             h.remove()
 
 
-def logits(model, x_in: torch.Tensor, block: int) -> torch.Tensor:
-    """Pre-softmax logits (q k^T) * scale of one block, float64 [B,H,N,N], from the attention's input."""
+def logits(model, x_in: torch.Tensor, block: int, full: bool = False) -> torch.Tensor:
+    """Pre-softmax logits (q k^T) * scale of one block, float64 [B,H,N,N], from the attention's input;
+    full=True adds the block's relative-position bias table (the whole softmax input)."""
     attn = model.blocks[block].attn
     b, n, c = x_in.shape
     h = attn.num_heads
@@ -46,7 +47,10 @@ def logits(model, x_in: torch.Tensor, block: int) -> torch.Tensor:
         if hasattr(attn, "q_norm"):
             q, k = attn.q_norm(q), attn.k_norm(k)
     scale = (c // h) ** -0.5
-    return (q.double() @ k.double().transpose(-2, -1)) * scale
+    out = (q.double() @ k.double().transpose(-2, -1)) * scale
+    if full and getattr(attn, "rel_pos", None) is not None:
+        out = out + attn.rel_pos.table.detach().double()
+    return out
 
 
 def run(model, x):
@@ -106,10 +110,12 @@ def vitnt_fiqa(model, x, prefix: int, blocks=None, s: float = 8.0, weighting: st
     q = 2.0 / (1.0 + torch.exp(s * d))
     if weighting == "uniform":
         return q.mean(1), q
-    # The official ViTNT weights: per block, head-mean post-softmax attention summed over queries; with
-    # attention_blocks="all" averaged over the selected blocks; then normalised over the patch keys.
+    # The official ViTNT weights: per block, head-mean post-softmax attention (the model's own, bias included)
+    # summed over queries; with attention_blocks="all" averaged over the selected blocks; then normalised
+    # over the patch keys.
     weighted = blocks if attention_blocks == "all" else blocks[-1:]
-    received = sum(torch.softmax(logits(model, inputs[b], b), dim=-1).mean(1).sum(1) for b in weighted) / len(weighted)
+    received = sum(torch.softmax(logits(model, inputs[b], b, full=True), dim=-1).mean(1).sum(1)
+                   for b in weighted) / len(weighted)
     received = received[:, prefix:]
     w = received / received.sum(1, keepdim=True)
     return (q * w).sum(1), q

@@ -1,5 +1,7 @@
-"""A timm-style ViT for tests: CLS token, fused F.scaled_dot_product_attention, nn.Sequential blocks,
-an optional ``attn_mask`` forwarded through the blocks (as timm's newer ViTs do), GELU MLP, final norm."""
+"""A timm-style ViT for tests: CLS token, fused F.scaled_dot_product_attention (or, with fused_attn=False,
+timm's explicit `(q * scale) @ k^T` path), nn.Sequential blocks, an optional ``attn_mask`` forwarded through
+the blocks (as timm's newer ViTs do), an optional learned relative-position bias added to the logits (as in
+timm's relpos ViTs and BEiT), GELU MLP, final norm."""
 from __future__ import annotations
 
 from typing import Optional
@@ -9,9 +11,25 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class Attention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, qk_norm: bool = False):
+class RelPosBias(nn.Module):
+    """A learned [H,N,N] table added to the attention logits (a stand-in for a relative-position bias)."""
+
+    def __init__(self, num_heads: int, num_tokens: int):
         super().__init__()
+        self.table = nn.Parameter(torch.zeros(num_heads, num_tokens, num_tokens))
+
+    def forward(self):
+        return self.table.unsqueeze(0)
+
+
+class Attention(nn.Module):
+    __constants__ = ["fused_attn"]  # a scripting constant, as in timm: the untaken path is compiled away
+
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool = False, fused_attn: bool = True,
+                 rel_pos_tokens: int = 0):
+        super().__init__()
+        self.fused_attn = fused_attn
+        self.rel_pos = RelPosBias(num_heads, rel_pos_tokens) if rel_pos_tokens else None
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim ** -0.5
@@ -26,8 +44,17 @@ class Attention(nn.Module):
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
-                                           dropout_p=self.attn_drop.p if self.training else 0.0)
+        bias = attn_mask
+        if self.rel_pos is not None:
+            bias = self.rel_pos() if bias is None else bias + self.rel_pos()
+        if self.fused_attn:
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
+                                               dropout_p=self.attn_drop.p if self.training else 0.0)
+        else:
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+            if bias is not None:
+                attn = attn + bias
+            x = self.attn_drop(attn.softmax(dim=-1)) @ v
         x = x.transpose(1, 2).reshape(b, n, c)
         return self.proj(x)
 
@@ -44,10 +71,11 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, num_heads: int, qk_norm: bool = False):
+    def __init__(self, dim: int, num_heads: int, qk_norm: bool = False, fused_attn: bool = True,
+                 rel_pos_tokens: int = 0):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = Attention(dim, num_heads, qk_norm)
+        self.attn = Attention(dim, num_heads, qk_norm, fused_attn, rel_pos_tokens)
         self.ls1 = nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, dim * 4)
@@ -71,13 +99,14 @@ class PatchEmbed(nn.Module):
 
 class TimmStyleViT(nn.Module):
     def __init__(self, img_size: int = 32, patch_size: int = 8, dim: int = 48, depth: int = 4, num_heads: int = 3,
-                 num_classes: int = 10, qk_norm: bool = False):
+                 num_classes: int = 10, qk_norm: bool = False, fused_attn: bool = True, rel_pos: bool = False):
         super().__init__()
         self.patch_embed = PatchEmbed(img_size, patch_size, dim)
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
         self.pos_embed = nn.Parameter(torch.randn(1, self.patch_embed.num_patches + 1, dim) * 0.02)
         self.num_prefix = 1
-        self.blocks = nn.Sequential(*[Block(dim, num_heads, qk_norm) for _ in range(depth)])
+        tokens = self.patch_embed.num_patches + 1 if rel_pos else 0
+        self.blocks = nn.Sequential(*[Block(dim, num_heads, qk_norm, fused_attn, tokens) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.head = nn.Linear(dim, num_classes)
 
