@@ -234,6 +234,7 @@ def test_cli_evaluate_with_a_cnn_recognizer(setup, tmp_path, capsys):
     (lambda c: c["qualities"].append({"name": "Q", "method": "attn", "model": "m.pt",
                                       "options": {"exit_normalization": "zscore"}}), "batching"),
     (lambda c: c.update(fmrs=[0.5, 2.0]), "fmrs"),
+    (lambda c: c.update(variant="erc"), "variant must be one of"),
     (lambda c: c["recognizers"].append({"name": "R"}), "needs a model"),
     (lambda c: c["recognizers"][0].update(std=[0.5, 0.0, 0.5]), "std must be positive"),
 ])

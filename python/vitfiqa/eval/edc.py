@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+VARIANTS = ("crfiqa", "refit", "iso")  # the EDC variants edc_curve computes
 REFIT_GRID = np.round(np.arange(0.0, 0.951, 0.05), 2)
 
 
@@ -393,7 +394,7 @@ def edc_curve(genuine_scores=None, impostor_scores=None, genuine_quality=None, i
         if discard_over == "all" and imp_q is None:
             raise ValueError("discard_over='all' needs impostor_quality")
         return _iso_curve(gen_s, imp_s, gen_q, imp_q, fmr, discard_over, benchmark)
-    raise ValueError(f"unknown EDC variant {variant!r} (crfiqa, refit, iso)")
+    raise ValueError(f"unknown EDC variant {variant!r} ({', '.join(VARIANTS)})")
 
 
 def pauc(curve: EDCCurve, limit: float = 0.3, integration: str | None = None, normalize: str | None = None) -> float:

@@ -283,6 +283,10 @@ def load_config(config: str | os.PathLike | Mapping, base: str | os.PathLike | N
     cfg.fmrs = [float(f) for f in cfg.fmrs]
     if not cfg.fmrs or not all(0 < f < 1 for f in cfg.fmrs):
         raise ConfigError(f"fmrs must be values in (0, 1), got {cfg.fmrs}")
+    from .edc import VARIANTS
+
+    if cfg.variant not in VARIANTS:
+        raise ConfigError(f"variant must be one of {VARIANTS}, got {cfg.variant!r}")
     if not 0 < float(cfg.limit) <= 1:
         raise ConfigError(f"limit must be in (0, 1], got {cfg.limit}")
     if int(cfg.batch_size) <= 0:
