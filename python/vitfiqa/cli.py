@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from .preprocess import DEFAULT_MAX_PIXELS
+from .preprocess import CHANNEL_ORDERS, DEFAULT_MAX_PIXELS
 
 log = logging.getLogger("vitfiqa")
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, help="image decoding threads (default: min(8, cores))")
     s.add_argument("--image-size", type=int, help="input side in pixels (default: the model's recorded input "
                    "contract, else its patch grid)")
-    s.add_argument("--channel-order", choices=("rgb", "bgr"),
+    s.add_argument("--channel-order", choices=CHANNEL_ORDERS,
                    help="channel order the model expects (default: its recorded input contract, else rgb)")
     s.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help=f"skip (with the reason in the table) images larger than this many pixels, read from the "
@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="cpu")
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--image-size", type=int, help="default: the model's recorded input contract, else its patch grid")
-    e.add_argument("--channel-order", choices=("rgb", "bgr"), help="default: the model's record, else rgb")
+    e.add_argument("--channel-order", choices=CHANNEL_ORDERS, help="default: the model's record, else rgb")
     _final_norm_argument(e)
     e.set_defaults(fn=cmd_evaluate)
 

@@ -387,9 +387,9 @@ def check_input_contract(contract: dict) -> dict:
             raise ValueError(f"image_size must be a positive int or [H, W], got {contract['image_size']!r}")
         out["image_size"] = size
     if "channel_order" in contract:
-        if contract["channel_order"] not in ("rgb", "bgr"):
-            raise ValueError(f"channel_order must be 'rgb' or 'bgr', got {contract['channel_order']!r}")
-        out["channel_order"] = contract["channel_order"]
+        from .preprocess import check_channel_order
+
+        out["channel_order"] = check_channel_order(contract["channel_order"])
     if "normalization" in contract:
         norm = contract["normalization"]
         ok = isinstance(norm, dict) and set(norm) == {"mean", "std"} and all(

@@ -16,12 +16,13 @@ import numpy as np
 import torch
 
 DEFAULT_IMAGE_SIZE = (112, 112)
+CHANNEL_ORDERS = ("rgb", "bgr")  # the one list; the CLI's choices and every check read it
 DEFAULT_CHANNEL_ORDER = "rgb"
 DEFAULT_NORMALIZATION = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
 
 
 def check_channel_order(channel_order: str) -> str:
-    if channel_order not in ("rgb", "bgr"):
+    if channel_order not in CHANNEL_ORDERS:
         raise ValueError(f"channel_order must be 'rgb' or 'bgr', got {channel_order!r}")
     return channel_order
 

@@ -30,10 +30,10 @@ import numpy as np
 import torch
 
 from .eval.scores import flip_concat
-from .preprocess import DEFAULT_CHANNEL_ORDER, DEFAULT_IMAGE_SIZE, DEFAULT_NORMALIZATION, normalize_uint8
+from .preprocess import (CHANNEL_ORDERS, DEFAULT_CHANNEL_ORDER, DEFAULT_IMAGE_SIZE, DEFAULT_NORMALIZATION,
+                         check_channel_order, normalize_uint8)
 
 FLIP_MODES = ("concat", "sum", "none")
-CHANNEL_ORDERS = ("rgb", "bgr")
 
 
 def _triple(v, name: str) -> tuple[float, float, float]:
@@ -59,8 +59,8 @@ class Recognizer:
         from . import _core
         from .models import read_input_contract
 
-        if channel_order is not None and channel_order not in CHANNEL_ORDERS:
-            raise ValueError(f"channel_order must be one of {CHANNEL_ORDERS}, got {channel_order!r}")
+        if channel_order is not None:
+            check_channel_order(channel_order)
         if flip not in FLIP_MODES:
             raise ValueError(f"flip must be one of {FLIP_MODES}, got {flip!r}")
         device = str(device)
