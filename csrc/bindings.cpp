@@ -62,6 +62,17 @@ CaptureRequest make_request(std::vector<int64_t> logits_blocks, std::vector<int6
 
 }  // namespace
 
+// The plain forward of either model class: run without the GIL, outputs (tensor or nested tuple) to Python.
+template <class Model>
+py::object forward_to_py(Model& self, const at::Tensor& images) {
+  at::IValue out;
+  {
+    py::gil_scoped_release release;
+    out = self.forward(images);
+  }
+  return ivalue_to_py(out);
+}
+
 PYBIND11_MODULE(_core, m) {
   m.doc() = "vitfiqa C++ core: TorchScript graph capture and quality-method kernels";
 
@@ -103,14 +114,7 @@ PYBIND11_MODULE(_core, m) {
       .def("score", &vitfiqa::score, py::arg("images"), py::arg("options"), py::call_guard<py::gil_scoped_release>())
       .def(
           "forward",
-          [](CaptureModel& self, const at::Tensor& images) {
-            at::IValue out;
-            {
-              py::gil_scoped_release release;
-              out = self.forward(images);
-            }
-            return ivalue_to_py(out);
-          },
+          &forward_to_py<CaptureModel>,
           py::arg("images"))
       .def(
           "capture",
@@ -170,14 +174,7 @@ PYBIND11_MODULE(_core, m) {
           py::arg("data"), py::arg("device") = "cpu", py::arg("dtype") = "float32")
       .def(
           "forward",
-          [](ScriptModel& self, const at::Tensor& images) {
-            at::IValue out;
-            {
-              py::gil_scoped_release release;
-              out = self.forward(images);
-            }
-            return ivalue_to_py(out);
-          },
+          &forward_to_py<ScriptModel>,
           py::arg("images"));
 
   m.def(
