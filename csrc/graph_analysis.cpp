@@ -15,6 +15,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <unordered_map>
+#include <utility>
 
 namespace vitfiqa {
 
@@ -635,39 +636,58 @@ FinalNormChain find_final_norm(Graph& g, Value* last_block_output, ModelInfo& in
   return final_norm_chain(chain, name.empty() ? "layer_norm after the last block" : name, info);
 }
 
-// A layer_norm with the named module's parameters, inserted after the last block's output (for models whose
-// forward does not apply the norm there). Its parameters are read through GetAttr nodes at the top of the
-// graph, like the hoisted reads.
-FinalNormChain named_final_norm(Graph& g, const torch::jit::Module& module, const std::string& path,
-                                Value* last_block_output, ModelInfo& info) {
-  auto fail = [&](const std::string& why) {
-    return std::invalid_argument("final_norm='" + path + "': " + why);
-  };
+std::invalid_argument final_norm_error(const std::string& path, const std::string& why) {
+  return std::invalid_argument("final_norm='" + path + "': " + why);
+}
+
+// The submodule at a dotted path and its value in the graph, read through GetAttr nodes at the top of the graph
+// (like the hoisted parameter reads).
+std::pair<torch::jit::Module, Value*> read_submodule(Graph& g, const torch::jit::Module& module, const std::string& path) {
   std::vector<std::string> parts;
-  {
-    std::istringstream in(path);
-    std::string part;
-    while (std::getline(in, part, '.')) parts.push_back(part);
-  }
+  std::istringstream in(path);
+  for (std::string part; std::getline(in, part, '.');) parts.push_back(part);
   if (parts.empty() || path.back() == '.' ||
       std::any_of(parts.begin(), parts.end(), [](const std::string& p) { return p.empty(); }))
-    throw fail("expected a dotted module path such as 'norm' or 'net.norm'");
+    throw final_norm_error(path, "expected a dotted module path such as 'norm' or 'net.norm'");
   torch::jit::Module mod = module;
   Value* obj = g.inputs().at(0);
   std::string walked;
-  {
-    torch::jit::WithInsertPoint top(g.param_node()->next());
-    for (const auto& part : parts) {
-      walked += (walked.empty() ? "" : ".") + part;
-      if (!mod.hasattr(part) || !mod.attr(part).isModule())
-        throw fail("the model has no submodule '" + walked + "'");
-      mod = mod.attr(part).toModule();
-      obj = g.insertNode(g.createGetAttr(obj, part))->output();
-    }
+  torch::jit::WithInsertPoint top(g.param_node()->next());
+  for (const auto& part : parts) {
+    walked += (walked.empty() ? "" : ".") + part;
+    if (!mod.hasattr(part) || !mod.attr(part).isModule())
+      throw final_norm_error(path, "the model has no submodule '" + walked + "'");
+    mod = mod.attr(part).toModule();
+    obj = g.insertNode(g.createGetAttr(obj, part))->output();
   }
+  return {mod, obj};
+}
+
+// The shape a LayerNorm module normalises: its normalized_shape, else its weight's shape.
+std::vector<int64_t> normalized_shape(const torch::jit::Module& norm, const std::string& path) {
+  std::vector<int64_t> shape;
+  if (norm.hasattr("normalized_shape") && norm.attr("normalized_shape").isTuple()) {
+    for (const auto& e : norm.attr("normalized_shape").toTupleRef().elements()) shape.push_back(e.toInt());
+  } else if (norm.hasattr("weight") && norm.attr("weight").isTensor()) {
+    auto sizes = norm.attr("weight").toTensor().sizes();
+    shape.assign(sizes.begin(), sizes.end());
+  } else {
+    throw final_norm_error(path, "the module keeps neither normalized_shape nor a weight, so its normalised shape is unknown");
+  }
+  return shape;
+}
+
+// A layer_norm with the named module's parameters, inserted after the last block's output (for models whose
+// forward does not apply the norm there).
+FinalNormChain named_final_norm(Graph& g, const torch::jit::Module& module, const std::string& path,
+                                Value* last_block_output, ModelInfo& info) {
+  const auto submodule = read_submodule(g, module, path);
+  const torch::jit::Module& mod = submodule.first;
+  Value* obj = submodule.second;
   const std::string type_name = mod.type()->name() ? mod.type()->name()->name() : "";
   if (type_name.find("LayerNorm") == std::string::npos)
-    throw fail("that module is a " + (type_name.empty() ? std::string("module") : type_name) + ", not a LayerNorm");
+    throw final_norm_error(path, "that module is a " + (type_name.empty() ? std::string("module") : type_name) +
+                                     ", not a LayerNorm");
   auto param = [&](const char* name) -> Value* {
     torch::jit::WithInsertPoint top(obj->node()->next());
     if (mod.hasattr(name) && mod.attr(name).isTensor()) return g.insertNode(g.createGetAttr(obj, name))->output();
@@ -675,15 +695,7 @@ FinalNormChain named_final_norm(Graph& g, const torch::jit::Module& module, cons
   };
   Value* weight = param("weight");
   Value* bias = param("bias");
-  std::vector<int64_t> shape;
-  if (mod.hasattr("normalized_shape") && mod.attr("normalized_shape").isTuple()) {
-    for (const auto& e : mod.attr("normalized_shape").toTupleRef().elements()) shape.push_back(e.toInt());
-  } else if (mod.hasattr("weight") && mod.attr("weight").isTensor()) {
-    auto sizes = mod.attr("weight").toTensor().sizes();
-    shape.assign(sizes.begin(), sizes.end());
-  } else {
-    throw fail("the module keeps neither normalized_shape nor a weight, so its normalised shape is unknown");
-  }
+  std::vector<int64_t> shape = normalized_shape(mod, path);
   double eps = 1e-5;
   if (mod.hasattr("eps") && mod.attr("eps").isDouble()) {
     eps = mod.attr("eps").toDouble();
