@@ -139,7 +139,7 @@ def load_uint8(item: Any, size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
     from .align import FaceCrop
 
     if isinstance(item, FaceCrop):
-        return item.decode(tuple(size) if size is not None else (112, 112), max_pixels)
+        return item.decode(tuple(size) if size is not None else DEFAULT_IMAGE_SIZE, max_pixels)
     arr = _hwc_uint8(item, max_pixels)
     if size is not None and arr.shape[:2] != tuple(size):
         arr = np.asarray(Image.fromarray(np.ascontiguousarray(arr)).resize((size[1], size[0]), Image.BILINEAR))
