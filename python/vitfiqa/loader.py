@@ -63,10 +63,12 @@ def failure_reason(exc: BaseException) -> str:
     return str(exc).replace("\n", " ") or type(exc).__name__
 
 
-def decode_items(items: Sequence[Any], size: tuple[int, int],
-                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, list[int], dict[int, str]]:
+def decode_items(items: Sequence[Any], size: tuple[int, int], max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 strict: bool = False) -> tuple[np.ndarray, list[int], dict[int, str]]:
     """Decode and resize sources -> (uint8 [n_ok,H,W,3], positions of the readable ones, {position: reason}).
-    Runs in a worker thread or process; one call per piece of a batch keeps task overhead small."""
+    Runs in a worker thread or process; one call per piece of a batch keeps task overhead small.
+    strict: the first unusable source raises its exception instead (the in-memory API,
+    :func:`vitfiqa.preprocess.preprocess_images`, where the caller handed over each image itself)."""
     out = np.empty((len(items), size[0], size[1], 3), dtype=np.uint8)
     ok, errors = [], {}
     for i, item in enumerate(items):
@@ -74,6 +76,8 @@ def decode_items(items: Sequence[Any], size: tuple[int, int],
             out[len(ok)] = load_uint8(item, size, max_pixels)
             ok.append(i)
         except DECODE_ERRORS as exc:
+            if strict:
+                raise
             errors[i] = failure_reason(exc)
     return out[:len(ok)], ok, errors
 

@@ -190,9 +190,9 @@ def preprocess_images(images: Any, size: tuple[int, int] = DEFAULT_IMAGE_SIZE, c
         items = [images]
     if len(items) == 0:
         raise ValueError("no images given")
-    out = np.empty((len(items), size[0], size[1], 3), dtype=np.uint8)
-    for i, item in enumerate(items):
-        out[i] = load_uint8(item, size)
+    from .loader import decode_items  # the one per-image loop; imported here, the loader builds on this module
+
+    out, _, _ = decode_items(items, size, strict=True)  # an image of the caller's that cannot be used raises
     return normalize_uint8(torch.from_numpy(out), channel_order=channel_order, normalization=normalization)
 
 
