@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <unordered_map>
 #include <unordered_set>
+#include <utility>
 
 namespace vitfiqa {
 
@@ -104,21 +105,19 @@ Value* exit_target(const ModelLayout& layout, int64_t exit_output) {
   return ret;
 }
 
+std::vector<int64_t> sorted_unique(std::vector<int64_t> v) {
+  std::sort(v.begin(), v.end());
+  v.erase(std::unique(v.begin(), v.end()), v.end());
+  return v;
+}
+
 // The blocks whose attention is tapped: the logits' blocks, and for fused attention also the probabilities'
 // (recomputed from q and k), sorted, once each.
 std::vector<int64_t> attention_blocks(const ModelLayout& layout, const CaptureRequest& req) {
   std::vector<int64_t> blocks = req.logits_blocks;
   if (layout.info.attention_kind == AttentionKind::ScaledDotProduct)
     blocks.insert(blocks.end(), req.probs_blocks.begin(), req.probs_blocks.end());
-  std::sort(blocks.begin(), blocks.end());
-  blocks.erase(std::unique(blocks.begin(), blocks.end()), blocks.end());
-  return blocks;
-}
-
-std::vector<int64_t> sorted_unique(std::vector<int64_t> v) {
-  std::sort(v.begin(), v.end());
-  v.erase(std::unique(v.begin(), v.end()), v.end());
-  return v;
+  return sorted_unique(std::move(blocks));
 }
 
 // Rejects requests the layout cannot serve: block indices out of range, block outputs or a final norm that the
