@@ -206,8 +206,7 @@ def cmd_evaluate(args) -> int:
         raise CLIError(f"the quality model takes {qm.image_size} images and the FR model {fr.image_size}; "
                        "pass --image-size to use one size for both")
     ds = load_bin(args.bin, image_size=qm.image_size)
-    quality = score_image_set(qm, ds, methods=list(config.methods), config=config, batch_size=args.batch_size,
-                              progress=not args.quiet)
+    quality = score_image_set(qm, ds, config=config, batch_size=args.batch_size, progress=not args.quiet)
     emb, ok = None, np.zeros(len(ds), bool)
     for idx, imgs in ds.batches(args.batch_size):
         e = fr.embed(imgs)

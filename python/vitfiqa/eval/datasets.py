@@ -608,10 +608,11 @@ def ijbc_templates(features, quality, template, media) -> tuple[np.ndarray, np.n
     return tids, tfeat, template_quality(quality, template)
 
 
-def score_image_set(model, dataset: ImageSet, methods=("attn", "vitnt"), batch_size: int = 64,
+def score_image_set(model, dataset: ImageSet, methods=None, batch_size: int = 64,
                     progress: bool = True, **score_kwargs) -> dict[str, np.ndarray]:
     """Quality of every image of a benchmark with a :class:`vitfiqa.QualityModel`; unreadable images get
-    NaN (they are listed in ``dataset.errors``)."""
+    NaN (they are listed in ``dataset.errors``). ``methods`` and ``score_kwargs`` (e.g. ``config=``) as
+    :meth:`vitfiqa.QualityModel.score` (None: the config's methods)."""
     from tqdm.auto import tqdm
 
     out: dict[str, np.ndarray] = {}

@@ -289,8 +289,12 @@ def load_config(config: str | os.PathLike | Mapping, base: str | os.PathLike | N
         raise ConfigError(f"variant must be one of {VARIANTS}, got {cfg.variant!r}")
     if not 0 < float(cfg.limit) <= 1:
         raise ConfigError(f"limit must be in (0, 1], got {cfg.limit}")
-    if int(cfg.batch_size) <= 0:
-        raise ConfigError("batch_size must be positive")
+    from ..results import check_batch_size
+
+    try:
+        check_batch_size(cfg.batch_size)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return cfg
 
 
