@@ -171,7 +171,7 @@ def decode_csv(data: bytes, columns: Sequence[str], keys: Sequence[str]) -> dict
 class ScoreTable:
     """A results table folder (see the module documentation). Opening one for a run::
 
-        table = ScoreTable(out, paths=paths, keys=score_keys, batch_size=64, run={...})
+        table = ScoreTable(out, paths=paths, keys=model.columns(config), batch_size=64, run={...})
         for start in table.pending_batches(): ...; table.commit(columns_of_that_batch)
         table.frame(); table.export("scores.csv")
 
