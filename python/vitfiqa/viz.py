@@ -9,10 +9,12 @@ import numpy as np
 def _to_uint8_image(image) -> np.ndarray:
     import torch
 
+    from .preprocess import denormalize_to_uint8
+
     if isinstance(image, torch.Tensor):
         t = image.detach().float().cpu()
-        if t.dim() == 3 and t.shape[0] == 3:  # preprocessed CHW in [-1, 1]
-            t = ((t * 0.5 + 0.5).clamp(0, 1) * 255).permute(1, 2, 0)
+        if t.dim() == 3 and t.shape[0] == 3:  # preprocessed CHW (the default normalisation: [-1, 1])
+            t = denormalize_to_uint8(t[None])[0]
         image = t.numpy()
     a = np.asarray(image)
     if a.dtype != np.uint8:
