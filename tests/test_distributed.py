@@ -80,7 +80,7 @@ def test_cli_ray_flag(local_ray, images, model_cases, tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, exc, msg", [
-    (dict(paths=[]), ValueError, "no image paths"),
+    (dict(sources=[]), ValueError, "no image paths"),
     (dict(methods=["bogus"]), ValueError, "unknown method"),
     (dict(model="missing.pt"), FileNotFoundError, "model file not found"),
     (dict(model=b"junk"), ValueError, "could not load a TorchScript model"),
@@ -92,7 +92,7 @@ def test_cli_ray_flag(local_ray, images, model_cases, tmp_path):
     (dict(vitnt_weighting="bogus"), (ValueError, RuntimeError), "weighting"),
 ])
 def test_ray_rejects_bad_input(kwargs, exc, msg, local_ray, images, model_cases, tmp_path):
-    kwargs = {"model": model_cases["insightface-script"].path, "paths": images[:4],
+    kwargs = {"model": model_cases["insightface-script"].path, "sources": images[:4],
               "out_dir": tmp_path / "o", "progress": False, **kwargs}
     with pytest.raises(exc, match=msg):
         score_with_ray(**kwargs)
