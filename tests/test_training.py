@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from vitfiqa.models import ViTFIQA, load_official_state_dict
-from vitfiqa.training import InMemoryDataset, certainty_ratio, train_vitfiqa
+from vitfiqa.training import InMemoryDataset, MarginSoftmax, TrainingResult, certainty_ratio, train_vitfiqa
 
 
 def identity_data(n_ids=8, per_id=80, seed=0):
@@ -34,19 +34,24 @@ def test_training_loss_falls_and_quality_tracks_cr(tmp_path):
     x, ids = identity_data()
     train, held = InMemoryDataset(x[:512], ids[:512]), (x[512:], ids[512:])
     model = small_model()
-    hist = train_vitfiqa(model, train, epochs=12, batch_size=64, lr=2e-3, s=16.0, m=0.2,
-                         checkpoint_dir=tmp_path / "ckpt", progress=False)
-    loss = np.array(hist["loss"])
+    run = train_vitfiqa(model, train, epochs=12, batch_size=64, lr=2e-3, s=16.0, m=0.2,
+                        checkpoint_dir=tmp_path / "ckpt", progress=False)
+    assert isinstance(run, TrainingResult) and len(run.loss) == len(run.fr) == len(run.quality) == 12 * 8
+    assert run.epochs == []  # no after_epoch given
+    loss = np.array(run.loss)
     assert loss[-8:].mean() < 0.7 * loss[:8].mean()
     with torch.no_grad():
         emb, q = model(held[0])
-        cr = certainty_ratio(hist["head"].cosine(emb), held[1])
+        cr = certainty_ratio(run.head.cosine(emb), held[1])
     rho = spearman(q.reshape(-1).numpy(), cr.numpy())
     assert rho > 0.3, rho
     # Resume: asking for 13 epochs continues from the saved 12 and adds exactly one epoch of steps.
     more = train_vitfiqa(small_model(), train, epochs=13, batch_size=64, lr=2e-3, s=16.0, m=0.2,
-                         checkpoint_dir=tmp_path / "ckpt", progress=False)
-    assert len(more["loss"]) == len(hist["loss"]) + 8
+                         checkpoint_dir=tmp_path / "ckpt", progress=False,
+                         after_epoch=lambda epoch, model, head: {"head_rows": head.weight.shape[0]})
+    assert len(more.loss) == len(run.loss) + 8
+    assert more.epochs == [{"epoch": 13, "head_rows": 8}]
+    assert isinstance(more.head, MarginSoftmax)
 
 
 def test_certainty_ratio_definition():
