@@ -75,7 +75,7 @@ DECISIONS = {
     "channel_order_check": ("validations", "channel-order vocabulary rgb/bgr spelled, per function"),
     "extension_list": ("inputs", "an image file-extension list"),
     "normaliser": ("inputs", "the (x/255 - 0.5)/0.5 normaliser computed"),
-    "inverse_normaliser": ("inputs", "the inverse normaliser x*0.5+0.5 computed"),
+    "inverse_normaliser": ("inputs", "the inverse normaliser x*0.5+0.5 (x*std+mean) computed"),
     "image_decoder": ("inputs", "an image decoder call (PIL Image.open, cv2.imread/imdecode, ...)"),
     "heatmap_minmax": ("inputs", "heatmap min-max normalisation computed"),
 }
@@ -226,7 +226,7 @@ LINE_RULES = [  # (decision, regex) applied to comment- and docstring-free code 
     ("channel_order_check", re.compile(r"[\"']rgb[\"']\s*(or|,)\s*[\"']bgr[\"']")),
     ("heatmap_mode_check", re.compile(r"image[\"']?\s*(,|or|\|)\s*[\"']?global")),
     ("normaliser", re.compile(r"/\s*255(\.0*)?\s*-\s*(0\.5|mean)|/\s*127\.5|-\s*127\.5|/\s*255(\.0*)?\s*\*\s*2(\.0*)?\s*-\s*1")),
-    ("inverse_normaliser", re.compile(r"\*\s*0\.5\s*\+\s*0\.5|\*\s*127\.5\s*\+\s*127\.5")),
+    ("inverse_normaliser", re.compile(r"\*\s*0\.5\s*\+\s*0\.5|\*\s*127\.5\s*\+\s*127\.5|\*\s*std\s*\+\s*mean")),
     ("image_decoder", re.compile(r"Image\.open\(|cv2\.(imread|imdecode)\(|imageio\.\w*read|decode_(jpeg|image)\(")),
     ("method_list", re.compile(r"\battn\b[\"']?\s*,\s*[\"']?vitnt\b[\"']?\s*,\s*[\"']?vitfiqa\b")),
 ]

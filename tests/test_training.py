@@ -88,6 +88,20 @@ def test_export_torchscript_roundtrip(tmp_path, method):
     torch.testing.assert_close(m.score(x, methods=["vitfiqa"]).scores["vitfiqa"], expected, rtol=1e-5, atol=1e-7)
 
 
+def test_export_trace_without_example_uses_the_contract_size(tmp_path):
+    import vitfiqa
+    from vitfiqa.models import export_torchscript
+
+    model = small_model().eval()  # 32x32 input: the standard 112x112 example would not fit it
+    path = export_torchscript(model, str(tmp_path / "m.pt"), "trace", input_contract={"image_size": 32})
+    x = torch.randn(3, 3, 32, 32)  # another batch size than the tracing example's
+    with torch.no_grad():
+        expected = model(x)[1].reshape(-1).double()
+    m = vitfiqa.load(path)
+    assert m.image_size == (32, 32)
+    torch.testing.assert_close(m.score(x, methods=["vitfiqa"]).scores["vitfiqa"], expected, rtol=1e-5, atol=1e-7)
+
+
 class _Payload:
     def __init__(self, marker):
         self.marker = str(marker)
