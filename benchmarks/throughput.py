@@ -21,8 +21,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 import vitfiqa  # noqa: E402
+from vitfiqa.loader import ImageLoader, to_model_input  # noqa: E402
 from vitfiqa.models import face_vit  # noqa: E402
-from vitfiqa.pipeline import ImageLoader, score_files, to_model_input  # noqa: E402
+from vitfiqa.pipeline import score_files  # noqa: E402
 
 from _common import MALLOC_NOTE_DEFAULT, MALLOC_NOTE_TUNED, machine, malloc_tuned, write_table  # noqa: E402
 

@@ -7,10 +7,10 @@ import os
 import sys
 from pathlib import Path
 
+from .loader import IMAGE_EXTENSIONS, is_image_file
 from .preprocess import CHANNEL_ORDERS, DEFAULT_MAX_PIXELS
 
 log = logging.getLogger("vitfiqa")
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 class CLIError(Exception):
@@ -21,9 +21,9 @@ def _image_list(spec: str) -> list[str]:
     """Absolute image paths (so a table started here can be resumed from another folder, or on Ray)."""
     p = Path(spec).absolute()
     if p.is_dir():
-        files = sorted(str(f) for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTS)
+        files = sorted(str(f) for f in p.rglob("*") if is_image_file(f))
         if not files:
-            raise CLIError(f"no images ({', '.join(sorted(IMAGE_EXTS))}) found in {p}")
+            raise CLIError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found in {p}")
         return files
     if p.is_file():
         base = p.parent
@@ -141,7 +141,8 @@ def cmd_evaluate(args) -> int:
     import numpy as np
 
     import vitfiqa
-    from vitfiqa.eval import comparison_scores, evaluate, load_bin, plot_edc, score_image_set, to_latex, to_markdown
+    from vitfiqa.eval import (comparison_scores, evaluate, extract_embeddings, load_bin, plot_edc, score_image_set,
+                              to_latex, to_markdown)
     from vitfiqa.recognizer import Recognizer
 
     methods = _methods(args.methods)
@@ -160,11 +161,12 @@ def cmd_evaluate(args) -> int:
     ds = load_bin(args.bin, image_size=qm.image_size)
     quality = score_image_set(qm, ds, methods=methods, batch_size=args.batch_size, progress=not args.quiet)
     emb, ok = None, np.zeros(len(ds), bool)
-    for idx, imgs in ds.batches(args.batch_size):
-        e = fr.embed(imgs)
+    for batch, e in extract_embeddings(fr, ds, args.batch_size):
+        if e is None:
+            continue
         if emb is None:
             emb = np.ones((len(ds), e.shape[1]), dtype=np.float32)
-        emb[idx], ok[idx] = e, True
+        emb[batch.ok], ok[batch.ok] = e, True
     if emb is None:
         raise CLIError(f"no image of {args.bin} could be read")
     sims = comparison_scores(emb, ds.pairs)

@@ -1,30 +1,22 @@
-"""Streaming scoring of image files: decode + preprocess on worker threads, score on the model's device.
+"""Streaming scoring of image files: the package's one loader (:mod:`vitfiqa.loader`) decodes on worker
+threads or processes, the model scores on its device, results go to a results table.
 
 This is the one path from files to scores. The CLI, :mod:`vitfiqa.distributed` (each Ray actor runs it on its
 share) and ``benchmarks/throughput.py`` all use it, so a data set scored locally and on a cluster is cut into
 the same batches and gets the same numbers.
-
-Decoding overlaps with scoring: worker threads decode the next ``prefetch`` batches (Pillow releases the GIL
-while decoding and resizing; the C++ core releases it for the forward pass). Batches travel as uint8 NHWC,
-four times fewer bytes than float32. For CUDA they are written straight into pinned host memory and copied
-asynchronously, then scaled to [-1, 1] on the GPU.
 """
 from __future__ import annotations
 
-import atexit
-import multiprocessing
 import os
-from collections import deque
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Collection, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
-import torch
 
 from .api import METHODS, QualityModel, QualityResult
-from .preprocess import DEFAULT_MAX_PIXELS, load_uint8, normalize_uint8
+from .loader import ImageBatch, ImageLoader, to_model_input
+from .preprocess import DEFAULT_MAX_PIXELS
 
 
 def score_keys(methods: Sequence[str], exit_depths: Sequence[int] = ()) -> list[str]:
@@ -46,19 +38,6 @@ def check_batch_independent(score_options: dict) -> None:
 
 def _methods_list(methods: Sequence[str] | str) -> list[str]:
     return [m.strip() for m in methods.split(",") if m.strip()] if isinstance(methods, str) else list(methods)
-
-
-@dataclass
-class ImageBatch:
-    """One batch of the input list: ``paths[start:start+len(paths)]``. ``images`` holds the decodable ones
-    (uint8 [b,H,W,3], pinned when staged for CUDA), at positions ``ok`` of ``paths``; ``errors`` maps the
-    other positions to the reason."""
-
-    start: int
-    paths: list[str]
-    ok: list[int]
-    images: torch.Tensor | None
-    errors: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -86,127 +65,6 @@ class ScoredBatch:
             cols[k] = col
         cols["error"] = [self.batch.errors.get(i, "") for i in range(n)]
         return cols
-
-
-def decode_files(paths: Sequence[str], size: tuple[int, int], max_pixels: int | None = DEFAULT_MAX_PIXELS):
-    """Decode and resize files -> (uint8 [n_ok,H,W,3], positions of the readable ones, {position: reason}).
-    Runs in a worker thread or process; one call per piece of a batch keeps task overhead small. A file that
-    cannot be used for any reason (missing, undecodable, truncated, above ``max_pixels``, unsupported mode)
-    is a skip with its reason, never the end of the run."""
-    out = np.empty((len(paths), size[0], size[1], 3), dtype=np.uint8)
-    ok, errors = [], {}
-    for i, path in enumerate(paths):
-        try:
-            out[len(ok)] = load_uint8(path, size, max_pixels)
-            ok.append(i)
-        except (OSError, ValueError, TypeError, MemoryError) as exc:
-            errors[i] = str(exc).replace("\n", " ") or type(exc).__name__
-    return out[:len(ok)], ok, errors
-
-
-_PROCESS_POOLS: dict[int, ProcessPoolExecutor] = {}
-
-
-def _process_pool(workers: int) -> ProcessPoolExecutor:
-    """A per-process pool of decoding processes, kept for reuse (a Ray actor scores many batches).
-    forkserver: children never inherit the parent's threads or CUDA context; the server imports vitfiqa once
-    and forks each child from it, so libtorch's pages are shared, not loaded per child."""
-    pool = _PROCESS_POOLS.get(workers)
-    if pool is None:
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["vitfiqa.pipeline"])
-        pool = _PROCESS_POOLS[workers] = ProcessPoolExecutor(workers, mp_context=ctx)
-    return pool
-
-
-@atexit.register
-def _close_pools() -> None:
-    for pool in _PROCESS_POOLS.values():
-        pool.shutdown(wait=False, cancel_futures=True)
-    _PROCESS_POOLS.clear()
-
-
-class ImageLoader:
-    """Iterate over ``paths`` in batches of ``batch_size`` (``paths[s:s+batch_size]``; the offsets in ``skip``
-    are left out), decoding ``prefetch`` batches ahead on ``workers`` threads (or processes). Unreadable files
-    do not stop the run: they are reported in :attr:`ImageBatch.errors`.
-
-    processes=True decodes in worker processes: Pillow's decoder runs without the GIL, but opening, converting
-    and copying an image holds it for about as long again (measured: ~0.25 of ~0.5 ms for a 112x112 JPEG), so
-    threads top out near 2-4k images/s per Python process, fewer than a GPU can score."""
-
-    def __init__(self, paths: Sequence[str], batch_size: int = 64, size: tuple[int, int] = (112, 112),
-                 workers: int | None = None, prefetch: int = 2, pin_memory: bool = False, start: int = 0,
-                 processes: bool = False, skip: Collection[int] = (), max_pixels: int | None = DEFAULT_MAX_PIXELS):
-        if batch_size <= 0:
-            raise ValueError("batch_size must be positive")
-        if prefetch < 1:
-            raise ValueError("prefetch must be at least 1")
-        if workers is not None and workers < 1:
-            raise ValueError("workers must be at least 1")
-        # Items are paths, encoded bytes or aligned face crops (anything preprocess.load_uint8 reads).
-        self.paths = [os.fspath(p) if isinstance(p, os.PathLike) else p for p in paths]
-        self.batch_size = batch_size
-        self.size = tuple(size)
-        self.workers = workers or min(8, os.cpu_count() or 1)
-        self.prefetch = prefetch
-        self.pin_memory = pin_memory
-        self.start = start
-        self.processes = processes
-        self.max_pixels = max_pixels
-        self.skip = frozenset(skip)  # batch offsets (into paths) already done, e.g. committed to a results table
-
-    def __len__(self) -> int:
-        return len(range(0, len(self.paths), self.batch_size)) - len(self.skip)
-
-    def __iter__(self) -> Iterator[ImageBatch]:
-        chunks = [(s, self.paths[s:s + self.batch_size]) for s in range(0, len(self.paths), self.batch_size)
-                  if s not in self.skip]
-        threads = None if self.processes else ThreadPoolExecutor(self.workers, thread_name_prefix="vitfiqa-decode")
-        pool = threads or _process_pool(self.workers)
-        # Each batch is cut into one piece per worker, so even a single batch is decoded in parallel.
-        step = max(1, -(-self.batch_size // self.workers))
-        try:
-            pending: deque = deque()
-            it = iter(chunks)
-
-            def submit() -> None:
-                nxt = next(it, None)
-                if nxt is not None:
-                    pieces = [nxt[1][i:i + step] for i in range(0, len(nxt[1]), step)]
-                    pending.append((nxt, [pool.submit(decode_files, piece, self.size, self.max_pixels)
-                                           for piece in pieces]))
-
-            for _ in range(self.prefetch):
-                submit()
-            while pending:
-                (offset, chunk), futures = pending.popleft()
-                submit()  # keep `prefetch` batches decoding while this one is assembled and scored
-                yield self._assemble(self.start + offset, chunk, [f.result() for f in futures], step)
-        finally:
-            if threads is not None:
-                threads.shutdown(wait=True, cancel_futures=True)
-
-    def _assemble(self, start: int, chunk: list[str], pieces: list, step: int) -> ImageBatch:
-        ok = [p * step + i for p, (_, piece_ok, _) in enumerate(pieces) for i in piece_ok]
-        errors = {p * step + i: e for p, (_, _, errs) in enumerate(pieces) for i, e in errs.items()}
-        images = None
-        if ok:
-            h, w = self.size
-            images = torch.empty((len(ok), h, w, 3), dtype=torch.uint8, pin_memory=self.pin_memory)
-            view = images.numpy()
-            j = 0
-            for arr, _, _ in pieces:
-                view[j:j + len(arr)] = arr
-                j += len(arr)
-        return ImageBatch(start, list(chunk), ok, images, errors)
-
-
-def to_model_input(images: torch.Tensor, model: QualityModel) -> torch.Tensor:
-    """uint8 RGB NHWC batch -> the model's device and dtype, in the model's channel order and normalisation
-    (non-blocking from pinned memory)."""
-    x = images.to(model.device, non_blocking=images.is_pinned())
-    return normalize_uint8(x, model.dtype, model.channel_order, model.normalization)
 
 
 HEATMAP_FORMATS = ("png", "npy")

@@ -79,7 +79,8 @@ def read_image(src: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str 
     caller can skip the image and go on."""
     from PIL import Image
 
-    label = name or (str(src) if isinstance(src, (str, os.PathLike)) else "image")
+    label = name or (str(src) if isinstance(src, (str, os.PathLike)) else
+                     "(encoded bytes)" if isinstance(src, (bytes, bytearray, memoryview)) else "(file object)")
     if isinstance(src, (str, os.PathLike)) and not Path(src).is_file():
         raise FileNotFoundError(f"image file not found: {src}")
     if isinstance(src, (bytes, bytearray, memoryview)):
@@ -98,7 +99,8 @@ def read_image(src: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str 
     except (_TooLarge, Image.DecompressionBombError) as exc:  # Pillow's own limit is checked inside open()
         raise ValueError(f"image {label} not decoded: {exc}") from None
     except Exception as exc:  # untrusted bytes: Pillow's decoders raise many types (OSError, SyntaxError, ...)
-        msg = str(exc).replace("\n", " ") or type(exc).__name__
+        # Pillow names a file object by its repr (an address): left out, so a reason is the same on every run
+        msg = str(exc).replace(f" {src!r}", "").replace("\n", " ") or type(exc).__name__
         raise ValueError(f"cannot read image {label}: {msg}") from None
 
 
@@ -137,7 +139,7 @@ def load_uint8(item: Any, size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
     from .align import FaceCrop
 
     if isinstance(item, FaceCrop):
-        return item.decode(tuple(size) if size is not None else (112, 112), max_pixels)
+        return item.decode(tuple(size) if size is not None else DEFAULT_IMAGE_SIZE, max_pixels)
     arr = _hwc_uint8(item, max_pixels)
     if size is not None and arr.shape[:2] != tuple(size):
         arr = np.asarray(Image.fromarray(np.ascontiguousarray(arr)).resize((size[1], size[0]), Image.BILINEAR))
@@ -154,11 +156,26 @@ def normalize_uint8(batch: torch.Tensor, dtype: torch.dtype = torch.float32, cha
     x = batch.permute(0, 3, 1, 2).to(torch.float32)
     if check_channel_order(channel_order) == "bgr":
         x = x.flip(1)
-    norm = normalization or DEFAULT_NORMALIZATION
-    mean = torch.tensor(norm["mean"], dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(norm["std"], dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    mean, std = _mean_std(normalization, x.device)
     x = (x / 255.0 - mean) / std
     return x.to(dtype).contiguous()
+
+
+def denormalize_to_uint8(x: torch.Tensor, channel_order: str = "rgb", normalization: dict | None = None) -> torch.Tensor:
+    """The inverse of :func:`normalize_uint8` for display: float NCHW model input -> uint8 RGB NHWC on the CPU
+    (``(x * std + mean)`` clipped to [0, 1], times 255, truncated)."""
+    x = x.detach().to(torch.float32)
+    mean, std = _mean_std(normalization, x.device)
+    x = ((x * std + mean).clamp(0, 1) * 255).to(torch.uint8)
+    if check_channel_order(channel_order) == "bgr":
+        x = x.flip(1)
+    return x.permute(0, 2, 3, 1).cpu()
+
+
+def _mean_std(normalization: dict | None, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std of a normalisation ({"mean": [3], "std": [3]}; default 0.5, 0.5) as [1,3,1,1]."""
+    norm = normalization or DEFAULT_NORMALIZATION
+    return tuple(torch.tensor(norm[k], dtype=torch.float32, device=device).view(1, 3, 1, 1) for k in ("mean", "std"))
 
 
 def preprocess_images(images: Any, size: tuple[int, int] = DEFAULT_IMAGE_SIZE, channel_order: str = "rgb",
@@ -173,9 +190,9 @@ def preprocess_images(images: Any, size: tuple[int, int] = DEFAULT_IMAGE_SIZE, c
         items = [images]
     if len(items) == 0:
         raise ValueError("no images given")
-    out = np.empty((len(items), size[0], size[1], 3), dtype=np.uint8)
-    for i, item in enumerate(items):
-        out[i] = load_uint8(item, size)
+    from .loader import decode_items  # the one per-image loop; imported here, the loader builds on this module
+
+    out, _, _ = decode_items(items, size, strict=True)  # an image of the caller's that cannot be used raises
     return normalize_uint8(torch.from_numpy(out), channel_order=channel_order, normalization=normalization)
 
 

@@ -30,8 +30,9 @@ import numpy as np
 import torch
 
 from .eval.scores import flip_concat
+from .loader import to_model_input
 from .preprocess import (CHANNEL_ORDERS, DEFAULT_CHANNEL_ORDER, DEFAULT_IMAGE_SIZE, DEFAULT_NORMALIZATION,
-                         check_channel_order, normalize_uint8)
+                         check_channel_order)
 
 FLIP_MODES = ("concat", "sum", "none")
 
@@ -105,8 +106,12 @@ class Recognizer:
             raise ValueError(f"images are {tuple(x.shape[1:3])}, the recognizer expects {self.image_size}")
         if x.shape[0] == 0:
             raise ValueError("empty image batch")
-        return normalize_uint8(x.to(self.device), self.dtype, self.channel_order,
-                               {"mean": list(self.mean), "std": list(self.std)})
+        return to_model_input(x, self)
+
+    @property
+    def normalization(self) -> dict:
+        """``{"mean": [3], "std": [3]}`` applied to x/255, the form :func:`vitfiqa.loader.to_model_input` reads."""
+        return {"mean": list(self.mean), "std": list(self.std)}
 
     def forward(self, x: torch.Tensor) -> np.ndarray:
         """The model's forward on a prepared batch -> float32 embeddings [B, D]."""

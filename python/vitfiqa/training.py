@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .loader import is_image_file
 from .preprocess import DEFAULT_IMAGE_SIZE
 
 
@@ -105,15 +106,14 @@ class InMemoryDataset(torch.utils.data.Dataset):
 
 
 class FolderDataset(torch.utils.data.Dataset):
-    """``root/<identity>/<image>`` (any PIL-readable image), preprocessed to ``size`` like the face models."""
-
-    EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+    """``root/<identity>/<image>`` (files named as images: :data:`vitfiqa.loader.IMAGE_EXTENSIONS`), preprocessed
+    to ``size`` like the face models."""
 
     def __init__(self, root: str | os.PathLike, size=DEFAULT_IMAGE_SIZE):
         root = Path(root)
         classes = sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
         self.items = [(p, c) for c, name in enumerate(classes) for p in sorted((root / name).iterdir())
-                      if p.suffix.lower() in self.EXTS]
+                      if is_image_file(p)]
         if not self.items:
             raise ValueError(f"no identity folders with images under {root}")
         self.size, self.classes = tuple(size), classes

@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from .api import render_heatmaps
-from .preprocess import DEFAULT_NORMALIZATION
+from .preprocess import denormalize_to_uint8
 
 
 def _to_uint8_image(image, normalization: dict | None = None) -> np.ndarray:
@@ -22,10 +22,7 @@ def _to_uint8_image(image, normalization: dict | None = None) -> np.ndarray:
     if isinstance(image, torch.Tensor):
         t = image.detach().float().cpu()
         if t.dim() == 3 and t.shape[0] == 3:  # preprocessed CHW: (x/255 - mean) / std
-            norm = normalization or DEFAULT_NORMALIZATION
-            mean = torch.tensor(norm["mean"], dtype=torch.float32).view(3, 1, 1)
-            std = torch.tensor(norm["std"], dtype=torch.float32).view(3, 1, 1)
-            t = ((t * std + mean).clamp(0, 1) * 255).permute(1, 2, 0)
+            t = denormalize_to_uint8(t[None], normalization=normalization)[0]
         image = t.numpy()
     a = np.asarray(image)
     if a.dtype != np.uint8:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..loader import to_model_input
+from ..preprocess import load_uint8
 from .faces import HELD_OUT, render_faces
 
 # degradation -> parameter at levels 1..4 (level 0 = the clean image)
@@ -56,7 +58,7 @@ def degrade(image: np.ndarray, kind: str, value: float, rng: np.random.Generator
     if kind == "jpeg":
         buf = io.BytesIO()
         Image.fromarray(image).save(buf, format="JPEG", quality=int(value))
-        return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+        return load_uint8(buf.getvalue(), size=None)  # decoded as every image file is (vitfiqa.loader)
     if kind in ("overexposure", "underexposure"):
         return np.clip(image.astype(np.float32) * value, 0, 255).astype(np.uint8)
     raise ValueError(f"unknown degradation {kind!r}")
@@ -128,11 +130,20 @@ def run_demo(out_dir: str | Path = "vitfiqa-demo", identities: int = 150, sample
     log(f"rendered {identities * samples} held-out faces, {len(images)} images with degradations "
         f"({time.time() - t0:.0f} s)")
 
-    batch = list(images)
-    r1 = rec.score(batch, methods=("attn", "vitnt"), batch_size=256)
-    r2 = qm.score(batch, methods=("vitfiqa", "exfiqa"), batch_size=256)
-    embeddings = np.concatenate([rec.forward(images[i:i + 256]).numpy() for i in range(0, len(images), 256)])
-    scores = {**r1.numpy(), **r2.numpy()}
+    # The uint8 images are normalised once per batch for each model (the loader's to_model_input), then scored
+    # and embedded from that one input.
+    parts: dict[str, list] = {}
+    embedding_parts = []
+    for i in range(0, len(images), 256):
+        chunk = images[i:i + 256]
+        x = to_model_input(chunk, rec)
+        for r in (rec.score(x, methods=("attn", "vitnt"), preprocess=False),
+                  qm.score(to_model_input(chunk, qm), methods=("vitfiqa", "exfiqa"), preprocess=False)):
+            for k, v in r.numpy().items():
+                parts.setdefault(k, []).append(v)
+        embedding_parts.append(rec.forward(x, preprocess=False).numpy())
+    scores = {k: np.concatenate(v) for k, v in parts.items()}
+    embeddings = np.concatenate(embedding_parts)
     methods = {"ATTN-FIQA": "attn", "ViTNT-FIQA": "vitnt", "ViT-FIQA": "vitfiqa", "EX-FIQA (FW)": "exfiqa_FW"}
     for name, key in methods.items():
         frame[name] = scores[key]

@@ -1,7 +1,9 @@
 """Benchmark loaders. Every loader returns an :class:`ImageSet`: image sources (paths, encoded bytes or
 landmark-aligned :class:`vitfiqa.align.FaceCrop`), stable image keys, and the comparison pairs. Images are
-decoded by the package's one image loader (:class:`vitfiqa.pipeline.ImageLoader`); a corrupt entry is
-reported with its index (``dataset.errors``) and skipped unless ``strict=True``. Text files may start with a
+decoded by the package's one image loader (:class:`vitfiqa.loader.ImageLoader`); a corrupt entry is
+reported with its index (``dataset.errors``) and skipped unless ``strict=True``. Quality scores
+(:func:`score_image_set`) and embeddings (:func:`extract_embeddings`) are computed from its uint8 batches,
+normalised once for the model (:func:`vitfiqa.loader.to_model_input`). Text files may start with a
 UTF-8 byte-order mark.
 
 - insightface ``.bin`` (LFW, AgeDB-30, CALFW, CPLFW, CFP-FP): pickle of (list of encoded images, issame
@@ -28,7 +30,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..preprocess import DEFAULT_MAX_PIXELS, load_uint8
+from ..loader import ImageLoader, decode_items, to_model_input
+from ..preprocess import DEFAULT_IMAGE_SIZE, DEFAULT_MAX_PIXELS
 from .scores import Pairs, l2_normalize
 
 log = logging.getLogger("vitfiqa.eval")
@@ -60,13 +63,17 @@ class ImageSet:
     sources: Sequence
     pairs: Pairs
     strict: bool = False
-    image_size: tuple[int, int] | None = (112, 112)
+    image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE
     errors: list[tuple[int, str]] = field(default_factory=list)
     keys: list[str] | None = None
     templates: Templates | None = None
     max_pixels: int | None = DEFAULT_MAX_PIXELS
 
     def __post_init__(self):
+        size = (self.image_size,) * 2 if isinstance(self.image_size, int) else tuple(self.image_size or ())
+        if len(size) != 2 or min(size) <= 0:
+            raise ValueError(f"image_size must be (height, width) in pixels, got {self.image_size!r}")
+        self.image_size = (int(size[0]), int(size[1]))
         if self.keys is None:
             self.keys = [str(s) if isinstance(s, (str, os.PathLike)) else str(i) for i, s in enumerate(self.sources)]
         if len(self.keys) != len(self.sources):
@@ -80,28 +87,27 @@ class ImageSet:
         return len(self.sources)
 
     def load(self, index: int) -> np.ndarray:
-        """Image ``index`` as uint8 HxWx3 RGB (resized to ``image_size``; high-bit-depth images scaled, see
-        :func:`vitfiqa.preprocess.read_image`). Raises CorruptEntry for any unreadable image."""
-        try:
-            return load_uint8(self.sources[index], self.image_size, self.max_pixels)
-        except (OSError, ValueError, TypeError, MemoryError) as exc:
-            raise CorruptEntry(f"{self.name}: image {index} cannot be decoded: {exc}") from None
+        """Image ``index`` as uint8 HxWx3 RGB, decoded as :meth:`iter_batches` decodes it (resized to
+        ``image_size``; high-bit-depth images scaled, see :func:`vitfiqa.preprocess.read_image`). Raises
+        CorruptEntry for any unreadable image."""
+        images, _, errors = decode_items([self.sources[index]], self.image_size, self.max_pixels)
+        if errors:
+            raise CorruptEntry(f"{self.name}: image {index} cannot be decoded: {errors[0]}")
+        return images[0]
 
     def iter_batches(self, batch_size: int = 64, workers: int | None = None,
                      indices: Sequence[int] | None = None) -> Iterator["LoadedBatch"]:
         """Every batch of all images (or ``indices``, cut into runs of ``batch_size``), unreadable images
         included: :class:`LoadedBatch` with the decoded uint8 images [b,H,W,3] of the readable ones. Decoding
-        runs ahead on ``workers`` threads in :class:`vitfiqa.pipeline.ImageLoader`, the package's one image
+        runs ahead on ``workers`` threads in :class:`vitfiqa.loader.ImageLoader`, the package's one image
         loader. Unreadable images are logged and recorded in ``errors`` (or raise with ``strict``)."""
-        from ..pipeline import ImageLoader
-
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
         order = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
         if len(order) == 0:
             return
         loader = ImageLoader([self.sources[i] for i in order], batch_size, self.image_size, workers=workers,
-                             max_pixels=self.max_pixels)
+                             max_pixels=self.max_pixels, ids=[self.keys[i] for i in order])
         for batch in loader:
             errors = {}
             for pos in sorted(batch.errors):
@@ -258,7 +264,7 @@ def read_bin_pickle(file, name: str = ".bin") -> tuple[list[bytes], list[bool]]:
     return [bytes(b) for b in bins], flags
 
 
-def load_bin(path: str | os.PathLike, strict: bool = False, image_size=(112, 112)) -> ImageSet:
+def load_bin(path: str | os.PathLike, strict: bool = False, image_size=DEFAULT_IMAGE_SIZE) -> ImageSet:
     """insightface ``.bin`` verification set."""
     path = Path(path)
     if not path.is_file():
@@ -292,7 +298,7 @@ def _is_int(token: str) -> bool:
 
 def load_pair_list(data_dir: str | os.PathLike, list_dir: str | os.PathLike | None = None,
                    images_file: str = "image_path_list.txt", pairs_file: str = "pair_list.txt",
-                   ids: str = "auto", strict: bool = False, image_size=(112, 112)) -> ImageSet:
+                   ids: str = "auto", strict: bool = False, image_size=DEFAULT_IMAGE_SIZE) -> ImageSet:
     """CR-FIQA list layout (``feature_extraction/extract_emb.py`` and ``ERC/erc.py``): ``list_dir`` holds
     ``image_path_list.txt`` (image paths relative to ``data_dir``, the folder the official scripts call
     ``--relative_dir``) and ``pair_list.txt`` (``a b label``: ``a``/``b`` are image file names without the
@@ -357,7 +363,7 @@ def load_pair_list(data_dir: str | os.PathLike, list_dir: str | os.PathLike | No
 
 
 def load_lfw_pairs(root: str | os.PathLike, pairs_file: str | os.PathLike, ext: str = "jpg", strict: bool = False,
-                   image_size=(112, 112)) -> ImageSet:
+                   image_size=DEFAULT_IMAGE_SIZE) -> ImageSet:
     """XQLFW / LFW ``pairs.txt``; a first line holding only counts is skipped."""
     root = Path(root)
     index: dict[str, int] = {}
@@ -386,7 +392,7 @@ def load_lfw_pairs(root: str | os.PathLike, pairs_file: str | os.PathLike, ext: 
 
 
 def load_labelled_all_pairs(paths: Sequence[str], identities: Sequence, name: str = "adience", strict: bool = False,
-                            image_size=(112, 112), keys: Sequence[str] | None = None) -> ImageSet:
+                            image_size=DEFAULT_IMAGE_SIZE, keys: Sequence[str] | None = None) -> ImageSet:
     """Adience protocol: every pair of the labelled images, genuine if the same subject."""
     if len(paths) != len(identities):
         raise ValueError("one identity per image path is needed")
@@ -403,7 +409,7 @@ ADIENCE_LAYOUTS = {
 
 
 def load_adience(root: str | os.PathLike, folds: Sequence[str | os.PathLike] | None = None, faces: str = "aligned",
-                 name: str = "adience", strict: bool = False, image_size=(112, 112)) -> ImageSet:
+                 name: str = "adience", strict: bool = False, image_size=DEFAULT_IMAGE_SIZE) -> ImageSet:
     """Adience from its release: tab-separated ``fold_*_data.txt`` files (header ``user_id original_image
     face_id age gender ...``; ages like ``(25, 32)`` contain spaces, so columns are split on tabs only) and
     the face crops at ``root/<faces>/<user_id>/<prefix>.<face_id>.<original_image>`` (``faces="aligned"``:
@@ -508,7 +514,7 @@ def read_ijbc_landmarks(path: str | os.PathLike) -> tuple[list[str], np.ndarray,
 
 
 def load_ijbc(root: str | os.PathLike, align: bool = True, image_dir: str = "loose_crop", prefix: str = "ijbc",
-              strict: bool = False, image_size=(112, 112)) -> ImageSet:
+              strict: bool = False, image_size=DEFAULT_IMAGE_SIZE) -> ImageSet:
     """IJB-C (or IJB-B with ``prefix="ijbb"``) 1:1 verification from the release layout: ``root/meta/`` with
     ``<prefix>_face_tid_mid.txt``, ``<prefix>_template_pair_label.txt`` and ``<prefix>_name_5pts_score.txt``,
     images in ``root/loose_crop/``. With ``align`` (the insightface IJB evaluation) each loose crop is warped
@@ -609,19 +615,30 @@ def ijbc_templates(features, quality, template, media) -> tuple[np.ndarray, np.n
 
 
 def score_image_set(model, dataset: ImageSet, methods=("attn", "vitnt"), batch_size: int = 64,
-                    progress: bool = True, **score_kwargs) -> dict[str, np.ndarray]:
+                    progress: bool = True, workers: int | None = None, **score_kwargs) -> dict[str, np.ndarray]:
     """Quality of every image of a benchmark with a :class:`vitfiqa.QualityModel`; unreadable images get
-    NaN (they are listed in ``dataset.errors``)."""
+    NaN (they are listed in ``dataset.errors``). The loader's uint8 batches are normalised once, for the
+    model (:func:`vitfiqa.loader.to_model_input`), and scored as they are."""
     from tqdm.auto import tqdm
 
     out: dict[str, np.ndarray] = {}
     bar = tqdm(total=len(dataset), disable=not progress, desc=f"scoring {dataset.name}")
-    for idx, imgs in dataset.batches(batch_size):
-        r = model.score(imgs, methods=methods, **score_kwargs)
-        for k, v in r.numpy().items():
-            out.setdefault(k, np.full(len(dataset), np.nan))[idx] = v
-        bar.update(len(idx))
+    for b in dataset.iter_batches(batch_size, workers):
+        if b.images is not None:
+            r = model.score(to_model_input(b.images, model), methods=methods, preprocess=False, **score_kwargs)
+            for k, v in r.numpy().items():
+                out.setdefault(k, np.full(len(dataset), np.nan))[b.ok] = v
+        bar.update(len(b.indices))
     bar.close()
     return out
 
 
+def extract_embeddings(recognizer, dataset: ImageSet, batch_size: int = 64, workers: int | None = None,
+                       indices: Sequence[int] | None = None) -> Iterator[tuple["LoadedBatch", np.ndarray | None]]:
+    """Embeddings of a benchmark's images (all, or ``indices``) with a :class:`vitfiqa.recognizer.Recognizer`,
+    batch by batch as the loader delivers them: ``(batch, embeddings of batch.ok)``, None when no image of
+    the batch could be read (its images are in ``batch.errors`` and ``dataset.errors``). The one embedding
+    loop of the package: ``vitfiqa evaluate`` collects it, ``vitfiqa reproduce`` writes each batch to its
+    resumable cache."""
+    for b in dataset.iter_batches(batch_size, workers, indices):
+        yield b, (recognizer.embed(b.images) if b.images is not None else None)

@@ -63,8 +63,8 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from ..preprocess import DEFAULT_IMAGE_SIZE
-from .datasets import (CorruptEntry, ImageSet, aggregate_templates, load_adience, load_bin, load_ijbc,
-                       load_lfw_pairs, load_pair_list, template_quality)
+from .datasets import (CorruptEntry, ImageSet, aggregate_templates, extract_embeddings, load_adience, load_bin,
+                       load_ijbc, load_lfw_pairs, load_pair_list, template_quality)
 from .report import evaluate, plot_edc_grid, to_csv, to_latex, to_markdown
 from .scores import comparison_scores
 
@@ -447,8 +447,8 @@ def compute_embeddings(spec: RecognizerSpec, ds: ImageSet, cfg: Config, fingerpr
                      channel_order=spec.channel_order, mean=spec.mean, std=spec.std, flip=spec.flip,
                      output=spec.output, name=spec.name)
     bar = _progress(len(ds), len(ds) - len(todo), f"embeddings {spec.name} / {ds.name}", progress)
-    for b in ds.iter_batches(cfg.batch_size, workers=cfg.workers, indices=todo):
-        cache.write(b.ok, rec.embed(b.images) if b.images is not None else None, unreadable=list(b.errors))
+    for b, embeddings in extract_embeddings(rec, ds, cfg.batch_size, workers=cfg.workers, indices=todo):
+        cache.write(b.ok, embeddings, unreadable=list(b.errors))
         bar.update(len(b.indices))
     bar.close()
     return cache
@@ -470,6 +470,7 @@ def compute_qualities(specs: list[QualitySpec], ds: ImageSet, cfg: Config, finge
     """Per-image vitfiqa qualities (NaN for unreadable images), each quality source stored in its own results
     table; sources sharing a model and options are scored in one pass over the images."""
     from ..api import QualityModel
+    from ..loader import to_model_input
 
     out: dict[str, np.ndarray] = {}
     groups: dict[tuple, list[QualitySpec]] = {}
@@ -496,7 +497,8 @@ def compute_qualities(specs: list[QualitySpec], ds: ImageSet, cfg: Config, finge
                 for b in ds.iter_batches(cfg.batch_size, workers=cfg.workers, indices=todo):
                     scores = {}
                     if b.images is not None:
-                        scores = model.score(b.images, methods=methods, **group[0].options).numpy()
+                        scores = model.score(to_model_input(b.images, model), methods=methods, preprocess=False,
+                                             **group[0].options).numpy()
                     pos = {int(i): j for j, i in enumerate(b.ok)}
                     for s in group:
                         col = [float(scores[s.method][pos[int(i)]]) if int(i) in pos else float("nan")
