@@ -88,23 +88,25 @@ at::Tensor render_heatmaps(const at::Tensor& grids, const std::vector<int64_t>& 
   if (!out_hw.empty() && (out_hw.size() != 2 || out_hw[0] <= 0 || out_hw[1] <= 0))
     throw std::invalid_argument("heatmap size must be two positive integers (height, width)");
   auto map = grids.to(at::kFloat).unsqueeze(1);  // [B,1,gh,gw]
+  if (mode != "global" && !value_range.empty())
+    throw std::invalid_argument("a heatmap value range is a fixed global range: use it with normalisation 'global'");
   if (mode != "none") {
     at::Tensor lo, hi;
     if (mode == "image") {
       auto flat = map.flatten(1);
       lo = std::get<0>(flat.min(1, true)).view({-1, 1, 1, 1});
       hi = std::get<0>(flat.max(1, true)).view({-1, 1, 1, 1});
-    } else if (mode == "global") {
+    } else if (mode == "global" && value_range.empty()) {
       lo = map.min();
       hi = map.max();
-    } else if (mode == "range") {
+    } else if (mode == "global") {
       if (value_range.size() != 2 || !std::isfinite(value_range[0]) || !std::isfinite(value_range[1]) ||
           !(value_range[1] >= value_range[0]))
         throw std::invalid_argument("heatmap value range must be two finite numbers (low, high) with low <= high");
       lo = at::scalar_tensor(value_range[0], map.options());
       hi = at::scalar_tensor(value_range[1], map.options());
     } else {
-      throw std::invalid_argument("unknown heatmap normalisation '" + mode + "' (image, global, range, none)");
+      throw std::invalid_argument("unknown heatmap normalisation '" + mode + "' (image, global, none)");
     }
     // The official expression, in float32 like the official numpy arrays; a constant map becomes zeros.
     map = ((map - lo) / (hi - lo + 1e-8f)).clamp(0.0, 1.0);

@@ -20,6 +20,14 @@ at::Tensor normalize_exits(const at::Tensor& s, const std::string& normalization
   throw std::invalid_argument("unknown exit normalisation '" + normalization + "' (none, zscore, minmax)");
 }
 
+at::Tensor quality_scalar(const at::Tensor& exit_output, int64_t batch) {
+  auto t = exit_output.reshape({batch, -1});
+  if (t.size(1) != 1)
+    throw std::invalid_argument("the quality output has " + std::to_string(t.size(1)) +
+                                " values per image; ViT-FIQA models return (embedding, quality[B,1]) - pick it with quality_output");
+  return t.squeeze(1).to(at::kDouble);
+}
+
 at::Tensor fuse_exits(const at::Tensor& exit_scores, const std::vector<int64_t>& depths, const std::string& fusion,
                       const std::string& normalization) {
   if (exit_scores.dim() != 2 || exit_scores.size(0) == 0)

@@ -30,8 +30,9 @@ at::Tensor token_grid(const at::Tensor& per_token, int64_t prefix, const std::ve
 // on the patch grid, BEFORE the bilinear resize, (g - lo) / (hi - lo + 1e-8) clipped to [0, 1], with
 //   "image":  lo, hi = min, max of each image's grid (official normalize_global=False),
 //   "global": lo, hi = min, max over every grid given (official normalize_global=True: all images shown),
-//   "range":  lo, hi = value_range (e.g. a data set's min and max, collected over several calls),
+//             or value_range when given (e.g. a data set's min and max, collected over several calls),
 //   "none":   raw values.
+// The same vocabulary as ScoreConfig's heatmap section (normalize, range).
 // Then bilinear resize (align_corners=False, as cv2.INTER_LINEAR) to out_hw ({} keeps the grid).
 at::Tensor render_heatmaps(const at::Tensor& grids, const std::vector<int64_t>& out_hw, const std::string& mode,
                            const std::vector<double>& value_range);
@@ -61,6 +62,8 @@ at::Tensor patch_attention_weights(const std::vector<at::Tensor>& probs, int64_t
 // exit_scores [L,B] for exits at 1-based depths `depths`; normalization "none" | "zscore" | "minmax"
 // (over the batch axis); fusion "mean" (EX-FIQA-F) or "depth" (EX-FIQA-FW, w_l proportional to l).
 at::Tensor normalize_exits(const at::Tensor& exit_scores, const std::string& normalization);
+// The quality head's output at one exit -> [B] float64; a clear error unless it is one value per image.
+at::Tensor quality_scalar(const at::Tensor& exit_output, int64_t batch);
 at::Tensor fuse_exits(const at::Tensor& exit_scores, const std::vector<int64_t>& depths, const std::string& fusion,
                       const std::string& normalization);
 

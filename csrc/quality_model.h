@@ -1,35 +1,96 @@
-// Orchestration: one capture pass per batch, then the method kernels. Python sees only this and CaptureModel.
+// Scoring: methods are registered units (csrc/methods/*.cpp); a Scorer validates a ScoreConfig against the
+// model once, lets every requested method plan its part of ONE capture request, runs one capture pass per
+// batch and lets every method finish its outputs into a typed ScoreResult. Python sees this, the config and
+// CaptureModel.
 #pragma once
 
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
 
 #include "capture.h"
+#include "config.h"
 
 namespace vitfiqa {
 
-struct ScoreOptions {
-  std::vector<std::string> methods{"attn", "vitnt"};  // attn, vitnt, vitfiqa, exfiqa
-  bool heatmaps = false;
-  bool return_captures = false;
-  int64_t prefix_tokens = -1;                // -1: from the patch grid (N - gh*gw)
-  std::vector<int64_t> grid;                 // {} : from the patch embedding's convolution
-  std::vector<int64_t> heatmap_size;         // {} : the input's H, W
-  std::string heatmap_normalize = "image";   // image | global (over the batch) | range | none: render_heatmaps
-  std::vector<double> heatmap_range;         // {low, high} for "range"
-  int64_t attn_block = -1;                   // ATTN-FIQA block (negative counts from the end)
-  bool attn_patches_only = false;            // score over patch tokens only (default: all tokens)
-  std::string attn_logits = kDefaultAttnLogits;  // qk | full (see kDefaultAttnLogits)
-  std::vector<int64_t> vitnt_blocks;         // {} : all blocks
-  double vitnt_scale = 8.0;
-  std::string vitnt_weighting = "uniform";   // uniform | attention
-  std::string vitnt_attention_blocks = "last";  // attention weights of the last selected block | all selected
-  std::vector<int64_t> exits;                // {} : all blocks (EX-FIQA)
-  std::string exit_normalization = "none";   // none | zscore | minmax (over the batch)
-  int64_t quality_output = -1;               // which model output is the quality (ViT-FIQA: (emb, q))
+// What scoring one batch returns.
+struct ScoreResult {
+  std::vector<std::string> score_names;             // in column order (the methods' order in the config)
+  std::vector<at::Tensor> scores;                   // [B] float64, one per name
+  std::map<std::string, at::Tensor> heatmaps;       // method -> [B,H,W] float32
+  std::map<std::string, at::Tensor> heatmap_grids;  // method -> [B,gh,gw] raw patch-grid values
+  at::Tensor exits;                                 // [L,B] per-exit scores (undefined when no method gives them)
+  std::vector<int64_t> exit_depths;                 // 1-based depth of each exit row
+  std::vector<std::string> exit_columns;            // the column name of each exit row
+  std::map<std::string, at::Tensor> captures;       // raw captures by name (return_captures)
 };
 
-std::map<std::string, at::Tensor> score(CaptureModel& model, const at::Tensor& images, const ScoreOptions& options);
+// What a method's finish step reads: the config, the model, the one capture pass and the token layout.
+struct FinishContext {
+  const ScoreConfig& config;
+  const ModelInfo& info;
+  const CaptureResult& capture;
+  int64_t batch;                       // B
+  int64_t prefix;                      // prefix tokens (CLS, quality, registers) before the patches
+  std::vector<int64_t> grid;           // patch grid {gh, gw} ({} when unknown)
+  std::vector<int64_t> heatmap_size;   // {H, W} of rendered heatmaps ({} keeps the grid)
+};
+
+// A quality method. Adding one: a file in csrc/methods/ that fills this struct and registers it with
+// VITFIQA_REGISTER_METHOD (see README, "Adding a method").
+struct Method {
+  std::string name;         // the config's method name; also its score column unless columns() says more
+  std::string description;  // one line
+  // Checks the method's own config section against the model; called only when the method is requested
+  // (options of methods not requested are ignored).
+  std::function<void(const ScoreConfig&, const ModelInfo&)> validate;
+  // Adds what the method needs from the capture pass to the one request all methods share.
+  std::function<void(const ScoreConfig&, const ModelInfo&, CaptureRequest&)> plan;
+  // The per-image columns the method writes into a results table, in order.
+  std::function<std::vector<std::string>(const ScoreConfig&, const ModelInfo&)> columns;
+  // Turns the capture into outputs (add_score, add_heatmap, add_capture, or the exits fields).
+  std::function<void(const FinishContext&, ScoreResult&)> finish;
+  // Optional: why this config makes an image's score depend on its batch mates ("" = it does not).
+  std::function<std::string(const ScoreConfig&)> batch_dependence;
+};
+
+bool register_method(Method method);            // at load time, from VITFIQA_REGISTER_METHOD
+const std::vector<Method>& method_registry();   // sorted by name
+const Method& find_method(const std::string& name);  // invalid_argument naming the registered ones
+
+#define VITFIQA_CONCAT_(a, b) a##b
+#define VITFIQA_CONCAT(a, b) VITFIQA_CONCAT_(a, b)
+#define VITFIQA_REGISTER_METHOD(make_method) \
+  static const bool VITFIQA_CONCAT(vitfiqa_method_registered_, __LINE__) = ::vitfiqa::register_method(make_method)
+
+// Output helpers for finish(): each checks the values are finite (NaN/Inf in the activations is an error).
+void add_score(ScoreResult& out, const std::string& name, const at::Tensor& score);
+// A method's per-patch grid [B,gh,gw]: kept in heatmap_grids and rendered (config.heatmap) into heatmaps.
+void add_heatmap(const FinishContext& ctx, ScoreResult& out, const std::string& method, const at::Tensor& grid);
+// check_finite=false for raw model values (logits, tokens), which the model may legitimately hold.
+void add_capture(ScoreResult& out, const std::string& name, const at::Tensor& value, bool check_finite);
+
+// The model-free checks: method names, top-level fields, the heatmap section (when heatmaps are on). The
+// Scorer runs them and then each requested method's own validate against the model.
+void validate_common(const ScoreConfig& config);
+// "" or why the requested methods under this config make an image's score depend on its batch mates.
+std::string batch_dependence(const ScoreConfig& config);
+
+class Scorer {
+ public:
+  // Validates the config against the model (once) and plans the capture request.
+  Scorer(CaptureModel& model, ScoreConfig config);
+  ScoreResult score(const at::Tensor& images);   // one capture pass, then every method's finish
+  std::vector<std::string> columns() const;      // per-image columns of the requested methods, in order
+  const ScoreConfig& config() const { return config_; }
+  const CaptureRequest& request() const { return request_; }
+
+ private:
+  CaptureModel& model_;
+  ScoreConfig config_;
+  std::vector<const Method*> methods_;
+  CaptureRequest request_;
+};
 
 }  // namespace vitfiqa

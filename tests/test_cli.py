@@ -118,3 +118,60 @@ def test_evaluate_on_bin(tmp_path, model_cases):
                  "--fmr", "0.1", "--out", str(out)]) == 0
     assert (out / "table.md").read_text().startswith("| Method | tiny FMR=1e-1 |")
     assert (out / "edc_tiny_fmr0.1.png").stat().st_size > 1000
+
+
+def test_set_and_config_file_reach_every_option(tmp_path, model_cases):
+    """--set section.field=value and --config FILE (TOML or JSON) give the run the same config as the API."""
+    import json
+
+    import vitfiqa
+    from vitfiqa import ScoreConfig
+    from vitfiqa.pipeline import score_frame
+    from vitfiqa.results import ScoreTable
+
+    model = model_cases["timm-script"].path
+    imgs = write_images(tmp_path / "imgs", 3)
+    cfg = ScoreConfig(methods=["attn", "vitnt"], attn={"block": 1, "tokens": "patches"},
+                      vitnt={"blocks": [0, 1, 2], "scale": 3.0})
+    base = ["-q", "score", "--model", model, "--image-size", "32", "--images", str(imgs), "--batch-size", "2"]
+    assert main(base + ["--out", str(tmp_path / "a"), "--set", "attn.block=1", "--set", "attn.tokens=patches",
+                        "--set", "vitnt.blocks=0:3", "--set", "vitnt.scale=3"]) == 0
+    (tmp_path / "c.toml").write_text('methods = ["attn", "vitnt"]\n[attn]\nblock = 1\ntokens = "patches"\n'
+                                     '[vitnt]\nblocks = [0, 1, 2]\nscale = 3.0\n')
+    assert main(base + ["--out", str(tmp_path / "b"), "--config", str(tmp_path / "c.toml")]) == 0
+    (tmp_path / "c.json").write_text(json.dumps(cfg.to_dict()))
+    assert main(base + ["--out", str(tmp_path / "c"), "--config", str(tmp_path / "c.json")]) == 0
+    files = sorted(str(p) for p in imgs.glob("*.png"))
+    want = score_frame(vitfiqa.load(model, image_size=32), files, config=cfg, batch_size=2)
+    for out in "abc":
+        table = ScoreTable.open(tmp_path / out)
+        assert ScoreConfig.from_dict(table.run["config"]) == cfg
+        got = table.frame()
+        for k in ("attn", "vitnt"):
+            np.testing.assert_array_equal(got[k].to_numpy(), want[k].to_numpy())
+    # --set applies after --config and the shorthands
+    assert main(base + ["--out", str(tmp_path / "d"), "--config", str(tmp_path / "c.toml"), "--methods", "vitnt",
+                        "--set", "methods=attn"]) == 0
+    assert ScoreTable.open(tmp_path / "d").keys == ["attn"]
+
+
+@pytest.mark.parametrize("extra, msg", [
+    (["--set", "vitnt.blocks=x"], "vitnt.blocks"),
+    (["--set", "vitnt.scale=fast"], "vitnt.scale"),
+    (["--set", "nope.field=1"], "unknown score config field"),
+    (["--set", "attn.block"], "expected section.field=value"),
+    (["--set", "heatmap.normalize=x", "--heatmaps", "hm"], "heatmap.normalize"),
+    (["--config", "missing.toml"], "file not found"),
+    (["--config", "{bad}"], "not valid TOML"),
+    (["--config", "{unknown}"], "unknown score config field"),
+])
+def test_config_errors_are_one_line_naming_the_field(extra, msg, tmp_path, model_cases, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad.toml").write_text("[attn\nblock = ")
+    (tmp_path / "unknown.toml").write_text("[attn]\nblok = 1\n")
+    extra = [a.format(bad=tmp_path / "bad.toml", unknown=tmp_path / "unknown.toml") for a in extra]
+    argv = ["score", "--model", model_cases["insightface-script"].path, "--images", str(tmp_path / "empty"),
+            "--out", str(tmp_path / "x.csv"), *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("vitfiqa: error:") and msg in err[0]

@@ -231,7 +231,8 @@ def test_cli_evaluate_with_a_cnn_recognizer(setup, tmp_path, capsys):
     (lambda c: c["qualities"].append({"name": "Q", "method": "attn", "model": "m.pt", "scores": {"LFW": "a.csv"}}),
      "either method"),
     (lambda c: c["qualities"].append({"name": "Q", "scores": {"Nope": "a.csv"}}), "unknown benchmarks"),
-    (lambda c: c["qualities"].append({"name": "Q", "method": "attn", "model": "m.pt",
+    # EX-FIQA's own option (issue 10: options of methods not requested are ignored)
+    (lambda c: c["qualities"].append({"name": "Q", "method": "exfiqa_F", "model": "m.pt",
                                       "options": {"exit_normalization": "zscore"}}), "batching"),
     (lambda c: c.update(fmrs=[0.5, 2.0]), "fmrs"),
     (lambda c: c.update(variant="erc"), "variant must be one of"),

@@ -15,21 +15,24 @@ import numpy as np
 import torch
 
 from . import _core
+from .config import ScoreConfig, methods as _registered_methods, score_config
 from .preprocess import DEFAULT_CHANNEL_ORDER, DEFAULT_IMAGE_SIZE, DEFAULT_NORMALIZATION, as_batch, check_channel_order
+from .results import check_batch_size
 
-METHODS = ("attn", "vitnt", "vitfiqa", "exfiqa")
+METHODS = _registered_methods()  # the core's registry (csrc/methods/), not a list of our own
 _DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float64: "float64"}
 
 
 @dataclass
 class QualityResult:
-    """Per-image scores (higher = better quality for every method), optional heatmaps and raw captures.
+    """Per-image scores (higher = better quality for every method), optional heatmaps and raw captures: the
+    core's typed result (``_core.ScoreResult``), field for field.
 
-    ``scores`` maps a score name to a float64 tensor [B]: ``attn`` (ATTN-FIQA), ``vitnt`` (ViTNT-FIQA),
-    ``vitfiqa`` (ViT-FIQA), ``exfiqa_F`` / ``exfiqa_FW`` (EX-FIQA fusions). ``exits`` is the EX-FIQA
-    per-exit matrix [L,B] with ``exit_depths`` (1-based). ``heatmaps`` maps a method to [B,H,W] in [0,1];
-    ``heatmap_grids`` to the raw patch-grid values [B,gh,gw] they were drawn from (for data-set-wide
-    normalisation with :func:`render_heatmaps`).
+    ``scores`` maps a score name to a float64 tensor [B], in the order of the requested methods (e.g. ``attn``,
+    ``vitnt``, ``vitfiqa``, EX-FIQA's ``exfiqa_F`` / ``exfiqa_FW``). ``exits`` is the EX-FIQA per-exit matrix
+    [L,B] with ``exit_depths`` (1-based) and ``exit_columns`` (their column names in a table).
+    ``heatmaps`` maps a method to [B,H,W] in [0,1]; ``heatmap_grids`` to the raw patch-grid values [B,gh,gw]
+    they were drawn from (for data-set-wide normalisation with :func:`render_heatmaps`).
     """
 
     scores: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -38,6 +41,12 @@ class QualityResult:
     exits: torch.Tensor | None = None
     exit_depths: list[int] = field(default_factory=list)
     captures: dict[str, torch.Tensor] = field(default_factory=dict)
+    exit_columns: list[str] = field(default_factory=list)
+
+    @classmethod
+    def _from_core(cls, r) -> "QualityResult":
+        return cls(scores=r.scores, heatmaps=r.heatmaps, heatmap_grids=r.heatmap_grids, exits=r.exits,
+                   exit_depths=list(r.exit_depths), captures=r.captures, exit_columns=list(r.exit_columns))
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self.scores[name]
@@ -49,22 +58,25 @@ class QualityResult:
         """Scores as NumPy arrays (zero-copy views of CPU tensors)."""
         return {k: v.detach().cpu().numpy() for k, v in self.scores.items()}
 
-    def to_frame(self):
-        """A pandas DataFrame with one row per image and one column per score."""
-        import pandas as pd
-
+    def columns(self) -> dict[str, np.ndarray]:
+        """Every per-image column a results table holds: the scores, then one per exit (``exit_columns``)."""
         cols = self.numpy()
         if self.exits is not None:
-            for depth, row in zip(self.exit_depths, self.exits.cpu().numpy()):
-                cols[f"exfiqa_exit{depth}"] = row
-        return pd.DataFrame(cols)
+            cols.update(zip(self.exit_columns, self.exits.detach().cpu().numpy()))
+        return cols
+
+    def to_frame(self):
+        """A pandas DataFrame with one row per image and one column per score (and per exit)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.columns())
 
     @staticmethod
     def concat(parts: Sequence["QualityResult"]) -> "QualityResult":
         if not parts:
             raise ValueError("no results to concatenate")
         first = parts[0]
-        out = QualityResult(exit_depths=list(first.exit_depths))
+        out = QualityResult(exit_depths=list(first.exit_depths), exit_columns=list(first.exit_columns))
         for k in first.scores:
             out.scores[k] = torch.cat([p.scores[k] for p in parts])
         for k in first.heatmaps:
@@ -226,24 +238,21 @@ class QualityModel:
         return x.to(device=self.device, dtype=self.dtype).contiguous()
 
     # -- scoring ----------------------------------------------------------------------------------
-    def score(self, images: Any, methods: Iterable[str] | str = ("attn", "vitnt"), *, heatmaps: bool = False,
-              return_captures: bool = False, preprocess: bool | str = "auto", batch_size: int | None = None,
-              attn_block: int = -1, attn_tokens: str = "all", attn_logits: str | None = None,
-              vitnt_blocks: Sequence[int] | None = None, vitnt_scale: float = 8.0, vitnt_weighting: str = "uniform",
-              vitnt_attention_blocks: str = "last", prefix_tokens: int | None = None,
-              grid: tuple[int, int] | None = None, heatmap_size: tuple[int, int] | None = None,
-              heatmap_normalize: str = "image", heatmap_range: tuple[float, float] | None = None,
-              exits: Sequence[int] | None = None,
-              exit_normalization: str = "none", quality_output: int = -1) -> QualityResult:
+    def score(self, images: Any, methods: Iterable[str] | str | None = None, *, config: ScoreConfig | dict | None = None,
+              preprocess: bool | str = "auto", batch_size: int | None = None, **options) -> QualityResult:
         """Score images with one forward pass per batch.
 
-        methods: any of ``attn`` (ATTN-FIQA), ``vitnt`` (ViTNT-FIQA), ``vitfiqa`` (ViT-FIQA quality head),
-        ``exfiqa`` (EX-FIQA exits and fusions; needs a quality-token model).
-        attn_block: block whose logits ATTN-FIQA reads (default the last). attn_tokens: ``all`` (the papers'
-        plain mean over every query and key) or ``patches`` (prefix tokens excluded).
+        ``config``: a :class:`vitfiqa.ScoreConfig` (or its dict) with every scoring option; ``methods`` and the
+        keyword ``options`` are applied on top of it (default: ``ScoreConfig()``), one keyword per config field
+        (``ScoreConfig.fields()`` lists names, keywords, defaults and docs):
+
+        methods: any of :data:`vitfiqa.METHODS`: ``attn`` (ATTN-FIQA), ``vitnt`` (ViTNT-FIQA), ``vitfiqa``
+        (ViT-FIQA quality head), ``exfiqa`` (EX-FIQA exits and fusions; needs a quality-token model).
+        attn_block (``attn.block``): block whose logits ATTN-FIQA reads (default the last). attn_tokens: ``all``
+        (the papers' plain mean over every query and key) or ``patches`` (prefix tokens excluded).
         attn_logits: where the softmax input adds a bias or mask to q.k*scale (relative-position bias as in
         BEiT and timm's relpos ViTs, additive masks; ``info["notes"]`` says so), ``qk`` reads q.k*scale alone
-        (the papers' definition) and ``full`` the whole softmax input; None = the core's default (``qk``).
+        (the papers' definition) and ``full`` the whole softmax input.
         The choice applies to the score, the heatmap and captured logits; attention weights (ViTNT's
         weighting) are always the model's own softmax output.
         vitnt_blocks: selected blocks (0-based, default all); vitnt_scale: s in 2/(1+exp(s d));
@@ -251,86 +260,42 @@ class QualityModel:
         (the last selected block's attention, the official default) or ``all`` (averaged over the selected
         blocks: the official ``last_block_attention_only=False``).
         prefix_tokens / grid: override the CLS/quality-token count and patch grid found from the model.
-        heatmap_normalize: as the official ATTN-FIQA plot script, min-max on the patch grid BEFORE the
-        bilinear resize, ``(g - lo) / (hi - lo + 1e-8)`` clipped to [0, 1]: ``image`` (each image's own
-        min/max; official ``--normalize-per-image``), ``global`` (min/max over every image of this call, all
-        batches; the official default ``normalize_global=True`` for the images of one figure) or ``none``
-        (raw values). heatmap_range=(lo, hi) with ``global``: a fixed range instead, e.g. a whole data set's
-        min/max collected from ``result.heatmap_grids`` of earlier calls (see :func:`render_heatmaps`).
-        exits: EX-FIQA exit blocks (0-based, default all); exit_normalization: ``none``, ``zscore`` or
-        ``minmax`` over the batch (for data-set-wide normalisation use :func:`fuse_exits` on ``exits``).
+        heatmap_normalize (``heatmap.normalize``): as the official ATTN-FIQA plot script, min-max on the patch
+        grid BEFORE the bilinear resize, ``(g - lo) / (hi - lo + 1e-8)`` clipped to [0, 1]: ``image`` (each
+        image's own min/max; official ``--normalize-per-image``), ``global`` (min/max over every image of this
+        call, all batches; the official default ``normalize_global=True`` for the images of one figure) or
+        ``none`` (raw values). heatmap_range=(lo, hi) with ``global``: a fixed range instead, e.g. a whole data
+        set's min/max collected from ``result.heatmap_grids`` of earlier calls (see :func:`render_heatmaps`).
+        exits (``exfiqa.exits``): EX-FIQA exit blocks (0-based, default all); exit_normalization
+        (``exfiqa.normalization``): ``none``, ``zscore`` or ``minmax`` over the batch (for data-set-wide
+        normalisation use :func:`fuse_exits` on ``exits``).
+        Options of methods that are not requested are ignored.
         """
-        if isinstance(methods, str):
-            methods = [m.strip() for m in methods.split(",") if m.strip()]
-        methods = list(methods)
-        for m in methods:
-            if m not in METHODS:
-                raise ValueError(f"unknown method {m!r}; choose from {METHODS}")
-        if not methods and not return_captures:
-            raise ValueError("no method requested")
-        if attn_tokens not in ("all", "patches"):
-            raise ValueError("attn_tokens must be 'all' or 'patches'")
-        if heatmap_normalize not in ("image", "global", "none"):
-            raise ValueError(f"heatmap_normalize must be 'image', 'global' or 'none', got {heatmap_normalize!r}")
-        if heatmap_range is not None and heatmap_normalize != "global":
-            raise ValueError("heatmap_range is a global normalisation range: use it with heatmap_normalize='global'")
-        if batch_size is not None and batch_size <= 0:
-            raise ValueError("batch_size must be positive")
-
-        opts = _core.ScoreOptions()
-        opts.methods = methods
-        opts.heatmaps = bool(heatmaps)
-        opts.return_captures = bool(return_captures)
-        opts.attn_block = int(attn_block)
-        opts.attn_patches_only = attn_tokens == "patches"
-        if attn_logits is not None:  # the default lives in the core (kDefaultAttnLogits), nowhere else
-            opts.attn_logits = str(attn_logits)
-        opts.vitnt_blocks = [int(b) for b in (vitnt_blocks or [])]
-        opts.vitnt_scale = float(vitnt_scale)
-        opts.vitnt_weighting = vitnt_weighting
-        opts.vitnt_attention_blocks = vitnt_attention_blocks
-        opts.prefix_tokens = -1 if prefix_tokens is None else int(prefix_tokens)
-        opts.grid = list(grid) if grid else []
-        opts.heatmap_size = list(heatmap_size) if heatmap_size else []
-        opts.heatmap_normalize = "range" if heatmap_range is not None else heatmap_normalize
-        opts.heatmap_range = _value_range(heatmap_range) if heatmap_range is not None else []
-        opts.exits = [int(b) for b in (exits or [])]
-        opts.exit_normalization = exit_normalization
-        opts.quality_output = int(quality_output)
-
+        cfg = score_config(config, methods=methods, **options)
+        check_batch_size(batch_size, allow_none=True)
+        scorer = self.scorer(cfg)  # validated against the model once, before the first batch
         x = self.prepare(images, preprocess)
         step = batch_size or x.shape[0]
-        parts = [self._score_batch(x[i:i + step], opts) for i in range(0, x.shape[0], step)]
+        parts = [QualityResult._from_core(scorer.score(x[i:i + step])) for i in range(0, x.shape[0], step)]
         if len(parts) == 1:
             return parts[0]
         res = QualityResult.concat(parts)
-        if opts.heatmaps and opts.heatmap_normalize == "global":  # one range over every batch of this call
+        if cfg.heatmaps and cfg.heatmap.normalize == "global" and not cfg.heatmap.range:
+            # one range over every batch of this call
             size = tuple(res.heatmaps[next(iter(res.heatmaps))].shape[-2:]) if res.heatmaps else None
             res.heatmaps = {k: render_heatmaps(g, size, "global") for k, g in res.heatmap_grids.items()}
         return res
 
-    def _score_batch(self, x: torch.Tensor, opts) -> QualityResult:
-        raw = self._core.score(x, opts)
-        res = QualityResult()
-        for key, value in raw.items():
-            if key.endswith("_heatmap"):
-                res.heatmaps[key[: -len("_heatmap")]] = value
-            elif key.endswith("_heatmap_grid"):
-                res.heatmap_grids[key[: -len("_heatmap_grid")]] = value
-            elif key == "exfiqa_exits":
-                res.exits = value
-            elif key.startswith(("attention_logits.", "block_tokens.")) or key == "vitnt_patch_quality":
-                res.captures[key] = value
-            else:
-                res.scores[key] = value
-        if res.exits is not None:
-            res.exit_depths = self.exit_depths(opts.exits)
-        return res
+    def scorer(self, config: ScoreConfig | dict | None = None, **options):
+        """The core's scorer for a config (arguments as :meth:`score`) validated against this model:
+        ``.score(prepared_images)`` gives the core's typed result of one batch (``QualityResult._from_core``
+        maps it), ``.columns()`` the per-image table columns."""
+        return _core.Scorer(self._core, score_config(config, **options))
 
-    def exit_depths(self, exits: Sequence[int] | None = None) -> list[int]:
-        """1-based depths of the EX-FIQA exits a request reads (``exits`` 0-based, default every block)."""
-        blocks = list(exits) if exits else list(range(self.num_blocks))
-        return sorted({(int(b) % self.num_blocks) + 1 for b in blocks})
+    def columns(self, config: ScoreConfig | dict | None = None, **options) -> list[str]:
+        """The per-image columns (scores, then EX-FIQA's exits) that scoring with this config writes into a results
+        table, in order; the config is validated against this model."""
+        return self.scorer(config, **options).columns()
 
     def capture(self, images: Any, *, attention_blocks: Sequence[int] = (), probs_blocks: Sequence[int] = (),
                 token_blocks: Sequence[int] = (), final_norm: bool = True, exit_blocks: Sequence[int] = (),
@@ -381,19 +346,15 @@ def render_heatmaps(grids: torch.Tensor | np.ndarray, size: tuple[int, int] | No
                     normalize: str = "global", value_range: tuple[float, float] | None = None) -> torch.Tensor:
     """Heatmaps [B,H,W] from patch grids [B,gh,gw] (``QualityResult.heatmap_grids``), normalised as the
     official ATTN-FIQA plot script: min-max on the patch grid before the bilinear resize (``size``, default
-    the grid), ``(g - lo) / (hi - lo + 1e-8)`` clipped to [0, 1]. ``normalize``: ``global`` (lo, hi = min,
-    max of all grids given, or ``value_range``), ``image`` (per grid) or ``none``.
+    the grid), ``(g - lo) / (hi - lo + 1e-8)`` clipped to [0, 1]. ``normalize`` (the vocabulary of
+    ``ScoreConfig.heatmap``): ``global`` (lo, hi = min, max of all grids given, or ``value_range``), ``image``
+    (per grid) or ``none``.
 
     A data set's global normalisation (the official default over all images shown): collect the grids of
     several ``score`` calls, ``torch.cat`` them, and render them here in one call; or pass
     ``value_range=(min, max)`` of all grids."""
-    if normalize not in ("image", "global", "none"):
-        raise ValueError(f"normalize must be 'image', 'global' or 'none', got {normalize!r}")
-    if value_range is not None and normalize != "global":
-        raise ValueError("value_range is a global normalisation range: use it with normalize='global'")
-    mode = "range" if value_range is not None else normalize
     t = torch.as_tensor(np.array(grids, copy=True) if isinstance(grids, np.ndarray) else grids)
-    return _core.render_heatmaps(t, list(size) if size else [], mode,
+    return _core.render_heatmaps(t, list(size) if size else [], str(normalize),
                                  _value_range(value_range) if value_range is not None else [])
 
 

@@ -34,15 +34,62 @@ def _image_list(spec: str) -> list[str]:
     raise CLIError(f"--images: {spec} is neither a folder nor a list file")
 
 
-def _methods(spec: str) -> list[str]:
-    from .pipeline import _methods_list, score_keys
+def _read_config_file(path: str) -> dict:
+    """``--config FILE``: a score config as TOML (``methods = [...]`` and ``[attn]``, ``[vitnt]``, ...
+    tables) or JSON (the same nesting, as ``ScoreConfig.to_dict()`` writes it)."""
+    import json
 
-    methods = _methods_list(spec)
+    p = Path(path)
+    if not p.is_file():
+        raise CLIError(f"--config: file not found: {p}")
     try:
-        score_keys(methods)  # the one method-name check, shared with the Python API
+        if p.suffix.lower() == ".json":
+            data = json.loads(p.read_text())
+        else:
+            try:
+                import tomllib
+            except ImportError:  # Python 3.10
+                raise CLIError("--config: reading TOML needs Python 3.11 (tomllib); give a .json file") from None
+            data = tomllib.loads(p.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError and TOMLDecodeError are ValueErrors
+        raise CLIError(f"--config {p}: not valid {'JSON' if p.suffix.lower() == '.json' else 'TOML'}: {exc}") from None
+    if not isinstance(data, dict):
+        raise CLIError(f"--config {p}: the file must hold a table of config fields")
+    return data
+
+
+def _score_config(args, heatmaps: bool = False):
+    """The score config of a run: ``--config FILE``, then the shorthand flags (``--methods``; ``--heatmaps DIR``
+    turns heatmaps on), then each ``--set section.field=value`` in order. Checked before any image is read."""
+    from . import _core
+    from .config import ScoreConfig
+
+    cfg = ScoreConfig()
+    if args.config:
+        try:
+            cfg = ScoreConfig.from_dict(_read_config_file(args.config))
+        except ValueError as exc:
+            raise CLIError(f"--config {args.config}: {exc}") from None
+    try:
+        if args.methods is not None:
+            cfg.methods = args.methods
     except ValueError as exc:
         raise CLIError(f"--methods: {exc}") from None
-    return methods
+    if heatmaps:
+        cfg.heatmaps = True
+    for item in args.set or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise CLIError(f"--set {item}: expected section.field=value, e.g. vitnt.blocks=0:20")
+        try:
+            cfg.set(name.strip(), value)
+        except ValueError as exc:
+            raise CLIError(f"--set {item}: {exc}") from None
+    try:
+        _core.check_config(cfg)
+    except ValueError as exc:
+        raise CLIError(f"score config: {exc}") from None
+    return cfg
 
 
 def _out_paths(spec: str) -> tuple[Path, Path | None]:
@@ -66,16 +113,17 @@ def _out_paths(spec: str) -> tuple[Path, Path | None]:
 
 
 def cmd_score(args) -> int:
-    if args.batch_size <= 0:
-        raise CLIError("--batch-size must be positive")
+    from .results import check_batch_size
+
+    check_batch_size(args.batch_size)
     if args.workers is not None and args.workers < 1:
         raise CLIError("--workers must be at least 1")
-    methods = _methods(args.methods)
+    config = _score_config(args, heatmaps=bool(args.heatmaps))
     table_dir, export = _out_paths(args.out)
     if args.ray is not None:
-        table = _score_ray(args, methods, table_dir)
+        table = _score_ray(args, config, table_dir)
     else:
-        table = _score_local(args, methods, table_dir)
+        table = _score_local(args, config, table_dir)
     with table:
         bad = sum(1 for e in table.columns_dict()["error"] if e)
         if export is not None:
@@ -91,7 +139,7 @@ def _max_pixels(args) -> int | None:
     return args.max_pixels or None
 
 
-def _score_local(args, methods: list[str], table_dir: Path):
+def _score_local(args, config, table_dir: Path):
     from tqdm.auto import tqdm
 
     import vitfiqa
@@ -106,12 +154,12 @@ def _score_local(args, methods: list[str], table_dir: Path):
                        "on the next run)")
     options = dict(heatmap_dir=args.heatmaps, heatmap_format=args.heatmap_format) if args.heatmaps else {}
     options["max_pixels"] = _max_pixels(args)
-    table = open_table(model, files, methods, table_dir, batch_size=args.batch_size, overwrite=args.overwrite,
-                       **options)
+    table = open_table(model, files, None, table_dir, config=config, batch_size=args.batch_size,
+                       overwrite=args.overwrite, **options)
     if table.n_done:
         log.info("resuming: %d of %d images already scored in %s", table.n_done, len(files), table_dir)
     bar = tqdm(total=len(files), initial=table.n_done, desc="scoring", disable=args.quiet)
-    for sb in score_files(model, files, methods, batch_size=args.batch_size, workers=args.workers, out=table,
+    for sb in score_files(model, files, config=config, batch_size=args.batch_size, workers=args.workers, out=table,
                           **options):
         for pos, err in sb.batch.errors.items():
             log.warning("skipping %s: %s", sb.batch.paths[pos], err)
@@ -120,7 +168,7 @@ def _score_local(args, methods: list[str], table_dir: Path):
     return table
 
 
-def _score_ray(args, methods: list[str], table_dir: Path):
+def _score_ray(args, config, table_dir: Path):
     from vitfiqa.distributed import score_with_ray
     from vitfiqa.results import ScoreTable
 
@@ -129,7 +177,7 @@ def _score_ray(args, methods: list[str], table_dir: Path):
     files = _image_list(args.images)
     from .demo import RECOGNIZER
 
-    score_with_ray(args.model or RECOGNIZER, files, str(table_dir), methods=methods, address=args.ray or None,
+    score_with_ray(args.model or RECOGNIZER, files, str(table_dir), config=config, address=args.ray or None,
                    batch_size=args.batch_size, device=args.device, dtype=args.dtype, image_size=args.image_size,
                    channel_order=args.channel_order, workers=args.workers, num_actors=args.actors,
                    overwrite=args.overwrite, progress=not args.quiet, max_pixels=_max_pixels(args),
@@ -145,7 +193,7 @@ def cmd_evaluate(args) -> int:
                               to_latex, to_markdown)
     from vitfiqa.recognizer import Recognizer
 
-    methods = _methods(args.methods)
+    config = _score_config(args)
     fmrs = [float(f) for f in args.fmr.split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -159,7 +207,7 @@ def cmd_evaluate(args) -> int:
         raise CLIError(f"the quality model takes {qm.image_size} images and the FR model {fr.image_size}; "
                        "pass --image-size to use one size for both")
     ds = load_bin(args.bin, image_size=qm.image_size)
-    quality = score_image_set(qm, ds, methods=methods, batch_size=args.batch_size, progress=not args.quiet)
+    quality = score_image_set(qm, ds, config=config, batch_size=args.batch_size, progress=not args.quiet)
     emb, ok = None, np.zeros(len(ds), bool)
     for batch, e in extract_embeddings(fr, ds, args.batch_size):
         if e is None:
@@ -232,6 +280,17 @@ def _final_norm_argument(parser: argparse.ArgumentParser) -> None:
                              "apply it to the tokens; default: found in the forward graph")
 
 
+def _config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--methods", help="comma-separated quality methods (default: ScoreConfig's); shorthand for "
+                                          "--set methods=...")
+    parser.add_argument("--config", metavar="FILE", help="score config file: TOML (methods = [...], [attn], [vitnt], "
+                                                         "[exfiqa], [heatmap] tables) or JSON of the same shape")
+    parser.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
+                        help="set one score config field, after --config and the shorthands; repeatable, e.g. "
+                             "--set vitnt.blocks=0:20 --set attn.logits=full (fields: python -c 'import vitfiqa; "
+                             "print(vitfiqa.ScoreConfig.fields())')")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vitfiqa", description="Face image quality from a ViT's own attention and tokens")
     p.add_argument("-q", "--quiet", action="store_true")
@@ -240,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("score", help="score a folder or list of images")
     s.add_argument("--model", help="TorchScript ViT (default: the embedded demo recogniser)")
     s.add_argument("--images", required=True, help="folder (searched recursively) or text file of paths")
-    s.add_argument("--methods", default="attn,vitnt")
+    _config_arguments(s)
     s.add_argument("--out", required=True,
                    help="results: scores.csv or scores.parquet (resumable table kept in scores.csv.table/, the file "
                         "written when all images are done), or a folder (the table alone); same with --ray")
@@ -273,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--flip", choices=("concat", "sum", "none"), default="concat",
                    help="flip test: concat (CR-FIQA: [normalised original, normalised flip]), sum, none")
     e.add_argument("--bin", required=True)
-    e.add_argument("--methods", default="attn,vitnt")
+    _config_arguments(e)
     e.add_argument("--fmr", default="1e-3,1e-4")
     e.add_argument("--variant", choices=("refit", "crfiqa", "iso"), default="refit",
                    help="EDC variant: refit (CR-FIQA style), crfiqa (the CR-FIQA ERC code exactly), iso (ISO/IEC 29794-1)")

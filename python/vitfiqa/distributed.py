@@ -2,7 +2,7 @@
 into the same results table as the local path (:class:`vitfiqa.results.ScoreTable`).
 
 >>> from vitfiqa.distributed import score_with_ray
->>> frame = score_with_ray("vit.pt", paths, "scores.parquet", methods=("attn", "vitnt"))
+>>> frame = score_with_ray("vit.pt", paths, "scores.table", config=vitfiqa.ScoreConfig(methods=["attn", "vitnt"]))
 
 The input list is cut into batches exactly as the local path cuts it (``paths[i:i+batch_size]``), and each
 actor runs the local pipeline (:func:`vitfiqa.pipeline.score_files`) on whole batches, so a data set scored on
@@ -42,21 +42,22 @@ def _ray():
 class _Scorer:
     """Ray Data actor: loads the model once, then scores whole batches (one input row = one batch of paths)."""
 
-    def __init__(self, model_ref, device, dtype, input_contract, final_norm, methods, workers, decode_processes,
-                 torch_threads, score_options):
+    def __init__(self, model_ref, device, dtype, input_contract, final_norm, config, workers, decode_processes,
+                 torch_threads, max_pixels):
         import ray
         import torch
 
         from .api import QualityModel
+        from .config import ScoreConfig
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.model = QualityModel(ray.get(model_ref[0]), device=device, dtype=dtype, final_norm=final_norm,
                                   **input_contract)
-        self.methods = list(methods)
+        self.config = ScoreConfig.from_dict(config)  # travels as its dict: the whole config, field for field
         self.workers = workers
         self.decode_processes = decode_processes
-        self.score_options = dict(score_options)
+        self.max_pixels = max_pixels
 
     def __call__(self, batch: dict) -> dict:
         from .pipeline import collect_columns, score_files
@@ -71,9 +72,9 @@ class _Scorer:
             run = list(run)
             indices += [i for idx, _ in run for i in idx]
             paths = [p for _, ps in run for p in ps]
-            part, keys = collect_columns(score_files(self.model, paths, self.methods, batch_size=size,
+            part, keys = collect_columns(score_files(self.model, paths, config=self.config, batch_size=size,
                                                      workers=self.workers, decode_processes=self.decode_processes,
-                                                     **self.score_options))
+                                                     max_pixels=self.max_pixels))
             for k, v in part.items():
                 cols.setdefault(k, []).extend(v)
         out = {"index": np.asarray(indices, dtype=np.int64), "path": np.asarray(cols["path"], dtype=object)}
@@ -83,7 +84,7 @@ class _Scorer:
 
 
 def score_with_ray(model: str | os.PathLike | bytes, paths: Sequence[str], out_dir: str | os.PathLike,
-                   methods: Sequence[str] | str = ("attn", "vitnt"), *, address: str | None = None,
+                   methods: Sequence[str] | str | None = None, *, config=None, address: str | None = None,
                    batch_size: int = 64, num_actors: int | None = None, device: str | None = None,
                    dtype: str = "float32", image_size: tuple[int, int] | int | None = None,
                    channel_order: str | None = None, workers: int | None = None,
@@ -105,21 +106,21 @@ def score_with_ray(model: str | os.PathLike | bytes, paths: Sequence[str], out_d
     clusters). workers: decoding threads (processes with decode_processes, the default on GPUs) per actor
     (default: its CPUs). final_norm: as :class:`vitfiqa.QualityModel`.
     max_pixels: images above it are skipped with the reason, as in :func:`vitfiqa.pipeline.score_files`.
-    score_options: as :meth:`vitfiqa.QualityModel.score` (no heatmaps; EX-FIQA exit normalisation stays
-    'none', fuse data-set-wide with :func:`vitfiqa.fuse_exits`).
+    methods, config (a :class:`vitfiqa.ScoreConfig`), score_options: the score config as in
+    :meth:`vitfiqa.QualityModel.score`, carried whole to every actor (no heatmaps; EX-FIQA exit normalisation
+    stays 'none', fuse data-set-wide with :func:`vitfiqa.fuse_exits`).
     """
-    from .pipeline import _methods_list, check_batch_independent, run_description, score_keys
-    from .results import ScoreTable
+    from .config import check_batch_independent, score_config
+    from .pipeline import run_description
+    from .results import ScoreTable, check_batch_size
 
-    methods = _methods_list(methods)
-    score_keys(methods)  # unknown methods fail before anything is loaded
-    if batch_size <= 0:
-        raise ValueError("batch_size must be positive")
+    cfg = score_config(config, methods=methods, **score_options)
+    check_batch_independent(cfg)  # also fails on unknown methods, before anything is loaded
+    check_batch_size(batch_size)
     if num_actors is not None and num_actors < 1:
         raise ValueError("num_actors must be at least 1")
-    if score_options.get("heatmaps") or score_options.get("return_captures"):
+    if cfg.heatmaps or cfg.return_captures:
         raise ValueError("heatmaps and captures are not collected through Ray; use QualityModel.score locally")
-    check_batch_independent(score_options)
     # Workers do not share the driver's working directory: relative paths are resolved here (the `path`
     # column holds the absolute paths).
     paths = [os.path.abspath(os.fspath(p)) for p in paths]
@@ -141,9 +142,9 @@ def score_with_ray(model: str | os.PathLike | bytes, paths: Sequence[str], out_d
                          final_norm=final_norm)
     contract = dict(image_size=probe.image_size, channel_order=probe.channel_order,
                     normalization=probe.normalization)
-    probe.score(torch.zeros(1, 3, *probe.image_size), methods=methods, preprocess=False, **score_options)
-    keys = score_keys(methods, probe.exit_depths(score_options.get("exits")) if "exfiqa" in methods else ())
-    run = run_description(probe.sha256, probe.image_size, dtype, methods, score_options, max_pixels=max_pixels,
+    probe.score(torch.zeros(1, 3, *probe.image_size), config=cfg, preprocess=False)
+    keys = probe.columns(cfg)
+    run = run_description(probe.sha256, probe.image_size, dtype, cfg, max_pixels=max_pixels,
                           input_contract=contract, final_norm=final_norm)
     del probe
 
@@ -158,16 +159,16 @@ def score_with_ray(model: str | os.PathLike | bytes, paths: Sequence[str], out_d
                 ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
                          logging_level=logging.WARNING)
             try:
-                _run(ray, model_bytes, table, pending, list(methods), num_actors, device, dtype, contract, final_norm,
-                     workers, cpus_per_actor, decode_processes, progress, {**score_options, "max_pixels": max_pixels})
+                _run(ray, model_bytes, table, pending, cfg.to_dict(), num_actors, device, dtype, contract, final_norm,
+                     workers, cpus_per_actor, decode_processes, progress, max_pixels)
             finally:
                 if started:
                     ray.shutdown()
         return table.frame()
 
 
-def _run(ray, model_bytes, table, pending, methods, num_actors, device, dtype, input_contract, final_norm, workers,
-         cpus_per_actor, decode_processes, progress, score_options) -> None:
+def _run(ray, model_bytes, table, pending, config, num_actors, device, dtype, input_contract, final_norm, workers,
+         cpus_per_actor, decode_processes, progress, max_pixels) -> None:
     resources = ray.cluster_resources()
     cpus, gpus = float(resources.get("CPU", 1)), int(resources.get("GPU", 0))
     if device is None:
@@ -197,10 +198,9 @@ def _run(ray, model_bytes, table, pending, methods, num_actors, device, dtype, i
         _Scorer, batch_size=per_call, batch_format="numpy", concurrency=min(num_actors, blocks),
         num_cpus=cpus_per_actor, num_gpus=1 if use_gpu else 0,
         fn_constructor_kwargs=dict(model_ref=model_ref, device=device, dtype=dtype, input_contract=input_contract,
-                                   final_norm=final_norm, methods=methods, workers=workers or threads,
-                                   torch_threads=threads,
-                                   decode_processes=decode_processes,
-                                   score_options=score_options))
+                                   final_norm=final_norm, config=config, workers=workers or threads,
+                                   torch_threads=threads, decode_processes=decode_processes,
+                                   max_pixels=max_pixels))
     # The driver is the table's only writer: rows are committed as soon as their batch is complete (Ray may
     # cut its output blocks anywhere), so a killed run loses at most the batches in flight.
     partial: dict[int, dict[str, list]] = {}

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from .preprocess import DEFAULT_IMAGE_SIZE, DEFAULT_MAX_PIXELS, load_uint8, normalize_uint8
+from .results import check_batch_size
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 """File-name endings taken as images when a folder is searched (the CLI's ``--images DIR``, the training
@@ -134,8 +135,7 @@ class ImageLoader:
                  workers: int | None = None, prefetch: int = 2, pin_memory: bool = False, start: int = 0,
                  processes: bool = False, skip: Collection[int] = (), max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  ids: Sequence[str] | None = None):
-        if batch_size <= 0:
-            raise ValueError("batch_size must be positive")
+        check_batch_size(batch_size)
         if prefetch < 1:
             raise ValueError("prefetch must be at least 1")
         if workers is not None and workers < 1:

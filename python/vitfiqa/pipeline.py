@@ -14,37 +14,17 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .api import METHODS, QualityModel, QualityResult
+from .api import QualityModel, QualityResult
+from .config import ScoreConfig, check_batch_independent, score_config
 from .loader import ImageBatch, ImageLoader, to_model_input
 from .preprocess import DEFAULT_MAX_PIXELS
-
-
-def score_keys(methods: Sequence[str], exit_depths: Sequence[int] = ()) -> list[str]:
-    """Score columns that ``methods`` produce, in order. EX-FIQA gives its two fusions and, for each exit
-    depth, the raw exit score ``exfiqa_exit<depth>`` (for data-set-wide normalisation with fuse_exits)."""
-    bad = [m for m in methods if m not in METHODS]
-    if bad or not methods:
-        raise ValueError(f"unknown method(s) {bad or list(methods)!r}; choose from {METHODS}")
-    ex = ["exfiqa_F", "exfiqa_FW"] + [f"exfiqa_exit{d}" for d in exit_depths]
-    return [k for m in methods for k in (ex if m == "exfiqa" else [m])]
-
-
-def check_batch_independent(score_options: dict) -> None:
-    """Refuse options under which an image's score would depend on which images share its batch."""
-    if score_options.get("exit_normalization", "none") != "none":
-        raise ValueError("exit_normalization over a batch makes scores depend on batching; use 'none' and "
-                         "vitfiqa.fuse_exits over the whole data set")
-
-
-def _methods_list(methods: Sequence[str] | str) -> list[str]:
-    return [m.strip() for m in methods.split(",") if m.strip()] if isinstance(methods, str) else list(methods)
 
 
 @dataclass
 class ScoredBatch:
     batch: ImageBatch
     result: QualityResult | None
-    keys: list[str]  # the score columns, the same for every batch of a run
+    keys: list[str]  # the score columns (QualityModel.columns), the same for every batch of a run
 
     def columns(self) -> dict[str, list]:
         """Columns in input order: ``index`` (position in the input list), ``path``, one float per score key
@@ -54,10 +34,7 @@ class ScoredBatch:
                                  "path": list(self.batch.paths)}
         scores: dict = {}
         if self.result is not None:
-            scores = self.result.numpy()
-            if self.result.exits is not None:
-                exits = self.result.exits.detach().cpu().numpy()
-                scores.update({f"exfiqa_exit{d}": exits[i] for i, d in enumerate(self.result.exit_depths)})
+            scores = self.result.columns()
         for k in self.keys:
             col = [float("nan")] * n
             for j, pos in enumerate(self.batch.ok):
@@ -99,36 +76,37 @@ def encode_heatmap(image: np.ndarray, heatmap: np.ndarray, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-def run_description(model_sha256: str, image_size, dtype, methods: Sequence[str], score_options: dict,
-                    heatmaps: dict | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                    input_contract: dict | None = None, final_norm: str | None = None) -> dict:
+def run_description(model_sha256: str, image_size, dtype, config: ScoreConfig, heatmaps: dict | None = None,
+                    max_pixels: int | None = DEFAULT_MAX_PIXELS, input_contract: dict | None = None,
+                    final_norm: str | None = None) -> dict:
     """What a results table records about the run that fills it (model digest, input size, channel order and
-    normalisation, the final norm named by the user, precision, methods, options, heatmap output, pixel
+    normalisation, the final norm named by the user, precision, the whole score config, heatmap output, pixel
     limit); a resume with anything different is refused instead of mixing scores."""
     contract = input_contract or {}
     return {"model_sha256": model_sha256, "image_size": list(image_size),
             "channel_order": contract.get("channel_order", "rgb"), "normalization": contract.get("normalization"),
-            "dtype": str(dtype).replace("torch.", ""),
-            "methods": list(methods), "options": {k: score_options[k] for k in sorted(score_options)},
+            "dtype": str(dtype).replace("torch.", ""), "config": config.to_dict(),
             "heatmaps": heatmaps, "max_pixels": max_pixels, "final_norm": final_norm}
 
 
-def open_table(model: QualityModel, paths: Sequence[str], methods: Sequence[str] | str, out, *,
-               batch_size: int = 64, overwrite: bool = False, heatmap_dir: str | os.PathLike | None = None,
-               heatmap_format: str = "png", max_pixels: int | None = DEFAULT_MAX_PIXELS, **score_options):
+def open_table(model: QualityModel, paths: Sequence[str], methods: Sequence[str] | str | None, out, *,
+               config: ScoreConfig | dict | None = None, batch_size: int = 64, overwrite: bool = False,
+               heatmap_dir: str | os.PathLike | None = None, heatmap_format: str = "png",
+               max_pixels: int | None = DEFAULT_MAX_PIXELS, **score_options):
     """The :class:`vitfiqa.results.ScoreTable` that :func:`score_files` with these arguments fills: created, or
-    opened to resume (refused if it was made by a different model, image list, batch size or options).
-    ``out`` may also be a table opened before; it is checked against this run."""
+    opened to resume (refused if it was made by a different model, image list, batch size or config).
+    ``out`` may also be a table opened before; it is checked against this run. ``methods``, ``config`` and
+    ``score_options`` make the score config as in :meth:`QualityModel.score`."""
     from .results import ScoreTable
 
-    methods = _methods_list(methods)
-    keys = score_keys(methods, model.exit_depths(score_options.get("exits")) if "exfiqa" in methods else ())
+    cfg = score_config(config, methods=methods, **score_options)
     paths = [os.fspath(p) for p in paths]
     heat = None
     if heatmap_dir is not None:
         heat = {"dir": str(Path(heatmap_dir).resolve()), "format": heatmap_format}
-        score_options = {**score_options, "heatmaps": True}
-    run = run_description(model.sha256, model.image_size, model.dtype, methods, score_options, heat, max_pixels,
+        cfg.heatmaps = True
+    keys = model.columns(cfg)
+    run = run_description(model.sha256, model.image_size, model.dtype, cfg, heat, max_pixels,
                           {"channel_order": model.channel_order, "normalization": model.normalization},
                           model.final_norm)
     if isinstance(out, ScoreTable):
@@ -137,12 +115,12 @@ def open_table(model: QualityModel, paths: Sequence[str], methods: Sequence[str]
     return ScoreTable(out, paths=paths, keys=keys, batch_size=batch_size, overwrite=overwrite, run=run)
 
 
-def score_files(model: QualityModel, paths: Sequence[str], methods: Sequence[str] | str = ("attn", "vitnt"), *,
-                batch_size: int = 64, workers: int | None = None, prefetch: int = 2, start: int = 0,
-                decode_processes: bool | None = None, out: str | os.PathLike | None = None,
-                overwrite: bool = False, heatmap_dir: str | os.PathLike | None = None,
-                heatmap_format: str = "png", max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                **score_options) -> Iterator[ScoredBatch]:
+def score_files(model: QualityModel, paths: Sequence[str], methods: Sequence[str] | str | None = None, *,
+                config: ScoreConfig | dict | None = None, batch_size: int = 64, workers: int | None = None,
+                prefetch: int = 2, start: int = 0, decode_processes: bool | None = None,
+                out: str | os.PathLike | None = None, overwrite: bool = False,
+                heatmap_dir: str | os.PathLike | None = None, heatmap_format: str = "png",
+                max_pixels: int | None = DEFAULT_MAX_PIXELS, **score_options) -> Iterator[ScoredBatch]:
     """Score image files batch by batch (a generator: results arrive as each batch finishes).
 
     out: a results table folder (or a :class:`vitfiqa.results.ScoreTable` from :func:`open_table`): each
@@ -158,12 +136,12 @@ def score_files(model: QualityModel, paths: Sequence[str], methods: Sequence[str
     max_pixels: images larger than this (width x height, read from the header) are skipped with the reason
     (default :data:`vitfiqa.preprocess.DEFAULT_MAX_PIXELS`; None = no limit of vitfiqa's own).
 
-    ``score_options`` go to :meth:`QualityModel.score` (attn_block, vitnt_scale, ...). EX-FIQA's
-    ``exit_normalization`` must stay ``none`` here: batch statistics would make a score depend on its batch
-    mates; normalise data-set-wide with :func:`vitfiqa.fuse_exits` instead."""
-    methods = _methods_list(methods)
-    keys = score_keys(methods, model.exit_depths(score_options.get("exits")) if "exfiqa" in methods else ())
-    check_batch_independent(score_options)
+    ``methods``, ``config`` (a :class:`vitfiqa.ScoreConfig`) and ``score_options`` (attn_block, vitnt_scale,
+    ...) make the score config as in :meth:`QualityModel.score`; it is validated once, before the first batch.
+    Scores must not depend on batch mates: EX-FIQA's ``exit_normalization`` must stay ``none`` here;
+    normalise data-set-wide with :func:`vitfiqa.fuse_exits` instead."""
+    cfg = score_config(config, methods=methods, **score_options)
+    check_batch_independent(cfg)
     if len(paths) == 0:
         raise ValueError("no image paths given")
     if heatmap_format not in HEATMAP_FORMATS:
@@ -172,16 +150,17 @@ def score_files(model: QualityModel, paths: Sequence[str], methods: Sequence[str
     heat_dir = Path(heatmap_dir) if heatmap_dir is not None else None
     names = heatmap_names(paths) if heat_dir is not None else None
     if heat_dir is not None:
-        score_options["heatmaps"] = True
-    elif score_options.get("heatmaps") and out is not None:
+        cfg.heatmaps = True
+    elif cfg.heatmaps and out is not None:
         raise ValueError("heatmaps=True with out=: give heatmap_dir= so the heatmaps are kept with the table")
+    scorer = model.scorer(cfg)  # validated against the model once, before the first batch
+    keys = scorer.columns()
     table = None
     if out is not None:
         if start != 0:
             raise ValueError("start= offsets the index column; a results table (out=) numbers the whole input list")
-        table = open_table(model, paths, methods, out, batch_size=batch_size, overwrite=overwrite,
-                           heatmap_dir=heat_dir, heatmap_format=heatmap_format, max_pixels=max_pixels,
-                           **score_options)
+        table = open_table(model, paths, None, out, config=cfg, batch_size=batch_size, overwrite=overwrite,
+                           heatmap_dir=heat_dir, heatmap_format=heatmap_format, max_pixels=max_pixels)
     loader = ImageLoader(paths, batch_size, model.image_size, workers=workers, prefetch=prefetch,
                          pin_memory=model.device.type == "cuda", start=start,
                          processes=model.device.type == "cuda" if decode_processes is None else decode_processes,
@@ -199,8 +178,8 @@ def score_files(model: QualityModel, paths: Sequence[str], methods: Sequence[str
         for batch in loader:
             result = None
             if batch.images is not None:
-                x = to_model_input(batch.images, model)
-                result = model.score(x, methods=list(methods), preprocess=False, **score_options)
+                x = model.prepare(to_model_input(batch.images, model), preprocess=False)
+                result = QualityResult._from_core(scorer.score(x))
             sb = ScoredBatch(batch, result, keys)
             files = {}
             if heat_dir is not None and result is not None:
@@ -234,8 +213,7 @@ def collect_columns(scored: Iterator[ScoredBatch]) -> tuple[dict[str, list], lis
     return cols, keys
 
 
-def score_frame(model: QualityModel, paths: Sequence[str], methods: Sequence[str] | str = ("attn", "vitnt"),
-                **kwargs):
+def score_frame(model: QualityModel, paths: Sequence[str], methods: Sequence[str] | str | None = None, **kwargs):
     """:func:`score_files` collected into a pandas DataFrame (index, path, scores, error), one row per path.
     With ``out=`` the run goes through that results table (resuming it) and the frame is the whole table."""
     import pandas as pd

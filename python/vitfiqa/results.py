@@ -34,6 +34,7 @@ import hashlib
 import io
 import json
 import logging
+import operator
 import os
 import re
 import uuid
@@ -52,6 +53,19 @@ _ENCODING = dict(encoding="utf-8", errors="surrogateescape")  # any file name th
 class TableError(ValueError):
     """A results table that cannot be used as asked: it belongs to a different run, is damaged beyond the
     shards (its manifest), or is in use by another process."""
+
+
+def check_batch_size(batch_size, allow_none: bool = False) -> None:
+    """The one check of a batch size (API, pipeline, results table, Ray, CLI): a positive integer (None where
+    the caller allows it: the whole input as one batch)."""
+    if batch_size is None and allow_none:
+        return
+    try:
+        ok = not isinstance(batch_size, bool) and operator.index(batch_size) > 0
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"batch_size must be positive, got {batch_size!r}")
 
 
 def atomic_write(path: str | os.PathLike, data: bytes, tmp_dir: str | os.PathLike | None = None) -> None:
@@ -157,7 +171,7 @@ def decode_csv(data: bytes, columns: Sequence[str], keys: Sequence[str]) -> dict
 class ScoreTable:
     """A results table folder (see the module documentation). Opening one for a run::
 
-        table = ScoreTable(out, paths=paths, keys=score_keys, batch_size=64, run={...})
+        table = ScoreTable(out, paths=paths, keys=model.columns(config), batch_size=64, run={...})
         for start in table.pending_batches(): ...; table.commit(columns_of_that_batch)
         table.frame(); table.export("scores.csv")
 
@@ -173,8 +187,7 @@ class ScoreTable:
 
     def __init__(self, root: str | os.PathLike, *, paths: Sequence[str], keys: Sequence[str], batch_size: int,
                  run: Mapping | None = None, overwrite: bool = False):
-        if batch_size <= 0:
-            raise ValueError("batch_size must be positive")
+        check_batch_size(batch_size)
         if len(paths) == 0:
             raise ValueError("no image paths given")
         self.root = Path(root)
@@ -466,5 +479,5 @@ def read_scores(path: str | os.PathLike):
                        na_values={c: ["nan"] for c in header if c not in ("index", "path", "error")})
 
 
-__all__ = ["ScoreTable", "TableError", "atomic_write", "atomic_write_many", "clear_tmp_dir", "read_scores", "table_columns", "encode_csv", "decode_csv",
+__all__ = ["ScoreTable", "TableError", "check_batch_size", "atomic_write", "atomic_write_many", "clear_tmp_dir", "read_scores", "table_columns", "encode_csv", "decode_csv",
            "paths_digest"]

@@ -32,6 +32,7 @@ import numpy as np
 
 from ..loader import ImageLoader, decode_items, to_model_input
 from ..preprocess import DEFAULT_IMAGE_SIZE, DEFAULT_MAX_PIXELS
+from ..results import check_batch_size
 from .scores import Pairs, l2_normalize
 
 log = logging.getLogger("vitfiqa.eval")
@@ -101,8 +102,7 @@ class ImageSet:
         included: :class:`LoadedBatch` with the decoded uint8 images [b,H,W,3] of the readable ones. Decoding
         runs ahead on ``workers`` threads in :class:`vitfiqa.loader.ImageLoader`, the package's one image
         loader. Unreadable images are logged and recorded in ``errors`` (or raise with ``strict``)."""
-        if batch_size <= 0:
-            raise ValueError("batch_size must be positive")
+        check_batch_size(batch_size)
         order = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
         if len(order) == 0:
             return
@@ -614,11 +614,12 @@ def ijbc_templates(features, quality, template, media) -> tuple[np.ndarray, np.n
     return tids, tfeat, template_quality(quality, template)
 
 
-def score_image_set(model, dataset: ImageSet, methods=("attn", "vitnt"), batch_size: int = 64,
+def score_image_set(model, dataset: ImageSet, methods=None, batch_size: int = 64,
                     progress: bool = True, workers: int | None = None, **score_kwargs) -> dict[str, np.ndarray]:
     """Quality of every image of a benchmark with a :class:`vitfiqa.QualityModel`; unreadable images get
     NaN (they are listed in ``dataset.errors``). The loader's uint8 batches are normalised once, for the
-    model (:func:`vitfiqa.loader.to_model_input`), and scored as they are."""
+    model (:func:`vitfiqa.loader.to_model_input`), and scored as they are. ``methods`` and ``score_kwargs``
+    (e.g. ``config=``) as :meth:`vitfiqa.QualityModel.score` (None: the config's methods)."""
     from tqdm.auto import tqdm
 
     out: dict[str, np.ndarray] = {}

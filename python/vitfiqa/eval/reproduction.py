@@ -272,9 +272,9 @@ def load_config(config: str | os.PathLike | Mapping, base: str | os.PathLike | N
             spec.model = _path(base, spec.model)
             if not Path(spec.model).is_file():
                 raise FileNotFoundError(f"quality {spec.name!r}: model file not found: {spec.model}")
-            from ..pipeline import check_batch_independent
+            from ..config import check_batch_independent, score_config
 
-            check_batch_independent(spec.options)
+            check_batch_independent(score_config(methods=[QUALITY_SCORE_KEYS[spec.method]], **spec.options))
         qualities.append(spec)
 
     top = {k: raw[k] for k in TOP_LEVEL - {"benchmarks", "recognizers", "qualities"} if k in raw}
@@ -290,8 +290,12 @@ def load_config(config: str | os.PathLike | Mapping, base: str | os.PathLike | N
         raise ConfigError(f"variant must be one of {VARIANTS}, got {cfg.variant!r}")
     if not 0 < float(cfg.limit) <= 1:
         raise ConfigError(f"limit must be in (0, 1], got {cfg.limit}")
-    if int(cfg.batch_size) <= 0:
-        raise ConfigError("batch_size must be positive")
+    from ..results import check_batch_size
+
+    try:
+        check_batch_size(cfg.batch_size)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return cfg
 
 
@@ -455,10 +459,12 @@ def compute_embeddings(spec: RecognizerSpec, ds: ImageSet, cfg: Config, fingerpr
 
 
 def _quality_table(spec: QualitySpec, model_sha256: str, ds: ImageSet, cfg: Config, fingerprint: str):
+    from ..config import score_config
     from ..pipeline import run_description
     from ..results import ScoreTable
 
-    run = run_description(model_sha256, ds.image_size, spec.dtype, [QUALITY_SCORE_KEYS[spec.method]], spec.options)
+    run = run_description(model_sha256, ds.image_size, spec.dtype,
+                          score_config(methods=[QUALITY_SCORE_KEYS[spec.method]], **spec.options))
     run.update(score=spec.method, benchmark=fingerprint)
     key = _json_hash(dict(run=run, batch_size=int(cfg.batch_size)))
     return ScoreTable(Path(cfg.cache) / f"quality-{key[:24]}.table", paths=ds.keys, keys=[spec.method],

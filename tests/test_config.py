@@ -1,0 +1,131 @@
+"""ScoreConfig: one field table (C++), the same names in Python, parsed and printed, validated once against
+the model, options of methods not requested ignored, and the methods as registered core units."""
+import copy
+import json
+import pickle
+
+import pytest
+import torch
+
+import vitfiqa
+from vitfiqa import ScoreConfig
+from vitfiqa.config import score_config
+
+
+def test_defaults_round_trip_and_print():
+    cfg = ScoreConfig()
+    assert cfg == ScoreConfig.from_dict(cfg.to_dict()) == pickle.loads(pickle.dumps(cfg)) == copy.deepcopy(cfg)
+    assert json.loads(json.dumps(cfg.to_dict())) == cfg.to_dict()
+    fields = ScoreConfig.fields()
+    assert {f["name"] for f in fields} >= {"methods", "attn.block", "vitnt.blocks", "exfiqa.exits", "heatmap.range"}
+    for f in fields:  # every field documented, its default the one the class starts with
+        assert f["doc"] and cfg.get(f["name"]) == f["default"]
+        assert f"{f['name']}=" in repr(cfg)
+    cfg.vitnt.blocks = [0, 2]
+    assert cfg != ScoreConfig() and "vitnt.blocks='0,2'" in str(cfg)
+
+
+@pytest.mark.parametrize("name, text, value", [
+    ("vitnt.blocks", "0:4", [0, 1, 2, 3]),
+    ("vitnt.blocks", "0:12:4", [0, 4, 8]),
+    ("vitnt.blocks", "0,3,5", [0, 3, 5]),
+    ("vitnt.blocks", "", []),
+    ("attn.block", "-1", -1),
+    ("attn.logits", "full", "full"),
+    ("vitnt.scale", "3", 3.0),
+    ("heatmaps", "true", True),
+    ("heatmap.range", "0.5,1.5", [0.5, 1.5]),
+    ("methods", "attn, vitnt", ["attn", "vitnt"]),
+])
+def test_fields_parse_from_text_and_print_back(name, text, value):
+    cfg = ScoreConfig()
+    cfg.set(name, text)
+    assert cfg.get(name) == value
+    again = ScoreConfig()
+    again.set(name, ScoreConfig.format_value(name, value))
+    assert again == cfg
+
+
+@pytest.mark.parametrize("name, value, msg", [
+    ("vitnt.blocks", "a", "vitnt.blocks"),
+    ("vitnt.blocks", "3:1", "vitnt.blocks"),
+    ("attn.block", "1.5", "attn.block"),
+    ("vitnt.scale", [1], "vitnt.scale"),
+    ("heatmaps", "maybe", "heatmaps"),
+    ("nope.field", 1, "unknown score config field"),
+])
+def test_bad_values_name_the_field(name, value, msg):
+    with pytest.raises(ValueError, match=msg):
+        ScoreConfig().set(name, value)
+
+
+def test_nested_dotted_and_keyword_construction():
+    a = ScoreConfig(methods=["attn"], attn={"block": 2}, vitnt={"blocks": "0:3"})
+    b = ScoreConfig.from_dict({"methods": "attn", "attn.block": 2, "vitnt.blocks": [0, 1, 2]})
+    c = score_config(methods=["attn"], attn_block=2, vitnt_blocks=range(3))
+    assert a == b == c
+    assert score_config(a, attn_block=None) == a  # a keyword given as None leaves the field as it is
+    a.set("attn.block", None)  # set(name, None) is the field's default
+    assert a.attn.block == ScoreConfig().attn.block
+    with pytest.raises(TypeError, match="unknown scoring option"):
+        score_config(attn_blok=1)
+
+
+def test_methods_and_columns_come_from_the_core(loaded):
+    assert vitfiqa.METHODS == tuple(m["name"] for m in vitfiqa._core.methods())
+    assert all(m["description"] for m in vitfiqa._core.methods())
+    m = loaded("vitfiqa_token-script")
+    cols = m.columns(methods=["exfiqa", "attn"], exits=[0, 2])
+    assert cols == ["exfiqa_F", "exfiqa_FW", "exfiqa_exit1", "exfiqa_exit3", "attn"]
+    r = m.score(torch.randn(2, 3, 112, 112), methods=["exfiqa", "attn"], exits=[0, 2])
+    assert list(r.columns()) == ["exfiqa_F", "exfiqa_FW", "attn", "exfiqa_exit1", "exfiqa_exit3"]
+    assert sorted(r.to_frame().columns) == sorted(cols)
+
+
+def test_config_and_keywords_give_the_same_scores(loaded):
+    m = loaded("timm-script")
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    by_keyword = m.score(x, methods=["attn", "vitnt"], attn_block=1, vitnt_blocks=[0, 2], vitnt_scale=3.0)
+    cfg = ScoreConfig(methods=["attn", "vitnt"], attn={"block": 1}, vitnt={"blocks": [0, 2], "scale": 3.0})
+    by_config = m.score(x, config=cfg)
+    for k in ("attn", "vitnt"):
+        torch.testing.assert_close(by_config.scores[k], by_keyword.scores[k], rtol=0, atol=0)
+
+
+def test_options_of_methods_not_requested_are_ignored(loaded):
+    """Issue 10: before, exit_normalization='bogus' with attn passed while vitnt_blocks=[99] raised."""
+    m = loaded("vitfiqa_token-script")
+    x = torch.randn(2, 3, 112, 112, generator=torch.Generator().manual_seed(0))
+    plain = m.score(x, methods=["attn"]).scores["attn"]
+    ignored = m.score(x, methods=["attn"], exit_normalization="bogus", vitnt_blocks=[99], vitnt_scale=-1.0,
+                      vitnt_weighting="x", heatmap_normalize="x").scores["attn"]
+    torch.testing.assert_close(ignored, plain, rtol=0, atol=0)
+    # Requested, each is checked against the model before the first batch, naming the field.
+    with pytest.raises(IndexError, match="vitnt.blocks"):
+        m.score(x, methods=["vitnt"], vitnt_blocks=[99])
+    with pytest.raises(ValueError, match="exfiqa.normalization"):
+        m.score(x, methods=["exfiqa"], exit_normalization="bogus")
+    with pytest.raises(ValueError, match="heatmap.normalize"):
+        m.score(x, methods=["attn"], heatmaps=True, heatmap_normalize="x")
+
+
+def test_results_table_records_the_whole_config(tmp_path, loaded, model_cases):
+    from PIL import Image
+    import numpy as np
+
+    from vitfiqa.pipeline import score_frame
+    from vitfiqa.results import ScoreTable, TableError
+
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(p)
+        paths.append(str(p))
+    m = vitfiqa.load(model_cases["timm-script"].path, image_size=32)
+    cfg = ScoreConfig(methods=["vitnt"], vitnt={"blocks": [0, 2]})
+    score_frame(m, paths, config=cfg, batch_size=2, out=tmp_path / "t")
+    assert ScoreConfig.from_dict(ScoreTable.open(tmp_path / "t").run["config"]) == cfg
+    other = cfg.copy()
+    other.vitnt.scale = 3.0
+    with pytest.raises(TableError, match="config"):
+        score_frame(m, paths, config=other, batch_size=2, out=tmp_path / "t")
