@@ -214,11 +214,12 @@ LINE_RULES = [  # (decision, regex) applied to comment- and docstring-free code 
     ("fusion_columns", re.compile(r"[\"']exfiqa_FW?[\"']")),
     ("structured_keys", re.compile(r"_heatmap(_grid)?[\"']|[\"'](attention_logits|block_tokens)\.|"
                                    r"[\"']exfiqa_exits[\"']|[\"']vitnt_patch_quality[\"']")),
-    ("exit_depth_rule", re.compile(r"%\s*[\w.]*num_blocks\)?\s*\)?\s*\+\s*1|depths?\.(push_back|append)\(\s*\w+\s*\+\s*1\s*\)")),
+    ("exit_depth_rule", re.compile(r"%\s*[\w.]*num_blocks\)?\s*\)?\s*\+\s*1|depths?\.(push_back|append)\(\s*\w+\s*\+\s*1\s*\)|"
+                                   r"\bd(epth)?\s*\+=\s*1\b")),
     ("batch_size_check", re.compile(r"batch_size\w*\)?\s*(<=\s*0|<\s*1|>\s*0|>=\s*1)\b")),
     ("method_check", re.compile(r"unknown method")),
     ("no_method_check", re.compile(r"no method requested")),
-    ("heatmap_range_check", re.compile(r"(value|heatmap)[ _]range (is a global|goes with)")),
+    ("heatmap_range_check", re.compile(r"(value|heatmap)[ _]range (is a global|goes with)|is a fixed global range")),
     ("attn_tokens_check", re.compile(r"[\"']?all[\"']?\s*(or|,|\|)\s*[\"']?patches")),
     ("vitnt_weighting_check", re.compile(r"uniform[\"']?\s*(or|,|\|)\s*[\"']?attention")),
     ("vitnt_attention_blocks_check", re.compile(r"last[\"']?\s*(or|,|\|)\s*[\"']?all\b")),

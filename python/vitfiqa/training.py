@@ -19,6 +19,7 @@ from torch import nn
 
 from .loader import is_image_file
 from .preprocess import DEFAULT_IMAGE_SIZE
+from .results import check_batch_size
 
 
 class MarginSoftmax(nn.Module):
@@ -174,8 +175,9 @@ def _train(model: nn.Module, dataset, epochs: int, batch_size: int, lr: float, w
 
     if schedule not in ("constant", "cosine"):
         raise ValueError("schedule must be 'constant' or 'cosine'")
-    if epochs < 1 or batch_size < 1:
-        raise ValueError("epochs and batch_size must be positive")
+    check_batch_size(batch_size)
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
     torch.manual_seed(seed)
     model.to(device).eval()  # BatchNorm cannot see a batch of one in training mode
     with torch.no_grad():
