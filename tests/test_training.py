@@ -124,3 +124,12 @@ def test_resume_from_a_malicious_checkpoint_runs_no_code(tmp_path):
         train_vitfiqa(small_model(), InMemoryDataset(x, ids), epochs=1, checkpoint_dir=tmp_path / "ckpt",
                       progress=False)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("kwargs, message", [(dict(epochs=0), "epochs must be a positive integer"),
+                                             (dict(epochs=1.5), "epochs must be a positive integer"),
+                                             (dict(batch_size=0), "batch_size must be positive")])
+def test_training_rejects_bad_epochs_and_batch_size(kwargs, message):
+    x, ids = identity_data(n_ids=2, per_id=4)
+    with pytest.raises(ValueError, match=message):
+        train_vitfiqa(small_model(), InMemoryDataset(x, ids), progress=False, **{"epochs": 1, **kwargs})
