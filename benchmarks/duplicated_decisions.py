@@ -418,10 +418,14 @@ def report(root: Path, hits: list[Hit]) -> str:
     subject = _git(root, "log", "-1", "--format=%s")
     dirty = _git(root, "status", "--porcelain", "--", "python", "csrc")
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    here = Path(__file__).resolve()
+    rules = _git(here.parent.parent, "log", "-1", "--format=%h", "--", f"benchmarks/{here.name}")
+    edited = _git(here.parent.parent, "status", "--porcelain", "--", f"benchmarks/{here.name}")
     by = {d: [h for h in hits if h.decision == d] for d in DECISIONS}
     lines = ["# Duplicated decisions", "",
              f"Commit `{commit}` ({subject}){' with uncommitted changes in python/ or csrc/' if dirty else ''}; "
-             f"counted {now} by `python benchmarks/duplicated_decisions.py` over python/ and csrc/ "
+             f"counted {now} by `python benchmarks/duplicated_decisions.py` (the rules as of `{rules}`"
+             f"{', edited since' if edited else ''}) over python/ and csrc/ "
              "(comments, docstrings and tests not counted; validations counted once per function).", "",
              "A decision made in one place counts 1; `extra` = places beyond the first.", "",
              "| group | decision | places | extra |", "|---|---|---|---|"]
