@@ -2,13 +2,15 @@
 //
 // Forward hooks cannot be added to an already compiled TorchScript module (a submodule's hook would have
 // to be compiled into its parent's graph), so instead we copy the forward graph, inline every call,
-// locate the attention sites and block outputs, and return the wanted values from a standalone
-// GraphFunction. The user's module and its type are never modified.
+// locate the attention sites and block outputs (graph_analysis.h), and return the wanted values from a
+// standalone GraphFunction (graph_rewrite.h), built once per distinct request and cached. The user's module and
+// its type are never modified. This header is the public interface; capture.cpp loads, caches and runs.
 #pragma once
 
 #include <torch/csrc/jit/api/module.h>
 #include <torch/csrc/jit/ir/ir.h>
 
+#include <compare>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -27,7 +29,9 @@ enum class AttentionKind { Softmax, ScaledDotProduct };
 inline constexpr const char* kDefaultAttnLogits = "qk";
 void check_attn_logits(const std::string& attn_logits);  // throws std::invalid_argument unless qk | full
 
-// What one forward pass should return. Indices are 0-based block indices.
+// What one forward pass should return. Indices are 0-based block indices. Requests compare field by field
+// (defaulted comparison): the graph cache is keyed by the request itself, so every field, present or added
+// later, selects its own rewritten graph.
 struct CaptureRequest {
   std::vector<int64_t> logits_blocks;    // softmax input / (q, k, scale, mask) of these blocks
   std::string attn_logits = kDefaultAttnLogits;  // "qk" | "full": bias and mask in the logits or not
@@ -41,7 +45,8 @@ struct CaptureRequest {
   std::vector<int64_t> exit_blocks;      // model head re-applied to these blocks' outputs (early exits)
   int64_t exit_output = -1;              // which element of the model output the exits compute
   bool model_output = false;             // the model's own output
-  std::string key() const;
+  auto operator<=>(const CaptureRequest&) const = default;
+  bool operator==(const CaptureRequest&) const = default;
 };
 
 // One attention site as captured: either the materialised logits (explicit attention) or the fused
@@ -83,6 +88,9 @@ struct ModelInfo {
   std::vector<std::string> notes;
 };
 
+struct ModelLayout;   // graph_analysis.h
+struct CaptureGraph;  // graph_rewrite.h
+
 class CaptureModel {
  public:
   // Loads from a file path or (when from_bytes) from the serialized bytes themselves. final_norm: the
@@ -93,50 +101,23 @@ class CaptureModel {
 
   CaptureResult run(const at::Tensor& images, const CaptureRequest& request);
   at::IValue forward(const at::Tensor& images);  // the plain model forward, for baselines
-  const ModelInfo& info() const { return info_; }
+  const ModelInfo& info() const;
   at::Device device() const { return device_; }
   at::ScalarType dtype() const { return dtype_; }
   std::string graph_for(const CaptureRequest& request);  // debugging aid: the rewritten graph
   at::IValue attribute(const std::string& name) const;
+  ~CaptureModel();
 
  private:
-  struct Site {
-    torch::jit::Node* node;
-    int64_t block;
-    bool biased = false;                           // softmax input / attn_mask adds a bias or mask
-    torch::jit::Value* unbiased_logits = nullptr;  // softmax sites: q.k*scale before the bias terms
-  };
-  struct Built {
-    std::shared_ptr<torch::jit::Graph> graph;
-    std::shared_ptr<torch::jit::GraphFunction> fn;
-    // How to read the returned tuple back: a tag per element.
-    std::vector<std::pair<std::string, int64_t>> layout;
-  };
-
-  void analyse_patch_embedding(torch::jit::Graph& g);
-  std::optional<at::IValue> resolve(torch::jit::Value* v, torch::jit::Graph& g) const;
-  void analyse(const std::string& final_norm);
-  void find_final_norm(torch::jit::Graph& g);
-  void make_named_final_norm(torch::jit::Graph& g, const std::string& path);
-  void set_final_norm(const std::vector<torch::jit::Node*>& chain, const std::string& source);
-  Built& build(const CaptureRequest& request);
+  const CaptureGraph& graph(const CaptureRequest& request);  // from the cache, rewritten on first use
   void check_images(const at::Tensor& images) const;
 
   torch::jit::Module module_;
   at::Device device_;
   at::ScalarType dtype_;
-  std::shared_ptr<torch::jit::Graph> base_;  // inlined, defaults substituted, constant-propagated
-  std::vector<Site> sites_;                  // one per block, in block order
-  std::vector<torch::jit::Value*> block_outputs_;
-  // The final norm and the value-preserving ops that lead to it from the last block's output, in order
-  // (the norm last); re-applied to another block's output, the chain gives that block's normed tokens.
-  torch::jit::Node* final_norm_ = nullptr;
-  std::vector<torch::jit::Node*> final_norm_chain_;
-  bool final_norm_fusable_ = false;
-  torch::jit::Node* patch_conv_ = nullptr;
-  ModelInfo info_;
-  std::mutex mutex_;
-  std::map<std::string, std::unique_ptr<Built>> cache_;
+  std::unique_ptr<const ModelLayout> layout_;
+  std::mutex mutex_;  // guards cache_
+  std::map<CaptureRequest, std::unique_ptr<const CaptureGraph>> cache_;
 };
 
 // torch::jit::load from a path or from the serialized bytes, with one clear error for a corrupt file.

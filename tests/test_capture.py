@@ -121,3 +121,40 @@ def test_vitnt_without_hoisting_matches_reference(tmp_path):
     x = torch.randn(2, 3, 112, 112)
     r = vitfiqa.load(tmp_path / "assign.pt").score(x, methods=["vitnt", "attn"])
     torch.testing.assert_close(r.scores["vitnt"], ref.vitnt_fiqa(model, x, 0)[0], rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("case,variants", [
+    # biased attention: attn_logits selects q.k*scale or the whole softmax input
+    ("timm_relpos-script", [{"attn_logits": "qk"}, {"attn_logits": "full"}]),
+    # two outputs: exit_output selects which one the exits compute
+    ("vitfiqa_token-script", [{"exit_blocks": [1], "exit_output": 0}, {"exit_blocks": [1], "exit_output": 1}]),
+    ("vitfiqa_token-script", [{"final_norm": True}, {"final_norm": False}]),
+    ("vitfiqa_token-script", [{"model_output": False}, {"model_output": True}, {"probs_blocks": [0]}]),
+])
+def test_graph_cache_tells_requests_apart(case, variants, model_cases):
+    """The rewritten graphs are cached per request, keyed by the whole request: requests that differ in one field,
+    run one after another on one model, each get their own graph (the results of a freshly loaded model)."""
+    c = model_cases[case]
+    x = c.images(2)
+    common = {"attention_blocks": [1], "token_blocks": [0, 1]}
+
+    def load():
+        return vitfiqa.load(c.path, image_size=(c.image_size, c.image_size))
+
+    def tensors(cap):
+        out = []
+        for key in ("attention_logits", "attention_probs", "block_tokens", "exits"):
+            out += [(key, b, t) for b, t in sorted(cap[key].items())]
+        return out + [("model_output", i, t) for i, t in enumerate(cap["model_output"] or ())]
+
+    shared = load()
+    results = []
+    for request in variants + variants[::-1]:  # every request again after the others have been cached
+        got = tensors(shared.capture(x, **common, **request))
+        want = tensors(load().capture(x, **common, **request))
+        assert [k[:2] for k in got] == [k[:2] for k in want]
+        for (key, b, g), (_, _, w) in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=0, atol=0, msg=f"{request}: {key}[{b}]")
+        results.append(got)
+    for first, second in zip(results, results[1:len(variants)]):  # and the variants differ from each other
+        assert len(first) != len(second) or any(not torch.equal(a[2], b[2]) for a, b in zip(first, second))
