@@ -167,7 +167,7 @@ def _default_rules(name: str, value) -> list[str]:
         out.append("channel_order_default")
     if n in ("mean", "std") and num == 0.5:
         out.append("normalization_default")
-    if n == "batch_size" and num == 64:
+    if n.endswith("batch_size") and num == 64:  # batch_size=, DEFAULT_BATCH_SIZE =
         out.append("batch_size_default")
     if "method" in n and ((elems is not None and set(elems) == {"attn", "vitnt"} and len(elems) == 2)
                           or (isinstance(c, str) and re.fullmatch(r"\s*attn\s*,\s*vitnt\s*", c))):
@@ -365,7 +365,7 @@ CPP_DEFAULT_RULES = [
     ("heatmap_mode_check", re.compile(r"\"image\"\s*,\s*\"global\"")),
     ("vitnt_weighting_check", re.compile(r"!=\s*\"uniform\"|==\s*\"attention\"\s*\|\|")),
     ("vitnt_attention_blocks_check", re.compile(r"!=\s*\"last\"")),
-    ("exit_normalization_check", re.compile(r"==\s*\"zscore\"")),
+    ("exit_normalization_check", re.compile(r"==\s*\"zscore\"|\{\s*\"zscore\"\s*,")),  # a test, or a table entry
     ("heatmap_minmax", re.compile(r"-\s*lo\b")),
 ]
 

@@ -81,6 +81,11 @@ at::Tensor token_grid(const at::Tensor& per_token, int64_t prefix, const std::ve
   return per_token.narrow(1, prefix, patches).to(at::kFloat).reshape({-1, grid[0], grid[1]});
 }
 
+const std::vector<std::string>& heatmap_normalizations() {
+  static const std::vector<std::string> modes{"image", "global", "none"};
+  return modes;
+}
+
 at::Tensor render_heatmaps(const at::Tensor& grids, const std::vector<int64_t>& out_hw, const std::string& mode,
                            const std::vector<double>& value_range) {
   if (!grids.defined() || grids.dim() != 3 || grids.size(0) == 0)
@@ -106,7 +111,9 @@ at::Tensor render_heatmaps(const at::Tensor& grids, const std::vector<int64_t>& 
       lo = at::scalar_tensor(value_range[0], map.options());
       hi = at::scalar_tensor(value_range[1], map.options());
     } else {
-      throw std::invalid_argument("unknown heatmap normalisation '" + mode + "' (image, global, none)");
+      std::string known;
+      for (const auto& m : heatmap_normalizations()) known += (known.empty() ? "" : ", ") + m;
+      throw std::invalid_argument("unknown heatmap normalisation '" + mode + "' (" + known + ")");
     }
     // The official expression, in float32 like the official numpy arrays; a constant map becomes zeros.
     map = ((map - lo) / (hi - lo + 1e-8f)).clamp(0.0, 1.0);

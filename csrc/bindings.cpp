@@ -354,7 +354,7 @@ PYBIND11_MODULE(_core, m) {
           },
           py::arg("images"), py::arg("logits_blocks") = std::vector<int64_t>{},
           py::arg("probs_blocks") = std::vector<int64_t>{}, py::arg("token_blocks") = std::vector<int64_t>{},
-          py::arg("final_norm") = true, py::arg("exit_blocks") = std::vector<int64_t>{}, py::arg("exit_output") = -1,
+          py::arg("final_norm") = true, py::arg("exit_blocks") = std::vector<int64_t>{}, py::arg("exit_output") = CaptureRequest{}.exit_output,
           py::arg("model_output") = false, py::arg("attn_logits") = std::string(kDefaultAttnLogits))
       .def("attribute", [](CaptureModel& self, const std::string& name) { return ivalue_to_py(self.attribute(name)); },
            py::arg("name"), "A module attribute (parameter, buffer or constant) by name, e.g. for inspection.")
@@ -363,7 +363,8 @@ PYBIND11_MODULE(_core, m) {
           [](CaptureModel& self, std::vector<int64_t> logits_blocks, std::vector<int64_t> token_blocks,
              std::vector<int64_t> exit_blocks, bool final_norm) {
             return self.graph_for(
-                make_request(logits_blocks, {}, token_blocks, final_norm, exit_blocks, -1, false, kDefaultAttnLogits));
+                make_request(logits_blocks, {}, token_blocks, final_norm, exit_blocks, CaptureRequest{}.exit_output, false,
+                             kDefaultAttnLogits));
           },
           py::arg("logits_blocks") = std::vector<int64_t>{}, py::arg("token_blocks") = std::vector<int64_t>{},
           py::arg("exit_blocks") = std::vector<int64_t>{}, py::arg("final_norm") = true);
@@ -391,7 +392,7 @@ PYBIND11_MODULE(_core, m) {
       "fuse_exits",
       [](const at::Tensor& exit_scores, const std::vector<int64_t>& depths, const std::string& fusion,
          const std::string& normalization) { return fuse_exits(exit_scores, depths, fusion, normalization); },
-      py::arg("exit_scores"), py::arg("depths"), py::arg("fusion") = "depth", py::arg("normalization") = "none");
+      py::arg("exit_scores"), py::arg("depths"), py::arg("fusion") = "depth", py::arg("normalization") = ExfiqaConfig{}.normalization);
   m.def("render_heatmaps", &render_heatmaps, py::arg("grids"), py::arg("size"), py::arg("mode"),
         py::arg("value_range"));
   m.def("normalize_exits", &normalize_exits, py::arg("exit_scores"), py::arg("normalization"));

@@ -1,4 +1,5 @@
 #include "config.h"
+#include "methods.h"  // the vocabularies the kernels own (heatmap and exit normalisations)
 
 #include <algorithm>
 #include <charconv>
@@ -108,10 +109,10 @@ const std::vector<ConfigField>& config_fields() {
             "default) or the mean over all selected blocks", VITFIQA_MEMBER(vitnt.attention_blocks), {"last", "all"}),
       field("exfiqa.exits", "exits", "EX-FIQA exit blocks (0-based; empty: all)", VITFIQA_MEMBER(exfiqa.exits)),
       field("exfiqa.normalization", "exit_normalization", "EX-FIQA per-exit normalisation over the batch",
-            VITFIQA_MEMBER(exfiqa.normalization), {"none", "zscore", "minmax"}),
+            VITFIQA_MEMBER(exfiqa.normalization), exit_normalizations()),
       field("heatmap.size", nullptr, "heatmap (height, width); empty: the input's", VITFIQA_MEMBER(heatmap.size)),
       field("heatmap.normalize", nullptr, "min-max on the patch grid: per image, global (over the call, or "
-            "heatmap.range), or none", VITFIQA_MEMBER(heatmap.normalize), {"image", "global", "none"}),
+            "heatmap.range), or none", VITFIQA_MEMBER(heatmap.normalize), heatmap_normalizations()),
       field("heatmap.range", nullptr, "(low, high): a fixed global range, e.g. a data set's", VITFIQA_MEMBER(heatmap.range)),
   };
   return table;

@@ -5,19 +5,48 @@
 
 namespace vitfiqa {
 
+namespace {
+
+at::Tensor zscore(const at::Tensor& s) {
+  auto sd = s.std(1, /*unbiased=*/false, true);
+  return (s - s.mean(1, true)) / sd.clamp_min(1e-12);
+}
+
+at::Tensor minmax(const at::Tensor& s) {
+  auto lo = std::get<0>(s.min(1, true));
+  auto hi = std::get<0>(s.max(1, true));
+  return (s - lo) / (hi - lo).clamp_min(1e-12);
+}
+
+// The one table of exit normalisations: name -> what it does over the batch axis (nullptr: nothing).
+using ExitNormalizer = at::Tensor (*)(const at::Tensor&);
+const std::vector<std::pair<std::string, ExitNormalizer>>& exit_normalizers() {
+  static const std::vector<std::pair<std::string, ExitNormalizer>> table{
+      {"none", nullptr}, {"zscore", &zscore}, {"minmax", &minmax}};
+  return table;
+}
+
+}  // namespace
+
+const std::vector<std::string>& exit_normalizations() {
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> n;
+    for (const auto& entry : exit_normalizers()) n.push_back(entry.first);
+    return n;
+  }();
+  return names;
+}
+
 at::Tensor normalize_exits(const at::Tensor& s, const std::string& normalization) {
-  if (normalization == "none") return s;
-  if (s.size(1) < 2) throw std::invalid_argument("exit normalisation '" + normalization + "' needs at least two images");
-  if (normalization == "zscore") {
-    auto sd = s.std(1, /*unbiased=*/false, true);
-    return (s - s.mean(1, true)) / sd.clamp_min(1e-12);
+  for (const auto& [name, normalize] : exit_normalizers()) {
+    if (name != normalization) continue;
+    if (!normalize) return s;
+    if (s.size(1) < 2) throw std::invalid_argument("exit normalisation '" + normalization + "' needs at least two images");
+    return normalize(s);
   }
-  if (normalization == "minmax") {
-    auto lo = std::get<0>(s.min(1, true));
-    auto hi = std::get<0>(s.max(1, true));
-    return (s - lo) / (hi - lo).clamp_min(1e-12);
-  }
-  throw std::invalid_argument("unknown exit normalisation '" + normalization + "' (none, zscore, minmax)");
+  std::string known;
+  for (const auto& n : exit_normalizations()) known += (known.empty() ? "" : ", ") + n;
+  throw std::invalid_argument("unknown exit normalisation '" + normalization + "' (" + known + ")");
 }
 
 at::Tensor quality_scalar(const at::Tensor& exit_output, int64_t batch) {

@@ -32,7 +32,8 @@ at::Tensor token_grid(const at::Tensor& per_token, int64_t prefix, const std::ve
 //   "global": lo, hi = min, max over every grid given (official normalize_global=True: all images shown),
 //             or value_range when given (e.g. a data set's min and max, collected over several calls),
 //   "none":   raw values.
-// The same vocabulary as ScoreConfig's heatmap section (normalize, range).
+// The one vocabulary of modes, in this order; ScoreConfig's heatmap.normalize reads it (config.cpp).
+const std::vector<std::string>& heatmap_normalizations();
 // Then bilinear resize (align_corners=False, as cv2.INTER_LINEAR) to out_hw ({} keeps the grid).
 at::Tensor render_heatmaps(const at::Tensor& grids, const std::vector<int64_t>& out_hw, const std::string& mode,
                            const std::vector<double>& value_range);
@@ -62,6 +63,8 @@ at::Tensor patch_attention_weights(const std::vector<at::Tensor>& probs, int64_t
 // exit_scores [L,B] for exits at 1-based depths `depths`; normalization "none" | "zscore" | "minmax"
 // (over the batch axis); fusion "mean" (EX-FIQA-F) or "depth" (EX-FIQA-FW, w_l proportional to l).
 at::Tensor normalize_exits(const at::Tensor& exit_scores, const std::string& normalization);
+// The one vocabulary of exit normalisations (normalize_exits' table); ScoreConfig's exfiqa.normalization reads it.
+const std::vector<std::string>& exit_normalizations();
 // The quality head's output at one exit -> [B] float64; a clear error unless it is one value per image.
 at::Tensor quality_scalar(const at::Tensor& exit_output, int64_t batch);
 at::Tensor fuse_exits(const at::Tensor& exit_scores, const std::vector<int64_t>& depths, const std::string& fusion,

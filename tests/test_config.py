@@ -129,3 +129,40 @@ def test_results_table_records_the_whole_config(tmp_path, loaded, model_cases):
     other.vitnt.scale = 3.0
     with pytest.raises(TableError, match="config"):
         score_frame(m, paths, config=other, batch_size=2, out=tmp_path / "t")
+
+
+def test_kernel_vocabularies_and_defaults_have_one_owner():
+    """The heatmap and exit normalisations are the kernels' vocabularies: the config's choices are theirs, and
+    every listed name is one the kernel runs; fuse_exits without options is the config's default normalisation
+    with EX-FIQA-FW's depth weighting; every scoring entry point defaults to the one batch size."""
+    import inspect
+
+    from vitfiqa import cli, distributed, loader, pipeline
+    from vitfiqa.eval import datasets, reproduction
+    from vitfiqa.results import DEFAULT_BATCH_SIZE
+
+    choices = {f["name"]: f["choices"] for f in ScoreConfig.fields()}
+    grids = torch.rand(3, 2, 2)
+    for mode in choices["heatmap.normalize"]:
+        assert vitfiqa.render_heatmaps(grids, normalize=mode).shape == (3, 2, 2)
+    with pytest.raises(ValueError, match=r"\(" + ", ".join(choices["heatmap.normalize"]) + r"\)"):
+        vitfiqa.render_heatmaps(grids, normalize="bogus")
+    exits = torch.rand(4, 5, dtype=torch.float64)
+    for norm in choices["exfiqa.normalization"]:
+        assert torch.isfinite(vitfiqa.fuse_exits(exits, [1, 2, 3, 4], normalization=norm)).all()
+    with pytest.raises(ValueError, match=r"\(" + ", ".join(choices["exfiqa.normalization"]) + r"\)"):
+        vitfiqa.fuse_exits(exits, [1, 2, 3, 4], normalization="bogus")
+    default = vitfiqa.fuse_exits(exits, [1, 2, 3, 4])
+    assert torch.equal(default, vitfiqa.fuse_exits(exits, [1, 2, 3, 4], fusion="depth",
+                                                   normalization=ScoreConfig().exfiqa.normalization))
+
+    for fn in (pipeline.score_files, pipeline.open_table, distributed.score_with_ray, loader.ImageLoader,
+               datasets.ImageSet.iter_batches, datasets.ImageSet.batches, datasets.score_image_set,
+               datasets.extract_embeddings):
+        assert inspect.signature(fn).parameters["batch_size"].default == DEFAULT_BATCH_SIZE, fn
+    assert reproduction.Config.__dataclass_fields__["batch_size"].default == DEFAULT_BATCH_SIZE
+    parser = cli.build_parser()
+    for command in ("score", "evaluate"):
+        assert parser.parse_args([command] + {"score": ["--images", "x", "--out", "y"],
+                                              "evaluate": ["--model", "m", "--bin", "b"]}[command]).batch_size \
+            == DEFAULT_BATCH_SIZE

@@ -299,18 +299,21 @@ class QualityModel:
 
     def capture(self, images: Any, *, attention_blocks: Sequence[int] = (), probs_blocks: Sequence[int] = (),
                 token_blocks: Sequence[int] = (), final_norm: bool = True, exit_blocks: Sequence[int] = (),
-                exit_output: int = -1, model_output: bool = False, preprocess: bool | str = "auto",
+                exit_output: int | None = None, model_output: bool = False, preprocess: bool | str = "auto",
                 attn_logits: str | None = None) -> dict:
         """Raw captures from one forward pass: ``attention_logits`` {block: [B,H,N,N]} (``attn_logits`` as in
         :meth:`score`),
         ``attention_probs``, ``block_tokens`` {block: [B,N,C]} (final-norm applied unless final_norm=False),
-        ``exits`` {block: head output at that exit}, ``model_output``, ``patch_grid``."""
+        ``exits`` {block: head output at that exit}, ``model_output``, ``patch_grid``. ``exit_output``: which
+        element of the model's output the exits compute (None: the core's default, the last)."""
         L = self.num_blocks
         norm = lambda bs: sorted({b % L if -L <= b < L else b for b in bs})  # noqa: E731
         x = self.prepare(images, preprocess)
-        extra = {} if attn_logits is None else {"attn_logits": str(attn_logits)}
+        extra = {} if attn_logits is None else {"attn_logits": str(attn_logits)}  # None: the core's default
+        if exit_output is not None:
+            extra["exit_output"] = int(exit_output)
         return self._core.capture(x, norm(attention_blocks), norm(probs_blocks), norm(token_blocks), final_norm,
-                                  norm(exit_blocks), int(exit_output), bool(model_output), **extra)
+                                  norm(exit_blocks), model_output=bool(model_output), **extra)
 
     def forward(self, images: Any, preprocess: bool | str = "auto"):
         """The model's plain forward (C++ torch::jit), e.g. to get embeddings."""
@@ -358,13 +361,15 @@ def render_heatmaps(grids: torch.Tensor | np.ndarray, size: tuple[int, int] | No
                                  _value_range(value_range) if value_range is not None else [])
 
 
-def fuse_exits(exit_scores: torch.Tensor | np.ndarray, depths: Sequence[int], fusion: str = "depth",
-               normalization: str = "none") -> torch.Tensor:
+def fuse_exits(exit_scores: torch.Tensor | np.ndarray, depths: Sequence[int], fusion: str | None = None,
+               normalization: str | None = None) -> torch.Tensor:
     """EX-FIQA fusion of an [L,B] exit-score matrix collected over a whole data set.
 
-    fusion ``mean`` = EX-FIQA-F, ``depth`` = EX-FIQA-FW (w_l proportional to the 1-based depth l);
-    normalization ``none`` | ``zscore`` | ``minmax`` per exit over all B images."""
+    fusion ``mean`` = EX-FIQA-F, ``depth`` = EX-FIQA-FW (w_l proportional to the 1-based depth l; the default);
+    normalization ``none`` (the default, as ``ScoreConfig.exfiqa``) | ``zscore`` | ``minmax`` per exit over all
+    B images. None takes the core's default; the core checks both."""
     if isinstance(exit_scores, np.ndarray) and not exit_scores.flags.writeable:
         exit_scores = exit_scores.copy()  # e.g. a view of a pandas frame; torch wants writable memory
     t = torch.as_tensor(exit_scores, dtype=torch.float64)
-    return _core.fuse_exits(t, [int(d) for d in depths], fusion, normalization)
+    given = {k: v for k, v in (("fusion", fusion), ("normalization", normalization)) if v is not None}
+    return _core.fuse_exits(t, [int(d) for d in depths], **given)

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from .loader import IMAGE_EXTENSIONS, is_image_file
-from .preprocess import CHANNEL_ORDERS, DEFAULT_MAX_PIXELS
+from .preprocess import CHANNEL_ORDERS, DEFAULT_CHANNEL_ORDER, DEFAULT_MAX_PIXELS
+from .results import DEFAULT_BATCH_SIZE
 
 log = logging.getLogger("vitfiqa")
 
@@ -310,12 +311,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", help="cpu (default), cuda, cuda:N; with --ray the default uses GPUs when the cluster has them")
     s.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
                    help="model precision (float16 for GPUs)")
-    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                   help=f"images per batch (default {DEFAULT_BATCH_SIZE})")
     s.add_argument("--workers", type=int, help="image decoding threads (default: min(8, cores))")
     s.add_argument("--image-size", type=int, help="input side in pixels (default: the model's recorded input "
                    "contract, else its patch grid)")
     s.add_argument("--channel-order", choices=CHANNEL_ORDERS,
-                   help="channel order the model expects (default: its recorded input contract, else rgb)")
+                   help=f"channel order the model expects (default: its recorded input contract, else "
+                        f"{DEFAULT_CHANNEL_ORDER})")
     s.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help=f"skip (with the reason in the table) images larger than this many pixels, read from the "
                         f"header before decoding (default {DEFAULT_MAX_PIXELS:,}; 0: no limit)")
@@ -339,9 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=float, default=0.3)
     e.add_argument("--out", default="vitfiqa-eval")
     e.add_argument("--device", default="cpu")
-    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                   help=f"images per batch (default {DEFAULT_BATCH_SIZE})")
     e.add_argument("--image-size", type=int, help="default: the model's recorded input contract, else its patch grid")
-    e.add_argument("--channel-order", choices=CHANNEL_ORDERS, help="default: the model's record, else rgb")
+    e.add_argument("--channel-order", choices=CHANNEL_ORDERS,
+                   help=f"default: the model's record, else {DEFAULT_CHANNEL_ORDER}")
     _final_norm_argument(e)
     e.set_defaults(fn=cmd_evaluate)
 

@@ -29,6 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from .preprocess import DEFAULT_MAX_PIXELS
+from .results import DEFAULT_BATCH_SIZE
 
 log = logging.getLogger("vitfiqa")
 
@@ -94,7 +95,7 @@ class _Scorer:
 
 def score_with_ray(model: str | os.PathLike | bytes, sources: Sequence, out_dir: str | os.PathLike,
                    methods: Sequence[str] | str | None = None, *, ids: Sequence[str] | None = None, config=None,
-                   address: str | None = None, batch_size: int = 64, num_actors: int | None = None,
+                   address: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE, num_actors: int | None = None,
                    device: str | None = None, dtype: str = "float32", image_size: tuple[int, int] | int | None = None,
                    channel_order: str | None = None, workers: int | None = None,
                    cpus_per_actor: float | None = None, overwrite: bool = False, progress: bool = True,

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .preprocess import DEFAULT_IMAGE_SIZE, DEFAULT_MAX_PIXELS, load_uint8, normalize_uint8
-from .results import check_batch_size
+from .results import DEFAULT_BATCH_SIZE, check_batch_size
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 """File-name endings taken as images when a folder is searched (the CLI's ``--images DIR``, the training
@@ -131,7 +131,8 @@ class ImageLoader:
     threads top out near 2-4k images/s per Python process, fewer than a GPU can score. Sources then travel to
     the workers pickled: paths are cheap, encoded bytes are copied once."""
 
-    def __init__(self, sources: Sequence[Any], batch_size: int = 64, size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
+    def __init__(self, sources: Sequence[Any], batch_size: int = DEFAULT_BATCH_SIZE,
+                 size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
                  workers: int | None = None, prefetch: int = 2, pin_memory: bool = False, start: int = 0,
                  processes: bool = False, skip: Collection[int] = (), max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  ids: Sequence[str] | None = None):

@@ -22,7 +22,8 @@ import numpy as np
 from .api import QualityModel, QualityResult
 from .config import ScoreConfig, check_batch_independent, score_config
 from .loader import ImageBatch, ImageLoader, to_model_input
-from .preprocess import DEFAULT_MAX_PIXELS
+from .preprocess import DEFAULT_CHANNEL_ORDER, DEFAULT_MAX_PIXELS
+from .results import DEFAULT_BATCH_SIZE
 
 
 @dataclass
@@ -137,7 +138,8 @@ def run_description(model_sha256: str, image_size, dtype, config: ScoreConfig, h
     (tables keyed by something else, e.g. a benchmark's fingerprint)."""
     contract = input_contract or {}
     run = {"model_sha256": model_sha256, "image_size": list(image_size),
-           "channel_order": contract.get("channel_order", "rgb"), "normalization": contract.get("normalization"),
+           "channel_order": contract.get("channel_order", DEFAULT_CHANNEL_ORDER),
+           "normalization": contract.get("normalization"),
            "dtype": str(dtype).replace("torch.", ""), "config": config.to_dict(),
            "heatmaps": heatmaps, "max_pixels": max_pixels, "final_norm": final_norm}
     if sources is not None:
@@ -146,7 +148,8 @@ def run_description(model_sha256: str, image_size, dtype, config: ScoreConfig, h
 
 
 def open_table(model: QualityModel, sources: Sequence, methods: Sequence[str] | str | None, out, *,
-               ids: Sequence[str] | None = None, config: ScoreConfig | dict | None = None, batch_size: int = 64,
+               ids: Sequence[str] | None = None, config: ScoreConfig | dict | None = None,
+               batch_size: int = DEFAULT_BATCH_SIZE,
                overwrite: bool = False, heatmap_dir: str | os.PathLike | None = None, heatmap_format: str = "png",
                max_pixels: int | None = DEFAULT_MAX_PIXELS, **score_options):
     """The :class:`vitfiqa.results.ScoreTable` that :func:`score_files` with these arguments fills: created, or
@@ -173,7 +176,8 @@ def open_table(model: QualityModel, sources: Sequence, methods: Sequence[str] | 
 
 
 def score_files(model: QualityModel, sources: Sequence, methods: Sequence[str] | str | None = None, *,
-                ids: Sequence[str] | None = None, config: ScoreConfig | dict | None = None, batch_size: int = 64,
+                ids: Sequence[str] | None = None, config: ScoreConfig | dict | None = None,
+                batch_size: int = DEFAULT_BATCH_SIZE,
                 workers: int | None = None, prefetch: int = 2, start: int = 0, decode_processes: bool | None = None,
                 out: str | os.PathLike | None = None, overwrite: bool = False,
                 heatmap_dir: str | os.PathLike | None = None, heatmap_format: str = "png",

@@ -146,7 +146,7 @@ def load_uint8(item: Any, size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
     return arr
 
 
-def normalize_uint8(batch: torch.Tensor, dtype: torch.dtype = torch.float32, channel_order: str = "rgb",
+def normalize_uint8(batch: torch.Tensor, dtype: torch.dtype = torch.float32, channel_order: str = DEFAULT_CHANNEL_ORDER,
                     normalization: dict | None = None) -> torch.Tensor:
     """uint8 RGB NHWC batch (on any device) -> contiguous NCHW ``(x / 255 - mean) / std`` (default mean = std
     = 0.5: [-1, 1]), channels reversed first for a ``bgr`` model.
@@ -161,7 +161,8 @@ def normalize_uint8(batch: torch.Tensor, dtype: torch.dtype = torch.float32, cha
     return x.to(dtype).contiguous()
 
 
-def denormalize_to_uint8(x: torch.Tensor, channel_order: str = "rgb", normalization: dict | None = None) -> torch.Tensor:
+def denormalize_to_uint8(x: torch.Tensor, channel_order: str = DEFAULT_CHANNEL_ORDER,
+                         normalization: dict | None = None) -> torch.Tensor:
     """The inverse of :func:`normalize_uint8` for display: float NCHW model input -> uint8 RGB NHWC on the CPU
     (``(x * std + mean)`` clipped to [0, 1], times 255, truncated)."""
     x = x.detach().to(torch.float32)
@@ -178,8 +179,8 @@ def _mean_std(normalization: dict | None, device) -> tuple[torch.Tensor, torch.T
     return tuple(torch.tensor(norm[k], dtype=torch.float32, device=device).view(1, 3, 1, 1) for k in ("mean", "std"))
 
 
-def preprocess_images(images: Any, size: tuple[int, int] = DEFAULT_IMAGE_SIZE, channel_order: str = "rgb",
-                      normalization: dict | None = None) -> torch.Tensor:
+def preprocess_images(images: Any, size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
+                      channel_order: str = DEFAULT_CHANNEL_ORDER, normalization: dict | None = None) -> torch.Tensor:
     """uint8 RGB images (one or a sequence of HWC arrays, PIL images or paths; or an NHWC uint8 array) ->
     float32 [B,3,H,W] tensor resized (bilinear) to ``size``, normalised as :func:`normalize_uint8`."""
     if isinstance(images, np.ndarray) and images.ndim == 4:
@@ -197,7 +198,7 @@ def preprocess_images(images: Any, size: tuple[int, int] = DEFAULT_IMAGE_SIZE, c
 
 
 def as_batch(images: Any, preprocess: bool | str = "auto", size: tuple[int, int] | None = DEFAULT_IMAGE_SIZE,
-             channel_order: str = "rgb", normalization: dict | None = None) -> torch.Tensor:
+             channel_order: str = DEFAULT_CHANNEL_ORDER, normalization: dict | None = None) -> torch.Tensor:
     """Normalise any supported image input to a float [B,3,H,W] tensor (not yet on the model's device).
     ``size`` may be a callable giving the size, asked only when uint8 images need resizing."""
     def prep(x):

@@ -55,6 +55,11 @@ class TableError(ValueError):
     shards (its manifest), or is in use by another process."""
 
 
+DEFAULT_BATCH_SIZE = 64
+"""Images per scoring / embedding batch when the caller names none: the one default (API wrappers, pipeline,
+results table, Ray, loader, data sets, reproduction, CLI) beside the one check below."""
+
+
 def check_batch_size(batch_size, allow_none: bool = False) -> None:
     """The one check of a batch size (API, pipeline, results table, Ray, CLI): a positive integer (None where
     the caller allows it: the whole input as one batch)."""

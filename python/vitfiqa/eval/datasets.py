@@ -32,7 +32,7 @@ import numpy as np
 
 from ..loader import ImageLoader, decode_items, to_model_input
 from ..preprocess import DEFAULT_IMAGE_SIZE, DEFAULT_MAX_PIXELS
-from ..results import check_batch_size
+from ..results import DEFAULT_BATCH_SIZE, check_batch_size
 from .scores import Pairs, l2_normalize
 
 log = logging.getLogger("vitfiqa.eval")
@@ -96,7 +96,7 @@ class ImageSet:
             raise CorruptEntry(f"{self.name}: image {index} cannot be decoded: {errors[0]}")
         return images[0]
 
-    def iter_batches(self, batch_size: int = 64, workers: int | None = None,
+    def iter_batches(self, batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None,
                      indices: Sequence[int] | None = None) -> Iterator["LoadedBatch"]:
         """Every batch of all images (or ``indices``, cut into runs of ``batch_size``), unreadable images
         included: :class:`LoadedBatch` with the decoded uint8 images [b,H,W,3] of the readable ones. Decoding
@@ -122,7 +122,7 @@ class ImageSet:
             images = batch.images.numpy() if batch.images is not None else None
             yield LoadedBatch(all_idx, all_idx[batch.ok] if batch.ok else all_idx[:0], images, errors)
 
-    def batches(self, batch_size: int = 64, workers: int | None = None,
+    def batches(self, batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None,
                 indices: Sequence[int] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield (indices, uint8 images [b,H,W,3]) of the readable images (see :meth:`iter_batches`)."""
         for b in self.iter_batches(batch_size, workers, indices):
@@ -614,7 +614,7 @@ def ijbc_templates(features, quality, template, media) -> tuple[np.ndarray, np.n
     return tids, tfeat, template_quality(quality, template)
 
 
-def score_image_set(model, dataset: ImageSet, methods=None, batch_size: int = 64,
+def score_image_set(model, dataset: ImageSet, methods=None, batch_size: int = DEFAULT_BATCH_SIZE,
                     progress: bool = True, workers: int | None = None, **score_kwargs) -> dict[str, np.ndarray]:
     """Quality of every image of a benchmark with a :class:`vitfiqa.QualityModel`; unreadable images get
     NaN (they are listed in ``dataset.errors``). The loader's uint8 batches are normalised once, for the
@@ -634,7 +634,7 @@ def score_image_set(model, dataset: ImageSet, methods=None, batch_size: int = 64
     return out
 
 
-def extract_embeddings(recognizer, dataset: ImageSet, batch_size: int = 64, workers: int | None = None,
+def extract_embeddings(recognizer, dataset: ImageSet, batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None,
                        indices: Sequence[int] | None = None) -> Iterator[tuple["LoadedBatch", np.ndarray | None]]:
     """Embeddings of a benchmark's images (all, or ``indices``) with a :class:`vitfiqa.recognizer.Recognizer`,
     batch by batch as the loader delivers them: ``(batch, embeddings of batch.ok)``, None when no image of

@@ -63,6 +63,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from ..preprocess import DEFAULT_IMAGE_SIZE
+from ..results import DEFAULT_BATCH_SIZE
 from .datasets import (CorruptEntry, ImageSet, aggregate_templates, extract_embeddings, load_adience, load_bin,
                        load_ijbc, load_lfw_pairs, load_pair_list, template_quality)
 from .report import evaluate, plot_edc_grid, to_csv, to_latex, to_markdown
@@ -144,7 +145,7 @@ class Config:
     fmrs: list[float] = field(default_factory=lambda: [1e-3, 1e-4])
     variant: str = "refit"
     limit: float = 0.3
-    batch_size: int = 64
+    batch_size: int = DEFAULT_BATCH_SIZE
     device: str = "cpu"
     workers: int | None = None
     image_size: int = DEFAULT_IMAGE_SIZE[0]  # square side of the benchmark images
