@@ -23,7 +23,7 @@ DEFAULT_NORMALIZATION = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
 
 def check_channel_order(channel_order: str) -> str:
     if channel_order not in CHANNEL_ORDERS:
-        raise ValueError(f"channel_order must be 'rgb' or 'bgr', got {channel_order!r}")
+        raise ValueError(f"channel_order must be {' or '.join(map(repr, CHANNEL_ORDERS))}, got {channel_order!r}")
     return channel_order
 
 
