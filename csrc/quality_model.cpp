@@ -90,8 +90,16 @@ std::string batch_dependence(const ScoreConfig& c) {
 
 bool register_method(Method method) {
   auto& r = registry();
-  for (const auto& m : r)
+  if (method.title.empty()) method.title = method.name;
+  if (method.score_columns.empty()) method.score_columns = {{method.name, method.title}};
+  for (const auto& m : r) {
     if (m.name == method.name) throw std::logic_error("method '" + method.name + "' is registered twice");
+    for (const auto& mine : method.score_columns)
+      for (const auto& theirs : m.score_columns)
+        if (mine.name == theirs.name)
+          throw std::logic_error("score column '" + mine.name + "' of method '" + method.name + "' is method '" +
+                                 m.name + "''s too");
+  }
   auto at = std::find_if(r.begin(), r.end(), [&](const Method& m) { return m.name > method.name; });
   r.insert(at, std::move(method));
   return true;
@@ -103,6 +111,16 @@ const Method& find_method(const std::string& name) {
   for (const auto& m : method_registry())
     if (m.name == name) return m;
   throw std::invalid_argument("methods: unknown method '" + name + "' (" + method_names() + ")");
+}
+
+const Method& find_column_method(const std::string& column) {
+  std::string known;
+  for (const auto& m : method_registry())
+    for (const auto& c : m.score_columns) {
+      if (c.name == column) return m;
+      known += (known.empty() ? "" : ", ") + c.name;
+    }
+  throw std::invalid_argument("unknown score column '" + column + "' (" + known + ")");
 }
 
 void add_score(ScoreResult& out, const std::string& name, const at::Tensor& score) {
@@ -133,18 +151,23 @@ Scorer::Scorer(CaptureModel& model, ScoreConfig config) : model_(model), config_
     if (m.validate) m.validate(config_, info);
     methods_.push_back(&m);
   }
-  request_.tokens_output = false;  // each method asks for what it needs
   for (const Method* m : methods_) m->plan(config_, info, request_);
   sort_unique(request_.logits_blocks);
   sort_unique(request_.probs_blocks);
+  sort_unique(request_.token_blocks);
+  sort_unique(request_.distance_blocks);
   sort_unique(request_.exit_blocks);
 }
 
 std::vector<std::string> Scorer::columns() const {
   std::vector<std::string> out;
   for (const Method* m : methods_) {
-    auto cols = m->columns ? m->columns(config_, model_.info()) : std::vector<std::string>{m->name};
-    out.insert(out.end(), cols.begin(), cols.end());
+    if (m->columns) {
+      auto cols = m->columns(config_, model_.info());
+      out.insert(out.end(), cols.begin(), cols.end());
+    } else {
+      for (const auto& c : m->score_columns) out.push_back(c.name);
+    }
   }
   return out;
 }
