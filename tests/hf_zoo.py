@@ -1,6 +1,6 @@
 """The Hugging Face zoo, measured: random-weight transformers models exported to TorchScript, scored by vitfiqa
 and compared with an eager reference (forward hooks on the library's own modules + the definitions of
-shared/METHODS.md written out; nothing here calls vitfiqa's C++ core except the scoring under test).
+docs/methods.md written out; nothing here calls vitfiqa's C++ core except the scoring under test).
 
 Used by tests/test_compat_hf.py (the `compat` extra: `pip install ".[compat]"`) and, as a script, to write
 the compatibility table in README.md from the same checks:

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from vitfiqa.models import ViTFIQA, load_official_state_dict
-from vitfiqa.training import InMemoryDataset, certainty_ratio, train_vitfiqa
+from vitfiqa.training import InMemoryDataset, MarginSoftmax, TrainingResult, certainty_ratio, train_vitfiqa
 
 
 def identity_data(n_ids=8, per_id=80, seed=0):
@@ -34,19 +34,24 @@ def test_training_loss_falls_and_quality_tracks_cr(tmp_path):
     x, ids = identity_data()
     train, held = InMemoryDataset(x[:512], ids[:512]), (x[512:], ids[512:])
     model = small_model()
-    hist = train_vitfiqa(model, train, epochs=12, batch_size=64, lr=2e-3, s=16.0, m=0.2,
-                         checkpoint_dir=tmp_path / "ckpt", progress=False)
-    loss = np.array(hist["loss"])
+    run = train_vitfiqa(model, train, epochs=12, batch_size=64, lr=2e-3, s=16.0, m=0.2,
+                        checkpoint_dir=tmp_path / "ckpt", progress=False)
+    assert isinstance(run, TrainingResult) and len(run.loss) == len(run.fr) == len(run.quality) == 12 * 8
+    assert run.epochs == []  # no after_epoch given
+    loss = np.array(run.loss)
     assert loss[-8:].mean() < 0.7 * loss[:8].mean()
     with torch.no_grad():
         emb, q = model(held[0])
-        cr = certainty_ratio(hist["head"].cosine(emb), held[1])
+        cr = certainty_ratio(run.head.cosine(emb), held[1])
     rho = spearman(q.reshape(-1).numpy(), cr.numpy())
     assert rho > 0.3, rho
     # Resume: asking for 13 epochs continues from the saved 12 and adds exactly one epoch of steps.
     more = train_vitfiqa(small_model(), train, epochs=13, batch_size=64, lr=2e-3, s=16.0, m=0.2,
-                         checkpoint_dir=tmp_path / "ckpt", progress=False)
-    assert len(more["loss"]) == len(hist["loss"]) + 8
+                         checkpoint_dir=tmp_path / "ckpt", progress=False,
+                         after_epoch=lambda epoch, model, head: {"head_rows": head.weight.shape[0]})
+    assert len(more.loss) == len(run.loss) + 8
+    assert more.epochs == [{"epoch": 13, "head_rows": 8}]
+    assert isinstance(more.head, MarginSoftmax)
 
 
 def test_certainty_ratio_definition():
@@ -83,6 +88,20 @@ def test_export_torchscript_roundtrip(tmp_path, method):
     torch.testing.assert_close(m.score(x, methods=["vitfiqa"]).scores["vitfiqa"], expected, rtol=1e-5, atol=1e-7)
 
 
+def test_export_trace_without_example_uses_the_contract_size(tmp_path):
+    import vitfiqa
+    from vitfiqa.models import export_torchscript
+
+    model = small_model().eval()  # 32x32 input: the standard 112x112 example would not fit it
+    path = export_torchscript(model, str(tmp_path / "m.pt"), "trace", input_contract={"image_size": 32})
+    x = torch.randn(3, 3, 32, 32)  # another batch size than the tracing example's
+    with torch.no_grad():
+        expected = model(x)[1].reshape(-1).double()
+    m = vitfiqa.load(path)
+    assert m.image_size == (32, 32)
+    torch.testing.assert_close(m.score(x, methods=["vitfiqa"]).scores["vitfiqa"], expected, rtol=1e-5, atol=1e-7)
+
+
 class _Payload:
     def __init__(self, marker):
         self.marker = str(marker)
@@ -105,3 +124,12 @@ def test_resume_from_a_malicious_checkpoint_runs_no_code(tmp_path):
         train_vitfiqa(small_model(), InMemoryDataset(x, ids), epochs=1, checkpoint_dir=tmp_path / "ckpt",
                       progress=False)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("kwargs, message", [(dict(epochs=0), "epochs must be a positive integer"),
+                                             (dict(epochs=1.5), "epochs must be a positive integer"),
+                                             (dict(batch_size=0), "batch_size must be positive")])
+def test_training_rejects_bad_epochs_and_batch_size(kwargs, message):
+    x, ids = identity_data(n_ids=2, per_id=4)
+    with pytest.raises(ValueError, match=message):
+        train_vitfiqa(small_model(), InMemoryDataset(x, ids), progress=False, **{"epochs": 1, **kwargs})

@@ -23,9 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from .preprocess import DEFAULT_MAX_PIXELS
+from .preprocess import DEFAULT_IMAGE_SIZE, DEFAULT_MAX_PIXELS
 
-# The ArcFace template for 112x112 crops (insightface ``arcface_dst``): x, y of the five landmarks.
+# The ArcFace template (insightface ``arcface_dst``): x, y of the five landmarks in a crop of TEMPLATE_SIZE,
+# the frame its coordinates are given in (a fact of the template, not a choice of output size).
+TEMPLATE_SIZE = (112, 112)
 ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
                              [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float64)
 
@@ -65,10 +67,11 @@ def similarity_transform(src, dst) -> np.ndarray:
     return out
 
 
-def template(size: tuple[int, int] = (112, 112)) -> np.ndarray:
-    """The ArcFace template scaled to ``size`` (H, W); 112x112 gives the insightface points exactly."""
+def template(size: tuple[int, int] = DEFAULT_IMAGE_SIZE) -> np.ndarray:
+    """The ArcFace template scaled to ``size`` (H, W); ``TEMPLATE_SIZE`` (112x112) gives the insightface
+    points exactly."""
     h, w = size
-    return ARCFACE_TEMPLATE * np.array([w / 112.0, h / 112.0])
+    return ARCFACE_TEMPLATE * np.array([w / TEMPLATE_SIZE[1], h / TEMPLATE_SIZE[0]])
 
 
 def warp_affine(image, m, size: tuple[int, int]) -> np.ndarray:
@@ -89,7 +92,7 @@ def warp_affine(image, m, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(out, dtype=np.uint8)
 
 
-def align_face(image, landmarks, size: tuple[int, int] = (112, 112),
+def align_face(image, landmarks, size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
                max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Warp ``image`` (uint8 HxWx3 array, PIL image, path or encoded bytes) so its five ``landmarks`` land on
     the ArcFace template; returns a uint8 ``size`` x 3 array (pixels outside the image are black).

@@ -26,6 +26,10 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+# The input these recognizers are built for: after four stride-2 stages their ``fc`` reads a 512 x 7 x 7 map,
+# so 112 x 112 is a fact of the architecture (not the package's default image size, which could change).
+INPUT_SIZE = (112, 112)
+
 IRESNET_LAYERS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 14, 3), 100: (3, 13, 30, 3)}
 IR_UNITS = {50: (3, 4, 14, 3), 101: (3, 13, 30, 3), 152: (3, 8, 36, 3)}
 
@@ -247,6 +251,6 @@ def export_recognizer(name: str, checkpoint, path: str) -> dict:
     model = build_recognizer(name, checkpoint)
     preset = RECOGNIZERS[name]
     export_torchscript(model, path, input_contract=dict(
-        image_size=[112, 112], channel_order=preset.channel_order,
+        image_size=list(INPUT_SIZE), channel_order=preset.channel_order,
         normalization={"mean": [preset.mean] * 3, "std": [preset.std] * 3}))
     return preset.preprocessing()

@@ -441,7 +441,8 @@ def read_input_contract(model) -> Optional[dict]:
 def export_torchscript(model: nn.Module, path: str, method: str = "script", example: Optional[torch.Tensor] = None,
                        input_contract: Optional[dict] = None) -> str:
     """Save ``model`` (in eval mode) as TorchScript for :func:`vitfiqa.load`: ``script`` or ``trace``
-    (tracing needs an ``example`` batch, default random 2x3x112x112).
+    (tracing needs an ``example`` batch, default a random pair at the contract's image size, else the standard
+    :data:`vitfiqa.preprocess.DEFAULT_IMAGE_SIZE`).
 
     ``input_contract`` (see :func:`check_input_contract`) is stored as a small JSON extra file in the
     TorchScript archive; :func:`vitfiqa.load`, the CLI, the file pipeline and Ray read it, so a user need not
@@ -449,16 +450,20 @@ def export_torchscript(model: nn.Module, path: str, method: str = "script", exam
     import json
     import warnings
 
-    extra = {}
-    if input_contract is not None:
-        extra[INPUT_CONTRACT_FILE] = json.dumps(check_input_contract(input_contract), sort_keys=True)
+    from .preprocess import DEFAULT_IMAGE_SIZE
+
+    contract = check_input_contract(input_contract) if input_contract is not None else None
+    extra = {INPUT_CONTRACT_FILE: json.dumps(contract, sort_keys=True)} if contract is not None else {}
     model = model.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit.* deprecation notices
         if method == "script":
             ts = torch.jit.script(model)
         elif method == "trace":
-            ts = torch.jit.trace(model, example if example is not None else torch.randn(2, 3, 112, 112))
+            if example is None:
+                h, w = (contract or {}).get("image_size", DEFAULT_IMAGE_SIZE)
+                example = torch.randn(2, 3, h, w)
+            ts = torch.jit.trace(model, example)
         else:
             raise ValueError("method must be 'script' or 'trace'")
     ts.save(path, _extra_files=extra)

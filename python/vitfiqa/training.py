@@ -8,6 +8,7 @@ Works on any dataset of (image tensor, identity): :class:`InMemoryDataset`, :cla
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -17,6 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .loader import is_image_file
+from .preprocess import DEFAULT_IMAGE_SIZE
+from .results import check_batch_size
 
 
 class MarginSoftmax(nn.Module):
@@ -35,6 +38,18 @@ class MarginSoftmax(nn.Module):
     def forward(self, emb, labels):
         cos = self.cosine(emb)
         return F.cross_entropy(self.s * (cos - self.m * F.one_hot(labels, cos.shape[1])), labels), cos
+
+
+@dataclass
+class TrainingResult:
+    """What :func:`train_vitfiqa` and :func:`train_recognizer` return: the trained margin head and the run's
+    history (every step of every session, resumed ones included)."""
+
+    head: MarginSoftmax  # the CosFace head; its weight rows are the class centres
+    loss: list[float] = field(default_factory=list)  # total loss per step
+    fr: list[float] = field(default_factory=list)  # face-recognition (margin softmax) loss per step
+    quality: list[float] = field(default_factory=list)  # quality-regression loss per step (0 for a recogniser)
+    epochs: list[dict] = field(default_factory=list)  # per epoch: {"epoch": n, **after_epoch(...)}
 
 
 def certainty_ratio(cos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -95,7 +110,7 @@ class FolderDataset(torch.utils.data.Dataset):
     """``root/<identity>/<image>`` (files named as images: :data:`vitfiqa.loader.IMAGE_EXTENSIONS`), preprocessed
     to ``size`` like the face models."""
 
-    def __init__(self, root: str | os.PathLike, size=(112, 112)):
+    def __init__(self, root: str | os.PathLike, size=DEFAULT_IMAGE_SIZE):
         root = Path(root)
         classes = sorted(d.name for d in root.iterdir() if d.is_dir()) if root.is_dir() else []
         self.items = [(p, c) for c, name in enumerate(classes) for p in sorted((root / name).iterdir())
@@ -123,23 +138,25 @@ def _num_classes(dataset) -> int:
 
 
 def train_recognizer(model: nn.Module, dataset, epochs: int = 10, batch_size: int = 128, lr: float = 1e-3,
-                     weight_decay: float = 0.05, s: float = 64.0, m: float = 0.4, **kwargs) -> dict:
+                     weight_decay: float = 0.05, s: float = 64.0, m: float = 0.4, **kwargs) -> TrainingResult:
     """Train a plain face recognition model (forward -> embedding) with the CosFace margin softmax over the
-    data set's identities. Same options, checkpoints and history as :func:`train_vitfiqa` (no quality term)."""
+    data set's identities. Same options, checkpoints and result as :func:`train_vitfiqa` (no quality term)."""
     return _train(model, dataset, epochs, batch_size, lr, weight_decay, None, s, m, **kwargs)
 
 
 def train_vitfiqa(model: nn.Module, dataset, epochs: int = 10, batch_size: int = 128, lr: float = 1e-3,
-                  weight_decay: float = 0.05, alpha: float = 10.0, s: float = 64.0, m: float = 0.4, **kwargs) -> dict:
-    """Train a ViT-FIQA model (forward -> (embedding, quality)). Returns the loss history per step and the
-    margin head (``history["head"]``, whose rows are the class centres).
+                  weight_decay: float = 0.05, alpha: float = 10.0, s: float = 64.0, m: float = 0.4,
+                  **kwargs) -> TrainingResult:
+    """Train a ViT-FIQA model (forward -> (embedding, quality)). Returns a :class:`TrainingResult`: the margin
+    head (``.head``, whose rows are the class centres) and the loss history per step (``.loss``, ``.fr``,
+    ``.quality``).
 
     Options: ``device``; ``checkpoint_dir`` (a checkpoint after every epoch and every ``checkpoint_every``
     seconds; with ``resume`` training continues from the latest one: model, margin head, optimiser,
     schedule, position in the epoch); ``head`` (a trained :class:`MarginSoftmax` to continue from, e.g. the
     recogniser's class centres when fine-tuning from it); ``schedule`` (``constant`` or ``cosine``: linear
     warm-up over ``warmup`` steps, then cosine decay to zero); ``augment(x)`` applied to each batch;
-    ``after_epoch(epoch, model, head) -> dict`` (e.g. a validation, stored in ``history["epochs"]``);
+    ``after_epoch(epoch, model, head) -> dict`` (e.g. a validation, stored in ``.epochs``);
     ``log`` (a function of one string; progress lines) or ``progress`` (a tqdm bar); ``seed``."""
     return _train(model, dataset, epochs, batch_size, lr, weight_decay, alpha, s, m, **kwargs)
 
@@ -149,7 +166,7 @@ def _train(model: nn.Module, dataset, epochs: int, batch_size: int, lr: float, w
            checkpoint_dir: str | os.PathLike | None = None, resume: bool = True, progress: bool = True, seed: int = 0,
            augment: Callable | None = None, head: MarginSoftmax | None = None, schedule: str = "constant",
            warmup: int = 0, checkpoint_every: float = 300.0, after_epoch: Callable | None = None,
-           log: Callable[[str], None] | None = None, log_every: int = 50) -> dict:
+           log: Callable[[str], None] | None = None, log_every: int = 50) -> TrainingResult:
     """The one training loop: CosFace (alpha None) or ViT-FIQA (CosFace + alpha * quality regression)."""
     import math
     import time
@@ -158,8 +175,9 @@ def _train(model: nn.Module, dataset, epochs: int, batch_size: int, lr: float, w
 
     if schedule not in ("constant", "cosine"):
         raise ValueError("schedule must be 'constant' or 'cosine'")
-    if epochs < 1 or batch_size < 1:
-        raise ValueError("epochs and batch_size must be positive")
+    check_batch_size(batch_size)
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
     torch.manual_seed(seed)
     model.to(device).eval()  # BatchNorm cannot see a batch of one in training mode
     with torch.no_grad():
@@ -247,5 +265,4 @@ def _train(model: nn.Module, dataset, epochs: int, batch_size: int, lr: float, w
             save(epoch + 1, 0)
             last_save = time.time()
     model.eval()
-    history["head"] = head
-    return history
+    return TrainingResult(head=head, **history)

@@ -1,20 +1,28 @@
-"""Heatmap overlays for papers: JET colour map, alpha 0.4, per-image or figure-wide (global) normalisation."""
+"""Heatmap overlays for papers: JET colour map, alpha 0.4.
+
+Normalising and resizing heatmaps is not done here: it goes through :func:`vitfiqa.render_heatmaps` (the C++
+kernel behind ``score(..., heatmaps=True)``), the one implementation of the official ATTN-FIQA plot
+convention (min-max on the patch grid, then bilinear resize), with its vocabulary (``image``, ``global``,
+``none``, or a fixed ``value_range``)."""
 from __future__ import annotations
 
 from typing import Sequence
 
 import numpy as np
 
+from .api import render_heatmaps
+from .preprocess import denormalize_to_uint8
 
-def _to_uint8_image(image) -> np.ndarray:
+
+def _to_uint8_image(image, normalization: dict | None = None) -> np.ndarray:
+    """HxWx3 uint8 of an image: uint8/float arrays as they are (clipped to 0..255); a preprocessed float CHW
+    tensor is mapped back through ``normalization`` (default: the standard mean = std = 0.5)."""
     import torch
-
-    from .preprocess import denormalize_to_uint8
 
     if isinstance(image, torch.Tensor):
         t = image.detach().float().cpu()
-        if t.dim() == 3 and t.shape[0] == 3:  # preprocessed CHW (the default normalisation: [-1, 1])
-            t = denormalize_to_uint8(t[None])[0]
+        if t.dim() == 3 and t.shape[0] == 3:  # preprocessed CHW: (x/255 - mean) / std
+            t = denormalize_to_uint8(t[None], normalization=normalization)[0]
         image = t.numpy()
     a = np.asarray(image)
     if a.dtype != np.uint8:
@@ -24,55 +32,50 @@ def _to_uint8_image(image) -> np.ndarray:
     return a
 
 
-def normalize_heatmaps(heatmaps, mode: str = "image") -> np.ndarray:
-    """Min-max normalise a stack of already resized maps [B,H,W]: per ``image`` or ``global`` over the stack.
-
-    This is NOT the official ATTN-FIQA convention (which normalises the patch grid before resizing, so its
-    maps differ by up to a few hundredths): for that, ask ``QualityModel.score`` for
-    ``heatmap_normalize="image"|"global"`` or use :func:`vitfiqa.render_heatmaps` on ``heatmap_grids``."""
-    h = np.asarray(heatmaps.cpu() if hasattr(heatmaps, "cpu") else heatmaps, dtype=np.float64)
-    if mode == "image":
-        lo = h.reshape(len(h), -1).min(1)[:, None, None]
-        hi = h.reshape(len(h), -1).max(1)[:, None, None]
-    elif mode == "global":
-        lo, hi = h.min(), h.max()
-    else:
-        raise ValueError("mode must be 'image' or 'global'")
-    return (h - lo) / np.maximum(hi - lo, 1e-12)
+def _as_maps(heatmaps) -> np.ndarray:
+    return np.asarray(heatmaps.detach().cpu() if hasattr(heatmaps, "detach") else heatmaps, dtype=np.float32)
 
 
 def overlay(image, heatmap, alpha: float = 0.4, cmap: str = "jet") -> np.ndarray:
-    """RGB uint8 image with a [H,W] heatmap in [0,1] blended on top (resized to the image if needed)."""
+    """RGB uint8 image with a [h,w] heatmap in [0,1] blended on top. A heatmap of another size than the
+    image (e.g. a patch grid) is resized by :func:`vitfiqa.render_heatmaps` (bilinear, as the official plots)."""
     import matplotlib
-    from PIL import Image
 
     img = _to_uint8_image(image)
-    hm = np.asarray(heatmap, dtype=np.float32)
+    hm = _as_maps(heatmap)
     if not 0 <= alpha <= 1:
         raise ValueError("alpha must be in [0, 1]")
+    if hm.ndim != 2:
+        raise ValueError(f"a heatmap is one [h, w] map, got shape {hm.shape}")
     if hm.shape != img.shape[:2]:
-        hm = np.asarray(Image.fromarray(hm).resize((img.shape[1], img.shape[0]), Image.BILINEAR))
+        hm = render_heatmaps(hm[None], img.shape[:2], "none")[0].numpy()
     colours = matplotlib.colormaps[cmap](np.clip(hm, 0, 1))[..., :3] * 255
     return (img * (1 - alpha) + colours * alpha).astype(np.uint8)
 
 
 def heatmap_figure(images: Sequence, heatmaps, titles: Sequence[str] | None = None, path: str | None = None,
-                   normalize: str | None = None, alpha: float = 0.4, ncols: int | None = None):
-    """A grid of overlays (one per image). ``normalize=None`` draws the maps as given (as ``score`` normalised
-    them: ``heatmap_normalize="global"`` shares one scale across the figure, the official default);
-    ``"image"`` / ``"global"`` re-normalise the resized maps (see :func:`normalize_heatmaps`).
-    Saved to ``path`` (PNG/PDF) when given."""
+                   normalize: str | None = None, alpha: float = 0.4, ncols: int | None = None,
+                   value_range: tuple[float, float] | None = None):
+    """A grid of overlays (one per image).
+
+    ``heatmaps``: [B,h,w] maps, e.g. ``result.heatmaps[m]`` (already normalised by ``score``) or the raw
+    patch grids ``result.heatmap_grids[m]``. ``normalize=None`` draws them as given; ``"global"`` (one min and
+    max for the whole figure: the official default), ``"image"`` or ``"none"`` normalise them first with
+    :func:`vitfiqa.render_heatmaps`, as does ``value_range=(lo, hi)`` (with ``"global"`` or None). Maps are
+    resized to each image after normalising, as the official plots do. Saved to ``path`` (PNG/PDF) when
+    given."""
     import matplotlib
 
     if path is not None:
         matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    hms = np.asarray(heatmaps.cpu() if hasattr(heatmaps, "cpu") else heatmaps, dtype=np.float64) \
-        if normalize is None else normalize_heatmaps(heatmaps, normalize)
+    hms = _as_maps(heatmaps)
     n = len(images)
     if n == 0 or len(hms) != n:
         raise ValueError("one heatmap per image is needed")
+    if normalize is not None or value_range is not None:
+        hms = render_heatmaps(hms, None, normalize or "global", value_range).numpy()
     ncols = ncols or min(n, 6)
     nrows = (n + ncols - 1) // ncols
     fig, axes = plt.subplots(nrows, ncols, figsize=(1.8 * ncols, 1.9 * nrows), squeeze=False)

@@ -4,6 +4,8 @@ quality methods on held-out identities (:mod:`.study`, ``vitfiqa demo``)."""
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..preprocess import DEFAULT_IMAGE_SIZE
+
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 RECOGNIZER = ASSETS / "demo_recognizer.pt"     # plain face ViT (CosFace): ATTN-FIQA and ViTNT-FIQA read it
 QUALITY_MODEL = ASSETS / "demo_vitfiqa.pt"     # ViT-FIQA quality-token model: ViT-FIQA and EX-FIQA read it
@@ -13,7 +15,7 @@ QUALITY_MODEL = ASSETS / "demo_vitfiqa.pt"     # ViT-FIQA quality-token model: V
 class DemoConfig:
     """What `vitfiqa train-demo` trains (every field is a --option of the command)."""
 
-    image_size: int = 112
+    image_size: int = DEFAULT_IMAGE_SIZE[0]  # square
     patch_size: int = 16
     embed_dim: int = 96
     depth: int = 4

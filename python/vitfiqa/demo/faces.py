@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..preprocess import DEFAULT_IMAGE_SIZE
+
 TRAIN = 1          # identity namespace of the training identities
 HELD_OUT = 2       # identity namespace of the demo's held-out identities
 
@@ -191,7 +193,7 @@ class _Layer:
             self.full[self.idx] = self.img
 
 
-def render_faces(identities, samples, size: int = 112, namespace: int = TRAIN) -> np.ndarray:
+def render_faces(identities, samples, size: int = DEFAULT_IMAGE_SIZE[0], namespace: int = TRAIN) -> np.ndarray:
     """Render faces -> uint8 [B, size, size, 3] RGB. ``identities`` and ``samples`` are equal-length integer
     arrays; the same (namespace, identity, sample) always gives the same image."""
     if not isinstance(size, (int, np.integer)) or size < 16:

@@ -66,10 +66,11 @@ def degrade(image: np.ndarray, kind: str, value: float, rng: np.random.Generator
 
 def build_set(identities: int, samples: int, seed: int = 0):
     """Clean renders of held-out identities plus, for every clean image and degradation, one copy at a random
-    level 1..4. Returns images [N,112,112,3] uint8 and per-image identity, sample, degradation, level."""
+    level 1..4. Returns images [N,S,S,3] uint8 (S: render_faces' default, the standard face size) and
+    per-image identity, sample, degradation, level."""
     ids = np.repeat(np.arange(identities), samples)
     smp = np.tile(np.arange(samples), identities)
-    clean = render_faces(ids, smp, 112, HELD_OUT)
+    clean = render_faces(ids, smp, namespace=HELD_OUT)
     rng = np.random.default_rng(seed)
     images, meta = [clean], [(i, s, "clean", 0) for i, s in zip(ids, smp)]
     for kind, values in LEVELS.items():
@@ -100,21 +101,14 @@ def _why_missed(name: str, corr: dict, fnmr_by_kind: dict) -> str:
     return "; ".join(parts) + ", so discarding by it leaves many failing comparisons in"
 
 
-def _markdown(table, fmt="{:+.3f}") -> str:
-    head = ["method"] + [str(c) for c in table.columns]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join([str(i)] + [fmt.format(v) for v in row]) + " |" for i, row in table.iterrows()]
-    return "\n".join(lines) + "\n"
-
-
 def run_demo(out_dir: str | Path = "vitfiqa-demo", identities: int = 150, samples: int = 4,
              recognizer: str | Path | None = None, quality_model: str | Path | None = None,
              max_impostors: int = 1_000_000, seed: int = 0, log=print) -> dict:
     import pandas as pd
 
     import vitfiqa
-    from vitfiqa.eval import (Pairs, comparison_scores, evaluate, fnmr_at_fmr, plot_edc, threshold_at_fmr,
-                              to_markdown)
+    from vitfiqa.eval import (Pairs, comparison_scores, evaluate, fnmr_at_fmr, markdown_table, plot_edc,
+                              threshold_at_fmr, to_markdown)
     from vitfiqa.viz import heatmap_figure
 
     from . import QUALITY_MODEL, RECOGNIZER
@@ -267,7 +261,10 @@ def run_demo(out_dir: str | Path = "vitfiqa-demo", identities: int = 150, sample
              + ", ".join(f"{k} {v:.2f}" for k, v in fnmr_by_kind.items()) + ".", "",
              "## Spearman correlation of quality with degradation level", "",
              "Over the clean images and that degradation's copies; negative = quality falls as the image degrades "
-             "(the expected sign).", "", _markdown(corr_table.round(3)), "",
+             "(the expected sign).", "",
+             markdown_table(["method", *map(str, corr_table.columns)],
+                            [[str(name), *(f"{v:+.3f}" for v in row)] for name, row in corr_table.round(3).iterrows()]),
+             "",
              "## pAUC-EDC x 10^3 (discard up to 30%, lower is better)", "", to_markdown(df), "",
              "## Targets", "",
              f"- clean-pair FNMR at FMR 1e-3 < {TARGET_FNMR}: {clean_fnmr:.3f} — "

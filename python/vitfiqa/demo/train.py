@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from ..eval import fnmr_at_fmr
 from ..models import FaceViT, ViTFIQA, export_torchscript
-from ..preprocess import normalize_uint8
+from ..preprocess import DEFAULT_CHANNEL_ORDER, DEFAULT_IMAGE_SIZE, DEFAULT_NORMALIZATION, normalize_uint8
 from ..training import InMemoryDataset, MarginSoftmax, train_recognizer, train_vitfiqa
 from . import QUALITY_MODEL, RECOGNIZER, DemoConfig
 from .faces import HELD_OUT, TRAIN, render_faces
@@ -110,7 +110,7 @@ def make_augment(share: float, seed: int = 0):
     return augment
 
 
-def validation_set(identities: int = 200, samples: int = 4, size: int = 112):
+def validation_set(identities: int = 200, samples: int = 4, size: int = DEFAULT_IMAGE_SIZE[0]):
     """Held-out identities (never trained on): uint8 images and identities."""
     return render_set(identities, samples, size, HELD_OUT)
 
@@ -147,8 +147,10 @@ def quality_from_recognizer(recognizer: FaceViT, cfg: DemoConfig) -> ViTFIQA:
 
 
 def _input_contract(cfg: DemoConfig) -> dict:
-    return {"image_size": [cfg.image_size, cfg.image_size], "channel_order": "rgb",
-            "normalization": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}}
+    # what the models were trained on: clean_fnmr and InMemoryDataset prepare batches with normalize_uint8's
+    # defaults, which are these
+    return {"image_size": [cfg.image_size, cfg.image_size], "channel_order": DEFAULT_CHANNEL_ORDER,
+            "normalization": DEFAULT_NORMALIZATION}
 
 
 def train(cfg: DemoConfig | None = None, work_dir: str | Path = "vitfiqa-train-demo", recognizer_out: Path = RECOGNIZER,
@@ -180,13 +182,13 @@ def train(cfg: DemoConfig | None = None, work_dir: str | Path = "vitfiqa-train-d
     torch.manual_seed(cfg.seed)
     recognizer = FaceViT(**cfg.model_kwargs())
     t1 = time.time()
-    rec_hist = train_recognizer(recognizer, data, epochs=cfg.recognizer_epochs, lr=cfg.recognizer_lr,
+    rec_run = train_recognizer(recognizer, data, epochs=cfg.recognizer_epochs, lr=cfg.recognizer_lr,
                                 warmup=300, checkpoint_dir=work / "recognizer", **common)
     t_rec = time.time() - t1
     quality = quality_from_recognizer(recognizer, cfg)
     t2 = time.time()
-    q_hist = train_vitfiqa(quality, data, epochs=cfg.quality_epochs, lr=cfg.quality_lr, warmup=100,
-                           head=_copy_head(rec_hist["head"], cfg), checkpoint_dir=work / "vitfiqa", **common)
+    q_run = train_vitfiqa(quality, data, epochs=cfg.quality_epochs, lr=cfg.quality_lr, warmup=100,
+                          head=_copy_head(rec_run.head, cfg), checkpoint_dir=work / "vitfiqa", **common)
     t_q = time.time() - t2
     contract = _input_contract(cfg)
     recognizer_out.parent.mkdir(parents=True, exist_ok=True)
@@ -194,9 +196,9 @@ def train(cfg: DemoConfig | None = None, work_dir: str | Path = "vitfiqa-train-d
     export_torchscript(quality.eval(), str(quality_out), input_contract=contract)
     summary = dict(config=asdict(cfg), render_seconds=round(t_render, 1), recognizer_seconds=round(t_rec, 1),
                    quality_seconds=round(t_q, 1), total_seconds=round(time.time() - t0, 1),
-                   recognizer_validation=rec_hist["epochs"], quality_validation=q_hist["epochs"],
-                   recognizer_final_loss=float(np.mean(rec_hist["loss"][-100:])),
-                   quality_final_loss=float(np.mean(q_hist["loss"][-100:])),
+                   recognizer_validation=rec_run.epochs, quality_validation=q_run.epochs,
+                   recognizer_final_loss=float(np.mean(rec_run.loss[-100:])),
+                   quality_final_loss=float(np.mean(q_run.loss[-100:])),
                    recognizer=str(recognizer_out), quality_model=str(quality_out))
     (work / "summary.json").write_text(json.dumps(summary, indent=2))
     log(f"exported {recognizer_out} and {quality_out}; {summary['total_seconds']:.0f} s in all")

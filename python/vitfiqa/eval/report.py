@@ -89,6 +89,14 @@ def _fmr_label(fmr: float) -> str:
     return f"1e{exp}" if np.isclose(10.0 ** exp, fmr) else f"{fmr:g}"
 
 
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table of text cells: the header row, its separator and one line per row; ends in a newline.
+    The one writer of the package's Markdown tables (:func:`to_markdown`, the demo report)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
 def to_markdown(df, value: str = "pauc_x1e3", decimals: int = 2, layout: str = "benchmark") -> str:
     """Methods x (benchmark, FMR) table like the papers' (lowest per column in bold). ``layout="fmr_blocks"``:
     one table per FMR with (benchmark, recognizer) columns."""
@@ -97,13 +105,14 @@ def to_markdown(df, value: str = "pauc_x1e3", decimals: int = 2, layout: str = "
         if title:
             lines += [f"**{title}**", ""]
         head = ["Method"] + [_column_label(c, layout) for c in table.columns]
-        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        rows = []
         for method in table.index:
             row = [str(method)]
             for col in table.columns:
                 text, is_best = cells[(method, col)]
                 row.append(f"**{text}**" if is_best and text else text)
-            lines.append("| " + " | ".join(row) + " |")
+            rows.append(row)
+        lines += markdown_table(head, rows).splitlines()
         if title:
             lines.append("")
     return "\n".join(lines).rstrip("\n") + "\n"

@@ -63,6 +63,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from ..config import methods as registered_methods, score_columns
+from ..preprocess import DEFAULT_IMAGE_SIZE
 from .datasets import (CorruptEntry, ImageSet, aggregate_templates, extract_embeddings, load_adience, load_bin,
                        load_ijbc, load_lfw_pairs, load_pair_list, template_quality)
 from .report import evaluate, plot_edc_grid, to_csv, to_latex, to_markdown
@@ -145,7 +146,7 @@ class Config:
     batch_size: int = 64
     device: str = "cpu"
     workers: int | None = None
-    image_size: int = 112
+    image_size: int = DEFAULT_IMAGE_SIZE[0]  # square side of the benchmark images
     pauc_integration: str | None = None
     pauc_normalize: str | None = None
     ray: str | None = None          # score vitfiqa qualities on Ray: "local" (this process's or a new local

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..align import ARCFACE_TEMPLATE
+from ..align import ARCFACE_TEMPLATE, TEMPLATE_SIZE
 
 
-def _identity_pattern(rng: np.random.Generator, size: int = 112) -> np.ndarray:
+def _identity_pattern(rng: np.random.Generator, size: int = TEMPLATE_SIZE[0]) -> np.ndarray:
     from PIL import Image
 
     low = rng.integers(0, 256, (7, 7, 3), dtype=np.uint8)
@@ -157,7 +157,7 @@ def write_ijbc(root, n_subjects: int = 10, templates_per_subject: int = 3, seed:
                     shift = rng.uniform(10, 30, 2)
                     rot = np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]]) * scale
                     pts = ARCFACE_TEMPLATE @ rot.T + shift
-                    canvas_size = (int(112 * scale + 60), int(112 * scale + 60))
+                    canvas_size = (int(TEMPLATE_SIZE[0] * scale + 60), int(TEMPLATE_SIZE[1] * scale + 60))
                     back = warp_affine(face, similarity_transform(ARCFACE_TEMPLATE, pts), canvas_size)
                     Image.fromarray(back).save(root / "loose_crop" / f"{img_no}.jpg", quality=92)
                     faces.append(f"{img_no}.jpg {tid} {media_no}")
