@@ -180,6 +180,8 @@ ScoreResult Scorer::score(const at::Tensor& images) {
     n_tokens = a.kind == AttentionKind::Softmax ? a.logits.size(-1) : a.q.size(2);
   } else if (!cap.token_distances.empty()) {
     n_tokens = cap.token_distances.front().size(1);
+  } else if (!cap.tokens.empty()) {  // a method that reads block tokens alone
+    n_tokens = cap.tokens.begin()->second.size(1);
   }
   int64_t prefix = 0;
   std::vector<int64_t> grid;

@@ -31,6 +31,9 @@ Method vitnt_method() {
   };
   m.plan = [](const ScoreConfig& c, const ModelInfo& info, CaptureRequest& req) {
     auto blocks = vitnt_blocks(c, info);
+    // One chain of step distances per pass: a second method asking for another would change ViTNT's steps.
+    if (!req.distance_blocks.empty() && req.distance_blocks != blocks)
+      throw std::logic_error("two methods ask for step distances over different blocks in one capture pass");
     req.distance_blocks = blocks;
     if (c.return_captures) req.token_blocks.insert(req.token_blocks.end(), blocks.begin(), blocks.end());
     auto probs = weight_blocks(c, info);
