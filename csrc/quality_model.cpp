@@ -97,8 +97,8 @@ bool register_method(Method method) {
     for (const auto& mine : method.score_columns)
       for (const auto& theirs : m.score_columns)
         if (mine.name == theirs.name)
-          throw std::logic_error("score column '" + mine.name + "' of method '" + method.name + "' is method '" +
-                                 m.name + "''s too");
+          throw std::logic_error("score column '" + mine.name + "' is registered by two methods, '" + m.name +
+                                 "' and '" + method.name + "'");
   }
   auto at = std::find_if(r.begin(), r.end(), [&](const Method& m) { return m.name > method.name; });
   r.insert(at, std::move(method));
@@ -111,16 +111,6 @@ const Method& find_method(const std::string& name) {
   for (const auto& m : method_registry())
     if (m.name == name) return m;
   throw std::invalid_argument("methods: unknown method '" + name + "' (" + method_names() + ")");
-}
-
-const Method& find_column_method(const std::string& column) {
-  std::string known;
-  for (const auto& m : method_registry())
-    for (const auto& c : m.score_columns) {
-      if (c.name == column) return m;
-      known += (known.empty() ? "" : ", ") + c.name;
-    }
-  throw std::invalid_argument("unknown score column '" + column + "' (" + known + ")");
 }
 
 void add_score(ScoreResult& out, const std::string& name, const at::Tensor& score) {

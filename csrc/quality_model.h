@@ -69,8 +69,6 @@ struct Method {
 bool register_method(Method method);            // at load time, from VITFIQA_REGISTER_METHOD
 const std::vector<Method>& method_registry();   // sorted by name
 const Method& find_method(const std::string& name);  // invalid_argument naming the registered ones
-// The method that writes a (model-independent) score column; invalid_argument naming the known columns.
-const Method& find_column_method(const std::string& column);
 
 #define VITFIQA_CONCAT_(a, b) a##b
 #define VITFIQA_CONCAT(a, b) VITFIQA_CONCAT_(a, b)
