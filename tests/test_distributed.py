@@ -80,7 +80,7 @@ def test_cli_ray_flag(local_ray, images, model_cases, tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, exc, msg", [
-    (dict(paths=[]), ValueError, "no image paths"),
+    (dict(sources=[]), ValueError, "no image paths"),
     (dict(methods=["bogus"]), ValueError, "unknown method"),
     (dict(model="missing.pt"), FileNotFoundError, "model file not found"),
     (dict(model=b"junk"), ValueError, "could not load a TorchScript model"),
@@ -92,7 +92,7 @@ def test_cli_ray_flag(local_ray, images, model_cases, tmp_path):
     (dict(vitnt_weighting="bogus"), (ValueError, RuntimeError), "weighting"),
 ])
 def test_ray_rejects_bad_input(kwargs, exc, msg, local_ray, images, model_cases, tmp_path):
-    kwargs = {"model": model_cases["insightface-script"].path, "paths": images[:4],
+    kwargs = {"model": model_cases["insightface-script"].path, "sources": images[:4],
               "out_dir": tmp_path / "o", "progress": False, **kwargs}
     with pytest.raises(exc, match=msg):
         score_with_ray(**kwargs)
@@ -154,3 +154,51 @@ def test_reproduce_qualities_on_ray_equal_local(local_ray, model_cases, tmp_path
     torch.set_num_threads(threads)
     assert list((tmp_path / "ray" / "cache").glob("ray-quality-*.table"))
     np.testing.assert_allclose(on_ray.frame.pauc.values, local.frame.pauc.values, rtol=1e-6)
+
+
+def test_ray_scores_bytes_as_the_local_path_does(local_ray, images, model_cases, loaded, tmp_path):
+    """Encoded bytes with ids travel in the Ray Data rows: the same table as the local pipeline on the same bytes
+    (a corrupt item a NaN row with its reason), and one table for both paths."""
+    from pathlib import Path
+
+    from vitfiqa.results import ScoreTable
+
+    import io
+
+    from PIL import Image
+
+    sources = [Path(p).read_bytes() for p in images[:40]]
+    sources[3] = sources[3][:40]  # cut short
+    # A BMP whose top row is black ends in NUL bytes, which must arrive as they are (fixed-width numpy bytes
+    # would drop them and cut the image short).
+    pixels = np.random.default_rng(1).integers(0, 256, (112, 112, 3), dtype=np.uint8)
+    pixels[:2] = 0
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="BMP")
+    sources[4] = buf.getvalue()
+    assert sources[4].endswith(b"\0" * 64)
+    ids = [f"db/{i:03d}" for i in range(len(sources))]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the actors (see test_ray_scores_equal_local_scores)
+    try:
+        local = score_frame(loaded("insightface-script"), sources, ["attn", "vitnt"], ids=ids, batch_size=8)
+    finally:
+        torch.set_num_threads(threads)
+    out = tmp_path / "bytes.table"
+    dist = score_with_ray(model_cases["insightface-script"].path, sources, out, ["attn", "vitnt"], ids=ids,
+                          batch_size=8, num_actors=2, progress=False)
+    assert dist["path"].tolist() == ids and dist["error"].tolist() == local["error"].tolist()
+    assert [i for i, e in enumerate(dist["error"]) if e] == [3, 17]
+    for k in ("attn", "vitnt"):
+        np.testing.assert_array_equal(dist[k].to_numpy(), local[k].to_numpy())
+    assert ScoreTable.open(out).run["sources"] == "bytes"
+    # Finished locally after a lost shard: the same table.
+    sorted(out.glob("part-*.csv"))[-1].unlink()
+    torch.set_num_threads(1)
+    try:
+        mixed = score_frame(loaded("insightface-script"), sources, ["attn", "vitnt"], ids=ids, batch_size=8, out=out)
+    finally:
+        torch.set_num_threads(threads)
+    assert mixed.equals(dist)
+    with pytest.raises(ValueError, match="encoded bytes need ids="):
+        score_with_ray(model_cases["insightface-script"].path, sources, tmp_path / "x", ["attn"], progress=False)

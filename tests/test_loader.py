@@ -29,7 +29,7 @@ def images(tmp_path_factory):
 
 
 def as_tuples(batches):
-    return [(b.start, b.paths, b.ok, b.errors, None if b.images is None else b.images.numpy().copy())
+    return [(b.start, b.ids, b.ok, b.errors, None if b.images is None else b.images.numpy().copy())
             for b in batches]
 
 
@@ -61,7 +61,7 @@ def test_batches_and_errors(images):
     assert first.ok == [0, 1, 2, 3, 4, 7, 8, 9] and set(first.errors) == {5, 6}
     assert "cannot read image" in first.errors[5]
     assert first.images.dtype == torch.uint8 and tuple(first.images.shape) == (8, 112, 112, 3)
-    assert first.paths == images[:10]
+    assert first.ids == images[:10]
     for j, pos in enumerate(first.ok):
         np.testing.assert_array_equal(first.images[j].numpy(), reference_uint8(images[pos]))
 
@@ -71,9 +71,9 @@ def test_bytes_give_the_same_batches_as_paths(images):
     from_paths = list(ImageLoader(images, batch_size=6, workers=2))
     from_bytes = list(ImageLoader(blobs, batch_size=6, workers=2))
     assert_same_batches(from_paths, from_bytes, names=False)
-    assert from_bytes[0].paths[:2] == ["<bytes #0>", "<bytes #1>"]  # named by position unless ids are given
+    assert from_bytes[0].ids[:2] == ["<bytes #0>", "<bytes #1>"]  # named by position unless ids are given
     named = list(ImageLoader(blobs, batch_size=6, workers=2, ids=[Path(p).name for p in images], start=100))
-    assert named[1].start == 106 and named[1].paths == [Path(p).name for p in images[6:12]]
+    assert named[1].start == 106 and named[1].ids == [Path(p).name for p in images[6:12]]
     with pytest.raises(ValueError, match="ids for"):
         ImageLoader(blobs, ids=["a"])
 

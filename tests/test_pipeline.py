@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 import vitfiqa
-from vitfiqa.pipeline import score_files, score_frame
+from vitfiqa.pipeline import open_table, score_files, score_frame
 
 
 def write_mixed_images(folder, n, broken=(), seed=0):
@@ -76,14 +76,14 @@ def test_all_unreadable_batch_gives_no_result(tmp_path, loaded):
 
 
 @pytest.mark.parametrize("kwargs, exc, msg", [
-    (dict(paths=[]), ValueError, "no image paths"),
+    (dict(sources=[]), ValueError, "no image paths"),
     (dict(methods=["bogus"]), ValueError, "unknown method"),
     (dict(batch_size=0), ValueError, "batch_size must be positive"),
     (dict(workers=0), ValueError, "workers must be at least 1"),
     (dict(methods=["exfiqa"], exit_normalization="zscore"), ValueError, "depend on batching"),
 ])
 def test_pipeline_rejects_bad_input(kwargs, exc, msg, images, loaded):
-    kwargs = {"paths": images, **kwargs}
+    kwargs = {"sources": images, **kwargs}
     with pytest.raises(exc, match=msg):
         list(score_files(loaded("vitfiqa_token-script"), **kwargs))
 
@@ -120,3 +120,81 @@ def test_decoding_in_processes_gives_the_same_batches(images, loaded):
     threads = score_frame(model, images, ("attn", "vitnt"), batch_size=7, workers=2)
     procs = score_frame(model, images, ("attn", "vitnt"), batch_size=7, workers=3, decode_processes=True)
     assert procs.equals(threads)  # the loader's own batches: tests/test_loader.py
+
+
+# -- encoded bytes as sources (issue 10 item 3: scoring is source-agnostic through the one loader) ----------------
+
+def bytes_and_ids(paths):
+    """The encoded bytes of image files and ids naming them (relative names, one sub-folder to show nesting)."""
+    from pathlib import Path
+
+    return [Path(p).read_bytes() for p in paths], [f"db/{Path(p).name}" for p in paths]
+
+
+def test_bytes_give_the_same_table_as_their_files(images, loaded, tmp_path):
+    from vitfiqa.results import ScoreTable, TableError
+
+    model = loaded("vitfiqa_token-script")
+    data, ids = bytes_and_ids(images)
+    data[9] = b"GIF89a not really"  # a corrupt item among the bytes, and the same as a file
+    corrupt = tmp_path / "corrupt.gif"
+    corrupt.write_bytes(data[9])
+    files = score_frame(model, images[:9] + [str(corrupt)] + images[10:], METHODS, batch_size=8)
+    out = tmp_path / "bytes.table"
+    heat = tmp_path / "heat"
+    from_bytes = score_frame(model, [bytearray(d) for d in data], METHODS, ids=ids, batch_size=8, out=out,
+                             heatmap_dir=heat, heatmap_format="npy")
+    assert from_bytes["path"].tolist() == ids and from_bytes["index"].tolist() == list(range(len(images)))
+    bad = (from_bytes["error"] != "").tolist()
+    assert bad == [i in (5, 6, 9) for i in range(len(images))]  # NaN rows with their reasons, the run goes on
+    assert from_bytes.loc[bad, KEYS].isna().all().all() and "cannot identify" in from_bytes["error"][9]
+    for k in KEYS:  # bit for bit: the same bytes are decoded the same way, whatever holds them
+        np.testing.assert_array_equal(from_bytes[k].to_numpy(), files[k].to_numpy())
+    assert ScoreTable.open(out).run["sources"] == "bytes"
+    # Heatmaps are named by id (rows that could not be decoded get none).
+    written = sorted(str(p.relative_to(heat)) for p in heat.rglob("*.npy"))
+    heat_methods = sorted({w.rsplit(".", 2)[1] for w in written})
+    assert heat_methods and written == sorted(f"{ids[i]}.{m}.npy" for i in range(len(ids)) if not bad[i]
+                                              for m in heat_methods)
+
+    # Resume: lose a shard and run again; only its batch is scored, and the table ends the same.
+    lost = sorted(out.glob("part-*.csv"))[1]
+    lost.unlink()
+    again = list(score_files(model, data, METHODS, ids=ids, batch_size=8, out=out, heatmap_dir=heat,
+                             heatmap_format="npy"))
+    assert [sb.batch.start for sb in again] == [8]
+    assert ScoreTable.open(out).frame().equals(from_bytes)
+    # The table records its ids and the kind of source: other ids, or the files themselves, are another run.
+    with pytest.raises(TableError, match="image list"):
+        score_frame(model, data, METHODS, ids=[f"x{i}" for i in range(len(data))], batch_size=8, out=out,
+                    heatmap_dir=heat, heatmap_format="npy")
+    with pytest.raises(TableError, match="sources differ"):
+        score_frame(model, images, METHODS, ids=ids, batch_size=8, out=out, heatmap_dir=heat, heatmap_format="npy")
+
+
+@pytest.mark.parametrize("sources, ids, exc, msg", [
+    ("bytes", None, ValueError, "encoded bytes need ids="),
+    ("bytes", ["a", "b", "a"], ValueError, "given twice"),
+    ("bytes", ["a", "b"], ValueError, "2 ids for 3 sources"),
+    ("bytes", ["a", 7, "c"], TypeError, "ids must be strings"),
+    ("bytes", "abc", TypeError, "list of strings"),
+    ("bytes", ["a", "../b", "c"], ValueError, "not a safe relative name"),
+    ("bytes", ["a", "/tmp/b", "c"], ValueError, "not a safe relative name"),
+    ("bytes", ["a", "C:\\b", "c"], ValueError, "not a safe relative name"),
+    ("bytes", ["a", "x\\..\\b", "c"], ValueError, "not a safe relative name"),
+    ("bytes", ["a", "b\0", "c"], ValueError, "not a safe relative name"),
+    ("bytes", ["a", "", "c"], ValueError, "not a safe relative name"),
+    ("mixed", ["a", "b", "c"], TypeError, "all image paths or all encoded image bytes"),
+    ("one", None, TypeError, "not a single one"),
+])
+def test_bad_sources_and_ids_are_refused(sources, ids, exc, msg, images, loaded, tmp_path):
+    from pathlib import Path
+
+    data = [Path(p).read_bytes() for p in images[:3]]
+    given = {"bytes": data, "mixed": [data[0], images[1], data[2]], "one": data[0]}[sources]
+    model = loaded("insightface-script")
+    with pytest.raises(exc, match=msg):
+        list(score_files(model, given, ["attn"], ids=ids))
+    with pytest.raises(exc, match=msg):  # refused before a table is made
+        open_table(model, given, ["attn"], tmp_path / "t", ids=ids)
+    assert not (tmp_path / "t").exists()

@@ -162,8 +162,8 @@ def _score_local(args, config, table_dir: Path):
     for sb in score_files(model, files, config=config, batch_size=args.batch_size, workers=args.workers, out=table,
                           **options):
         for pos, err in sb.batch.errors.items():
-            log.warning("skipping %s: %s", sb.batch.paths[pos], err)
-        bar.update(len(sb.batch.paths))
+            log.warning("skipping %s: %s", sb.batch.ids[pos], err)
+        bar.update(len(sb.batch.ids))
     bar.close()
     return table
 

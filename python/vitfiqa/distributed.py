@@ -3,12 +3,15 @@ into the same results table as the local path (:class:`vitfiqa.results.ScoreTabl
 
 >>> from vitfiqa.distributed import score_with_ray
 >>> frame = score_with_ray("vit.pt", paths, "scores.table", config=vitfiqa.ScoreConfig(methods=["attn", "vitnt"]))
+>>> frame = score_with_ray("vit.pt", encoded, "scores.table", ids=keys, methods="attn")  # bytes from a database
 
-The input list is cut into batches exactly as the local path cuts it (``paths[i:i+batch_size]``), and each
+The input list is cut into batches exactly as the local path cuts it (``sources[i:i+batch_size]``), and each
 actor runs the local pipeline (:func:`vitfiqa.pipeline.score_files`) on whole batches, so a data set scored on
 a cluster gets the same scores as on one machine, bit for bit on the same hardware and thread count.
 The model travels once through Ray's object store as bytes, so only the driver needs the model file. Image
 paths must be readable from every node (a shared file system); relative ones are made absolute on the driver.
+Encoded image bytes (with ``ids``, as in :func:`vitfiqa.pipeline.score_files`) travel in the Ray Data rows
+themselves, so no node needs the files.
 Results come back to the driver, which commits them to the results table as they arrive (whole batches,
 atomically); a re-run skips the batches already committed (``overwrite=True`` starts again), and a table
 started locally can be finished on Ray and the other way round.
@@ -40,10 +43,11 @@ def _ray():
 
 
 class _Scorer:
-    """Ray Data actor: loads the model once, then scores whole batches (one input row = one batch of paths)."""
+    """Ray Data actor: loads the model once, then scores whole batches (one input row = one batch: its indices,
+    sources and ids). named: the user gave ids (else the sources, paths, are their own names)."""
 
     def __init__(self, model_ref, device, dtype, input_contract, final_norm, config, workers, decode_processes,
-                 torch_threads, max_pixels):
+                 torch_threads, max_pixels, named):
         import ray
         import torch
 
@@ -58,22 +62,27 @@ class _Scorer:
         self.workers = workers
         self.decode_processes = decode_processes
         self.max_pixels = max_pixels
+        self.named = named
 
-    def __call__(self, batch: dict) -> dict:
+    def __call__(self, batch) -> dict:
         from .pipeline import collect_columns, score_files
 
+        # Rows arrive as an Arrow table: lists of str or binary come out exactly as they went in (numpy batches
+        # would be free to turn a column of bytes into fixed-width arrays, which drop trailing NUL bytes).
+        rows = list(zip(batch["indices"].to_pylist(), batch["sources"].to_pylist(), batch["ids"].to_pylist()))
         # Each row is one batch of the input; runs of equal-sized rows are scored as one stream cut at the same
         # places, so decoding of the next batch overlaps this one's scoring and every image keeps its batch mates.
-        rows = [([int(i) for i in idx], [str(p) for p in paths]) for idx, paths in zip(batch["indices"], batch["paths"])]
         indices: list[int] = []
         cols: dict[str, list] = {}
         keys: list[str] = []
-        for size, run in itertools.groupby(rows, key=lambda r: len(r[1])):
+        for size, run in itertools.groupby(rows, key=lambda r: len(r[0])):
             run = list(run)
-            indices += [i for idx, _ in run for i in idx]
-            paths = [p for _, ps in run for p in ps]
-            part, keys = collect_columns(score_files(self.model, paths, config=self.config, batch_size=size,
-                                                     workers=self.workers, decode_processes=self.decode_processes,
+            indices += [i for idx, _, _ in run for i in idx]
+            sources = [s for _, ss, _ in run for s in ss]
+            ids = [i for _, _, ii in run for i in ii] if self.named else None
+            part, keys = collect_columns(score_files(self.model, sources, ids=ids, config=self.config,
+                                                     batch_size=size, workers=self.workers,
+                                                     decode_processes=self.decode_processes,
                                                      max_pixels=self.max_pixels))
             for k, v in part.items():
                 cols.setdefault(k, []).extend(v)
@@ -83,19 +92,21 @@ class _Scorer:
         return out
 
 
-def score_with_ray(model: str | os.PathLike | bytes, paths: Sequence[str], out_dir: str | os.PathLike,
-                   methods: Sequence[str] | str | None = None, *, config=None, address: str | None = None,
-                   batch_size: int = 64, num_actors: int | None = None, device: str | None = None,
-                   dtype: str = "float32", image_size: tuple[int, int] | int | None = None,
+def score_with_ray(model: str | os.PathLike | bytes, sources: Sequence, out_dir: str | os.PathLike,
+                   methods: Sequence[str] | str | None = None, *, ids: Sequence[str] | None = None, config=None,
+                   address: str | None = None, batch_size: int = 64, num_actors: int | None = None,
+                   device: str | None = None, dtype: str = "float32", image_size: tuple[int, int] | int | None = None,
                    channel_order: str | None = None, workers: int | None = None,
                    cpus_per_actor: float | None = None, overwrite: bool = False, progress: bool = True,
                    num_cpus: int | None = None, decode_processes: bool | None = None,
                    max_pixels: int | None = DEFAULT_MAX_PIXELS, final_norm: str | None = None,
                    **score_options):
-    """Score ``paths`` on a Ray cluster into the results table ``out_dir`` (created, or resumed when it holds
+    """Score ``sources`` on a Ray cluster into the results table ``out_dir`` (created, or resumed when it holds
     this run's batches); returns the whole table as a pandas DataFrame (index, path, scores, error) in input
     order.
 
+    sources / ids: image file paths (readable on every node), or encoded image bytes with ``ids`` (they travel
+    in the Ray Data rows), as :func:`vitfiqa.pipeline.score_files` takes them; the same table either way.
     address: ``None`` joins the Ray already initialised in this process, else starts a local one (with
     ``num_cpus``); ``"auto"`` or ``"ray://host:port"`` joins that cluster.
     device: ``None`` uses one GPU per actor when the cluster has GPUs (one actor per GPU), else CPUs;
@@ -111,7 +122,7 @@ def score_with_ray(model: str | os.PathLike | bytes, paths: Sequence[str], out_d
     stays 'none', fuse data-set-wide with :func:`vitfiqa.fuse_exits`).
     """
     from .config import check_batch_independent, score_config
-    from .pipeline import run_description
+    from .pipeline import check_sources, run_description
     from .results import ScoreTable, check_batch_size
 
     cfg = score_config(config, methods=methods, **score_options)
@@ -121,11 +132,12 @@ def score_with_ray(model: str | os.PathLike | bytes, paths: Sequence[str], out_d
         raise ValueError("num_actors must be at least 1")
     if cfg.heatmaps or cfg.return_captures:
         raise ValueError("heatmaps and captures are not collected through Ray; use QualityModel.score locally")
-    # Workers do not share the driver's working directory: relative paths are resolved here (the `path`
-    # column holds the absolute paths).
-    paths = [os.path.abspath(os.fspath(p)) for p in paths]
-    if not paths:
-        raise ValueError("no image paths given")
+    sources, ids, kind = check_sources(sources, ids)
+    if kind == "paths":
+        # Workers do not share the driver's working directory: relative paths are resolved here (without ids,
+        # the `path` column holds the absolute paths).
+        sources = [os.path.abspath(p) for p in sources]
+    names = ids if ids is not None else sources
     if isinstance(model, (bytes, bytearray)):
         model_bytes = bytes(model)
     else:
@@ -145,13 +157,13 @@ def score_with_ray(model: str | os.PathLike | bytes, paths: Sequence[str], out_d
     probe.score(torch.zeros(1, 3, *probe.image_size), config=cfg, preprocess=False)
     keys = probe.columns(cfg)
     run = run_description(probe.sha256, probe.image_size, dtype, cfg, max_pixels=max_pixels,
-                          input_contract=contract, final_norm=final_norm)
+                          input_contract=contract, final_norm=final_norm, sources=kind)
     del probe
 
-    with ScoreTable(out_dir, paths=paths, keys=keys, batch_size=batch_size, run=run, overwrite=overwrite) as table:
+    with ScoreTable(out_dir, paths=names, keys=keys, batch_size=batch_size, run=run, overwrite=overwrite) as table:
         pending = table.pending_batches()
         if table.n_done:
-            log.info("resuming: %d of %d images already in %s", table.n_done, len(paths), out_dir)
+            log.info("resuming: %d of %d images already in %s", table.n_done, len(names), out_dir)
         if pending:
             ray = _ray()
             started = not ray.is_initialized()
@@ -159,16 +171,16 @@ def score_with_ray(model: str | os.PathLike | bytes, paths: Sequence[str], out_d
                 ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
                          logging_level=logging.WARNING)
             try:
-                _run(ray, model_bytes, table, pending, cfg.to_dict(), num_actors, device, dtype, contract, final_norm,
-                     workers, cpus_per_actor, decode_processes, progress, max_pixels)
+                _run(ray, model_bytes, table, sources, ids is not None, pending, cfg.to_dict(), num_actors, device,
+                     dtype, contract, final_norm, workers, cpus_per_actor, decode_processes, progress, max_pixels)
             finally:
                 if started:
                     ray.shutdown()
         return table.frame()
 
 
-def _run(ray, model_bytes, table, pending, config, num_actors, device, dtype, input_contract, final_norm, workers,
-         cpus_per_actor, decode_processes, progress, max_pixels) -> None:
+def _run(ray, model_bytes, table, sources, named, pending, config, num_actors, device, dtype, input_contract,
+         final_norm, workers, cpus_per_actor, decode_processes, progress, max_pixels) -> None:
     resources = ray.cluster_resources()
     cpus, gpus = float(resources.get("CPU", 1)), int(resources.get("GPU", 0))
     if device is None:
@@ -186,7 +198,8 @@ def _run(ray, model_bytes, table, pending, config, num_actors, device, dtype, in
     threads = max(1, int(cpus_per_actor))
 
     b = table.batch_size
-    rows = [{"indices": list(range(s, min(s + b, table.n_images))), "paths": table.paths[s:s + b]} for s in pending]
+    rows = [{"indices": list(range(s, min(s + b, table.n_images))), "sources": sources[s:s + b],
+             "ids": table.paths[s:s + b]} for s in pending]
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress
     model_ref = [ray.put(model_bytes)]  # in a list, so the actor receives the reference and fetches it once
@@ -195,12 +208,12 @@ def _run(ray, model_bytes, table, pending, config, num_actors, device, dtype, in
     blocks = -(-len(rows) // per_call)
     ds = ray.data.from_items(rows, override_num_blocks=blocks)
     ds = ds.map_batches(
-        _Scorer, batch_size=per_call, batch_format="numpy", concurrency=min(num_actors, blocks),
+        _Scorer, batch_size=per_call, batch_format="pyarrow", concurrency=min(num_actors, blocks),
         num_cpus=cpus_per_actor, num_gpus=1 if use_gpu else 0,
         fn_constructor_kwargs=dict(model_ref=model_ref, device=device, dtype=dtype, input_contract=input_contract,
                                    final_norm=final_norm, config=config, workers=workers or threads,
                                    torch_threads=threads, decode_processes=decode_processes,
-                                   max_pixels=max_pixels))
+                                   max_pixels=max_pixels, named=named))
     # The driver is the table's only writer: rows are committed as soon as their batch is complete (Ray may
     # cut its output blocks anywhere), so a killed run loses at most the batches in flight.
     partial: dict[int, dict[str, list]] = {}

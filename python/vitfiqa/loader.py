@@ -85,13 +85,13 @@ def decode_items(items: Sequence[Any], size: tuple[int, int], max_pixels: int | 
 
 @dataclass
 class ImageBatch:
-    """One batch of the source list: sources ``[start, start+len(paths))``, named in ``paths`` (a file's
-    path; the given id, or :func:`source_name`, for bytes and in-memory images). ``images`` holds the
+    """One batch of the source list: sources ``[start, start+len(ids))``, named in ``ids`` (the ids given to
+    the loader; else a file's path, or :func:`source_name` for bytes and in-memory images). ``images`` holds the
     decodable ones (uint8 [b,H,W,3], pinned when staged for CUDA; None when none was), at positions ``ok``
     of the batch; ``errors`` maps the other positions to the reason."""
 
     start: int
-    paths: list[str]
+    ids: list[str]
     ok: list[int]
     images: torch.Tensor | None
     errors: dict[int, str] = field(default_factory=dict)
@@ -124,7 +124,7 @@ class ImageLoader:
     ``skip`` are left out), decoding ``prefetch`` batches ahead on ``workers`` threads (or processes). Sources
     that cannot be used do not stop the run: they are reported in :attr:`ImageBatch.errors`.
 
-    ids: the names of the sources in :attr:`ImageBatch.paths` (default: :func:`source_name`).
+    ids: the names of the sources in :attr:`ImageBatch.ids` (default: :func:`source_name`).
     start: added to every batch's ``start`` (a slice of a longer list).
     processes=True decodes in worker processes: Pillow's decoder runs without the GIL, but opening, converting
     and copying an image holds it for about as long again (measured: ~0.25 of ~0.5 ms for a 112x112 JPEG), so

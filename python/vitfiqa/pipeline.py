@@ -1,15 +1,20 @@
-"""Streaming scoring of image files: the package's one loader (:mod:`vitfiqa.loader`) decodes on worker
-threads or processes, the model scores on its device, results go to a results table.
+"""Streaming scoring of images: the package's one loader (:mod:`vitfiqa.loader`) decodes on worker threads or
+processes, the model scores on its device, results go to a results table.
 
-This is the one path from files to scores. The CLI, :mod:`vitfiqa.distributed` (each Ray actor runs it on its
-share) and ``benchmarks/throughput.py`` all use it, so a data set scored locally and on a cluster is cut into
-the same batches and gets the same numbers.
+This is the one path from image sources to scores. The CLI, :mod:`vitfiqa.distributed` (each Ray actor runs it
+on its share) and ``benchmarks/throughput.py`` all use it, so a data set scored locally and on a cluster is cut
+into the same batches and gets the same numbers.
+
+Sources are image file paths, or the encoded bytes of image files (read from a database, an archive, an object
+store ...) named by ``ids``: the ids key the results table's rows (its ``path`` column), its resume and the
+heatmap files, as paths do for files. Bytes and the files they were read from give the same scores, bit for bit.
 """
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -27,11 +32,12 @@ class ScoredBatch:
     keys: list[str]  # the score columns (QualityModel.columns), the same for every batch of a run
 
     def columns(self) -> dict[str, list]:
-        """Columns in input order: ``index`` (position in the input list), ``path``, one float per score key
+        """Columns in input order: ``index`` (position in the input list), ``path`` (the file's path, or the
+        source's id), one float per score key
         (NaN for an image that could not be read) and ``error`` (empty when scored)."""
-        n = len(self.batch.paths)
+        n = len(self.batch.ids)
         cols: dict[str, list] = {"index": list(range(self.batch.start, self.batch.start + n)),
-                                 "path": list(self.batch.paths)}
+                                 "path": list(self.batch.ids)}
         scores: dict = {}
         if self.result is not None:
             scores = self.result.columns()
@@ -45,6 +51,51 @@ class ScoredBatch:
 
 
 HEATMAP_FORMATS = ("png", "npy")
+
+_BYTES = (bytes, bytearray, memoryview)
+
+
+def check_sources(sources: Sequence, ids: Sequence[str] | None = None) -> tuple[list, list[str] | None, str]:
+    """The one check of what scoring takes -> (sources, ids, kind). ``sources``: all file paths (kind
+    ``"paths"``) or all encoded image bytes (kind ``"bytes"``); ``ids``: one name per source, required for
+    bytes (they key the results table's rows, its resume and the heatmap files), optional for paths (which are
+    then their own names). ids must be unique, non-empty strings that are safe relative file names: no NUL,
+    not absolute, no ``..`` part (a heatmap is written at ``heatmap_dir/<id>.<method>.<format>``)."""
+    if isinstance(sources, (str, os.PathLike, *_BYTES)):
+        raise TypeError("sources must be a list of image paths or of encoded image bytes, not a single one")
+    sources = list(sources)
+    if not sources:
+        raise ValueError("no image paths or bytes given")
+    if all(isinstance(s, (str, os.PathLike)) for s in sources):
+        kind, sources = "paths", [os.fspath(s) for s in sources]
+    elif all(isinstance(s, _BYTES) for s in sources):
+        kind, sources = "bytes", [bytes(s) for s in sources]  # one type, whatever the caller's buffers
+        if ids is None:
+            raise ValueError("encoded bytes need ids= (one name per image: the rows of the results table, its "
+                             "resume and the heatmap files are keyed by them)")
+    else:
+        kinds = sorted({type(s).__name__ for s in sources})
+        raise TypeError(f"sources must be all image paths or all encoded image bytes, got {', '.join(kinds)} (decode "
+                        "other images yourself and use QualityModel.score)")
+    if ids is None:
+        return sources, None, kind
+    if isinstance(ids, (str, bytes)):
+        raise TypeError("ids must be a list of strings, one per source")
+    ids = list(ids)
+    if len(ids) != len(sources):
+        raise ValueError(f"{len(ids)} ids for {len(sources)} sources")
+    seen: set[str] = set()
+    for i in ids:
+        if not isinstance(i, str):
+            raise TypeError(f"ids must be strings, got {type(i).__name__} ({i!r})")
+        parts = re.split(r"[\\/]", i)
+        if not i or "\0" in i or i.startswith(("/", "\\")) or PureWindowsPath(i).drive or ".." in parts:
+            raise ValueError(f"id {i!r} is not a safe relative name (empty, NUL, absolute, or a '..' part): ids "
+                             "also name the heatmap files")
+        if i in seen:
+            raise ValueError(f"id {i!r} is given twice: ids key the results table's rows, so each must be unique")
+        seen.add(i)
+    return sources, ids, kind
 
 
 def heatmap_names(paths: Sequence[str]) -> list[str]:
@@ -78,29 +129,35 @@ def encode_heatmap(image: np.ndarray, heatmap: np.ndarray, fmt: str) -> bytes:
 
 def run_description(model_sha256: str, image_size, dtype, config: ScoreConfig, heatmaps: dict | None = None,
                     max_pixels: int | None = DEFAULT_MAX_PIXELS, input_contract: dict | None = None,
-                    final_norm: str | None = None) -> dict:
+                    final_norm: str | None = None, sources: str | None = None) -> dict:
     """What a results table records about the run that fills it (model digest, input size, channel order and
     normalisation, the final norm named by the user, precision, the whole score config, heatmap output, pixel
-    limit); a resume with anything different is refused instead of mixing scores."""
+    limit, and what the sources are: ``"paths"`` or ``"bytes"``, the kind :func:`check_sources` gives); a
+    resume with anything different is refused instead of mixing scores. ``sources`` is left out when None
+    (tables keyed by something else, e.g. a benchmark's fingerprint)."""
     contract = input_contract or {}
-    return {"model_sha256": model_sha256, "image_size": list(image_size),
-            "channel_order": contract.get("channel_order", "rgb"), "normalization": contract.get("normalization"),
-            "dtype": str(dtype).replace("torch.", ""), "config": config.to_dict(),
-            "heatmaps": heatmaps, "max_pixels": max_pixels, "final_norm": final_norm}
+    run = {"model_sha256": model_sha256, "image_size": list(image_size),
+           "channel_order": contract.get("channel_order", "rgb"), "normalization": contract.get("normalization"),
+           "dtype": str(dtype).replace("torch.", ""), "config": config.to_dict(),
+           "heatmaps": heatmaps, "max_pixels": max_pixels, "final_norm": final_norm}
+    if sources is not None:
+        run["sources"] = sources
+    return run
 
 
-def open_table(model: QualityModel, paths: Sequence[str], methods: Sequence[str] | str | None, out, *,
-               config: ScoreConfig | dict | None = None, batch_size: int = 64, overwrite: bool = False,
-               heatmap_dir: str | os.PathLike | None = None, heatmap_format: str = "png",
+def open_table(model: QualityModel, sources: Sequence, methods: Sequence[str] | str | None, out, *,
+               ids: Sequence[str] | None = None, config: ScoreConfig | dict | None = None, batch_size: int = 64,
+               overwrite: bool = False, heatmap_dir: str | os.PathLike | None = None, heatmap_format: str = "png",
                max_pixels: int | None = DEFAULT_MAX_PIXELS, **score_options):
     """The :class:`vitfiqa.results.ScoreTable` that :func:`score_files` with these arguments fills: created, or
-    opened to resume (refused if it was made by a different model, image list, batch size or config).
-    ``out`` may also be a table opened before; it is checked against this run. ``methods``, ``config`` and
-    ``score_options`` make the score config as in :meth:`QualityModel.score`."""
+    opened to resume (refused if it was made by a different model, image list, kind of source, batch size or
+    config). ``out`` may also be a table opened before; it is checked against this run. ``methods``, ``config``
+    and ``score_options`` make the score config as in :meth:`QualityModel.score`."""
     from .results import ScoreTable
 
     cfg = score_config(config, methods=methods, **score_options)
-    paths = [os.fspath(p) for p in paths]
+    sources, ids, kind = check_sources(sources, ids)
+    names = ids if ids is not None else sources
     heat = None
     if heatmap_dir is not None:
         heat = {"dir": str(Path(heatmap_dir).resolve()), "format": heatmap_format}
@@ -108,28 +165,32 @@ def open_table(model: QualityModel, paths: Sequence[str], methods: Sequence[str]
     keys = model.columns(cfg)
     run = run_description(model.sha256, model.image_size, model.dtype, cfg, heat, max_pixels,
                           {"channel_order": model.channel_order, "normalization": model.normalization},
-                          model.final_norm)
+                          model.final_norm, sources=kind)
     if isinstance(out, ScoreTable):
-        out.expect(paths=paths, keys=keys, batch_size=batch_size, run=run)
+        out.expect(paths=names, keys=keys, batch_size=batch_size, run=run)
         return out
-    return ScoreTable(out, paths=paths, keys=keys, batch_size=batch_size, overwrite=overwrite, run=run)
+    return ScoreTable(out, paths=names, keys=keys, batch_size=batch_size, overwrite=overwrite, run=run)
 
 
-def score_files(model: QualityModel, paths: Sequence[str], methods: Sequence[str] | str | None = None, *,
-                config: ScoreConfig | dict | None = None, batch_size: int = 64, workers: int | None = None,
-                prefetch: int = 2, start: int = 0, decode_processes: bool | None = None,
+def score_files(model: QualityModel, sources: Sequence, methods: Sequence[str] | str | None = None, *,
+                ids: Sequence[str] | None = None, config: ScoreConfig | dict | None = None, batch_size: int = 64,
+                workers: int | None = None, prefetch: int = 2, start: int = 0, decode_processes: bool | None = None,
                 out: str | os.PathLike | None = None, overwrite: bool = False,
                 heatmap_dir: str | os.PathLike | None = None, heatmap_format: str = "png",
                 max_pixels: int | None = DEFAULT_MAX_PIXELS, **score_options) -> Iterator[ScoredBatch]:
-    """Score image files batch by batch (a generator: results arrive as each batch finishes).
+    """Score images batch by batch (a generator: results arrive as each batch finishes).
 
+    sources: image file paths, or the encoded bytes of image files with ``ids=`` (one unique name per image,
+    see :func:`check_sources`); the rows' ``path`` column holds the path, or the id. An image that cannot be
+    used (missing, undecodable, too large) becomes a row of NaN scores with the reason in ``error``.
     out: a results table folder (or a :class:`vitfiqa.results.ScoreTable` from :func:`open_table`): each
     batch is committed to it atomically before it is yielded, and batches it already holds are skipped, so calling again after an
     interruption finishes the job (only the new batches are yielded; ``ScoreTable.open(out).frame()`` or
     :func:`score_frame` give the whole table). ``overwrite=True`` starts the table again.
     heatmap_dir: also write each image's heatmap per method there — ``png`` overlays on the model-input image
-    (default) or raw ``npy`` arrays (``heatmap_format``) — named after the image's path relative to the folder
-    all inputs share (:func:`heatmap_names`), each file written atomically, before the batch is committed.
+    (default) or raw ``npy`` arrays (``heatmap_format``) — named after the image's id, else its path relative to
+    the folder all inputs share (:func:`heatmap_names`), each file written atomically, before the batch is
+    committed.
 
     workers: decoding threads, or processes with ``decode_processes=True`` (default: processes when the
     model is on a GPU, which threads cannot keep fed; threads on CPU, where the model is the bottleneck).
@@ -142,13 +203,12 @@ def score_files(model: QualityModel, paths: Sequence[str], methods: Sequence[str
     normalise data-set-wide with :func:`vitfiqa.fuse_exits` instead."""
     cfg = score_config(config, methods=methods, **score_options)
     check_batch_independent(cfg)
-    if len(paths) == 0:
-        raise ValueError("no image paths given")
+    sources, ids, _ = check_sources(sources, ids)
+    names = ids if ids is not None else sources
     if heatmap_format not in HEATMAP_FORMATS:
         raise ValueError(f"heatmap_format must be one of {HEATMAP_FORMATS}, not {heatmap_format!r}")
-    paths = [os.fspath(p) for p in paths]
     heat_dir = Path(heatmap_dir) if heatmap_dir is not None else None
-    names = heatmap_names(paths) if heat_dir is not None else None
+    heat_names = (ids if ids is not None else heatmap_names(sources)) if heat_dir is not None else None
     if heat_dir is not None:
         cfg.heatmaps = True
     elif cfg.heatmaps and out is not None:
@@ -159,13 +219,14 @@ def score_files(model: QualityModel, paths: Sequence[str], methods: Sequence[str
     if out is not None:
         if start != 0:
             raise ValueError("start= offsets the index column; a results table (out=) numbers the whole input list")
-        table = open_table(model, paths, None, out, config=cfg, batch_size=batch_size, overwrite=overwrite,
-                           heatmap_dir=heat_dir, heatmap_format=heatmap_format, max_pixels=max_pixels)
-    loader = ImageLoader(paths, batch_size, model.image_size, workers=workers, prefetch=prefetch,
+        table = open_table(model, sources, None, out, ids=ids, config=cfg, batch_size=batch_size,
+                           overwrite=overwrite, heatmap_dir=heat_dir, heatmap_format=heatmap_format,
+                           max_pixels=max_pixels)
+    loader = ImageLoader(sources, batch_size, model.image_size, workers=workers, prefetch=prefetch,
                          pin_memory=model.device.type == "cuda", start=start,
                          processes=model.device.type == "cuda" if decode_processes is None else decode_processes,
                          skip=set(table.batch_starts()) - set(table.pending_batches()) if table is not None else (),
-                         max_pixels=max_pixels)
+                         max_pixels=max_pixels, ids=names)
     # Heatmap files go through one temporary folder under heatmap_dir (same file system, so the rename is
     # atomic), cleared of a killed run's leftovers when a table's lock makes this run the only writer.
     heat_tmp = None
@@ -187,7 +248,7 @@ def score_files(model: QualityModel, paths: Sequence[str], methods: Sequence[str
                 for meth, hm in result.heatmaps.items():
                     hm = hm.float().cpu().numpy()
                     for j, pos in enumerate(batch.ok):
-                        name = names[batch.start - start + pos]
+                        name = heat_names[batch.start - start + pos]
                         files[heat_dir / f"{name}.{meth}.{heatmap_format}"] = encode_heatmap(images[j], hm[j],
                                                                                              heatmap_format)
             if table is not None:
@@ -213,8 +274,9 @@ def collect_columns(scored: Iterator[ScoredBatch]) -> tuple[dict[str, list], lis
     return cols, keys
 
 
-def score_frame(model: QualityModel, paths: Sequence[str], methods: Sequence[str] | str | None = None, **kwargs):
-    """:func:`score_files` collected into a pandas DataFrame (index, path, scores, error), one row per path.
+def score_frame(model: QualityModel, sources: Sequence, methods: Sequence[str] | str | None = None, **kwargs):
+    """:func:`score_files` collected into a pandas DataFrame (index, path, scores, error), one row per source
+    (``path`` holds the file's path, or its id: ``ids=`` is required for encoded bytes).
     With ``out=`` the run goes through that results table (resuming it) and the frame is the whole table."""
     import pandas as pd
 
@@ -222,7 +284,7 @@ def score_frame(model: QualityModel, paths: Sequence[str], methods: Sequence[str
     if out is not None:
         from .results import ScoreTable
 
-        for _ in score_files(model, paths, methods, **kwargs):
+        for _ in score_files(model, sources, methods, **kwargs):
             pass
         return out.frame() if isinstance(out, ScoreTable) else ScoreTable.open(out).frame()
-    return pd.DataFrame(collect_columns(score_files(model, paths, methods, **kwargs))[0])
+    return pd.DataFrame(collect_columns(score_files(model, sources, methods, **kwargs))[0])

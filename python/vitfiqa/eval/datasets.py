@@ -118,7 +118,7 @@ class ImageSet:
                 self.errors.append((i, str(exc)))
                 errors[i] = str(exc)
                 log.warning("%s", exc)
-            all_idx = order[batch.start:batch.start + len(batch.paths)]
+            all_idx = order[batch.start:batch.start + len(batch.ids)]
             images = batch.images.numpy() if batch.images is not None else None
             yield LoadedBatch(all_idx, all_idx[batch.ok] if batch.ok else all_idx[:0], images, errors)
 
