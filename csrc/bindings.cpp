@@ -49,7 +49,8 @@ py::dict info_dict(const CaptureModel& m) {
 
 CaptureRequest make_request(std::vector<int64_t> logits_blocks, std::vector<int64_t> probs_blocks,
                             std::vector<int64_t> token_blocks, bool final_norm, std::vector<int64_t> exit_blocks,
-                            int64_t exit_output, bool model_output, const std::string& attn_logits) {
+                            int64_t exit_output, bool model_output, const std::string& attn_logits,
+                            std::vector<int64_t> distance_blocks) {
   CaptureRequest r;
   check_attn_logits(attn_logits);
   r.attn_logits = attn_logits;
@@ -57,6 +58,7 @@ CaptureRequest make_request(std::vector<int64_t> logits_blocks, std::vector<int6
   r.probs_blocks = std::move(probs_blocks);
   r.token_blocks = std::move(token_blocks);
   r.tokens_final_norm = final_norm;
+  r.distance_blocks = std::move(distance_blocks);
   r.exit_blocks = std::move(exit_blocks);
   r.exit_output = exit_output;
   r.model_output = model_output;
@@ -257,11 +259,16 @@ void bind_scoring(py::module_& m) {
     for (const auto& meth : method_registry()) {
       py::dict d;
       d["name"] = meth.name;
+      d["title"] = meth.title;
       d["description"] = meth.description;
+      py::list columns;
+      for (const auto& c : meth.score_columns) columns.append(py::make_tuple(c.name, c.label));
+      d["score_columns"] = columns;
       out.append(d);
     }
     return out;
-  }, "The registered quality methods: name and one-line description.");
+  }, "The registered quality methods: name, title (the paper's name), one-line description and score_columns "
+     "[(column, display label)] (the columns it writes whatever the model; EX-FIQA adds one per exit).");
   m.def("check_config", &validate_common, py::arg("config"),
         "The checks that need no model (method names, top-level and heatmap fields); Scorer runs them too.");
   m.def("batch_dependence", &batch_dependence, py::arg("config"),
@@ -330,9 +337,10 @@ PYBIND11_MODULE(_core, m) {
           "capture",
           [](CaptureModel& self, const at::Tensor& images, std::vector<int64_t> logits_blocks,
              std::vector<int64_t> probs_blocks, std::vector<int64_t> token_blocks, bool final_norm,
-             std::vector<int64_t> exit_blocks, int64_t exit_output, bool model_output, const std::string& attn_logits) {
+             std::vector<int64_t> exit_blocks, int64_t exit_output, bool model_output, const std::string& attn_logits,
+             std::vector<int64_t> distance_blocks) {
             auto req = make_request(logits_blocks, probs_blocks, token_blocks, final_norm, exit_blocks, exit_output,
-                                    model_output, attn_logits);
+                                    model_output, attn_logits, distance_blocks);
             CaptureResult r;
             {
               py::gil_scoped_release release;
@@ -348,26 +356,29 @@ PYBIND11_MODULE(_core, m) {
             d["attention_probs"] = probs;
             d["block_tokens"] = tokens;
             d["exits"] = exits;
+            d["token_distances"] = r.token_distances;
             d["model_output"] = model_output ? ivalue_to_py(r.model_output) : py::none();
             d["patch_grid"] = r.patch_grid;
             return d;
           },
           py::arg("images"), py::arg("logits_blocks") = std::vector<int64_t>{},
           py::arg("probs_blocks") = std::vector<int64_t>{}, py::arg("token_blocks") = std::vector<int64_t>{},
-          py::arg("final_norm") = true, py::arg("exit_blocks") = std::vector<int64_t>{}, py::arg("exit_output") = CaptureRequest{}.exit_output,
-          py::arg("model_output") = false, py::arg("attn_logits") = std::string(kDefaultAttnLogits))
+          py::arg("final_norm") = true, py::arg("exit_blocks") = std::vector<int64_t>{},
+          py::arg("exit_output") = CaptureRequest{}.exit_output, py::arg("model_output") = false,
+          py::arg("attn_logits") = std::string(kDefaultAttnLogits), py::arg("distance_blocks") = std::vector<int64_t>{})
       .def("attribute", [](CaptureModel& self, const std::string& name) { return ivalue_to_py(self.attribute(name)); },
            py::arg("name"), "A module attribute (parameter, buffer or constant) by name, e.g. for inspection.")
       .def(
           "graph",
           [](CaptureModel& self, std::vector<int64_t> logits_blocks, std::vector<int64_t> token_blocks,
-             std::vector<int64_t> exit_blocks, bool final_norm) {
+             std::vector<int64_t> exit_blocks, bool final_norm, std::vector<int64_t> distance_blocks) {
             return self.graph_for(
                 make_request(logits_blocks, {}, token_blocks, final_norm, exit_blocks, CaptureRequest{}.exit_output, false,
-                             kDefaultAttnLogits));
+                             kDefaultAttnLogits, distance_blocks));
           },
           py::arg("logits_blocks") = std::vector<int64_t>{}, py::arg("token_blocks") = std::vector<int64_t>{},
-          py::arg("exit_blocks") = std::vector<int64_t>{}, py::arg("final_norm") = true);
+          py::arg("exit_blocks") = std::vector<int64_t>{}, py::arg("final_norm") = true,
+          py::arg("distance_blocks") = std::vector<int64_t>{});
 
   py::class_<ScriptModel>(m, "ScriptModel", "Any TorchScript model run as is (embeddings of a CNN or ViT recognizer)")
       .def(py::init([](const std::string& path, const std::string& device, const std::string& dtype) {

@@ -36,12 +36,12 @@ struct CaptureRequest {
   std::vector<int64_t> logits_blocks;    // softmax input / (q, k, scale, mask) of these blocks
   std::string attn_logits = kDefaultAttnLogits;  // "qk" | "full": bias and mask in the logits or not
   std::vector<int64_t> probs_blocks;     // post-softmax attention of these blocks (softmax sites only)
-  std::vector<int64_t> token_blocks;     // these blocks' outputs ...
-  bool tokens_final_norm = true;         // ... passed through the model's final LayerNorm ...
-  bool tokens_output = true;             // ... returned whole, and/or
-  bool token_distances = false;          // ... reduced in-graph to per-token step distances between
-                                         // consecutive token blocks (vitfiqa::patch_step_distance), so
-                                         // only two blocks' tokens are alive at any time
+  std::vector<int64_t> token_blocks;     // these blocks' outputs, returned whole ...
+  bool tokens_final_norm = true;         // ... passed through the model's final LayerNorm or not
+  // ViTNT-FIQA's step distances, independent of token_blocks: the final-norm outputs of these blocks reduced
+  // in-graph to per-token distances between consecutive ones (vitfiqa::patch_step_distance), so only two
+  // blocks' tokens are alive at any time. Always through the final norm (the method's definition).
+  std::vector<int64_t> distance_blocks;
   std::vector<int64_t> exit_blocks;      // model head re-applied to these blocks' outputs (early exits)
   int64_t exit_output = -1;              // which element of the model output the exits compute
   bool model_output = false;             // the model's own output
@@ -65,7 +65,7 @@ struct CaptureResult {
   std::map<int64_t, AttentionCapture> attention;
   std::map<int64_t, at::Tensor> probs;    // [B,H,N,N]
   std::map<int64_t, at::Tensor> tokens;   // [B,N,C]
-  std::vector<at::Tensor> token_distances;  // [B,N] float64, one per consecutive pair of token blocks
+  std::vector<at::Tensor> token_distances;  // [B,N] float64, one per consecutive pair of distance_blocks
   std::map<int64_t, at::Tensor> exits;    // model head output at each exit
   at::IValue model_output;
   std::vector<int64_t> patch_grid;        // {gh, gw} from the patch embedding, empty if unknown

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <map>
 #include <stdexcept>
 #include <unordered_map>
 #include <unordered_set>
@@ -124,18 +125,20 @@ std::vector<int64_t> attention_blocks(const ModelLayout& layout, const CaptureRe
 // analysis did not find, an exit output the model does not return.
 void check_request(const ModelLayout& layout, const CaptureRequest& req) {
   check_attn_logits(req.attn_logits);
-  bool needs_outputs = !req.token_blocks.empty() || !req.exit_blocks.empty();
+  bool needs_outputs = !req.token_blocks.empty() || !req.distance_blocks.empty() || !req.exit_blocks.empty();
   if (needs_outputs && layout.block_outputs.empty())
     throw std::invalid_argument("block outputs cannot be located in this model (the graph carries no module "
                                 "hierarchy: frozen?); save it with torch.jit.script or torch.jit.trace without "
                                 "torch.jit.freeze");
-  if (!req.token_blocks.empty() && req.tokens_final_norm && !layout.final_norm.norm())
+  const bool needs_norm = (!req.token_blocks.empty() && req.tokens_final_norm) || !req.distance_blocks.empty();
+  if (needs_norm && !layout.final_norm.norm())
     throw std::invalid_argument(
         "no final LayerNorm after the last block was found in the model's forward, but normalised block tokens "
         "were asked for (ViTNT-FIQA); if forward leaves the norm out, name it: final_norm='norm' (its module path)");
   for (int64_t b : attention_blocks(layout, req)) check_block(layout, b, "attention");
   for (int64_t b : req.probs_blocks) check_block(layout, b, "attention");
   for (int64_t b : req.token_blocks) check_block(layout, b, "token");
+  for (int64_t b : req.distance_blocks) check_block(layout, b, "token");
   if (!req.exit_blocks.empty()) exit_target(layout, req.exit_output);
   for (int64_t b : req.exit_blocks) check_block(layout, b, "exit");
 }
@@ -153,6 +156,7 @@ class Rewriter {
   void tap_attention();
   void tap_probs();
   void tap_tokens();
+  void tap_distances();
   void tap_exits();
   void tap_model();
   CaptureGraph finish(const std::string& name);
@@ -165,7 +169,7 @@ class Rewriter {
   std::unordered_map<Value*, Value*> reapply(const std::vector<Node*>& chain, Value* from, Value* to);
   void tap_attention_inputs(int64_t b);
   void tap_stream_shape(int64_t b);
-  Value* normed_tokens(int64_t b);
+  Value* block_tokens(int64_t b, bool final_norm);
   Value* step_distance(Value* prev, Value* cur, bool fuse_norm);
   std::vector<Node*> head_nodes(Value* target) const;
 
@@ -175,6 +179,7 @@ class Rewriter {
   std::unordered_map<Value*, Value*> vmap_;  // base-graph value -> its copy in g_
   std::vector<Value*> outs_;
   std::vector<TapSite> taps_;
+  std::map<std::pair<int64_t, bool>, Value*> block_tokens_;  // (block, final_norm) -> its value, built once
 };
 
 void Rewriter::copy_base() {
@@ -262,14 +267,18 @@ void Rewriter::tap_probs() {
     if (layout_.sites[b].node->kind() == c10::aten::softmax) emit(copy_of(layout_.sites[b].node->output()), Tap::Probs, b);
 }
 
-// Block b's output, through the final norm if the request asks for it.
-Value* Rewriter::normed_tokens(int64_t b) {
+// Block b's output, through the final norm when final_norm.
+// Built once per (block, final_norm): returned tokens and non-fused distances of one block share it.
+Value* Rewriter::block_tokens(int64_t b, bool final_norm) {
+  Value*& value = block_tokens_[{b, final_norm}];
+  if (value) return value;
   Value* out = layout_.block_outputs[b];
-  if (!req_.tokens_final_norm) return copy_of(out);
   Node* norm = layout_.final_norm.norm();
   Value* last = layout_.block_outputs.back();
-  if (out == last) return copy_of(norm->output());  // computed by the model anyway
-  return reapply(layout_.final_norm.nodes, last, copy_of(out)).at(norm->output());
+  if (!final_norm) value = copy_of(out);
+  else if (out == last) value = copy_of(norm->output());  // computed by the model anyway
+  else value = reapply(layout_.final_norm.nodes, last, copy_of(out)).at(norm->output());
+  return value;
 }
 
 // vitfiqa::patch_step_distance(prev, cur), or with fuse_norm vitfiqa::patch_step_distance_ln on raw block
@@ -289,15 +298,17 @@ Value* Rewriter::step_distance(Value* prev, Value* cur, bool fuse_norm) {
 }
 
 void Rewriter::tap_tokens() {
+  for (int64_t b : sorted_unique(req_.token_blocks)) emit(block_tokens(b, req_.tokens_final_norm), Tap::Tokens, b);
+}
+
+void Rewriter::tap_distances() {
   // ViTNT's distances read each block's output once, through a kernel that applies the final LayerNorm
   // on the fly (no normalised copy of any block is materialised), when the norm is a plain last-axis one.
-  const bool fuse_norm = req_.token_distances && req_.tokens_final_norm && layout_.final_norm.fusable;
+  const bool fuse_norm = layout_.final_norm.fusable;
   Value* prev = nullptr;
-  for (int64_t b : sorted_unique(req_.token_blocks)) {
-    Value* tokens = (req_.tokens_output || !fuse_norm) ? normed_tokens(b) : nullptr;
-    if (req_.tokens_output) emit(tokens, Tap::Tokens, b);
-    Value* cur = fuse_norm ? copy_of(layout_.block_outputs[b]) : tokens;
-    if (req_.token_distances && prev) emit(step_distance(prev, cur, fuse_norm), Tap::Distance, b);
+  for (int64_t b : sorted_unique(req_.distance_blocks)) {
+    Value* cur = fuse_norm ? copy_of(layout_.block_outputs[b]) : block_tokens(b, /*final_norm=*/true);
+    if (prev) emit(step_distance(prev, cur, fuse_norm), Tap::Distance, b);
     prev = cur;
   }
 }
@@ -361,6 +372,7 @@ CaptureGraph rewrite_graph(const ModelLayout& layout, const CaptureRequest& requ
   rewriter.tap_attention();
   rewriter.tap_probs();
   rewriter.tap_tokens();
+  rewriter.tap_distances();
   rewriter.tap_exits();
   rewriter.tap_model();
   return rewriter.finish(name);

@@ -24,7 +24,7 @@ enum class Tap {
   StreamShape,  // size of the token tensor entering the block (to check that the attention spans it)
   Probs,        // post-softmax attention [B,H,N,N]
   Tokens,       // block output [B,N,C], through the final norm if requested
-  Distance,     // vitfiqa::patch_step_distance(_ln) between this token block and the previous one, [B,N]
+  Distance,     // vitfiqa::patch_step_distance(_ln) between this distance block and the previous one, [B,N]
   Exit,         // model head re-applied to the block output (early exit)
   ModelOutput,  // the model's own output (block -1)
   PatchGrid,    // patch-embedding conv output [B,C,gh,gw] (block -1)

@@ -38,17 +38,18 @@ const std::vector<std::string>& heatmap_normalizations();
 at::Tensor render_heatmaps(const at::Tensor& grids, const std::vector<int64_t>& out_hw, const std::string& mode,
                            const std::vector<double>& value_range);
 
-// ---- ViTNT-FIQA (vitnt_fiqa.cpp) ----
+// ---- ViTNT-FIQA (vitnt_fiqa.cpp; the two step-distance ops: ops.cpp) ----
 struct VitntResult {
   at::Tensor score;          // [B]
   at::Tensor patch_quality;  // [B,P] q[p] = 2 / (1 + exp(s d[p]))
   at::Tensor patch_distance; // [B,P] mean step distance d[p]
 };
-// ||a/|a| - b/|b||| per token of two [B,N,C] token tensors -> [B,N] float64. Registered as the TorchScript
-// op vitfiqa::patch_step_distance so the capture graph reduces each block pair as soon as it exists.
+// ||a/|a| - b/|b||| per token of two [B,N,C] token tensors -> [B,N] float64. Calls the TorchScript op
+// vitfiqa::patch_step_distance (schema and per-dispatch-key kernels in ops.cpp), the op the capture graph
+// calls to reduce each block pair as soon as it exists.
 at::Tensor patch_step_distance(const at::Tensor& a, const at::Tensor& b);
 // The same on raw block outputs with the final LayerNorm (last axis; weight/bias optional) applied on the
-// fly: vitfiqa::patch_step_distance_ln. Equals patch_step_distance(LN(a), LN(b)).
+// fly: calls vitfiqa::patch_step_distance_ln (ops.cpp). Equals patch_step_distance(LN(a), LN(b)).
 at::Tensor patch_step_distance_ln(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& weight,
                                   const std::optional<at::Tensor>& bias, double eps);
 // steps: patch_step_distance of consecutive selected blocks (final-norm outputs), each [B,N].

@@ -90,8 +90,16 @@ std::string batch_dependence(const ScoreConfig& c) {
 
 bool register_method(Method method) {
   auto& r = registry();
-  for (const auto& m : r)
+  if (method.title.empty()) method.title = method.name;
+  if (method.score_columns.empty()) method.score_columns = {{method.name, method.title}};
+  for (const auto& m : r) {
     if (m.name == method.name) throw std::logic_error("method '" + method.name + "' is registered twice");
+    for (const auto& mine : method.score_columns)
+      for (const auto& theirs : m.score_columns)
+        if (mine.name == theirs.name)
+          throw std::logic_error("score column '" + mine.name + "' is registered by two methods, '" + m.name +
+                                 "' and '" + method.name + "'");
+  }
   auto at = std::find_if(r.begin(), r.end(), [&](const Method& m) { return m.name > method.name; });
   r.insert(at, std::move(method));
   return true;
@@ -133,18 +141,23 @@ Scorer::Scorer(CaptureModel& model, ScoreConfig config) : model_(model), config_
     if (m.validate) m.validate(config_, info);
     methods_.push_back(&m);
   }
-  request_.tokens_output = false;  // each method asks for what it needs
   for (const Method* m : methods_) m->plan(config_, info, request_);
   sort_unique(request_.logits_blocks);
   sort_unique(request_.probs_blocks);
+  sort_unique(request_.token_blocks);
+  sort_unique(request_.distance_blocks);
   sort_unique(request_.exit_blocks);
 }
 
 std::vector<std::string> Scorer::columns() const {
   std::vector<std::string> out;
   for (const Method* m : methods_) {
-    auto cols = m->columns ? m->columns(config_, model_.info()) : std::vector<std::string>{m->name};
-    out.insert(out.end(), cols.begin(), cols.end());
+    if (m->columns) {
+      auto cols = m->columns(config_, model_.info());
+      out.insert(out.end(), cols.begin(), cols.end());
+    } else {
+      for (const auto& c : m->score_columns) out.push_back(c.name);
+    }
   }
   return out;
 }
@@ -157,6 +170,8 @@ ScoreResult Scorer::score(const at::Tensor& images) {
     n_tokens = a.kind == AttentionKind::Softmax ? a.logits.size(-1) : a.q.size(2);
   } else if (!cap.token_distances.empty()) {
     n_tokens = cap.token_distances.front().size(1);
+  } else if (!cap.tokens.empty()) {  // a method that reads block tokens alone
+    n_tokens = cap.tokens.begin()->second.size(1);
   }
   int64_t prefix = 0;
   std::vector<int64_t> grid;

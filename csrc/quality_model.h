@@ -37,17 +37,28 @@ struct FinishContext {
   std::vector<int64_t> heatmap_size;   // {H, W} of rendered heatmaps ({} keeps the grid)
 };
 
+// A per-image score column a method always writes (whatever the model), with its display label.
+struct ScoreColumn {
+  std::string name;   // e.g. "exfiqa_FW"
+  std::string label;  // for tables and plot legends, e.g. "EX-FIQA (FW)"
+};
+
 // A quality method. Adding one: a file in csrc/methods/ that fills this struct and registers it with
 // VITFIQA_REGISTER_METHOD (see README, "Adding a method").
 struct Method {
   std::string name;         // the config's method name; also its score column unless columns() says more
+  std::string title;        // the paper's name, for tables and plots, e.g. "ViTNT-FIQA" (default: name)
   std::string description;  // one line
+  // Its score columns that do not depend on the model, labelled (default: one column named after the method,
+  // labelled with its title). Each column belongs to one method.
+  std::vector<ScoreColumn> score_columns;
   // Checks the method's own config section against the model; called only when the method is requested
   // (options of methods not requested are ignored).
   std::function<void(const ScoreConfig&, const ModelInfo&)> validate;
   // Adds what the method needs from the capture pass to the one request all methods share.
   std::function<void(const ScoreConfig&, const ModelInfo&, CaptureRequest&)> plan;
-  // The per-image columns the method writes into a results table, in order.
+  // The per-image columns the method writes into a results table, in order (default: score_columns' names;
+  // a method whose columns depend on the model, like EX-FIQA's exits, says them here).
   std::function<std::vector<std::string>(const ScoreConfig&, const ModelInfo&)> columns;
   // Turns the capture into outputs (add_score, add_heatmap, add_capture, or the exits fields).
   std::function<void(const FinishContext&, ScoreResult&)> finish;

@@ -89,6 +89,34 @@ def test_model_output_unchanged_by_capture(model_cases, loaded):
     assert cap["block_tokens"][0].shape == (2, 145, 48)
 
 
+@pytest.mark.parametrize("case", ["timm-script", "insightface-trace", "vitfiqa_token-script"])
+def test_tokens_and_distances_on_different_blocks_are_independent(case, model_cases):
+    """One request's parts do not interfere: whole tokens of some blocks and ViTNT-FIQA's step distances over
+    other blocks, in one pass, each equal its own request and the reference (final_norm=False for the tokens
+    leaves the distances, which always read final-norm tokens, unchanged)."""
+    from .reference import methods as ref
+
+    c = model_cases[case]
+    m = vitfiqa.load(c.path, image_size=(c.image_size, c.image_size))
+    x = c.images(2)
+    distance_blocks = [0, 2, 3] if m.num_blocks == 4 else [0, 2]
+    for final_norm in (True, False):
+        both = m.capture(x, token_blocks=[1], final_norm=final_norm, distance_blocks=distance_blocks)
+        tokens = m.capture(x, token_blocks=[1], final_norm=final_norm)
+        distances = m.capture(x, distance_blocks=distance_blocks)
+        assert list(both["block_tokens"]) == [1] and tokens["token_distances"] == []
+        assert list(distances["block_tokens"]) == [] and len(both["token_distances"]) == len(distance_blocks) - 1
+        torch.testing.assert_close(both["block_tokens"][1], tokens["block_tokens"][1], rtol=0, atol=0)
+        for got, alone in zip(both["token_distances"], distances["token_distances"]):
+            torch.testing.assert_close(got, alone, rtol=0, atol=0)
+        _, outs, _ = ref.run(c.eager, x)
+        with torch.no_grad():
+            want_tokens = c.eager.norm(outs[1]) if final_norm else outs[1]
+        torch.testing.assert_close(both["block_tokens"][1], want_tokens, rtol=1e-5, atol=1e-5)
+        for got, want in zip(both["token_distances"], ref.step_distances(outs, c.eager.norm, distance_blocks)):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+
+
 def test_load_from_bytes(model_cases):
     c = model_cases["timm-trace"]
     data = open(c.path, "rb").read()

@@ -82,6 +82,25 @@ def test_methods_and_columns_come_from_the_core(loaded):
     assert sorted(r.to_frame().columns) == sorted(cols)
 
 
+def test_score_columns_and_display_names_come_from_the_method_files(loaded):
+    """Each method registers its paper's name and its model-independent score columns with their labels; every
+    column a scorer writes (but EX-FIQA's per-exit ones) is one of them, owned by the method that writes it."""
+    from vitfiqa.config import display_name, score_columns
+
+    owners = score_columns()
+    assert owners == {"attn": "attn", "exfiqa_F": "exfiqa", "exfiqa_FW": "exfiqa", "vitfiqa": "vitfiqa",
+                      "vitnt": "vitnt"}
+    assert [display_name(m) for m in vitfiqa.METHODS] == ["ATTN-FIQA", "EX-FIQA", "ViT-FIQA", "ViTNT-FIQA"]
+    assert [display_name(c) for c in owners] == ["ATTN-FIQA", "EX-FIQA (F)", "EX-FIQA (FW)", "ViT-FIQA",
+                                                 "ViTNT-FIQA"]
+    assert display_name("my method") == "my method" and display_name("exfiqa_exit3") == "exfiqa_exit3"
+    m = loaded("vitfiqa_token-script")
+    for method in vitfiqa.METHODS:
+        cols = m.columns(methods=[method], exits=[1])
+        assert [c for c in cols if c in owners] == [c for c, owner in owners.items() if owner == method]
+        assert all(c in owners or c.startswith("exfiqa_exit") for c in cols)
+
+
 def test_config_and_keywords_give_the_same_scores(loaded):
     m = loaded("timm-script")
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))

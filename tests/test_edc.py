@@ -209,3 +209,28 @@ def test_comparison_scores_and_evaluate(tmp_path):
     for ext in ("png", "pdf"):
         plot_edc(df, str(tmp_path / f"edc.{ext}"), fmr=1e-2)
         assert (tmp_path / f"edc.{ext}").stat().st_size > 1000
+
+
+def test_tables_and_legends_use_the_methods_display_names():
+    """vitfiqa score columns appear under their papers' names (registered in each method's file) in the Markdown
+    and LaTeX tables and the EDC legends; other names and the DataFrame / CSV are left as given."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from vitfiqa.eval import plot_edc, to_csv, to_latex, to_markdown
+
+    rng = np.random.default_rng(2)
+    ids = np.repeat(np.arange(20), 4)
+    emb = rng.normal(size=(20, 8))[ids] + rng.normal(size=(len(ids), 8))
+    pairs = Pairs.all_pairs(ids)
+    df = evaluate({"exfiqa_FW": rng.random(len(ids)), "attn": rng.random(len(ids)), "mine": rng.random(len(ids))},
+                  comparison_scores(emb, pairs), pairs, benchmark="toy", fr_model="fr", fmrs=(1e-1,))
+    assert list(df.method) == ["exfiqa_FW", "attn", "mine"]
+    rows = [line.split(" | ")[0] for line in to_markdown(df).splitlines()[2:]]
+    assert rows == ["| EX-FIQA (FW)", "| ATTN-FIQA", "| mine"]
+    tex = to_latex(df)
+    assert "EX-FIQA (FW) &" in tex and "ATTN-FIQA &" in tex and "mine &" in tex and "exfiqa" not in tex
+    assert "exfiqa_FW" in to_csv(df)
+    fig = plot_edc(df, fmr=1e-1)
+    labels = [t.get_text().split(" (pAUC")[0] for t in fig.axes[0].get_legend().get_texts()]
+    assert labels == ["EX-FIQA (FW)", "ATTN-FIQA", "mine", "random rejection"]

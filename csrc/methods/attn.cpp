@@ -13,6 +13,7 @@ int64_t attn_block(const ScoreConfig& c, const ModelInfo& info) {
 Method attn_method() {
   Method m;
   m.name = "attn";
+  m.title = "ATTN-FIQA";
   m.description = "ATTN-FIQA: mean pre-softmax attention logit of one block (default the last)";
   m.validate = [](const ScoreConfig& c, const ModelInfo& info) {
     check_choices(c, "attn");
@@ -23,7 +24,6 @@ Method attn_method() {
     req.logits_blocks.push_back(attn_block(c, info));
     req.attn_logits = c.attn.logits;
   };
-  m.columns = [](const ScoreConfig&, const ModelInfo&) { return std::vector<std::string>{"attn"}; };
   m.finish = [](const FinishContext& ctx, ScoreResult& out) {
     const int64_t block = attn_block(ctx.config, ctx.info);
     const auto& a = ctx.capture.attention.at(block);

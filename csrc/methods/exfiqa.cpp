@@ -19,9 +19,15 @@ std::vector<int64_t> exit_depths(const ScoreConfig& c, const ModelInfo& info) {
 
 std::string exit_column(int64_t depth) { return "exfiqa_exit" + std::to_string(depth); }
 
+// The two fusions' score columns: EX-FIQA-F (mean) and EX-FIQA-FW (depth-weighted).
+const ScoreColumn kMeanFused{"exfiqa_F", "EX-FIQA (F)"};
+const ScoreColumn kDepthFused{"exfiqa_FW", "EX-FIQA (FW)"};
+
 Method exfiqa_method() {
   Method m;
   m.name = "exfiqa";
+  m.title = "EX-FIQA";
+  m.score_columns = {kMeanFused, kDepthFused};
   m.description = "EX-FIQA: quality head at every exit, fused by mean (exfiqa_F) and depth weights (exfiqa_FW)";
   m.validate = [](const ScoreConfig& c, const ModelInfo& info) {
     check_choices(c, "exfiqa");
@@ -33,7 +39,7 @@ Method exfiqa_method() {
     req.exit_output = c.quality_output;
   };
   m.columns = [](const ScoreConfig& c, const ModelInfo& info) {
-    std::vector<std::string> cols{"exfiqa_F", "exfiqa_FW"};
+    std::vector<std::string> cols{kMeanFused.name, kDepthFused.name};  // then one per exit
     for (int64_t d : exit_depths(c, info)) cols.push_back(exit_column(d));
     return cols;
   };
@@ -43,8 +49,8 @@ Method exfiqa_method() {
     auto matrix = at::stack(rows);
     auto depths = exit_depths(ctx.config, ctx.info);
     const auto& norm = ctx.config.exfiqa.normalization;
-    add_score(out, "exfiqa_F", fuse_exits(matrix, depths, "mean", norm));
-    add_score(out, "exfiqa_FW", fuse_exits(matrix, depths, "depth", norm));
+    add_score(out, kMeanFused.name, fuse_exits(matrix, depths, "mean", norm));
+    add_score(out, kDepthFused.name, fuse_exits(matrix, depths, "depth", norm));
     out.exits = matrix;
     out.exit_depths = depths;
     out.exit_columns.clear();

@@ -22,6 +22,7 @@ std::vector<int64_t> weight_blocks(const ScoreConfig& c, const ModelInfo& info) 
 Method vitnt_method() {
   Method m;
   m.name = "vitnt";
+  m.title = "ViTNT-FIQA";
   m.description = "ViTNT-FIQA: stability of normalised patch tokens across consecutive selected blocks";
   m.validate = [](const ScoreConfig& c, const ModelInfo& info) {
     check_choices(c, "vitnt");
@@ -29,13 +30,15 @@ Method vitnt_method() {
     if (!std::isfinite(c.vitnt.scale) || c.vitnt.scale <= 0) config_error("vitnt.scale", "must be a positive number");
   };
   m.plan = [](const ScoreConfig& c, const ModelInfo& info, CaptureRequest& req) {
-    req.token_blocks = vitnt_blocks(c, info);
-    req.token_distances = true;
-    req.tokens_output = req.tokens_output || c.return_captures;
+    auto blocks = vitnt_blocks(c, info);
+    // One chain of step distances per pass: a second method asking for another would change ViTNT's steps.
+    if (!req.distance_blocks.empty() && req.distance_blocks != blocks)
+      throw std::logic_error("two methods ask for step distances over different blocks in one capture pass");
+    req.distance_blocks = blocks;
+    if (c.return_captures) req.token_blocks.insert(req.token_blocks.end(), blocks.begin(), blocks.end());
     auto probs = weight_blocks(c, info);
     req.probs_blocks.insert(req.probs_blocks.end(), probs.begin(), probs.end());
   };
-  m.columns = [](const ScoreConfig&, const ModelInfo&) { return std::vector<std::string>{"vitnt"}; };
   m.finish = [](const FinishContext& ctx, ScoreResult& out) {
     const auto& cap = ctx.capture;
     std::optional<at::Tensor> weights;

@@ -300,12 +300,14 @@ class QualityModel:
     def capture(self, images: Any, *, attention_blocks: Sequence[int] = (), probs_blocks: Sequence[int] = (),
                 token_blocks: Sequence[int] = (), final_norm: bool = True, exit_blocks: Sequence[int] = (),
                 exit_output: int | None = None, model_output: bool = False, preprocess: bool | str = "auto",
-                attn_logits: str | None = None) -> dict:
+                attn_logits: str | None = None, distance_blocks: Sequence[int] = ()) -> dict:
         """Raw captures from one forward pass: ``attention_logits`` {block: [B,H,N,N]} (``attn_logits`` as in
         :meth:`score`),
         ``attention_probs``, ``block_tokens`` {block: [B,N,C]} (final-norm applied unless final_norm=False),
-        ``exits`` {block: head output at that exit}, ``model_output``, ``patch_grid``. ``exit_output``: which
-        element of the model's output the exits compute (None: the core's default, the last)."""
+        ``exits`` {block: head output at that exit}, ``model_output``, ``patch_grid``, and ``token_distances``:
+        ViTNT-FIQA's per-token step distances [B,N] (float64) between consecutive ``distance_blocks`` (final-norm
+        outputs, whatever ``final_norm`` says; independent of ``token_blocks``). ``exit_output``: which element
+        of the model's output the exits compute (None: the core's default, the last)."""
         L = self.num_blocks
         norm = lambda bs: sorted({b % L if -L <= b < L else b for b in bs})  # noqa: E731
         x = self.prepare(images, preprocess)
@@ -313,7 +315,8 @@ class QualityModel:
         if exit_output is not None:
             extra["exit_output"] = int(exit_output)
         return self._core.capture(x, norm(attention_blocks), norm(probs_blocks), norm(token_blocks), final_norm,
-                                  norm(exit_blocks), model_output=bool(model_output), **extra)
+                                  norm(exit_blocks), model_output=bool(model_output),
+                                  distance_blocks=norm(distance_blocks), **extra)
 
     def forward(self, images: Any, preprocess: bool | str = "auto"):
         """The model's plain forward (C++ torch::jit), e.g. to get embeddings."""

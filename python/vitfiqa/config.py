@@ -11,7 +11,8 @@ sections (``attn.block``, ``vitnt.blocks``, ``exfiqa.exits``, ``heatmap.normaliz
     ScoreConfig.from_dict(cfg.to_dict()) == cfg
 
 A config is validated against the model once, before the first batch; options of methods that are not
-requested are ignored. The method list comes from the core's registry (:func:`methods`).
+requested are ignored. The method list, each method's score columns and their display names come from the
+core's registry (:func:`methods`, :func:`score_columns`, :func:`display_name`).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from typing import Any, Mapping
 from . import _core
 
 ScoreConfig = _core.ScoreConfig
+_REGISTRY = tuple(_core.methods())  # the core's registered methods (csrc/methods/), in its order (by name)
 
 # QualityModel.score's keyword options -> config fields: the keyword column of the core's field table.
 _KEYWORD_FIELDS = {f["keyword"]: f["name"] for f in ScoreConfig.fields()}
@@ -27,11 +29,31 @@ _KEYWORD_FIELDS = {f["keyword"]: f["name"] for f in ScoreConfig.fields()}
 
 def methods() -> tuple[str, ...]:
     """Names of the quality methods the core registers."""
-    return tuple(m["name"] for m in _core.methods())
+    return tuple(m["name"] for m in _REGISTRY)
 
 
 def method_descriptions() -> dict[str, str]:
-    return {m["name"]: m["description"] for m in _core.methods()}
+    return {m["name"]: m["description"] for m in _REGISTRY}
+
+
+def score_columns() -> dict[str, str]:
+    """Each score column a method writes whatever the model (``attn``, ..., ``exfiqa_F``, ``exfiqa_FW``; not
+    EX-FIQA's per-exit columns, which depend on the model: :meth:`vitfiqa.QualityModel.columns`) -> that
+    method, in the registry's order."""
+    return {column: m["name"] for m in _REGISTRY for column, _ in m["score_columns"]}
+
+
+def display_name(name: str) -> str:
+    """How tables and plots name a method or score column: its paper's name (``vitnt`` -> ``ViTNT-FIQA``,
+    ``exfiqa_FW`` -> ``EX-FIQA (FW)``), as its method file registers it; any other name (a user's label for a
+    quality source, an exit column) is returned unchanged."""
+    for m in _REGISTRY:
+        if name == m["name"]:
+            return m["title"]
+        for column, label in m["score_columns"]:
+            if name == column:
+                return label
+    return name
 
 
 def score_config(config: ScoreConfig | Mapping | None = None, **options: Any) -> ScoreConfig:
@@ -67,4 +89,5 @@ def check_batch_independent(config: ScoreConfig) -> None:
         raise ValueError(why)
 
 
-__all__ = ["ScoreConfig", "methods", "method_descriptions", "score_config", "check_batch_independent"]
+__all__ = ["ScoreConfig", "methods", "method_descriptions", "score_columns", "display_name", "score_config",
+           "check_batch_independent"]

@@ -97,16 +97,19 @@ def attn_heatmap(model, x, prefix: int, grid, block: int = -1, normalize: str = 
     return grid_heatmaps(attn_key_means(model, x, prefix, block), grid, x.shape[-2:], normalize, value_range)
 
 
+def step_distances(outs, norm, blocks) -> list[torch.Tensor]:
+    """||z_next - z|| per token [B,N] (float64) of consecutive selected blocks, z = the unit-normalised
+    final-norm block output."""
+    with torch.no_grad():
+        z = [F.normalize(norm(outs[b]).double(), dim=-1) for b in blocks]
+    return [torch.linalg.vector_norm(z[t + 1] - z[t], dim=-1) for t in range(len(z) - 1)]
+
+
 def vitnt_fiqa(model, x, prefix: int, blocks=None, s: float = 8.0, weighting: str = "uniform",
                attention_blocks: str = "last"):
     _, outs, inputs = run(model, x)
     blocks = list(range(len(outs))) if blocks is None else sorted(b % len(outs) for b in blocks)
-    with torch.no_grad():
-        z = [F.normalize(model.norm(outs[b])[:, prefix:].double(), dim=-1) for b in blocks]
-    d = torch.zeros(z[0].shape[:2], dtype=torch.float64)
-    for t in range(len(z) - 1):
-        d += torch.linalg.vector_norm(z[t + 1] - z[t], dim=-1)
-    d /= len(z) - 1
+    d = sum(step_distances(outs, model.norm, blocks))[:, prefix:] / (len(blocks) - 1)
     q = 2.0 / (1.0 + torch.exp(s * d))
     if weighting == "uniform":
         return q.mean(1), q

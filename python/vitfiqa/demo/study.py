@@ -35,6 +35,17 @@ LEVELS = {
 TARGET_FNMR = 0.3
 TARGET_PAUC_RATIO = 0.8
 FMRS = (1e-2, 1e-3)
+# The score columns the study reports, per model: ATTN-FIQA and ViTNT-FIQA read the recogniser (a plain face
+# ViT), ViT-FIQA and EX-FIQA (its depth-weighted fusion FW) the quality model's head. The methods that write
+# them and their display names come from the core's registry.
+RECOGNIZER_COLUMNS = ("attn", "vitnt")
+QUALITY_MODEL_COLUMNS = ("vitfiqa", "exfiqa_FW")
+
+
+def _methods_for(columns) -> list[str]:
+    from ..config import score_columns
+
+    return list(dict.fromkeys(score_columns()[c] for c in columns))
 
 
 def degrade(image: np.ndarray, kind: str, value: float, rng: np.random.Generator) -> np.ndarray:
@@ -107,6 +118,7 @@ def run_demo(out_dir: str | Path = "vitfiqa-demo", identities: int = 150, sample
     import pandas as pd
 
     import vitfiqa
+    from vitfiqa.config import display_name
     from vitfiqa.eval import (Pairs, comparison_scores, evaluate, fnmr_at_fmr, markdown_table, plot_edc,
                               threshold_at_fmr, to_markdown)
     from vitfiqa.viz import heatmap_figure
@@ -137,14 +149,14 @@ def run_demo(out_dir: str | Path = "vitfiqa-demo", identities: int = 150, sample
     for i in range(0, len(images), 256):
         chunk = images[i:i + 256]
         x = to_model_input(chunk, rec)
-        for r in (rec.score(x, methods=("attn", "vitnt"), preprocess=False),
-                  qm.score(to_model_input(chunk, qm), methods=("vitfiqa", "exfiqa"), preprocess=False)):
+        for r in (rec.score(x, methods=_methods_for(RECOGNIZER_COLUMNS), preprocess=False),
+                  qm.score(to_model_input(chunk, qm), methods=_methods_for(QUALITY_MODEL_COLUMNS), preprocess=False)):
             for k, v in r.numpy().items():
                 parts.setdefault(k, []).append(v)
         embedding_parts.append(rec.forward(x, preprocess=False).numpy())
     scores = {k: np.concatenate(v) for k, v in parts.items()}
     embeddings = np.concatenate(embedding_parts)
-    methods = {"ATTN-FIQA": "attn", "ViTNT-FIQA": "vitnt", "ViT-FIQA": "vitfiqa", "EX-FIQA (FW)": "exfiqa_FW"}
+    methods = {display_name(c): c for c in (*RECOGNIZER_COLUMNS, *QUALITY_MODEL_COLUMNS)}  # label -> column
     for name, key in methods.items():
         frame[name] = scores[key]
     frame.to_csv(out / "scores.csv", index=False)
@@ -218,7 +230,7 @@ def run_demo(out_dir: str | Path = "vitfiqa-demo", identities: int = 150, sample
         for kind, values in LEVELS.items():
             picks.append(degrade(images[base], kind, values[-1], np.random.default_rng(ident_)))
             titles.append(f"{kind} L4")
-    for key, name in (("attn", "ATTN-FIQA"), ("vitnt", "ViTNT-FIQA")):
+    for key in _methods_for(RECOGNIZER_COLUMNS):  # the recogniser's methods draw heatmaps
         hm = rec.score(picks, methods=[key], heatmaps=True).heatmaps[key]
         heatmap_figure(picks, hm, titles, str(out / f"heatmaps_{key}.png"), ncols=len(LEVELS) + 1)
 

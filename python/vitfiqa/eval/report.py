@@ -1,4 +1,7 @@
-"""`evaluate` -> tidy DataFrame, paper-style tables and EDC plots."""
+"""`evaluate` -> tidy DataFrame, paper-style tables and EDC plots. The Markdown and LaTeX tables and the plot
+legends name a vitfiqa method or score column by its paper's name (``exfiqa_FW`` -> ``EX-FIQA (FW)``:
+:func:`vitfiqa.config.display_name`, from the core's registry); the DataFrame and the CSV keep the names as
+given."""
 from __future__ import annotations
 
 import warnings
@@ -6,6 +9,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from ..config import display_name
 from .edc import EDCCurve, edc_curve, pair_quality, pauc
 from .scores import Pairs
 
@@ -107,7 +111,7 @@ def to_markdown(df, value: str = "pauc_x1e3", decimals: int = 2, layout: str = "
         head = ["Method"] + [_column_label(c, layout) for c in table.columns]
         rows = []
         for method in table.index:
-            row = [str(method)]
+            row = [display_name(str(method))]
             for col in table.columns:
                 text, is_best = cells[(method, col)]
                 row.append(f"**{text}**" if is_best and text else text)
@@ -165,7 +169,7 @@ def to_latex(df, value: str = "pauc_x1e3", decimals: int = 2, caption: str | Non
             for col in columns:
                 text, is_best = cells.get((method, col), ("", False))
                 vals.append(rf"\textbf{{{text}}}" if is_best and text else text)
-            out.append(esc(method) + " & " + " & ".join(vals) + r" \\")
+            out.append(esc(display_name(str(method))) + " & " + " & ".join(vals) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(out) + "\n"
 
@@ -175,7 +179,7 @@ def _draw_edc(ax, sel, fmr: float, title: str | None, limit_line: bool = True) -
         c: EDCCurve = row.curve
         style = dict(where="post") if c.variant == "iso" else {}
         plot = ax.step if c.variant == "iso" else ax.plot
-        plot(c.discard, c.fnmr, label=f"{row.method} (pAUC {row.pauc_x1e3:.2f}e-3)", **style)
+        plot(c.discard, c.fnmr, label=f"{display_name(str(row.method))} (pAUC {row.pauc_x1e3:.2f}e-3)", **style)
     base = float(sel.iloc[0].fnmr_at_0)
     ax.axhline(base, color="gray", linestyle="--", linewidth=1, label="random rejection")
     if limit_line:

@@ -62,6 +62,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from ..config import methods as registered_methods, score_columns
 from ..preprocess import DEFAULT_IMAGE_SIZE
 from ..results import DEFAULT_BATCH_SIZE
 from .datasets import (CorruptEntry, ImageSet, aggregate_templates, extract_embeddings, load_adience, load_bin,
@@ -95,8 +96,6 @@ BENCHMARK_TYPES: dict[str, tuple[Callable[..., ImageSet], tuple[str, ...], tuple
 }
 BENCHMARK_REQUIRED = {"bin": ("path",), "pairs": ("root", "pairs"), "pair_list": ("data_dir",), "adience": ("root",),
                       "ijbc": ("root",)}
-QUALITY_SCORE_KEYS = {"attn": "attn", "vitnt": "vitnt", "vitfiqa": "vitfiqa", "exfiqa_F": "exfiqa",
-                      "exfiqa_FW": "exfiqa"}
 TOP_LEVEL = {"out", "cache", "fmrs", "variant", "limit", "batch_size", "device", "workers", "image_size", "ray",
              "benchmarks", "recognizers", "qualities", "pauc_integration", "pauc_normalize"}
 
@@ -266,8 +265,8 @@ def load_config(config: str | os.PathLike | Mapping, base: str | os.PathLike | N
             raise ConfigError(f"quality {spec.name!r}: give either method + model (a vitfiqa method) or scores "
                               "(per-benchmark score files)")
         if spec.method is not None:
-            if spec.method not in QUALITY_SCORE_KEYS:
-                raise ConfigError(f"quality {spec.name!r}: method must be one of {sorted(QUALITY_SCORE_KEYS)}")
+            if spec.method not in score_columns():
+                raise ConfigError(f"quality {spec.name!r}: method must be one of {list(score_columns())}")
             if spec.model is None:
                 raise ConfigError(f"quality {spec.name!r}: method {spec.method!r} needs a model")
             spec.model = _path(base, spec.model)
@@ -275,7 +274,7 @@ def load_config(config: str | os.PathLike | Mapping, base: str | os.PathLike | N
                 raise FileNotFoundError(f"quality {spec.name!r}: model file not found: {spec.model}")
             from ..config import check_batch_independent, score_config
 
-            check_batch_independent(score_config(methods=[QUALITY_SCORE_KEYS[spec.method]], **spec.options))
+            check_batch_independent(score_config(methods=_methods_of([spec]), **spec.options))
         qualities.append(spec)
 
     top = {k: raw[k] for k in TOP_LEVEL - {"benchmarks", "recognizers", "qualities"} if k in raw}
@@ -465,11 +464,18 @@ def _quality_table(spec: QualitySpec, model_sha256: str, ds: ImageSet, cfg: Conf
     from ..results import ScoreTable
 
     run = run_description(model_sha256, ds.image_size, spec.dtype,
-                          score_config(methods=[QUALITY_SCORE_KEYS[spec.method]], **spec.options))
+                          score_config(methods=_methods_of([spec]), **spec.options))
     run.update(score=spec.method, benchmark=fingerprint)
     key = _json_hash(dict(run=run, batch_size=int(cfg.batch_size)))
     return ScoreTable(Path(cfg.cache) / f"quality-{key[:24]}.table", paths=ds.keys, keys=[spec.method],
                       batch_size=int(cfg.batch_size), run=run)
+
+
+def _methods_of(specs: list[QualitySpec]) -> list[str]:
+    """The vitfiqa methods that write the specs' score columns (``method`` in a config names a score column:
+    ``exfiqa_FW`` is EX-FIQA's), once each, in the core registry's order (part of the cache keys)."""
+    wanted = {score_columns()[s.method] for s in specs}
+    return [m for m in registered_methods() if m in wanted]
 
 
 def compute_qualities(specs: list[QualitySpec], ds: ImageSet, cfg: Config, fingerprint: str,
@@ -499,7 +505,7 @@ def compute_qualities(specs: list[QualitySpec], ds: ImageSet, cfg: Config, finge
                 todo = np.concatenate([np.arange(s, min(s + cfg.batch_size, len(ds))) for s in pending])
                 log.info("qualities %s on %s: %d of %d images to score", names, ds.name, len(todo), len(ds))
                 model = QualityModel(model_path, device=cfg.device, dtype=dtype, image_size=ds.image_size)
-                methods = sorted({QUALITY_SCORE_KEYS[s.method] for s in group})
+                methods = _methods_of(group)
                 bar = _progress(len(ds), len(ds) - len(todo), f"qualities {names} / {ds.name}", progress)
                 for b in ds.iter_batches(cfg.batch_size, workers=cfg.workers, indices=todo):
                     scores = {}
@@ -530,7 +536,7 @@ def _qualities_on_ray(group: list[QualitySpec], model_path: str, dtype: str, ds:
     which resumes its own results table in the cache)."""
     from ..distributed import score_with_ray
 
-    methods = sorted({QUALITY_SCORE_KEYS[s.method] for s in group})
+    methods = _methods_of(group)
     key = _json_hash(dict(model=file_hash(model_path), benchmark=fingerprint, methods=methods,
                           options=group[0].options, dtype=dtype, batch_size=int(cfg.batch_size)))
     log.info("qualities %s on %s: on Ray (%s)", ", ".join(s.name for s in group), ds.name, cfg.ray)
