@@ -221,6 +221,19 @@ def load_config(config: str | os.PathLike | Mapping, base: str | os.PathLike | N
                 opts[k] = [_path(base, p) for p in opts[k]] if isinstance(opts[k], list) else _path(base, opts[k])
         benchmarks.append(BenchmarkSpec(e["name"], kind, opts))
 
+    def make_spec(cls, e, what, files_key):
+        """A recognizer/quality entry -> its spec: unknown options refused, per-benchmark files resolved."""
+        bad = set(e) - _fields(cls)
+        if bad:
+            raise ConfigError(f"{what} {e['name']!r}: unknown options {sorted(bad)}")
+        return cls(**{**e, files_key: per_benchmark_files(e, files_key, what)})
+
+    def model_file(spec, what):
+        path = _path(base, spec.model)
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{what} {spec.name!r}: model file not found: {path}")
+        return path
+
     def per_benchmark_files(e, key, what):
         files = e.get(key, {})
         if not isinstance(files, dict):
@@ -232,16 +245,11 @@ def load_config(config: str | os.PathLike | Mapping, base: str | os.PathLike | N
 
     recognizers = []
     for e in raw["recognizers"]:
-        bad = set(e) - _fields(RecognizerSpec)
-        if bad:
-            raise ConfigError(f"recognizer {e['name']!r}: unknown options {sorted(bad)}")
-        spec = RecognizerSpec(**{**e, "embeddings": per_benchmark_files(e, "embeddings", "recognizer")})
+        spec = make_spec(RecognizerSpec, e, "recognizer", "embeddings")
         if spec.model is None and not spec.embeddings:
             raise ConfigError(f"recognizer {spec.name!r} needs a model (TorchScript file) or embeddings files")
         if spec.model is not None:
-            spec.model = _path(base, spec.model)
-            if not Path(spec.model).is_file():
-                raise FileNotFoundError(f"recognizer {spec.name!r}: model file not found: {spec.model}")
+            spec.model = model_file(spec, "recognizer")
         from ..recognizer import CHANNEL_ORDERS, FLIP_MODES, _triple
 
         if spec.channel_order not in CHANNEL_ORDERS + (None,) or spec.flip not in FLIP_MODES:
@@ -257,10 +265,7 @@ def load_config(config: str | os.PathLike | Mapping, base: str | os.PathLike | N
 
     qualities = []
     for e in raw["qualities"]:
-        bad = set(e) - _fields(QualitySpec)
-        if bad:
-            raise ConfigError(f"quality {e['name']!r}: unknown options {sorted(bad)}")
-        spec = QualitySpec(**{**e, "scores": per_benchmark_files(e, "scores", "quality")})
+        spec = make_spec(QualitySpec, e, "quality", "scores")
         if (spec.method is None) == (not spec.scores):
             raise ConfigError(f"quality {spec.name!r}: give either method + model (a vitfiqa method) or scores "
                               "(per-benchmark score files)")
@@ -269,9 +274,7 @@ def load_config(config: str | os.PathLike | Mapping, base: str | os.PathLike | N
                 raise ConfigError(f"quality {spec.name!r}: method must be one of {list(score_columns())}")
             if spec.model is None:
                 raise ConfigError(f"quality {spec.name!r}: method {spec.method!r} needs a model")
-            spec.model = _path(base, spec.model)
-            if not Path(spec.model).is_file():
-                raise FileNotFoundError(f"quality {spec.name!r}: model file not found: {spec.model}")
+            spec.model = model_file(spec, "quality")
             from ..config import check_batch_independent, score_config
 
             check_batch_independent(score_config(methods=_methods_of([spec]), **spec.options))
