@@ -17,8 +17,8 @@ import torch
 from . import _core
 from .config import ScoreConfig, methods as _registered_methods, score_config
 from .loader import as_batch
+from .options import ModelOptions, check_batch_size, no_unknown, resolve_device, take_deprecated
 from .preprocess import DEFAULT_CHANNEL_ORDER, DEFAULT_IMAGE_SIZE, DEFAULT_NORMALIZATION, check_channel_order
-from .options import check_batch_size
 
 METHODS = _registered_methods()  # the core's registry (csrc/methods/), not a list of our own
 _DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float64: "float64"}
@@ -103,7 +103,9 @@ class QualityModel:
     """A TorchScript ViT wrapped for quality scoring.
 
     ``model`` is a path to a TorchScript file (``torch.jit.save`` of a scripted or traced module) or its
-    bytes. ``dtype`` casts the model's floating parameters (float32, float16, bfloat16). ``sha256`` is the
+    bytes; ``options`` a :class:`vitfiqa.options.ModelOptions` (or its dict) saying how it is loaded and fed
+    (the old keywords ``device=``, ``dtype=``, ... still work for one release, with a DeprecationWarning).
+    ``dtype`` casts the model's floating parameters (float32, float16, bfloat16). ``sha256`` is the
     digest of the model file (a results table records it, so scores of two models are never mixed).
 
     The input contract (how images vitfiqa decodes are prepared for this model): ``image_size`` (H, W),
@@ -124,22 +126,26 @@ class QualityModel:
     tokens. ``info["final_norm"]`` says which norm is used and ``info["final_norm_ops"]`` the ops passed.
     """
 
-    def __init__(self, model: str | os.PathLike | bytes, device: str | torch.device = "cpu",
-                 dtype: torch.dtype | str = torch.float32, image_size: tuple[int, int] | int | None = None,
-                 channel_order: str | None = None, normalization: dict | None = None,
-                 final_norm: str | None = None):
+    def __init__(self, model: str | os.PathLike | bytes, options: ModelOptions | dict | None = None,
+                 **deprecated):
         from .contract import check_input_contract, read_input_contract
 
+        if isinstance(options, (str, torch.device)):  # the old second positional argument, the device
+            deprecated["device"], options = options, None
+        changes = take_deprecated(deprecated, ModelOptions, "options", "QualityModel")
+        no_unknown(deprecated, "QualityModel")
+        options = ModelOptions.of(options).replace(**changes) if changes else ModelOptions.of(options)
+        self.options = options
+        final_norm, image_size = options.final_norm, options.image_size
+        channel_order, normalization = options.channel_order, options.normalization
         if final_norm is not None and (not isinstance(final_norm, str) or not final_norm.strip()):
             raise ValueError(f"final_norm must be None (find it in forward) or a module path such as 'norm', "
                              f"got {final_norm!r}")
         norm_path = (final_norm or "").strip()
-        dtype_name = _DTYPES.get(dtype, dtype) if isinstance(dtype, torch.dtype) else str(dtype)
+        dtype_name = options.dtype
         if dtype_name not in _DTYPES.values():
-            raise ValueError(f"unsupported dtype {dtype!r}; use one of {sorted(_DTYPES.values())}")
-        device = str(device)
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise RuntimeError(f"device {device!r} requested but CUDA is not available in this torch build")
+            raise ValueError(f"unsupported dtype {dtype_name!r}; use one of {sorted(_DTYPES.values())}")
+        device = resolve_device(options.device)
         if isinstance(model, (bytes, bytearray)):
             if len(model) == 0:
                 raise ValueError("model bytes are empty")
@@ -243,9 +249,11 @@ class QualityModel:
               preprocess: bool | str = "auto", batch_size: int | None = None, **options) -> QualityResult:
         """Score images with one forward pass per batch.
 
-        ``config``: a :class:`vitfiqa.ScoreConfig` (or its dict) with every scoring option; ``methods`` and the
-        keyword ``options`` are applied on top of it (default: ``ScoreConfig()``), one keyword per config field
-        (``ScoreConfig.fields()`` lists names, keywords, defaults and docs):
+        ``config``: a :class:`vitfiqa.ScoreConfig` (or its dict, nested or dotted: ``{"vitnt.blocks": [0, 5]}``)
+        with every scoring option; ``methods`` and the keyword ``options`` are applied on top of it (default:
+        ``ScoreConfig()``): a top-level field by its name (``heatmaps=True``) or a section as a dict of its fields
+        (``attn={"block": -2}``; ``ScoreConfig.fields()`` lists names, defaults and docs). The old flat keywords
+        named below (``attn_block=``, ...) still work for one release, with a DeprecationWarning:
 
         methods: any of :data:`vitfiqa.METHODS`: ``attn`` (ATTN-FIQA), ``vitnt`` (ViTNT-FIQA), ``vitfiqa``
         (ViT-FIQA quality head), ``exfiqa`` (EX-FIQA exits and fusions; needs a quality-token model).
@@ -328,17 +336,20 @@ class QualityModel:
         return self._core.graph(**request)
 
 
-def load(model: str | os.PathLike | bytes | None = None, device: str | torch.device = "cpu",
-         dtype: torch.dtype | str = torch.float32, image_size: tuple[int, int] | int | None = None,
-         channel_order: str | None = None, normalization: dict | None = None,
-         final_norm: str | None = None) -> QualityModel:
-    """Load a TorchScript ViT (path or bytes; None: the embedded demo recogniser) for quality scoring.
-    ``image_size``, ``channel_order`` ("rgb" | "bgr") and ``normalization`` override the model's recorded
-    input contract; ``final_norm`` names the final LayerNorm (see :class:`QualityModel`)."""
+def load(model: str | os.PathLike | bytes | None = None, options: ModelOptions | dict | None = None,
+         **deprecated) -> QualityModel:
+    """Load a TorchScript ViT (path or bytes; None: the embedded demo recogniser) for quality scoring, as
+    ``options`` (a :class:`vitfiqa.options.ModelOptions` or its dict) say: device, dtype; ``image_size``,
+    ``channel_order`` ("rgb" | "bgr") and ``normalization`` override the model's recorded input contract;
+    ``final_norm`` names the final LayerNorm (see :class:`QualityModel`). The old keywords (``device=``, ...)
+    still work for one release, with a DeprecationWarning."""
+    if isinstance(options, (str, torch.device)):  # the old second positional argument, the device
+        deprecated["device"], options = options, None
+    changes = take_deprecated(deprecated, ModelOptions, "options", "load")
+    no_unknown(deprecated, "load")
     if model is None:
         from .demo import RECOGNIZER as model
-    return QualityModel(model, device=device, dtype=dtype, image_size=image_size, channel_order=channel_order,
-                        normalization=normalization, final_norm=final_norm)
+    return QualityModel(model, ModelOptions.of(options).replace(**changes))
 
 
 def _value_range(value_range) -> list[float]:

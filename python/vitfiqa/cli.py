@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from .loader import IMAGE_EXTENSIONS, is_image_file
-from .preprocess import CHANNEL_ORDERS, DEFAULT_CHANNEL_ORDER, DEFAULT_MAX_PIXELS
-from .options import DEFAULT_BATCH_SIZE
+from .options import DEFAULT_BATCH_SIZE, DEFAULT_MAX_PIXELS, ModelOptions, RunOptions
+from .preprocess import CHANNEL_ORDERS, DEFAULT_CHANNEL_ORDER
 
 log = logging.getLogger("vitfiqa")
 
@@ -113,18 +113,34 @@ def _out_paths(spec: str) -> tuple[Path, Path | None]:
     return out, None
 
 
-def cmd_score(args) -> int:
+def _model_options(args, device: str | None = "cpu") -> ModelOptions:
+    """The model options a command's flags give (``--device``, ``--dtype``, ``--image-size``,
+    ``--channel-order``, ``--final-norm``; the ones a command lacks keep their defaults)."""
+    given = {k: getattr(args, k, None) for k in ("dtype", "image_size", "channel_order", "final_norm")}
+    return ModelOptions(device=getattr(args, "device", None) or device,
+                        **{k: v for k, v in given.items() if v is not None})
+
+
+def _run_options(args) -> RunOptions:
+    """The run options of ``vitfiqa score``'s flags, checked before any image is read."""
     from .options import check_batch_size
 
     check_batch_size(args.batch_size)
     if args.workers is not None and args.workers < 1:
         raise CLIError("--workers must be at least 1")
+    return RunOptions(batch_size=args.batch_size, workers=args.workers, max_pixels=_max_pixels(args),
+                      overwrite=args.overwrite, heatmap_dir=args.heatmaps or None,
+                      heatmap_format=args.heatmap_format)
+
+
+def cmd_score(args) -> int:
+    run = _run_options(args)
     config = _score_config(args, heatmaps=bool(args.heatmaps))
     table_dir, export = _out_paths(args.out)
     if args.ray is not None:
-        table = _score_ray(args, config, table_dir)
+        table = _score_ray(args, config, run, table_dir)
     else:
-        table = _score_local(args, config, table_dir)
+        table = _score_local(args, config, run, table_dir)
     with table:
         bad = sum(1 for e in table.columns_dict()["error"] if e)
         if export is not None:
@@ -140,28 +156,23 @@ def _max_pixels(args) -> int | None:
     return args.max_pixels or None
 
 
-def _score_local(args, config, table_dir: Path):
+def _score_local(args, config, run: RunOptions, table_dir: Path):
     from tqdm.auto import tqdm
 
     import vitfiqa
     from vitfiqa.pipeline import open_table, score_files
 
-    model = vitfiqa.load(args.model, device=args.device or "cpu", dtype=args.dtype, image_size=args.image_size,
-                         channel_order=args.channel_order, final_norm=args.final_norm)
+    model = vitfiqa.load(args.model, _model_options(args))
     files = _image_list(args.images)
     if args.heatmaps and Path(args.images).is_dir() and Path(args.heatmaps).absolute().is_relative_to(
             Path(args.images).absolute()):
         raise CLIError("--heatmaps must not be inside the --images folder (the heatmaps would be scored as images "
                        "on the next run)")
-    options = dict(heatmap_dir=args.heatmaps, heatmap_format=args.heatmap_format) if args.heatmaps else {}
-    options["max_pixels"] = _max_pixels(args)
-    table = open_table(model, files, None, table_dir, config=config, batch_size=args.batch_size,
-                       overwrite=args.overwrite, **options)
+    table = open_table(model, files, None, table_dir, config=config, run=run)
     if table.n_done:
         log.info("resuming: %d of %d images already scored in %s", table.n_done, len(files), table_dir)
     bar = tqdm(total=len(files), initial=table.n_done, desc="scoring", disable=args.quiet)
-    for sb in score_files(model, files, config=config, batch_size=args.batch_size, workers=args.workers, out=table,
-                          **options):
+    for sb in score_files(model, files, config=config, run=run, out=table):
         for pos, err in sb.batch.errors.items():
             log.warning("skipping %s: %s", sb.batch.ids[pos], err)
         bar.update(len(sb.batch.ids))
@@ -169,7 +180,7 @@ def _score_local(args, config, table_dir: Path):
     return table
 
 
-def _score_ray(args, config, table_dir: Path):
+def _score_ray(args, config, run: RunOptions, table_dir: Path):
     from vitfiqa.distributed import score_with_ray
     from vitfiqa.results import ScoreTable
 
@@ -178,11 +189,9 @@ def _score_ray(args, config, table_dir: Path):
     files = _image_list(args.images)
     from .demo import RECOGNIZER
 
-    score_with_ray(args.model or RECOGNIZER, files, str(table_dir), config=config, address=args.ray or None,
-                   batch_size=args.batch_size, device=args.device, dtype=args.dtype, image_size=args.image_size,
-                   channel_order=args.channel_order, workers=args.workers, num_actors=args.actors,
-                   overwrite=args.overwrite, progress=not args.quiet, max_pixels=_max_pixels(args),
-                   final_norm=args.final_norm)
+    score_with_ray(args.model or RECOGNIZER, files, str(table_dir), config=config, run=run,
+                   model_options=_model_options(args, device="auto"), address=args.ray or None,
+                   num_actors=args.actors, progress=not args.quiet)
     return ScoreTable.open(table_dir)
 
 
@@ -190,7 +199,7 @@ def cmd_evaluate(args) -> int:
     import numpy as np
 
     import vitfiqa
-    from vitfiqa.eval import (comparison_scores, evaluate, extract_embeddings, load_bin, plot_edc, score_image_set,
+    from vitfiqa.eval import (evaluate, extract_embeddings, masked_comparison_scores, load_bin, plot_edc, score_image_set,
                               to_latex, to_markdown)
     from vitfiqa.recognizer import Recognizer
 
@@ -198,12 +207,11 @@ def cmd_evaluate(args) -> int:
     fmrs = [float(f) for f in args.fmr.split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    qm = vitfiqa.load(args.model, device=args.device, image_size=args.image_size, channel_order=args.channel_order,
-                      final_norm=args.final_norm)
+    options = _model_options(args)
+    qm = vitfiqa.load(args.model, options)
     # The recognizer may be any TorchScript model (a CNN such as iResNet-100, or a ViT): embeddings only; its
     # input comes from its own contract unless --image-size / --channel-order say otherwise.
-    fr = Recognizer(args.fr_model or args.model, device=args.device, image_size=args.image_size,
-                    channel_order=args.channel_order, flip=args.flip)
+    fr = Recognizer(args.fr_model or args.model, options.replace(final_norm=None), flip=args.flip)
     if fr.image_size != qm.image_size:
         raise CLIError(f"the quality model takes {qm.image_size} images and the FR model {fr.image_size}; "
                        "pass --image-size to use one size for both")
@@ -218,8 +226,7 @@ def cmd_evaluate(args) -> int:
         emb[batch.ok], ok[batch.ok] = e, True
     if emb is None:
         raise CLIError(f"no image of {args.bin} could be read")
-    sims = comparison_scores(emb, ds.pairs)
-    sims[~(ok[ds.pairs.a] & ok[ds.pairs.b])] = np.nan
+    sims = masked_comparison_scores(emb, ds.pairs, valid=ok)
     df = evaluate(quality, sims, ds.pairs, benchmark=ds.name, fr_model=Path(args.fr_model or args.model).stem,
                   fmrs=fmrs, variant=args.variant, limit=args.limit)
     df.drop(columns="curve").to_csv(out / "pauc.csv", index=False)
@@ -244,7 +251,7 @@ def cmd_reproduce(args) -> int:
 def cmd_inspect(args) -> int:
     import vitfiqa
 
-    m = vitfiqa.load(args.model, device=args.device, final_norm=args.final_norm)
+    m = vitfiqa.load(args.model, _model_options(args))
     for k, v in m.info.items():
         print(f"{k}: {v}")
     try:

@@ -22,8 +22,8 @@ import numpy as np
 from .api import QualityModel, QualityResult
 from .config import ScoreConfig, check_batch_independent, score_config
 from .loader import ImageBatch, ImageLoader, to_model_input
-from .preprocess import DEFAULT_CHANNEL_ORDER, DEFAULT_MAX_PIXELS
-from .options import DEFAULT_BATCH_SIZE
+from .options import DEFAULT_MAX_PIXELS, RunOptions, take_deprecated
+from .preprocess import DEFAULT_CHANNEL_ORDER
 
 
 @dataclass
@@ -147,17 +147,51 @@ def run_description(model_sha256: str, image_size, dtype, config: ScoreConfig, h
     return run
 
 
+def run_options(run: RunOptions | dict | None, loose: dict, where: str) -> RunOptions:
+    """``run`` (a :class:`vitfiqa.options.RunOptions`, its dict or None) with the old loose keywords of its
+    fields (popped from ``loose``, each with a DeprecationWarning) applied on top; checked."""
+    changes = take_deprecated(loose, RunOptions, "run", where, stacklevel=4)
+    run = RunOptions.of(run)
+    run = run.replace(**changes) if changes else run
+    check_run_options(run)
+    return run
+
+
+def check_run_options(run: RunOptions) -> None:
+    """The checks of a run's options that need no model (one line each)."""
+    from .options import check_batch_size
+
+    check_batch_size(run.batch_size)
+    if run.heatmap_format not in HEATMAP_FORMATS:
+        raise ValueError(f"heatmap_format must be one of {HEATMAP_FORMATS}, not {run.heatmap_format!r}")
+    if run.workers is not None and run.workers < 1:
+        raise ValueError("workers must be at least 1")
+    if run.detect or run.landmarks is not None or run.all_faces:
+        check_detection(run)
+
+
+def check_detection(run: RunOptions) -> None:
+    """Face detection and landmark alignment (``RunOptions.detect`` / ``all_faces`` / ``landmarks``) are the
+    detection module's; until it is part of the package, asking for them is refused here, in one place."""
+    if run.all_faces and not run.detect:
+        raise ValueError("all_faces needs detect=True")
+    raise NotImplementedError("RunOptions.detect / landmarks: face detection and landmark alignment are not in "
+                              "this build of vitfiqa yet; align the faces first (vitfiqa.align)")
+
+
 def open_table(model: QualityModel, sources: Sequence, methods: Sequence[str] | str | None, out, *,
                ids: Sequence[str] | None = None, config: ScoreConfig | dict | None = None,
-               batch_size: int = DEFAULT_BATCH_SIZE,
-               overwrite: bool = False, heatmap_dir: str | os.PathLike | None = None, heatmap_format: str = "png",
-               max_pixels: int | None = DEFAULT_MAX_PIXELS, **score_options):
+               run: RunOptions | dict | None = None, **score_options):
     """The :class:`vitfiqa.results.ScoreTable` that :func:`score_files` with these arguments fills: created, or
     opened to resume (refused if it was made by a different model, image list, kind of source, batch size or
     config). ``out`` may also be a table opened before; it is checked against this run. ``methods``, ``config``
-    and ``score_options`` make the score config as in :meth:`QualityModel.score`."""
+    and ``score_options`` make the score config as in :meth:`QualityModel.score`; ``run`` as in
+    :func:`score_files`."""
     from .results import ScoreTable
 
+    run = run_options(run, score_options, "open_table")
+    batch_size, overwrite, max_pixels = run.batch_size, run.overwrite, run.max_pixels
+    heatmap_dir, heatmap_format = run.heatmap_dir, run.heatmap_format
     cfg = score_config(config, methods=methods, **score_options)
     sources, ids, kind = check_sources(sources, ids)
     names = ids if ids is not None else sources
@@ -166,22 +200,19 @@ def open_table(model: QualityModel, sources: Sequence, methods: Sequence[str] | 
         heat = {"dir": str(Path(heatmap_dir).resolve()), "format": heatmap_format}
         cfg.heatmaps = True
     keys = model.columns(cfg)
-    run = run_description(model.sha256, model.image_size, model.dtype, cfg, heat, max_pixels,
-                          {"channel_order": model.channel_order, "normalization": model.normalization},
-                          model.final_norm, sources=kind)
+    described = run_description(model.sha256, model.image_size, model.dtype, cfg, heat, max_pixels,
+                                {"channel_order": model.channel_order, "normalization": model.normalization},
+                                model.final_norm, sources=kind)
     if isinstance(out, ScoreTable):
-        out.expect(paths=names, keys=keys, batch_size=batch_size, run=run)
+        out.expect(paths=names, keys=keys, batch_size=batch_size, run=described)
         return out
-    return ScoreTable(out, paths=names, keys=keys, batch_size=batch_size, overwrite=overwrite, run=run)
+    return ScoreTable(out, paths=names, keys=keys, batch_size=batch_size, overwrite=overwrite, run=described)
 
 
 def score_files(model: QualityModel, sources: Sequence, methods: Sequence[str] | str | None = None, *,
                 ids: Sequence[str] | None = None, config: ScoreConfig | dict | None = None,
-                batch_size: int = DEFAULT_BATCH_SIZE,
-                workers: int | None = None, prefetch: int = 2, start: int = 0, decode_processes: bool | None = None,
-                out: str | os.PathLike | None = None, overwrite: bool = False,
-                heatmap_dir: str | os.PathLike | None = None, heatmap_format: str = "png",
-                max_pixels: int | None = DEFAULT_MAX_PIXELS, **score_options) -> Iterator[ScoredBatch]:
+                run: RunOptions | dict | None = None, out: str | os.PathLike | None = None, start: int = 0,
+                **score_options) -> Iterator[ScoredBatch]:
     """Score images batch by batch (a generator: results arrive as each batch finishes).
 
     sources: image file paths, or the encoded bytes of image files with ``ids=`` (one unique name per image,
@@ -190,45 +221,47 @@ def score_files(model: QualityModel, sources: Sequence, methods: Sequence[str] |
     out: a results table folder (or a :class:`vitfiqa.results.ScoreTable` from :func:`open_table`): each
     batch is committed to it atomically before it is yielded, and batches it already holds are skipped, so calling again after an
     interruption finishes the job (only the new batches are yielded; ``ScoreTable.open(out).frame()`` or
-    :func:`score_frame` give the whole table). ``overwrite=True`` starts the table again.
-    heatmap_dir: also write each image's heatmap per method there — ``png`` overlays on the model-input image
-    (default) or raw ``npy`` arrays (``heatmap_format``) — named after the image's id, else its path relative to
-    the folder all inputs share (:func:`heatmap_names`), each file written atomically, before the batch is
-    committed.
+    :func:`score_frame` give the whole table). ``run.overwrite=True`` starts the table again.
 
-    workers: decoding threads, or processes with ``decode_processes=True`` (default: processes when the
-    model is on a GPU, which threads cannot keep fed; threads on CPU, where the model is the bottleneck).
-    max_pixels: images larger than this (width x height, read from the header) are skipped with the reason
-    (default :data:`vitfiqa.preprocess.DEFAULT_MAX_PIXELS`; None = no limit of vitfiqa's own).
+    run: a :class:`vitfiqa.options.RunOptions` (or its dict), how the run is executed. ``batch_size``;
+    ``heatmap_dir``: also write each image's heatmap per method there — ``png`` overlays on the model-input
+    image (default) or raw ``npy`` arrays (``heatmap_format``) — named after the image's id, else its path
+    relative to the folder all inputs share (:func:`heatmap_names`), each file written atomically, before the
+    batch is committed. ``workers``: decoding threads, or processes with ``decode_processes=True`` (default:
+    processes when the model is on a GPU, which threads cannot keep fed; threads on CPU, where the model is the
+    bottleneck); ``prefetch`` batches decoded ahead. ``max_pixels``: images larger than this (width x height,
+    read from the header) are skipped with the reason (default :data:`vitfiqa.options.DEFAULT_MAX_PIXELS`;
+    None = no limit of vitfiqa's own). The old keywords (``batch_size=``, ``workers=``, ...) still work for
+    one release, with a DeprecationWarning.
 
-    ``methods``, ``config`` (a :class:`vitfiqa.ScoreConfig`) and ``score_options`` (attn_block, vitnt_scale,
-    ...) make the score config as in :meth:`QualityModel.score`; it is validated once, before the first batch.
-    Scores must not depend on batch mates: EX-FIQA's ``exit_normalization`` must stay ``none`` here;
+    ``methods``, ``config`` (a :class:`vitfiqa.ScoreConfig`) and ``score_options`` make the score config as
+    in :meth:`QualityModel.score`; it is validated once, before the first batch.
+    Scores must not depend on batch mates: EX-FIQA's ``exfiqa.normalization`` must stay ``none`` here;
     normalise data-set-wide with :func:`vitfiqa.fuse_exits` instead."""
+    run = run_options(run, score_options, "score_files")
     cfg = score_config(config, methods=methods, **score_options)
     check_batch_independent(cfg)
     sources, ids, _ = check_sources(sources, ids)
     names = ids if ids is not None else sources
-    if heatmap_format not in HEATMAP_FORMATS:
-        raise ValueError(f"heatmap_format must be one of {HEATMAP_FORMATS}, not {heatmap_format!r}")
-    heat_dir = Path(heatmap_dir) if heatmap_dir is not None else None
+    batch_size, heatmap_format, max_pixels = run.batch_size, run.heatmap_format, run.max_pixels
+    heat_dir = Path(run.heatmap_dir) if run.heatmap_dir is not None else None
     heat_names = (ids if ids is not None else heatmap_names(sources)) if heat_dir is not None else None
     if heat_dir is not None:
         cfg.heatmaps = True
     elif cfg.heatmaps and out is not None:
-        raise ValueError("heatmaps=True with out=: give heatmap_dir= so the heatmaps are kept with the table")
+        raise ValueError("heatmaps=True with out=: give run=RunOptions(heatmap_dir=...) so the heatmaps are kept "
+                         "with the table")
     scorer = model.scorer(cfg)  # validated against the model once, before the first batch
     keys = scorer.columns()
     table = None
     if out is not None:
         if start != 0:
             raise ValueError("start= offsets the index column; a results table (out=) numbers the whole input list")
-        table = open_table(model, sources, None, out, ids=ids, config=cfg, batch_size=batch_size,
-                           overwrite=overwrite, heatmap_dir=heat_dir, heatmap_format=heatmap_format,
-                           max_pixels=max_pixels)
-    loader = ImageLoader(sources, batch_size, model.image_size, workers=workers, prefetch=prefetch,
+        table = open_table(model, sources, None, out, ids=ids, config=cfg, run=run)
+    loader = ImageLoader(sources, batch_size, model.image_size, workers=run.workers, prefetch=run.prefetch,
                          pin_memory=model.device.type == "cuda", start=start,
-                         processes=model.device.type == "cuda" if decode_processes is None else decode_processes,
+                         processes=model.device.type == "cuda" if run.decode_processes is None
+                         else run.decode_processes,
                          skip=set(table.batch_starts()) - set(table.pending_batches()) if table is not None else (),
                          max_pixels=max_pixels, ids=names)
     # Heatmap files go through one temporary folder under heatmap_dir (same file system, so the rename is

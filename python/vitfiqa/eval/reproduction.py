@@ -42,7 +42,7 @@ Example config (paths are relative to the config file)::
     name = "ATTN-FIQA"
     method = "attn"
     model = "vit_b_face.pt"
-    options = { attn_block = -1 }
+    options = { attn.block = -1 }   # score config fields, dotted (vitfiqa.ScoreConfig.fields())
 
     [[qualities]]
     name = "CR-FIQA(L)"
@@ -64,11 +64,11 @@ import numpy as np
 
 from ..config import methods as registered_methods, score_columns
 from ..preprocess import DEFAULT_IMAGE_SIZE
-from ..options import DEFAULT_BATCH_SIZE
+from ..options import DEFAULT_BATCH_SIZE, ModelOptions, RunOptions
 from .datasets import (CorruptEntry, ImageSet, aggregate_templates, extract_embeddings, load_adience, load_bin,
                        load_ijbc, load_lfw_pairs, load_pair_list, template_quality)
 from .report import evaluate, plot_edc_grid, to_csv, to_latex, to_markdown
-from .scores import comparison_scores
+from .scores import masked_comparison_scores
 
 log = logging.getLogger("vitfiqa.reproduce")
 
@@ -152,6 +152,14 @@ class Config:
     pauc_normalize: str | None = None
     ray: str | None = None          # score vitfiqa qualities on Ray: "local" (this process's or a new local
                                     # Ray), "auto" or "ray://host:port"; benchmarks of image files only
+
+    def run_options(self) -> RunOptions:
+        """How the config's runs over a benchmark are executed (its ``batch_size`` and ``workers``)."""
+        return RunOptions(batch_size=int(self.batch_size), workers=self.workers)
+
+    def model_options(self, dtype: str, image_size: tuple[int, int], **contract) -> ModelOptions:
+        """How a model of the config is loaded (its ``device``; a spec's dtype; the benchmark's image size)."""
+        return ModelOptions(device=self.device, dtype=dtype, image_size=image_size, **contract)
 
 
 def _fields(cls) -> set[str]:
@@ -450,9 +458,10 @@ def compute_embeddings(spec: RecognizerSpec, ds: ImageSet, cfg: Config, fingerpr
         log.info("embeddings %s on %s: cached (%s)", spec.name, ds.name, cache.dir)
         return cache
     log.info("embeddings %s on %s: %d of %d images to compute", spec.name, ds.name, len(todo), len(ds))
-    rec = Recognizer(spec.model, device=cfg.device, dtype=spec.dtype, image_size=ds.image_size,
-                     channel_order=spec.channel_order, mean=spec.mean, std=spec.std, flip=spec.flip,
-                     output=spec.output, name=spec.name)
+    norm = {k: v for k, v in (("mean", spec.mean), ("std", spec.std)) if v is not None} or None
+    rec = Recognizer(spec.model, cfg.model_options(spec.dtype, ds.image_size, channel_order=spec.channel_order,
+                                                   normalization=norm),
+                     flip=spec.flip, output=spec.output, name=spec.name)
     bar = _progress(len(ds), len(ds) - len(todo), f"embeddings {spec.name} / {ds.name}", progress)
     for b, embeddings in extract_embeddings(rec, ds, cfg.batch_size, workers=cfg.workers, indices=todo):
         cache.write(b.ok, embeddings, unreadable=list(b.errors))
@@ -507,7 +516,7 @@ def compute_qualities(specs: list[QualitySpec], ds: ImageSet, cfg: Config, finge
             if pending:
                 todo = np.concatenate([np.arange(s, min(s + cfg.batch_size, len(ds))) for s in pending])
                 log.info("qualities %s on %s: %d of %d images to score", names, ds.name, len(todo), len(ds))
-                model = QualityModel(model_path, device=cfg.device, dtype=dtype, image_size=ds.image_size)
+                model = QualityModel(model_path, cfg.model_options(dtype, ds.image_size))
                 methods = _methods_of(group)
                 bar = _progress(len(ds), len(ds) - len(todo), f"qualities {names} / {ds.name}", progress)
                 for b in ds.iter_batches(cfg.batch_size, workers=cfg.workers, indices=todo):
@@ -543,10 +552,13 @@ def _qualities_on_ray(group: list[QualitySpec], model_path: str, dtype: str, ds:
     key = _json_hash(dict(model=file_hash(model_path), benchmark=fingerprint, methods=methods,
                           options=group[0].options, dtype=dtype, batch_size=int(cfg.batch_size)))
     log.info("qualities %s on %s: on Ray (%s)", ", ".join(s.name for s in group), ds.name, cfg.ray)
+    model = cfg.model_options(dtype, ds.image_size)
+    if cfg.device == "cpu":  # the config's default device: on Ray, GPUs when the cluster has them
+        model = model.replace(device="auto")
     frame = score_with_ray(model_path, list(ds.sources), Path(cfg.cache) / f"ray-quality-{key[:24]}.table",
-                           methods, address=None if cfg.ray in ("", "local") else cfg.ray,
-                           batch_size=int(cfg.batch_size), device=None if cfg.device == "cpu" else cfg.device,
-                           dtype=dtype, image_size=ds.image_size, progress=progress, **group[0].options)
+                           methods, run=RunOptions(batch_size=int(cfg.batch_size)), model_options=model,
+                           address=None if cfg.ray in ("", "local") else cfg.ray, progress=progress,
+                           **group[0].options)
     frame = frame.sort_values("index")
     return {s.name: frame[s.method].to_numpy(dtype=np.float64) for s in group}
 
@@ -700,10 +712,7 @@ def benchmark_comparison_scores(features: np.ndarray, ds: ImageSet, det_weights:
         _, feats = aggregate_templates(features, t.template, t.media, weights=weights, valid=valid)
     else:
         feats = np.asarray(features, dtype=np.float32)
-    ok = np.isfinite(feats).all(axis=1) & (np.abs(feats).sum(axis=1) > 0)
-    sims = comparison_scores(np.where(ok[:, None], feats, 1.0), ds.pairs)
-    sims[~(ok[ds.pairs.a] & ok[ds.pairs.b])] = np.nan
-    return sims
+    return masked_comparison_scores(feats, ds.pairs)
 
 
 def _versions() -> dict:

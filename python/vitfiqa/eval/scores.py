@@ -111,3 +111,17 @@ def comparison_scores(embeddings, pairs: Pairs, metric: str = "cosine", chunk: i
     if metric == "arccos":
         return (1.0 - np.arccos(out) / np.pi).astype(np.float32)
     raise ValueError(f"unknown metric {metric!r} (cosine, arccos)")
+
+
+def masked_comparison_scores(features, pairs: Pairs, valid: np.ndarray | None = None,
+                             metric: str = "cosine") -> np.ndarray:
+    """:func:`comparison_scores` of feature rows of which some are missing: NaN for every pair with a side that
+    is not usable (a row with NaN/Inf or all zeros, or ``valid`` False); those rows never enter the arithmetic
+    (a constant row stands in for them), so the other pairs' scores do not depend on them."""
+    feats = np.asarray(features)
+    ok = np.isfinite(feats).all(axis=1) & (np.abs(feats).sum(axis=1) > 0)
+    if valid is not None:
+        ok &= np.asarray(valid, dtype=bool)
+    sims = comparison_scores(np.where(ok[:, None], feats, 1.0), pairs, metric=metric)
+    sims[~(ok[pairs.a] & ok[pairs.b])] = np.nan
+    return sims

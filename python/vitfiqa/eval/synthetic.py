@@ -201,13 +201,3 @@ def write_pair_list(data_dir, dataset: str = "lfw_list", n_subjects: int = 8, pe
     lines = [f"{names[i]} {names[j]} {int(subj[i] == subj[j])}" for i in range(n) for j in range(i + 1, n)]
     (lists / "pair_list.txt").write_text("\n".join(lines) + "\n")
     return lists
-
-
-def write_all(root) -> dict[str, Path]:
-    """Every supported layout under ``root``; returns the paths a reproduce config needs."""
-    root = Path(root)
-    return dict(bin=write_bin(root / "lfw.bin"),
-                xqlfw=write_lfw_style(root / "xqlfw", pairs_name="xqlfw_pairs.txt"),
-                adience=write_adience(root / "adience"),
-                ijbc=write_ijbc(root / "IJB_release" / "IJBC"),
-                pair_list=write_pair_list(root / "data"))
