@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .loader import IMAGE_EXTENSIONS, is_image_file
 from .preprocess import CHANNEL_ORDERS, DEFAULT_CHANNEL_ORDER, DEFAULT_MAX_PIXELS
-from .results import DEFAULT_BATCH_SIZE
+from .options import DEFAULT_BATCH_SIZE
 
 log = logging.getLogger("vitfiqa")
 
@@ -114,7 +114,7 @@ def _out_paths(spec: str) -> tuple[Path, Path | None]:
 
 
 def cmd_score(args) -> int:
-    from .results import check_batch_size
+    from .options import check_batch_size
 
     check_batch_size(args.batch_size)
     if args.workers is not None and args.workers < 1:

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..loader import to_model_input
-from ..preprocess import load_uint8
+from ..loader import load_uint8, to_model_input
 from .faces import HELD_OUT, render_faces
 
 # degradation -> parameter at levels 1..4 (level 0 = the clean image)

@@ -211,12 +211,3 @@ def _copy_head(head: MarginSoftmax, cfg: DemoConfig) -> MarginSoftmax:
     new.load_state_dict(head.state_dict())
     return new
 
-
-def main(argv=None):
-    from ..cli import main as cli_main
-
-    return cli_main(["train-demo", *(argv or [])])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(__import__("sys").argv[1:]))

@@ -64,7 +64,7 @@ import numpy as np
 
 from ..config import methods as registered_methods, score_columns
 from ..preprocess import DEFAULT_IMAGE_SIZE
-from ..results import DEFAULT_BATCH_SIZE
+from ..options import DEFAULT_BATCH_SIZE
 from .datasets import (CorruptEntry, ImageSet, aggregate_templates, extract_embeddings, load_adience, load_bin,
                        load_ijbc, load_lfw_pairs, load_pair_list, template_quality)
 from .report import evaluate, plot_edc_grid, to_csv, to_latex, to_markdown
@@ -293,7 +293,7 @@ def load_config(config: str | os.PathLike | Mapping, base: str | os.PathLike | N
         raise ConfigError(f"variant must be one of {VARIANTS}, got {cfg.variant!r}")
     if not 0 < float(cfg.limit) <= 1:
         raise ConfigError(f"limit must be in (0, 1], got {cfg.limit}")
-    from ..results import check_batch_size
+    from ..options import check_batch_size
 
     try:
         check_batch_size(cfg.batch_size)
