@@ -34,7 +34,9 @@ class CRFIQAIResNet(IResNet):
         self.qs = nn.Linear(num_features, 1)
 
     def forward(self, x):
-        emb = super().forward(x)
+        x = self.prelu(self.bn1(self.conv1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        emb = self.features(self.fc(self.dropout(torch.flatten(self.bn2(x), 1))))
         return emb, self.qs(emb)
 
 
