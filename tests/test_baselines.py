@@ -245,3 +245,88 @@ def test_state_dict_layouts_refuse_other_files(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="weights_only"):
         bp.state_dict_of(str(bad), "bare")
+
+
+# -- the CLI and reproduce rows ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ediffiqa_ckpt(tmp_path_factory):
+    sd = ref.random_state(ref.ediffiqa_keys(), seed=12)
+    path = tmp_path_factory.mktemp("ediff") / "ediffiqaT.pth"
+    torch.save(sd, path)
+    return sd, str(path)
+
+
+def test_cli_scores_baselines_into_a_results_table(tmp_path, ediffiqa_ckpt, images):
+    import pandas as pd
+    from PIL import Image
+
+    from vitfiqa.cli import main
+
+    sd, ckpt = ediffiqa_ckpt
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, im in enumerate(images):
+        Image.fromarray(im).save(folder / f"{i}.png")
+    (folder / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "scores.csv"
+    args = ["-q", "score", "--method", "ediffiqa", "--preset", "ediffiqa_t", "--checkpoint", ckpt, "--images",
+            str(folder), "--out", str(out), "--batch-size", "2"]
+    assert main(args) == 0
+    frame = pd.read_csv(out).sort_values("index")
+    assert list(frame.columns[:2]) == ["index", "path"] and "ediffiqa" in frame.columns
+    bad = frame[frame.path.str.endswith("broken.png")]
+    assert len(frame) == 3 and bad.ediffiqa.isna().all() and bad.error.iloc[0]
+    good = frame[~frame.path.str.endswith("broken.png")].sort_values("path")
+    with torch.no_grad():
+        want = ref.ediffiqa_forward(sd, ref.normalize_input(images, "rgb", 0.5, 0.5)).numpy()
+    _close(good.ediffiqa.to_numpy(), want)
+    assert main(args) == 0  # resumes: every batch is done
+    assert main(["score", "--method", "attn,ediffiqa", "--preset", "ediffiqa_t", "--checkpoint", ckpt, "--images",
+                 str(folder), "--out", str(tmp_path / "x.csv")]) == 2
+    assert main(["score", "--method", "ediffiqa", "--preset", "ediffiqa_t", "--images", str(folder), "--out",
+                 str(tmp_path / "y.csv")]) == 2  # no checkpoint
+    assert main(["score", "--method", "serfiq", "--set", "serfiq.nope=1", "--preset", "arcface_r50", "--checkpoint",
+                 ckpt, "--images", str(folder), "--out", str(tmp_path / "z.csv")]) == 2
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # EDC on a dozen synthetic pairs
+def test_reproduce_row_names_a_baseline_like_a_vit_method(tmp_path, ediffiqa_ckpt):
+    from vitfiqa.eval import comparison_scores, evaluate, load_bin, synthetic
+    from vitfiqa.eval.reproduction import ConfigError, load_config, reproduce
+    from vitfiqa.recognizer import Recognizer
+
+    from .conftest import export, spread
+
+    sd, ckpt = ediffiqa_ckpt
+    torch.manual_seed(0)
+    cnn = spread(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 5, 4), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2),
+                                     torch.nn.Flatten(), torch.nn.Linear(32, 16)), std=0.05)
+    export(cnn, "script", None, str(tmp_path / "cnn.pt"))
+    synthetic.write_bin(tmp_path / "lfw.bin", n_pairs=12, n_subjects=4)
+    cfg = {"out": str(tmp_path / "out"), "fmrs": [0.1], "batch_size": 8,
+           "benchmarks": [{"name": "LFW", "type": "bin", "path": "lfw.bin"}],
+           "recognizers": [{"name": "CNN", "model": "cnn.pt", "flip": "none"}],
+           "qualities": [{"name": "eDifFIQA(T)", "method": "ediffiqa", "preset": "ediffiqa_t", "checkpoint": ckpt},
+                         {"name": "MagFace", "method": "magface", "model": "cnn.pt"}]}
+    res = reproduce(cfg, base=tmp_path, progress=False)
+    ds = load_bin(tmp_path / "lfw.bin")
+    imgs = np.concatenate([b for _, b in ds.batches(8)])
+    with torch.no_grad():
+        q_ed = ref.ediffiqa_forward(sd, ref.normalize_input(imgs, "rgb", 0.5, 0.5)).numpy()
+    q_mag = vb.score("magface", str(tmp_path / "cnn.pt"), imgs).scores["magface"].numpy()
+    rec = Recognizer(str(tmp_path / "cnn.pt"), flip="none")
+    direct = evaluate({"eDifFIQA(T)": q_ed, "MagFace": q_mag}, comparison_scores(rec.embed(imgs), ds.pairs),
+                      ds.pairs, fmrs=[0.1])
+    for name in ("eDifFIQA(T)", "MagFace"):
+        got = res.frame[res.frame.method == name].pauc.iloc[0]
+        assert got == pytest.approx(float(direct[direct.method == name].pauc.iloc[0]), rel=1e-6, abs=1e-9)
+    again = reproduce(cfg, base=tmp_path, progress=False)  # cached tables: the same numbers
+    assert np.array_equal(again.frame.pauc.to_numpy(), res.frame.pauc.to_numpy())
+    bad = [({"preset": "ediffiqa_t"}, "needs checkpoint"), ({"model": "cnn.pt", "checkpoint": ckpt}, "preset"),
+           ({"preset": "nope", "checkpoint": ckpt}, "preset must be"),
+           ({"preset": "ediffiqa_t", "checkpoint": ckpt, "options": {"T": 3}}, "unknown option")]
+    for change, msg in bad:
+        q = {"name": "X", "method": "ediffiqa", **change}
+        with pytest.raises(ConfigError, match=msg):
+            load_config({**cfg, "qualities": [q]}, base=tmp_path)
