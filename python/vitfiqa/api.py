@@ -16,6 +16,7 @@ import torch
 
 from . import _core
 from .config import ScoreConfig, methods as _registered_methods, score_config
+from .digest import file_sha256
 from .loader import as_batch
 from .options import ModelOptions, check_batch_size, no_unknown, resolve_device, take_deprecated
 from .preprocess import DEFAULT_CHANNEL_ORDER, DEFAULT_IMAGE_SIZE, DEFAULT_NORMALIZATION, check_channel_order
@@ -91,14 +92,6 @@ class QualityResult:
         return out
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class QualityModel:
     """A TorchScript ViT wrapped for quality scoring.
 
@@ -158,7 +151,7 @@ class QualityModel:
                 raise FileNotFoundError(f"model file not found: {path}")
             self._core = _core.CaptureModel(str(path), device, dtype_name, norm_path)
             self.source = str(path)
-            self.sha256 = _file_sha256(path)
+            self.sha256 = file_sha256(path)
         self.device = torch.device(device)
         self.dtype = getattr(torch, dtype_name)
         self.final_norm = norm_path or None  # the module path the user named, None = found in forward

@@ -63,6 +63,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from ..config import methods as registered_methods, score_columns
+from ..digest import file_hash
 from ..preprocess import DEFAULT_IMAGE_SIZE
 from ..options import DEFAULT_BATCH_SIZE, ModelOptions, RunOptions
 from .datasets import (CorruptEntry, ImageSet, aggregate_templates, extract_embeddings, load_adience, load_bin,
@@ -132,6 +133,8 @@ class QualitySpec:
     column: str | None = None
     key: str | None = None
     higher_is_better: bool = True
+    preset: str | None = None          # a baseline's network (vitfiqa.baselines.PRESETS), with checkpoint
+    checkpoint: str | None = None
 
 
 @dataclass
@@ -277,9 +280,20 @@ def load_config(config: str | os.PathLike | Mapping, base: str | os.PathLike | N
         if (spec.method is None) == (not spec.scores):
             raise ConfigError(f"quality {spec.name!r}: give either method + model (a vitfiqa method) or scores "
                               "(per-benchmark score files)")
-        if spec.method is not None:
+        from ..baselines.reproduce import check_spec as check_baseline, is_baseline
+
+        if is_baseline(spec.method):  # a baseline row: preset + checkpoint, or model (vitfiqa.baselines)
+            try:
+                check_baseline(spec, lambda p: _path(base, p))
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        elif spec.preset is not None or spec.checkpoint is not None:
+            raise ConfigError(f"quality {spec.name!r}: preset/checkpoint name a baseline's network (method = "
+                              "\"serfiq\", \"crfiqa\", ...); a ViT method takes model")
+        elif spec.method is not None:
             if spec.method not in score_columns():
-                raise ConfigError(f"quality {spec.name!r}: method must be one of {list(score_columns())}")
+                raise ConfigError(f"quality {spec.name!r}: method must be one of {list(score_columns())} or a "
+                                  "baseline (vitfiqa.baselines.all_columns())")
             if spec.model is None:
                 raise ConfigError(f"quality {spec.name!r}: method {spec.method!r} needs a model")
             spec.model = model_file(spec, "quality")
@@ -311,20 +325,6 @@ def load_config(config: str | os.PathLike | Mapping, base: str | os.PathLike | N
 
 
 # -- content hashes ------------------------------------------------------------------------------------------
-
-_FILE_HASHES: dict[tuple, str] = {}
-
-
-def file_hash(path: str) -> str:
-    """SHA-256 of a file's content (memoised per path, size and modification time)."""
-    from ..api import _file_sha256
-
-    st = os.stat(path)
-    memo = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
-    if memo not in _FILE_HASHES:
-        _FILE_HASHES[memo] = _file_sha256(Path(path))
-    return _FILE_HASHES[memo]
-
 
 def _json_hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
@@ -766,7 +766,12 @@ def reproduce(config: str | os.PathLike | Mapping, out: str | os.PathLike | None
             fp = benchmark_fingerprint(ds)
             # qualities per image: vitfiqa methods (cached) and external files
             qualities: dict[str, np.ndarray] = {}
-            internal = [q for q in cfg.qualities if q.method is not None]
+            from ..baselines.reproduce import is_baseline, qualities as baseline_qualities
+
+            baselines = [q for q in cfg.qualities if is_baseline(q.method)]
+            if baselines:
+                qualities.update(baseline_qualities(baselines, ds, cfg, fp, progress))
+            internal = [q for q in cfg.qualities if q.method is not None and not is_baseline(q.method)]
             if internal:
                 qualities.update(compute_qualities(internal, ds, cfg, fp, progress))
             for q in cfg.qualities:
