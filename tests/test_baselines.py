@@ -296,7 +296,7 @@ def test_reproduce_row_names_a_baseline_like_a_vit_method(tmp_path, ediffiqa_ckp
     from vitfiqa.eval.reproduction import ConfigError, load_config, reproduce
     from vitfiqa.recognizer import Recognizer
 
-    from .conftest import export, spread
+    from .models.cases import export, spread
 
     sd, ckpt = ediffiqa_ckpt
     torch.manual_seed(0)

@@ -30,7 +30,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .eval.scores import flip_concat
+from .embeddings import flip_concat
 from .loader import to_model_input
 from .options import ModelOptions, no_unknown, resolve_device, take_deprecated
 from .preprocess import (CHANNEL_ORDERS, DEFAULT_CHANNEL_ORDER, DEFAULT_IMAGE_SIZE, DEFAULT_NORMALIZATION,

@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..embeddings import flip_concat, l2_normalize  # noqa: F401  (their home; part of vitfiqa.eval's surface)
+
 
 @dataclass
 class Pairs:
@@ -56,23 +58,6 @@ class Pairs:
             raise ValueError(f"{n} images give {n * (n - 1) // 2} pairs; split the set first")
         a, b = np.triu_indices(n, k=1)
         return Pairs(a, b, ids[a] == ids[b])
-
-
-def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    n = np.linalg.norm(x, axis=axis, keepdims=True)
-    if (n == 0).any():
-        raise ValueError("zero-norm embedding cannot be normalised")
-    return x / n
-
-
-def flip_concat(embeddings, flipped_embeddings) -> np.ndarray:
-    """CR-FIQA evaluation: each image's embedding and that of its horizontal flip, each L2-normalised, concatenated
-    as [original, flipped] (2 x D, e.g. 1024-d) and not normalised again."""
-    e, f = np.asarray(embeddings), np.asarray(flipped_embeddings)
-    if e.shape != f.shape or e.ndim != 2:
-        raise ValueError(f"embeddings must be two [N, D] arrays of equal shape, got {e.shape} and {f.shape}")
-    return np.concatenate([l2_normalize(e), l2_normalize(f)], axis=1)
 
 
 def comparison_scores(embeddings, pairs: Pairs, metric: str = "cosine", chunk: int | None = None) -> np.ndarray:

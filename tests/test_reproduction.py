@@ -15,7 +15,7 @@ from vitfiqa.eval import (comparison_scores, evaluate, extract_embeddings, ijbc_
 from vitfiqa.eval.reproduction import reproduce
 from vitfiqa.recognizer import Recognizer
 
-from .conftest import export, spread
+from .models.cases import export, spread
 
 FMRS = [1e-1, 1e-2]
 
