@@ -165,3 +165,25 @@ def test_cli_detect_all_faces_and_landmarks(photos, tmp_path):
     assert list(c.error)[0] == "" and "no landmarks" in c.error[1]
     assert main(["score", "--images", str(folder), "--out", str(tmp_path / "d.csv"), "--all-faces"]) == 2
     assert not (tmp_path / "d.csv").exists()
+
+
+def test_ray_detect_equals_local(photos, model, tmp_path):
+    """detect=True / all_faces through Ray: the driver decides the rows, actors detect and align; the table
+    equals the local one."""
+    ray = pytest.importorskip("ray")
+    from vitfiqa.demo import RECOGNIZER
+    from vitfiqa.distributed import score_with_ray
+
+    files = [str(photos / n) for n in ("group.png", "coffee.jpg", "astronaut.jpg", "tiny.png")]
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        for run in ({"detect": True}, {"detect": True, "all_faces": True}):
+            remote = score_with_ray(RECOGNIZER, files, tmp_path / f"t{len(run)}", batch_size=2, num_actors=1,
+                                    progress=False, run=run)
+            local = score_frame(model, files, run=run, batch_size=2)
+            assert list(remote.path) == list(local.path)
+            assert list(remote.error) == list(local.error)
+            for k in ("attn", *FACE_COLUMNS):
+                np.testing.assert_allclose(remote[k].to_numpy(float), local[k].to_numpy(float), rtol=1e-6)
+    finally:
+        ray.shutdown()
