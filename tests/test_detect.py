@@ -187,3 +187,29 @@ def test_ray_detect_equals_local(photos, model, tmp_path):
                 np.testing.assert_allclose(remote[k].to_numpy(float), local[k].to_numpy(float), rtol=1e-6)
     finally:
         ray.shutdown()
+
+
+def test_photos_doc_runs(tmp_path, monkeypatch):
+    """docs/photos.md, executed: its python and bash blocks in order, in a fresh folder (blocks marked
+    ``<!-- not-run: ... -->`` on the line before are left out)."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "photos.md").read_text()
+    blocks = [(m.group(2), m.group(3)) for m in re.finditer(r"(<!-- not-run[^\n]*\n)?```(python|bash)\n(.*?)```",
+                                                            text, re.S) if not m.group(1)]
+    assert len(blocks) >= 5
+    monkeypatch.chdir(tmp_path)
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    for lang, code in blocks:
+        if lang == "python":
+            exec(compile(code, "photos.md", "exec"), {})
+        else:
+            code = code.replace("vitfiqa score", f"{sys.executable} -m vitfiqa score")
+            r = subprocess.run(["bash", "-ec", code], env=env, capture_output=True, text=True, timeout=300)
+            assert r.returncode == 0, r.stderr[-2000:]
+    df = pd.read_csv(tmp_path / "all_faces.csv", keep_default_na=False)
+    assert sum(os.path.basename(p).startswith("group.jpg#") for p in df.path) == 3
