@@ -213,3 +213,14 @@ def test_photos_doc_runs(tmp_path, monkeypatch):
             assert r.returncode == 0, r.stderr[-2000:]
     df = pd.read_csv(tmp_path / "all_faces.csv", keep_default_na=False)
     assert sum(os.path.basename(p).startswith("group.jpg#") for p in df.path) == 3
+
+
+def test_exif_orientation_is_applied(photos, tmp_path):
+    """A camera's portrait photo stored sideways with an EXIF orientation tag is detected upright."""
+    astro = Image.fromarray(data.astronaut())
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    astro.transpose(Image.Transpose.ROTATE_90).save(tmp_path / "sideways.jpg", exif=exif, quality=95)
+    upright, sideways = detect_faces([photos / "astronaut.jpg", tmp_path / "sideways.jpg"])
+    assert len(sideways) == 1
+    np.testing.assert_allclose(sideways[0].landmarks, upright[0].landmarks, atol=4)

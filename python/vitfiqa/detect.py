@@ -13,6 +13,8 @@ and right mouth corner, in image left-to-right order: the order of the ArcFace t
 
 Rules (module constants, recorded in every results table that uses them):
 
+- Files are turned upright by their EXIF orientation tag first (as ``cv2.imread`` does); boxes and landmarks
+  refer to the upright photo.
 - Photos whose longer side exceeds :data:`DETECT_SIZE` (640 px) are shrunk to it for detection (YuNet is
   trained for faces of about 10 to 300 px); boxes and landmarks are given in the photo's own pixels, and the
   face is aligned from the full-resolution photo.
@@ -156,8 +158,11 @@ def detect_array(image: np.ndarray, min_score: float = MIN_SCORE) -> list[Face]:
 
 
 def _image(item: Any, max_pixels: int | None) -> np.ndarray:
-    from .preprocess import _hwc_uint8
+    """A photo as uint8 HxWx3 RGB; files and encoded bytes are turned upright by their EXIF orientation."""
+    from .preprocess import _hwc_uint8, read_image
 
+    if isinstance(item, (str, os.PathLike, bytes, bytearray, memoryview)):
+        return np.ascontiguousarray(read_image(item, max_pixels, exif_orientation=True))
     return np.ascontiguousarray(_hwc_uint8(item, max_pixels))
 
 
