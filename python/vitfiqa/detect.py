@@ -38,7 +38,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .preprocess import DEFAULT_MAX_PIXELS
+from .options import DEFAULT_MAX_PIXELS
 
 DETECTOR_FILE = Path(__file__).resolve().parent / "assets" / "face_detection_yunet_2023mar.onnx"
 DETECT_SIZE = 640

@@ -24,7 +24,7 @@ from .config import ScoreConfig, check_batch_independent, score_config
 from .detect import FACE_COLUMNS, FaceSource
 from .loader import ImageBatch, ImageLoader, to_model_input
 from .preprocess import DEFAULT_CHANNEL_ORDER, DEFAULT_MAX_PIXELS
-from .results import DEFAULT_BATCH_SIZE
+from .options import DEFAULT_BATCH_SIZE
 
 
 @dataclass
