@@ -224,3 +224,24 @@ def test_exif_orientation_is_applied(photos, tmp_path):
     upright, sideways = detect_faces([photos / "astronaut.jpg", tmp_path / "sideways.jpg"])
     assert len(sideways) == 1
     np.testing.assert_allclose(sideways[0].landmarks, upright[0].landmarks, atol=4)
+
+
+def test_face_stage_in_decoding_processes_equals_threads(photos, model):
+    """On a GPU the loader decodes in worker processes: face sources travel there pickled and give the same
+    table as threads."""
+    files = [str(photos / n) for n in ("group.png", "coffee.jpg", "astronaut.jpg")]
+    run = {"detect": True, "all_faces": True}
+    a = score_frame(model, files, run=run, batch_size=2, workers=2, decode_processes=True)
+    b = score_frame(model, files, run=run, batch_size=2, workers=2, decode_processes=False)
+    pd.testing.assert_frame_equal(a, b)
+
+
+@pytest.mark.parametrize("bad, exc, msg", [
+    (np.zeros((10, 10, 3), np.float32), TypeError, "uint8"),
+    (np.zeros((10, 10, 5), np.uint8), ValueError, "HxWx3"),
+    (b"not an image", ValueError, "cannot read image"),
+    ("missing.jpg", FileNotFoundError, "not found"),
+])
+def test_detect_faces_rejects_bad_input(bad, exc, msg):
+    with pytest.raises(exc, match=msg):
+        detect_faces([bad])
