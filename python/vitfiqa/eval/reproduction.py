@@ -200,8 +200,9 @@ class Config:
     image_size: int = DEFAULT_IMAGE_SIZE[0]  # square side of the benchmark images
     pauc_integration: str | None = None
     pauc_normalize: str | None = None
-    ray: str | None = None          # score vitfiqa qualities on Ray: "local" (this process's or a new local
-                                    # Ray), "auto" or "ray://host:port"; benchmarks of image files only
+    ray: str | None = None          # embeddings and vitfiqa qualities on Ray: "local" (this process's or a new
+                                    # local Ray), "auto" or "ray://host:port"; qualities of image files only
+                                    # (encoded bytes and aligned crops are scored locally), embeddings of any
 
 
 def _fields(cls) -> set[str]:
@@ -535,14 +536,29 @@ def compute_embeddings(spec: RecognizerSpec, ds: ImageSet, cfg: Config, fingerpr
     if len(todo) == 0:
         log.info("embeddings %s on %s: cached (%s)", spec.name, ds.name, cache.dir)
         return cache
-    log.info("embeddings %s on %s: %d of %d images to compute", spec.name, ds.name, len(todo), len(ds))
-    rec = Recognizer(spec.model, device=cfg.device, dtype=spec.dtype, image_size=ds.image_size,
-                     channel_order=spec.channel_order, mean=spec.mean, std=spec.std, flip=spec.flip,
-                     output=spec.output, name=spec.name)
+    log.info("embeddings %s on %s: %d of %d images to compute%s", spec.name, ds.name, len(todo), len(ds),
+             f" on Ray ({cfg.ray})" if cfg.ray is not None else "")
+    options = dict(dtype=spec.dtype, channel_order=spec.channel_order, mean=spec.mean, std=spec.std, flip=spec.flip,
+                   output=spec.output)
     bar = _progress(len(ds), len(ds) - len(todo), f"embeddings {spec.name} / {ds.name}", progress)
-    for b, embeddings in extract_embeddings(rec, ds, cfg.batch_size, workers=cfg.workers, indices=todo):
-        cache.write(b.ok, embeddings, unreadable=list(b.errors))
-        bar.update(len(b.indices))
+    if cfg.ray is not None:
+        from ..distributed import embed_with_ray
+
+        # the batches the local path makes of the images still to do (ImageSet.iter_batches): the same bits
+        batches = [todo[s:s + cfg.batch_size] for s in range(0, len(todo), cfg.batch_size)]
+        for indices, ok, embeddings, errors in embed_with_ray(
+                spec.model, ds.sources, batches, image_size=ds.image_size, channel_swap=ds.channel_swap,
+                address=None if cfg.ray in ("", "local") else cfg.ray, max_pixels=ds.max_pixels,
+                device=None if cfg.device == "cpu" else cfg.device, **options):
+            for i, reason in errors.items():
+                ds.errors.append((i, f"{ds.name}: image {i} cannot be decoded: {reason}"))
+            cache.write(ok, embeddings, unreadable=list(errors))
+            bar.update(len(indices))
+    else:
+        rec = Recognizer(spec.model, device=cfg.device, image_size=ds.image_size, name=spec.name, **options)
+        for b, embeddings in extract_embeddings(rec, ds, cfg.batch_size, workers=cfg.workers, indices=todo):
+            cache.write(b.ok, embeddings, unreadable=list(b.errors))
+            bar.update(len(b.indices))
     bar.close()
     return cache
 
