@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from vitfiqa.align import ARCFACE_TEMPLATE, FaceCrop, align_face, similarity_transform, template
-from vitfiqa.preprocess import load_uint8
+from vitfiqa.loader import load_uint8
 
 
 def rotation(deg, scale, shift):

@@ -9,7 +9,8 @@ import torch  # noqa: F401  (loads libtorch before the extension)
 
 from .api import METHODS, QualityModel, QualityResult, fuse_exits, load, render_heatmaps
 from .config import ScoreConfig
-from .preprocess import DEFAULT_IMAGE_SIZE, preprocess_images
+from .loader import preprocess_images
+from .preprocess import DEFAULT_IMAGE_SIZE
 
 __all__ = ["load", "QualityModel", "QualityResult", "ScoreConfig", "fuse_exits", "render_heatmaps", "preprocess_images", "METHODS",
            "DEFAULT_IMAGE_SIZE"]

@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from .preprocess import DEFAULT_IMAGE_SIZE, DEFAULT_MAX_PIXELS
+from .options import DEFAULT_MAX_PIXELS
+from .preprocess import DEFAULT_IMAGE_SIZE
 
 # The ArcFace template (insightface ``arcface_dst``): x, y of the five landmarks in a crop of TEMPLATE_SIZE,
 # the frame its coordinates are given in (a fact of the template, not a choice of output size).

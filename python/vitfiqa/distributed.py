@@ -29,7 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from .preprocess import DEFAULT_MAX_PIXELS
-from .results import DEFAULT_BATCH_SIZE
+from .options import DEFAULT_BATCH_SIZE
 
 log = logging.getLogger("vitfiqa")
 

@@ -252,7 +252,7 @@ def export_recognizer(name: str, checkpoint, path: str) -> dict:
     """Build ``name``, load its official ``checkpoint`` and save it as TorchScript at ``path`` with its input
     contract (112x112, channel order, normalisation), which :class:`vitfiqa.recognizer.Recognizer` reads;
     returns the preprocessing options (channel order, mean, std, output)."""
-    from .models import export_torchscript
+    from .contract import export_torchscript
 
     model = build_recognizer(name, checkpoint)
     preset = RECOGNIZERS[name]

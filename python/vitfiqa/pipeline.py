@@ -23,7 +23,7 @@ from .api import QualityModel, QualityResult
 from .config import ScoreConfig, check_batch_independent, score_config
 from .loader import ImageBatch, ImageLoader, to_model_input
 from .preprocess import DEFAULT_CHANNEL_ORDER, DEFAULT_MAX_PIXELS
-from .results import DEFAULT_BATCH_SIZE
+from .options import DEFAULT_BATCH_SIZE
 
 
 @dataclass

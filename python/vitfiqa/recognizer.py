@@ -58,7 +58,7 @@ class Recognizer:
                  mean: float | Sequence[float] | None = None, std: float | Sequence[float] | None = None,
                  flip: str = "concat", output: int = 0, name: str | None = None):
         from . import _core
-        from .models import read_input_contract
+        from .contract import read_input_contract
 
         if channel_order is not None:
             check_channel_order(channel_order)

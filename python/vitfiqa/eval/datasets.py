@@ -35,7 +35,7 @@ import numpy as np
 
 from ..loader import ImageLoader, decode_items, to_model_input
 from ..preprocess import DEFAULT_IMAGE_SIZE, DEFAULT_MAX_PIXELS
-from ..results import DEFAULT_BATCH_SIZE, check_batch_size
+from ..options import DEFAULT_BATCH_SIZE, check_batch_size
 from .scores import Pairs, l2_normalize
 
 log = logging.getLogger("vitfiqa.eval")

@@ -86,7 +86,7 @@ import numpy as np
 from ..config import methods as registered_methods, score_columns
 from ..options import ModelOptions
 from ..preprocess import DEFAULT_IMAGE_SIZE
-from ..results import DEFAULT_BATCH_SIZE
+from ..options import DEFAULT_BATCH_SIZE
 from .datasets import (CorruptEntry, ImageSet, aggregate_templates, check_prepared, extract_embeddings, load_adience,
                        load_bin, load_ijbc, load_lfw_pairs, load_pair_list, template_quality)
 from .report import evaluate, plot_edc_grid, to_csv, to_latex, to_markdown
@@ -163,6 +163,8 @@ class QualitySpec:
     column: str | None = None
     key: str | None = None
     higher_is_better: bool = True
+    preset: str | None = None          # a baseline's network (vitfiqa.baselines.PRESETS), with checkpoint
+    checkpoint: str | None = None
     # how the model is loaded and fed (vitfiqa.options.ModelOptions); None: the model's input contract, the
     # run's device and the benchmark's image size
     device: str | None = None
@@ -324,7 +326,18 @@ def load_config(config: str | os.PathLike | Mapping, base: str | os.PathLike | N
         if (spec.method is None) == (not spec.scores):
             raise ConfigError(f"quality {spec.name!r}: give either method + model (a vitfiqa method) or scores "
                               "(per-benchmark score files)")
-        if spec.method is not None:
+        from ..baselines.reproduce import check_spec as check_baseline, is_baseline
+
+        if is_baseline(spec.method):  # a baseline row: preset + checkpoint, or model (vitfiqa.baselines)
+            _check_model_options(spec)
+            try:
+                check_baseline(spec, lambda p: _path(base, p))
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        elif spec.preset is not None or spec.checkpoint is not None:
+            raise ConfigError(f"quality {spec.name!r}: preset/checkpoint name a baseline's network (method = "
+                              "\"serfiq\", \"crfiqa\", ...); a ViT method takes model")
+        elif spec.method is not None:
             spec.method = _quality_method(spec)
             if spec.model is None:
                 raise ConfigError(f"quality {spec.name!r}: method {spec.method!r} needs a model")
@@ -353,7 +366,7 @@ def load_config(config: str | os.PathLike | Mapping, base: str | os.PathLike | N
         raise ConfigError(f"variant must be one of {VARIANTS}, got {cfg.variant!r}")
     if not 0 < float(cfg.limit) <= 1:
         raise ConfigError(f"limit must be in (0, 1], got {cfg.limit}")
-    from ..results import check_batch_size
+    from ..options import check_batch_size
 
     try:
         check_batch_size(cfg.batch_size)
@@ -367,7 +380,8 @@ def _quality_method(spec: QualitySpec) -> str:
     column = METHOD_ALIASES.get(spec.method, spec.method)
     if column not in score_columns():
         raise ConfigError(f"quality {spec.name!r}: method must be one of "
-                          f"{sorted(set(score_columns()) | set(METHOD_ALIASES))}, got {spec.method!r}")
+                          f"{sorted(set(score_columns()) | set(METHOD_ALIASES))} or a baseline "
+                          f"(vitfiqa.baselines.all_columns()), got {spec.method!r}")
     return column
 
 
@@ -959,7 +973,12 @@ def reproduce(config: str | os.PathLike | Mapping, out: str | os.PathLike | None
             fp = benchmark_fingerprint(ds)
             # qualities per image: vitfiqa methods (cached) and external files
             qualities: dict[str, np.ndarray] = {}
-            internal = [q for q in cfg.qualities if q.method is not None]
+            from ..baselines.reproduce import is_baseline, qualities as baseline_qualities
+
+            baselines = [q for q in cfg.qualities if is_baseline(q.method)]
+            if baselines:
+                qualities.update(baseline_qualities(baselines, ds, cfg, fp, progress))
+            internal = [q for q in cfg.qualities if q.method is not None and not is_baseline(q.method)]
             if internal:
                 qualities.update(compute_qualities(internal, ds, cfg, fp, progress))
             for q in cfg.qualities:
