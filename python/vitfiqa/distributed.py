@@ -255,3 +255,108 @@ def _run(ray, model_bytes, table, sources, named, pending, config, num_actors, d
     except ray.exceptions.RayError as exc:
         cause = str(getattr(exc, "cause", None) or exc).strip().splitlines()
         raise RuntimeError(f"scoring failed on a Ray worker: {cause[-1] if cause else type(exc).__name__}") from exc
+
+
+# -- embeddings ------------------------------------------------------------------------------------------------
+
+class _Embedder:
+    """Ray actor: loads a recognizer once, then embeds whole batches of sources (paths, encoded bytes or
+    aligned :class:`vitfiqa.align.FaceCrop`, which travel as they are: the landmarks with the path)."""
+
+    def __init__(self, model_ref, options: dict, image_size, channel_swap: bool, max_pixels, torch_threads):
+        import ray
+        import torch
+
+        from .recognizer import Recognizer
+
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        self.rec = Recognizer(ray.get(model_ref[0]), image_size=image_size, **options)
+        self.size = tuple(image_size)
+        self.swap = channel_swap
+        self.max_pixels = max_pixels
+
+    def embed(self, indices, sources):
+        from .loader import decode_items
+
+        images, ok, errors = decode_items(sources, self.size, self.max_pixels)
+        if self.swap:  # a channel-swapped benchmark (ImageSet.channel_swap), as ImageSet.iter_batches reads it
+            images = np.ascontiguousarray(images[..., ::-1])
+        indices = np.asarray(indices, dtype=np.int64)
+        emb = self.rec.embed(images) if ok else None
+        return indices, indices[ok], emb, {int(indices[p]): reason for p, reason in errors.items()}
+
+
+def embed_with_ray(model: str | os.PathLike | bytes, sources: Sequence, batches: Sequence[Sequence[int]], *,
+                   image_size: tuple[int, int], channel_swap: bool = False, address: str | None = None,
+                   num_actors: int | None = None, cpus_per_actor: float | None = None, num_cpus: int | None = None,
+                   device: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS, **recognizer_options):
+    """Embeddings of ``sources`` on a Ray cluster, batch by batch: yields ``(indices, ok, embeddings of ok or
+    None, {index: reason})`` for each of ``batches`` (lists of positions in ``sources``) as it finishes, in any
+    order. Each actor runs a :class:`vitfiqa.recognizer.Recognizer` (``recognizer_options``: dtype,
+    channel_order, mean, std, flip, output) on whole batches, decoded as :class:`vitfiqa.eval.ImageSet` decodes
+    them (``channel_swap`` reverses the decoded channels), so the same batches give the same embeddings as
+    :func:`vitfiqa.eval.extract_embeddings` on the same hardware and thread count. The caller stores each batch
+    (``vitfiqa reproduce`` writes it to its resumable embedding cache, so an interrupted run continues with
+    the batches still to do). Sources travel in the task arguments: paths must be readable on every node.
+
+    address / num_cpus: as :func:`score_with_ray` (a Ray already initialised in this process is joined; one
+    started here is shut down when the generator finishes). device: ``None`` uses one GPU per actor when the
+    cluster has GPUs, else CPUs. num_actors / cpus_per_actor: the actor pool (default as score_with_ray)."""
+    from .recognizer import Recognizer
+
+    if num_actors is not None and num_actors < 1:
+        raise ValueError("num_actors must be at least 1")
+    if isinstance(model, (bytes, bytearray)):
+        model_bytes = bytes(model)
+    else:
+        if not Path(model).is_file():
+            raise FileNotFoundError(f"recognizer model file not found: {model}")
+        model_bytes = Path(model).read_bytes()
+    batches = [list(map(int, b)) for b in batches if len(b)]
+    if not batches:
+        return
+    # load it here first: a corrupt file or a bad option fails now, with vitfiqa's message, not in every actor
+    Recognizer(model_bytes, image_size=image_size, **recognizer_options)
+    from .align import FaceCrop
+
+    def absolute(s):  # workers do not share the driver's working directory
+        if isinstance(s, FaceCrop) and isinstance(s.source, (str, os.PathLike)):
+            return FaceCrop(os.path.abspath(s.source), s.landmarks)
+        return os.path.abspath(s) if isinstance(s, (str, os.PathLike)) else s
+
+    sources = [absolute(s) for s in sources]
+    ray = _ray()
+    from ray.util import ActorPool
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
+                 logging_level=logging.WARNING)
+    try:
+        resources = ray.cluster_resources()
+        cpus, gpus = float(resources.get("CPU", 1)), int(resources.get("GPU", 0))
+        use_gpu = (device is None and gpus > 0) or (device or "").startswith("cuda")
+        if use_gpu and gpus == 0:
+            raise RuntimeError("device='cuda' but the Ray cluster has no GPUs")
+        if use_gpu:
+            num_actors = num_actors or gpus
+            cpus_per_actor = cpus_per_actor or max(1.0, min(8.0, cpus // max(num_actors, 1)))
+        else:
+            cpus_per_actor = cpus_per_actor or (2.0 if cpus >= 4 else 1.0)
+            num_actors = num_actors or max(1, int(cpus // cpus_per_actor))
+        num_actors = min(num_actors, len(batches))
+        actor = ray.remote(num_cpus=cpus_per_actor, num_gpus=1 if use_gpu else 0)(_Embedder)
+        model_ref = [ray.put(model_bytes)]
+        options = dict(recognizer_options, device="cuda" if use_gpu else "cpu")
+        pool = ActorPool([actor.remote(model_ref, options, tuple(image_size), channel_swap, max_pixels,
+                                                max(1, int(cpus_per_actor))) for _ in range(num_actors)])
+        work = ((b, [sources[i] for i in b]) for b in batches)
+        try:
+            yield from pool.map_unordered(lambda a, job: a.embed.remote(*job), work)
+        except ray.exceptions.RayError as exc:
+            cause = str(getattr(exc, "cause", None) or exc).strip().splitlines()
+            raise RuntimeError(f"embedding failed on a Ray worker: {cause[-1] if cause else type(exc).__name__}"
+                               ) from exc
+    finally:
+        if started:
+            ray.shutdown()
