@@ -32,6 +32,11 @@ def compute(model, x: torch.Tensor, blocks=None) -> dict[str, torch.Tensor]:
 
     net = model.eager
     mods = dict(net.named_modules())
+    bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    if not bns:
+        raise ValueError(f"GraFIQs needs a network with BatchNorm2d layers; {model.name} has none")
+    if any(m.running_mean is None or m.running_var is None for m in bns):
+        raise ValueError("GraFIQs needs the BatchNorm2d layers' running statistics (track_running_stats)")
     if blocks is None:
         try:
             blocks = structure(net).stages
@@ -40,11 +45,6 @@ def compute(model, x: torch.Tensor, blocks=None) -> dict[str, torch.Tensor]:
     blocks = list(blocks)
     if len(blocks) != 4 or not all(isinstance(b, str) and b in mods for b in blocks):
         raise ValueError(f"GraFIQs needs four stage modules of the network (blocks=[...] module paths); got {blocks}")
-    bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
-    if not bns:
-        raise ValueError(f"GraFIQs needs a network with BatchNorm2d layers; {model.name} has none")
-    if any(m.running_mean is None or m.running_var is None for m in bns):
-        raise ValueError("GraFIQs needs the BatchNorm2d layers' running statistics (track_running_stats)")
     if net.training:
         net.eval()
     terms: list[torch.Tensor] = []
