@@ -61,7 +61,14 @@ def test_presets_record_their_input():
     for name in ("crfiqa_s", "crfiqa_l", "sddfiqa", "ediffiqa_t"):
         p = vb.PRESETS[name]
         assert (p.channel_order, p.mean, p.std) == ("rgb", 0.5, 0.5) and p.source
-    assert vb.PRESETS["grafiqs_r100"].channel_order == "bgr"  # cv2.imread as read, the script's default
+    assert vb.PRESETS["magface_r100"].channel_order == "bgr"  # MagFace's own gen_feat.py: cv2.imread as read
+    from vitfiqa.options import ModelOptions
+
+    m = vb.load("ediffiqa_t", options=ModelOptions(channel_order="bgr"))
+    assert (m.channel_order, m.normalization["std"]) == ("bgr", [0.5] * 3)
+    assert vb.load("ediffiqa_t", options={"channel_order": "bgr"}, channel_order="rgb").channel_order == "rgb"
+    with pytest.raises(ValueError, match="float32"):
+        vb.load("ediffiqa_t", options={"dtype": "float16"})
 
 
 # -- each baseline against its reference -------------------------------------------------------------------------

@@ -65,9 +65,10 @@ def qualities(specs, ds, cfg, fingerprint: str, progress: bool) -> dict[str, np.
     out: dict[str, np.ndarray] = {}
     for spec in specs:
         ms, opts, keys = resolve([spec.method], {score_columns().get(spec.method, spec.method): spec.options})
-        order = getattr(spec, "channel_order", None)
-        model = load(spec.preset or spec.model, checkpoint=spec.checkpoint, device=cfg.device, channel_order=order,
-                     image_size=ds.image_size)
+        model = load(spec.preset or spec.model, checkpoint=spec.checkpoint,
+                     device=getattr(spec, "device", None) or cfg.device,
+                     channel_order=getattr(spec, "channel_order", None),
+                     normalization=getattr(spec, "normalization", None), image_size=ds.image_size)
         run = run_description(model, ms, opts, None, None)
         run.update(benchmark=fingerprint, weights=_file_hash(spec.checkpoint or spec.model), preset=spec.preset)
         key = hashlib.sha256(json.dumps(dict(run=run, batch_size=int(cfg.batch_size)), sort_keys=True,
