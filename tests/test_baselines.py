@@ -56,6 +56,22 @@ def test_full_depth_layouts_are_the_official_ones(preset, keys):
     assert ours == keys()
 
 
+def test_stages_and_embedding_layers_found():
+    from vitfiqa.baselines.nets import structure
+
+    with torch.device("meta"):
+        ir = vb.PRESETS["curricularface_ir101"].build()     # units 3, 13, 30, 3
+        sdd = vb.PRESETS["sddfiqa"].build()                 # units 3, 4, 14, 3
+        crf = vb.PRESETS["crfiqa_l"].build()
+        mfn = vb.PRESETS["ediffiqa_t"].build()
+    assert structure(ir).stages == ("body.2", "body.15", "body.45", "body.48")
+    assert structure(ir).embedding_layer == "output_layer.3" and structure(ir).after == ("output_layer.4",)
+    assert structure(sdd).stages == ("body.2", "body.6", "body.20", "body.23")
+    assert structure(sdd).embedding_layer is None
+    assert structure(crf).stages == ("layer1", "layer2", "layer3", "layer4") and structure(crf).embedding_layer == "fc"
+    assert structure(mfn).embedding_layer == "base_model.linear" and structure(mfn).normalized
+
+
 def test_presets_record_their_input():
     assert (vb.PRESETS["magface_r100"].mean, vb.PRESETS["magface_r100"].std) == (0.0, 1.0)
     for name in ("crfiqa_s", "crfiqa_l", "sddfiqa", "ediffiqa_t"):

@@ -42,6 +42,9 @@ def compute(model, x: torch.Tensor, blocks=None) -> dict[str, torch.Tensor]:
             blocks = structure(net).stages
         except ValueError as exc:
             raise ValueError(f"GraFIQs: {exc}; name the four stage modules with blocks=[...]") from None
+        if not blocks:
+            raise ValueError(f"GraFIQs: blocks 1 to 4 are defined for iResNet and IR networks; for {model.name} name "
+                             "the four stage modules with blocks=[...]")
     blocks = list(blocks)
     if len(blocks) != 4 or not all(isinstance(b, str) and b in mods for b in blocks):
         raise ValueError(f"GraFIQs needs four stage modules of the network (blocks=[...] module paths); got {blocks}")

@@ -192,8 +192,7 @@ def structure(model: nn.Module) -> Structure:
                              tuple(f"{p}layer{i}" for i in range(1, 5)))
         if all(f"{p}{n}" in mods for n in ("conv1", "conv_6_dw", "linear", "bn")) and \
                 isinstance(mods[f"{p}linear"], nn.Linear):
-            return Structure("mobilefacenet", f"{p}linear", (f"{p}bn",), True,
-                             (f"{p}conv_3", f"{p}conv_4", f"{p}conv_5", f"{p}conv_6_dw"))
+            return Structure("mobilefacenet", f"{p}linear", (f"{p}bn",), True, ())  # no "blocks 1-4" defined
     if "input_layer" in mods and isinstance(mods.get("body"), nn.Sequential):
         stages = _stage_ends(mods["body"], "body")
         out = mods.get("output_layer")
