@@ -266,7 +266,7 @@ def test_one_registry_for_vit_methods_and_baselines():
     assert set(vb.METHODS) == {"magface", "serfiq", "crfiqa", "grafiqs", "sddfiqa", "ediffiqa"}
     cols = vb.all_columns()
     assert len(cols) == len(set(cols)) and set(vit_columns()) <= set(cols)
-    with pytest.raises(ValueError, match="unknown quality method"):
+    with pytest.raises(ValueError, match="unknown method"):
         vb.source_of("brisque")
     with pytest.raises(ValueError, match="ViT method"):
         vb.score("attn", "arcface_r50", np.zeros((1, 112, 112, 3), np.uint8))

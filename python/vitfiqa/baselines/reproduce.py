@@ -49,10 +49,22 @@ def check_spec(spec, path: Callable[[str], str]) -> None:
         raise ValueError(f"{where}: {exc}") from None
 
 
-def _file_hash(path: str) -> str:
-    from ..eval.reproduction import file_hash
+_HASHES: dict[tuple, str] = {}
 
-    return file_hash(path)
+
+def _file_hash(path: str) -> str:
+    """SHA-256 of a weights file (memoised per path, size and modification time)."""
+    import os
+
+    st = os.stat(path)
+    memo = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    if memo not in _HASHES:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+        _HASHES[memo] = h.hexdigest()
+    return _HASHES[memo]
 
 
 def qualities(specs, ds, cfg, fingerprint: str, progress: bool) -> dict[str, np.ndarray]:
