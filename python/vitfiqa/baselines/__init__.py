@@ -31,12 +31,24 @@ from .registry import REGISTRY, BaselineMethod, all_columns, display_name, metho
 METHODS = methods()
 
 
-def load(model: Any, *, checkpoint=None, device: str = "cpu", channel_order: str | None = None,
+def load(model: Any, *, checkpoint=None, options=None, device: str | None = None, channel_order: str | None = None,
          normalization: Mapping | None = None, image_size=None, overrides: Mapping | None = None) -> BaselineModel:
     """A :class:`BaselineModel`: a preset name (+ ``checkpoint``), an ``nn.Module``, a TorchScript module, file or
-    bytes, or a :class:`vitfiqa.recognizer.Recognizer`."""
-    return BaselineModel(model, checkpoint=checkpoint, device=device, channel_order=channel_order,
-                         normalization=normalization, image_size=image_size, overrides=overrides)
+    bytes, or a :class:`vitfiqa.recognizer.Recognizer`. ``options``: a :class:`vitfiqa.options.ModelOptions` (or its
+    dict): device, image_size, channel_order, normalization (the baselines run in float32; final_norm does not
+    apply); the keywords of the same names override it."""
+    from ..options import ModelOptions
+
+    mo = ModelOptions.of(options)
+    if str(mo.dtype) != "float32":
+        raise ValueError(f"the baselines run in float32, got dtype {mo.dtype!r}")
+    if mo.final_norm is not None:
+        raise ValueError("final_norm is a ViT-method option; the baselines do not use it")
+    pick = lambda given, default: default if given is None else given  # noqa: E731
+    return BaselineModel(model, checkpoint=checkpoint, device=pick(device, mo.device),
+                         channel_order=pick(channel_order, mo.channel_order),
+                         normalization=pick(normalization, mo.normalization), image_size=pick(image_size, mo.image_size),
+                         overrides=overrides)
 
 
 def _methods(names: Iterable[str] | str) -> list[str]:
@@ -61,12 +73,13 @@ def columns(names: Iterable[str] | str) -> list[str]:
 
 
 def score(names: Iterable[str] | str, model: Any, images: Any, *, checkpoint=None, batch_size: int | None = None,
-          options: Mapping[str, Mapping] | None = None, device: str = "cpu", **method_options):
+          options: Mapping[str, Mapping] | None = None, model_options=None, **method_options):
     """Score ``images`` with one or more baselines on ``model`` -> :class:`vitfiqa.QualityResult` (float64 [B]
     per column).
 
     names: baseline names or columns (``"serfiq"``, ``["magface", "grafiqs"]``, ``"serfiq_released"``).
-    model: a :class:`BaselineModel` or anything :func:`load` takes (with ``checkpoint``).
+    model: a :class:`BaselineModel` or anything :func:`load` takes (with ``checkpoint`` and ``model_options``, a
+    :class:`vitfiqa.options.ModelOptions`).
     images: uint8 RGB [B,H,W,3] (NumPy / torch), or a prepared float [B,3,H,W] tensor.
     options: per-method options, ``{"serfiq": {"T": 100, "seed": 0}}``; keywords (``T=...``, ``seed=...``) go to
     the one method that has them. batch_size: images per forward (None: all at once).
@@ -86,7 +99,12 @@ def score(names: Iterable[str] | str, model: Any, images: Any, *, checkpoint=Non
             raise TypeError(f"option {k!r} belongs to {'none' if not owners else 'several'} of the methods {ms}")
         opts[owners[0]][k] = v
     opts = {m: REGISTRY[m].check_options(opts[m]) for m in ms}
-    bm = model if isinstance(model, BaselineModel) else load(model, checkpoint=checkpoint, device=device)
+    if isinstance(model, BaselineModel):
+        if checkpoint is not None or model_options is not None:
+            raise ValueError("checkpoint / model_options go with a model to load, not a loaded BaselineModel")
+        bm = model
+    else:
+        bm = load(model, checkpoint=checkpoint, options=model_options)
     x = bm.prepare(images)
     step = batch_size or x.shape[0]
     parts: dict[str, list] = {}

@@ -41,7 +41,7 @@ class BaselineModel:
     def __init__(self, model: Any, *, checkpoint=None, device: str | torch.device = "cpu",
                  channel_order: Optional[str] = None, normalization: Optional[Mapping] = None,
                  image_size: Optional[tuple[int, int] | int] = None, overrides: Optional[Mapping] = None):
-        from ..models import check_input_contract, read_input_contract
+        from ..contract import check_input_contract, read_input_contract
 
         device = str(device)
         if device.startswith("cuda") and not torch.cuda.is_available():
@@ -131,7 +131,7 @@ class BaselineModel:
             from .nets import eager_from_script
 
             g = torch.Generator().manual_seed(0)
-            example = torch.randn(2, 3, *self.image_size, generator=g).to(self.device)
+            example = torch.randn(1, 3, *self.image_size, generator=g).to(self.device)
             self._eager = eager_from_script(self.network, example).to(self.device)
         return self._eager
 
