@@ -245,7 +245,7 @@ def _score_local(args, config, table_dir: Path):
     from tqdm.auto import tqdm
 
     import vitfiqa
-    from vitfiqa.pipeline import open_table, score_files
+    from vitfiqa.pipeline import check_sources, open_table, score_files, with_faces
 
     model = vitfiqa.load(args.model, device=args.device or "cpu", dtype=args.dtype, image_size=args.image_size,
                          channel_order=args.channel_order, final_norm=args.final_norm)
@@ -256,18 +256,39 @@ def _score_local(args, config, table_dir: Path):
                        "on the next run)")
     options = dict(heatmap_dir=args.heatmaps, heatmap_format=args.heatmap_format) if args.heatmaps else {}
     options["max_pixels"] = _max_pixels(args)
-    table = open_table(model, files, None, table_dir, config=config, batch_size=args.batch_size,
+    run = _face_options(args)
+    ids = None
+    if run is not None:  # the face stage once, here: an all-faces run detects first to know its rows
+        files, ids, _, _ = with_faces(*check_sources(files), run, workers=args.workers,
+                                      max_pixels=options["max_pixels"])
+        options["run"] = run
+    table = open_table(model, files, None, table_dir, ids=ids, config=config, batch_size=args.batch_size,
                        overwrite=args.overwrite, **options)
     if table.n_done:
         log.info("resuming: %d of %d images already scored in %s", table.n_done, len(files), table_dir)
     bar = tqdm(total=len(files), initial=table.n_done, desc="scoring", disable=args.quiet)
-    for sb in score_files(model, files, config=config, batch_size=args.batch_size, workers=args.workers, out=table,
-                          **options):
+    for sb in score_files(model, files, ids=ids, config=config, batch_size=args.batch_size, workers=args.workers,
+                          out=table, **options):
         for pos, err in sb.batch.errors.items():
             log.warning("skipping %s: %s", sb.batch.ids[pos], err)
         bar.update(len(sb.batch.ids))
     bar.close()
     return table
+
+
+def _face_options(args):
+    """The face stage asked for on the command line (--detect, --all-faces, --landmarks), or None."""
+    from .options import RunOptions
+
+    if args.all_faces and not args.detect:
+        raise CLIError("--all-faces needs --detect")
+    if args.landmarks and args.detect:
+        raise CLIError("--landmarks aligns from the file without a detector: give --landmarks or --detect, not both")
+    if args.landmarks and not Path(args.landmarks).is_file():
+        raise CLIError(f"--landmarks file not found: {args.landmarks}")
+    if not (args.detect or args.landmarks):
+        return None
+    return RunOptions(detect=args.detect, all_faces=args.all_faces, landmarks=args.landmarks)
 
 
 def _score_ray(args, config, table_dir: Path):
@@ -283,7 +304,7 @@ def _score_ray(args, config, table_dir: Path):
                    batch_size=args.batch_size, device=args.device, dtype=args.dtype, image_size=args.image_size,
                    channel_order=args.channel_order, workers=args.workers, num_actors=args.actors,
                    overwrite=args.overwrite, progress=not args.quiet, max_pixels=_max_pixels(args),
-                   final_norm=args.final_norm)
+                   final_norm=args.final_norm, run=_face_options(args))
     return ScoreTable.open(table_dir)
 
 
@@ -431,6 +452,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"skip (with the reason in the table) images larger than this many pixels, read from the "
                         f"header before decoding (default {DEFAULT_MAX_PIXELS:,}; 0: no limit)")
     s.add_argument("--overwrite", action="store_true", help="start again instead of resuming")
+    s.add_argument("--detect", action="store_true",
+                   help="raw photos: find faces with the bundled YuNet detector, align each photo's primary face (the "
+                        "confident one nearest the centre) to the 112x112 ArcFace template, then score; the table "
+                        "gets the box, landmarks, confidence and inter-eye distance (see docs/photos.md)")
+    s.add_argument("--all-faces", action="store_true",
+                   help="with --detect: score every confident face, one row each named <image>#<k>")
+    s.add_argument("--landmarks", metavar="FILE",
+                   help="align by this landmark file instead of detecting (lines 'name x1 y1 ... x5 y5 score', the "
+                        "IJB-C layout; name: the image's path relative to --images, or its file name)")
     s.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
                    help="score on Ray: a new local cluster, or the cluster at ADDRESS ('auto', 'ray://host:10001')")
     s.add_argument("--actors", type=int, help="with --ray: scoring actors (default: one per GPU, else per 2 CPUs)")

@@ -71,6 +71,11 @@ class _Scorer:
         # Rows arrive as an Arrow table: lists of str or binary come out exactly as they went in (numpy batches
         # would be free to turn a column of bytes into fixed-width arrays, which drop trailing NUL bytes).
         rows = list(zip(batch["indices"].to_pylist(), batch["sources"].to_pylist(), batch["ids"].to_pylist()))
+        if "faces" in batch.column_names:  # a face stage: each source comes with its face (or none) and reason
+            from .detect import FaceSource
+
+            rows = [(idx, [FaceSource.from_record(s, f, r) for s, f, r in zip(ss, ff, rr)], ii)
+                    for (idx, ss, ii), ff, rr in zip(rows, batch["faces"].to_pylist(), batch["reasons"].to_pylist())]
         # Each row is one batch of the input; runs of equal-sized rows are scored as one stream cut at the same
         # places, so decoding of the next batch overlaps this one's scoring and every image keeps its batch mates.
         indices: list[int] = []
@@ -101,7 +106,7 @@ def score_with_ray(model: str | os.PathLike | bytes, sources: Sequence, out_dir:
                    cpus_per_actor: float | None = None, overwrite: bool = False, progress: bool = True,
                    num_cpus: int | None = None, decode_processes: bool | None = None,
                    max_pixels: int | None = DEFAULT_MAX_PIXELS, final_norm: str | None = None,
-                   **score_options):
+                   run=None, **score_options):
     """Score ``sources`` on a Ray cluster into the results table ``out_dir`` (created, or resumed when it holds
     this run's batches); returns the whole table as a pandas DataFrame (index, path, scores, error) in input
     order.
@@ -118,12 +123,16 @@ def score_with_ray(model: str | os.PathLike | bytes, sources: Sequence, out_dir:
     clusters). workers: decoding threads (processes with decode_processes, the default on GPUs) per actor
     (default: its CPUs). final_norm: as :class:`vitfiqa.QualityModel`.
     max_pixels: images above it are skipped with the reason, as in :func:`vitfiqa.pipeline.score_files`.
+    run: a :class:`vitfiqa.options.RunOptions` (or dict) whose face stage (``detect``, ``all_faces``,
+    ``landmarks``) is applied as in :func:`vitfiqa.pipeline.score_files`: the driver decides the rows (an
+    all-faces run detects there first), the actors detect / align while decoding.
     methods, config (a :class:`vitfiqa.ScoreConfig`), score_options: the score config as in
     :meth:`vitfiqa.QualityModel.score`, carried whole to every actor (no heatmaps; EX-FIQA exit normalisation
     stays 'none', fuse data-set-wide with :func:`vitfiqa.fuse_exits`).
     """
     from .config import check_batch_independent, score_config
-    from .pipeline import check_sources, run_description
+    from .detect import FACE_COLUMNS
+    from .pipeline import _faces_desc, _run_options, _table_kind, check_sources, run_description, with_faces
     from .results import ScoreTable, check_batch_size
 
     cfg = score_config(config, methods=methods, **score_options)
@@ -138,7 +147,9 @@ def score_with_ray(model: str | os.PathLike | bytes, sources: Sequence, out_dir:
         # Workers do not share the driver's working directory: relative paths are resolved here (without ids,
         # the `path` column holds the absolute paths).
         sources = [os.path.abspath(p) for p in sources]
-    names = ids if ids is not None else sources
+    sources, ids, names, fkind = with_faces(sources, ids, kind, _run_options(run), workers=workers,
+                                            max_pixels=max_pixels)
+    faces = _faces_desc(run) if fkind == "faces" else None
     if isinstance(model, (bytes, bytearray)):
         model_bytes = bytes(model)
     else:
@@ -156,9 +167,10 @@ def score_with_ray(model: str | os.PathLike | bytes, sources: Sequence, out_dir:
     contract = dict(image_size=probe.image_size, channel_order=probe.channel_order,
                     normalization=probe.normalization)
     probe.score(torch.zeros(1, 3, *probe.image_size), config=cfg, preprocess=False)
-    keys = probe.columns(cfg)
+    keys = probe.columns(cfg) + (list(FACE_COLUMNS) if faces is not None else [])
     run = run_description(probe.sha256, probe.image_size, dtype, cfg, max_pixels=max_pixels,
-                          input_contract=contract, final_norm=final_norm, sources=kind)
+                          input_contract=contract, final_norm=final_norm, sources=_table_kind(sources, fkind),
+                          faces=faces)
     del probe
 
     with ScoreTable(out_dir, paths=names, keys=keys, batch_size=batch_size, run=run, overwrite=overwrite) as table:
@@ -201,6 +213,13 @@ def _run(ray, model_bytes, table, sources, named, pending, config, num_actors, d
     b = table.batch_size
     rows = [{"indices": list(range(s, min(s + b, table.n_images))), "sources": sources[s:s + b],
              "ids": table.paths[s:s + b]} for s in pending]
+    if sources and hasattr(sources[0], "to_record"):  # face stage: plain values travel, the actor rebuilds them
+        for row in rows:
+            recs = [f.to_record() for f in row["sources"]]
+            row["sources"] = [r["source"] for r in recs]
+            row["faces"] = [r["face"] for r in recs]
+            row["reasons"] = [r["reason"] for r in recs]
+        named = True
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress
     model_ref = [ray.put(model_bytes)]  # in a list, so the actor receives the reference and fetches it once
