@@ -130,7 +130,7 @@ def _run_options(args) -> RunOptions:
         raise CLIError("--workers must be at least 1")
     return RunOptions(batch_size=args.batch_size, workers=args.workers, max_pixels=_max_pixels(args),
                       overwrite=args.overwrite, heatmap_dir=args.heatmaps or None,
-                      heatmap_format=args.heatmap_format)
+                      heatmap_format=args.heatmap_format, **_face_options(args))
 
 
 def cmd_score(args) -> int:
@@ -259,7 +259,7 @@ def _score_local(args, config, run: RunOptions, table_dir: Path):
     from tqdm.auto import tqdm
 
     import vitfiqa
-    from vitfiqa.pipeline import open_table, score_files
+    from vitfiqa.pipeline import check_sources, open_table, score_files, with_faces
 
     model = vitfiqa.load(args.model, _model_options(args))
     files = _image_list(args.images)
@@ -267,16 +267,30 @@ def _score_local(args, config, run: RunOptions, table_dir: Path):
             Path(args.images).absolute()):
         raise CLIError("--heatmaps must not be inside the --images folder (the heatmaps would be scored as images "
                        "on the next run)")
-    table = open_table(model, files, None, table_dir, config=config, run=run)
+    ids = None
+    if run.detect or run.landmarks is not None:  # the face stage once, here: an all-faces run detects first
+        files, ids, _, _ = with_faces(*check_sources(files), run, workers=run.workers, max_pixels=run.max_pixels)
+    table = open_table(model, files, None, table_dir, ids=ids, config=config, run=run)
     if table.n_done:
         log.info("resuming: %d of %d images already scored in %s", table.n_done, len(files), table_dir)
     bar = tqdm(total=len(files), initial=table.n_done, desc="scoring", disable=args.quiet)
-    for sb in score_files(model, files, config=config, run=run, out=table):
+    for sb in score_files(model, files, ids=ids, config=config, run=run, out=table):
         for pos, err in sb.batch.errors.items():
             log.warning("skipping %s: %s", sb.batch.ids[pos], err)
         bar.update(len(sb.batch.ids))
     bar.close()
     return table
+
+
+def _face_options(args) -> dict:
+    """The face stage asked for on the command line (--detect, --all-faces, --landmarks): RunOptions fields."""
+    if args.all_faces and not args.detect:
+        raise CLIError("--all-faces needs --detect")
+    if args.landmarks and args.detect:
+        raise CLIError("--landmarks aligns from the file without a detector: give --landmarks or --detect, not both")
+    if args.landmarks and not Path(args.landmarks).is_file():
+        raise CLIError(f"--landmarks file not found: {args.landmarks}")
+    return dict(detect=bool(args.detect), all_faces=bool(args.all_faces), landmarks=args.landmarks or None)
 
 
 def _score_ray(args, config, run: RunOptions, table_dir: Path):
@@ -436,6 +450,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"skip (with the reason in the table) images larger than this many pixels, read from the "
                         f"header before decoding (default {DEFAULT_MAX_PIXELS:,}; 0: no limit)")
     s.add_argument("--overwrite", action="store_true", help="start again instead of resuming")
+    s.add_argument("--detect", action="store_true",
+                   help="raw photos: find faces with the bundled YuNet detector, align each photo's primary face (the "
+                        "confident one nearest the centre) to the 112x112 ArcFace template, then score; the table "
+                        "gets the box, landmarks, confidence and inter-eye distance (see docs/photos.md)")
+    s.add_argument("--all-faces", action="store_true",
+                   help="with --detect: score every confident face, one row each named <image>#<k>")
+    s.add_argument("--landmarks", metavar="FILE",
+                   help="align by this landmark file instead of detecting (lines 'name x1 y1 ... x5 y5 score', the "
+                        "IJB-C layout; name: the image's path relative to --images, or its file name)")
     s.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
                    help="score on Ray: a new local cluster, or the cluster at ADDRESS ('auto', 'ray://host:10001')")
     s.add_argument("--actors", type=int, help="with --ray: scoring actors (default: one per GPU, else per 2 CPUs)")

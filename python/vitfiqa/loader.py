@@ -96,18 +96,38 @@ def decode_items(items: Sequence[Any], size: tuple[int, int], max_pixels: int | 
     return out[:len(ok)], ok, errors
 
 
+def decode_faces(items: Sequence[Any], size: tuple[int, int], max_pixels: int | None = DEFAULT_MAX_PIXELS
+                 ) -> tuple[np.ndarray, list[int], dict[int, str], dict[int, Any]]:
+    """:func:`decode_items` for sources with a face stage (:class:`vitfiqa.detect.FaceSource`: decode, detect or
+    take the given landmarks, align) -> the same three plus {position: :class:`vitfiqa.detect.Face`} (also
+    for a face skipped as too small, so its box and landmarks are kept)."""
+    out = np.empty((len(items), size[0], size[1], 3), dtype=np.uint8)
+    ok, errors, faces = [], {}, {}
+    for i, item in enumerate(items):
+        try:
+            out[len(ok)], faces[i] = item.decode_face(size, max_pixels)
+            ok.append(i)
+        except DECODE_ERRORS as exc:
+            errors[i] = failure_reason(exc)
+            if getattr(exc, "face", None) is not None:
+                faces[i] = exc.face
+    return out[:len(ok)], ok, errors, faces
+
+
 @dataclass
 class ImageBatch:
     """One batch of the source list: sources ``[start, start+len(ids))``, named in ``ids`` (the ids given to
     the loader; else a file's path, or :func:`source_name` for bytes and in-memory images). ``images`` holds the
     decodable ones (uint8 [b,H,W,3], pinned when staged for CUDA; None when none was), at positions ``ok``
-    of the batch; ``errors`` maps the other positions to the reason."""
+    of the batch; ``errors`` maps the other positions to the reason; ``faces`` the positions whose face was
+    detected or read from a landmark file to its :class:`vitfiqa.detect.Face` (runs with a face stage)."""
 
     start: int
     ids: list[str]
     ok: list[int]
     images: torch.Tensor | None
     errors: dict[int, str] = field(default_factory=dict)
+    faces: dict[int, Any] = field(default_factory=dict)
 
 
 _PROCESS_POOLS: dict[int, ProcessPoolExecutor] = {}
@@ -170,6 +190,8 @@ class ImageLoader:
         self.processes = processes
         self.max_pixels = max_pixels
         self.skip = frozenset(skip)  # batch offsets (into sources) already done, e.g. committed to a results table
+        # Sources with a face stage (vitfiqa.detect.FaceSource) are detected / aligned while decoding.
+        self.faces = bool(self.sources) and all(hasattr(s, "decode_face") for s in self.sources)
 
     def __len__(self) -> int:
         return len(range(0, len(self.sources), self.batch_size)) - len(self.skip)
@@ -188,7 +210,8 @@ class ImageLoader:
                 offset = next(it, None)
                 if offset is not None:
                     chunk = self.sources[offset:offset + self.batch_size]
-                    pending.append((offset, len(chunk), [pool.submit(decode_items, chunk[i:i + step], self.size,
+                    decode = decode_faces if self.faces else decode_items
+                    pending.append((offset, len(chunk), [pool.submit(decode, chunk[i:i + step], self.size,
                                                                      self.max_pixels)
                                                          for i in range(0, len(chunk), step)]))
 
@@ -203,18 +226,20 @@ class ImageLoader:
                 threads.shutdown(wait=True, cancel_futures=True)
 
     def _assemble(self, offset: int, n: int, pieces: list, step: int) -> ImageBatch:
-        ok = [p * step + i for p, (_, piece_ok, _) in enumerate(pieces) for i in piece_ok]
-        errors = {p * step + i: e for p, (_, _, errs) in enumerate(pieces) for i, e in errs.items()}
+        ok = [p * step + i for p, piece in enumerate(pieces) for i in piece[1]]
+        errors = {p * step + i: e for p, piece in enumerate(pieces) for i, e in piece[2].items()}
+        faces = {p * step + i: f for p, piece in enumerate(pieces) if len(piece) > 3 for i, f in piece[3].items()}
         images = None
         if ok:
             h, w = self.size
             images = torch.empty((len(ok), h, w, 3), dtype=torch.uint8, pin_memory=self.pin_memory)
             view = images.numpy()
             j = 0
-            for arr, _, _ in pieces:
+            for piece in pieces:
+                arr = piece[0]
                 view[j:j + len(arr)] = arr
                 j += len(arr)
-        return ImageBatch(self.start + offset, self.ids[offset:offset + n], ok, images, errors)
+        return ImageBatch(self.start + offset, self.ids[offset:offset + n], ok, images, errors, faces)
 
 
 def to_model_input(images: torch.Tensor | np.ndarray, model) -> torch.Tensor:
@@ -274,6 +299,6 @@ def as_batch(images: Any, preprocess: bool | str = "auto", size: tuple[int, int]
     return prep(images)
 
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageBatch", "ImageLoader", "decode_items", "load_uint8", "preprocess_images",
+__all__ = ["IMAGE_EXTENSIONS", "ImageBatch", "ImageLoader", "decode_items", "decode_faces", "load_uint8", "preprocess_images",
            "as_batch", "is_image_file", "source_name",
            "to_model_input", "failure_reason", "DECODE_ERRORS"]

@@ -68,8 +68,11 @@ def pil_to_rgb(im) -> np.ndarray:
     return np.asarray(im.convert("RGB"))
 
 
-def read_image(src: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str | None = None) -> np.ndarray:
+def read_image(src: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str | None = None,
+               exif_orientation: bool = False) -> np.ndarray:
     """Decode an image file (path, or a binary file object / bytes) -> uint8 HxWx3 RGB.
+    exif_orientation: turn the image upright by its EXIF orientation tag (cameras store portrait photos
+    sideways with such a tag; ``cv2.imread`` applies it too). Used by the face stage on raw photos.
 
     Every way a file can fail — missing, not an image, truncated, above ``max_pixels``, a mode with no RGB
     conversion, a decoder error of any kind — raises FileNotFoundError or ValueError with the reason, so a
@@ -92,6 +95,10 @@ def read_image(src: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str 
             if max_pixels is not None and w * h > max_pixels:
                 raise _TooLarge(f"{w}x{h} = {w * h / 1e6:.1f} MP is above the limit of {max_pixels / 1e6:.1f} MP "
                                 "(max_pixels / --max-pixels)")
+            if exif_orientation:
+                from PIL import ImageOps
+
+                return pil_to_rgb(ImageOps.exif_transpose(im))
             return pil_to_rgb(im)
     except (_TooLarge, Image.DecompressionBombError) as exc:  # Pillow's own limit is checked inside open()
         raise ValueError(f"image {label} not decoded: {exc}") from None

@@ -5,8 +5,8 @@ image batch to embeddings (or a tuple whose element ``output`` is the embedding,
 ``(embedding, conv_out)``). It is run as is by the C++ core (``vitfiqa._core.ScriptModel``): no attention
 analysis, so CNNs work.
 
-Each recognizer carries its input preprocessing: ``image_size``, ``channel_order`` (``rgb`` or ``bgr``: the
-official CR-FIQA extraction reads images with OpenCV and feeds BGR) and ``mean``/``std`` applied to x/255
+Each recognizer carries its input preprocessing: ``image_size``, ``channel_order`` (``rgb`` or ``bgr``; the
+official CR-FIQA pipeline feeds RGB from the release files, see :mod:`vitfiqa.fr_models`) and ``mean``/``std`` applied to x/255
 (insightface ArcFace / ElasticFace / CurricularFace: 0.5, 0.5; MagFace: 0, 1, i.e. x/255 only). Each comes from
 the explicit argument, else from the input contract stored in the TorchScript file
 (:func:`vitfiqa.models.export_torchscript` / :func:`vitfiqa.models.export_recognizer`), else the defaults

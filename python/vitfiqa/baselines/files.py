@@ -63,6 +63,9 @@ def score_files(names, model: BaselineModel, sources: Sequence, *, out: str | os
     no_unknown(deprecated, "score_files")
     if run.heatmap_dir is not None:
         raise ValueError("the baselines have no heatmaps: RunOptions.heatmap_dir must stay None")
+    if run.detect or run.landmarks is not None:
+        raise ValueError("the baselines score the images as given: the face stage (detect, landmarks) is the ViT "
+                         "methods' (align the faces first)")
     batch_size, workers, overwrite, max_pixels = run.batch_size, run.workers, run.overwrite, run.max_pixels
     ms, opts, keys = resolve(names, options)
     sources, ids, kind = check_sources(sources, ids)

@@ -139,7 +139,7 @@ class BaselineModel:
             from .nets import eager_from_script
 
             g = torch.Generator().manual_seed(0)
-            example = torch.randn(2, 3, *self.image_size, generator=g).to(self.device)
+            example = torch.randn(1, 3, *self.image_size, generator=g).to(self.device)
             self._eager = eager_from_script(self.network, example).to(self.device)
         return self._eager
 

@@ -119,20 +119,22 @@ PRESETS: dict[str, BaselinePreset] = {p.name: p for p in (
     _recognizer("arcface_r50", 50, 1e-5, "insightface arcface_torch iresnet50 (see vitfiqa.fr_models)"),
     _recognizer("arcface_r100", 100, 1e-5, "insightface arcface_torch iresnet100 (see vitfiqa.fr_models)"),
     _recognizer("elasticface_r100", 100, 1e-5, "ElasticFace iresnet100 (see vitfiqa.fr_models)"),
-    _recognizer("magface_r100", 100, 2e-5,
-                "IrvingMeng/MagFace models/iresnet.py (BatchNorm eps 2e-5, affine features BatchNorm1d); "
-                "inference/gen_feat.py reads cv2.imread (BGR as read) and feeds ToTensor + Normalize(0, 1) = x/255"),
-    BaselinePreset("magface_r50", _iresnet_builder(50, 2e-5), "magface",
-                   RECOGNIZERS["magface_r100"].channel_order, 0.0, 1.0, ("embedding",),
+    # MagFace as a quality method runs its own inference (BGR as read); as a recogniser in the CR-FIQA evaluation
+    # (vitfiqa.fr_models.RECOGNIZERS) it gets RGB from the release files
+    BaselinePreset("magface_r100", _iresnet_builder(100, 2e-5), "magface", "bgr", 0.0, 1.0, ("embedding",),
+                   "IrvingMeng/MagFace models/iresnet.py (BatchNorm eps 2e-5, affine features BatchNorm1d); "
+                   "inference/gen_feat.py reads cv2.imread (BGR as read) and feeds ToTensor + Normalize(0, 1) = x/255"),
+    BaselinePreset("magface_r50", _iresnet_builder(50, 2e-5), "magface", "bgr", 0.0, 1.0, ("embedding",),
                    "IrvingMeng/MagFace iResNet-50 release, as magface_r100"),
     BaselinePreset("curricularface_ir101", _curricularface, "curricularface",
                    RECOGNIZERS["curricularface_ir101"].channel_order, RECOGNIZERS["curricularface_ir101"].mean,
                    RECOGNIZERS["curricularface_ir101"].std, ("embedding", "conv_out"),
                    "CurricularFace IR-101 (see vitfiqa.fr_models)"),
-    BaselinePreset("grafiqs_r100", _iresnet_builder(100, 1e-5), "insightface", "bgr", 0.5, 0.5,
-                   ("embedding",), "jankolf/GraFIQs extract_grafiqs.py: iresnet100, cv2.imread (BGR as read unless "
-                   "--bgr2rgb), ToDtype(scale) + Normalize(0.5, 0.5)"),
-    BaselinePreset("grafiqs_r50", _iresnet_builder(50, 1e-5), "insightface", "bgr", 0.5, 0.5,
+    BaselinePreset("grafiqs_r100", _iresnet_builder(100, 1e-5), "insightface", "rgb", 0.5, 0.5,
+                   ("embedding",), "jankolf/GraFIQs extract_grafiqs.py: iresnet100, cv2.imread fed as read (no "
+                   "--bgr2rgb), ToDtype(scale) + Normalize(0.5, 0.5); its evaluation runs on CR-FIQA's prepared "
+                   "images, which were written channel-swapped, so the network sees RGB of the original images"),
+    BaselinePreset("grafiqs_r50", _iresnet_builder(50, 1e-5), "insightface", "rgb", 0.5, 0.5,
                    ("embedding",), "jankolf/GraFIQs extract_grafiqs.py: iresnet50, as grafiqs_r100"),
     BaselinePreset("crfiqa_s", _crfiqa(50), "bare", "rgb", 0.5, 0.5, ("embedding", "quality"),
                    "fdbtrs/CR-FIQA backbones/iresnet.py iresnet50(qs=1) = CR-FIQA(S); " + _RGB_CRFIQA),
