@@ -34,9 +34,11 @@ import torch
 from .preprocess import DEFAULT_IMAGE_SIZE, DEFAULT_MAX_PIXELS, load_uint8, normalize_uint8
 from .results import DEFAULT_BATCH_SIZE, check_batch_size
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
-"""File-name endings taken as images when a folder is searched (the CLI's ``--images DIR``, the training
-folder data set); compared lower-case."""
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
+                              ".pgm", ".pbm"})
+"""File-name endings of the image files vitfiqa reads (all decoded by Pillow; a GIF's first frame): the files
+taken from a searched folder and the entries accepted in an image list (the CLI's ``--images DIR|LIST``), and
+the training folder data set; compared lower-case."""
 
 DECODE_ERRORS = (OSError, ValueError, TypeError, MemoryError)
 """What decoding one source may raise for a reason of that source alone (a skip, not the end of the run)."""

@@ -9,6 +9,8 @@ per-channel mean and std (applied to ``x / 255``).
 from __future__ import annotations
 
 import os
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,8 +32,36 @@ def check_channel_order(channel_order: str) -> str:
 DEFAULT_MAX_PIXELS = 40_000_000
 """Largest image (width x height) decoded by default: 40 MP is ~120 MB as RGB, several times any face photo,
 while a decompression bomb (a few kB of PNG that inflates to gigapixels) is refused from its header, before
-any pixel is decoded. ``max_pixels=None`` lifts vitfiqa's limit; Pillow's own still applies (it refuses images
-above 2 x ``PIL.Image.MAX_IMAGE_PIXELS``, 179 MP by default, and warns above 89 MP)."""
+any pixel is decoded. This limit is the only one: Pillow's own (``PIL.Image.MAX_IMAGE_PIXELS``, which refuses
+images above 179 MP and warns above 89 MP by default) is lifted while vitfiqa decodes an image and restored
+after, so ``max_pixels=None`` (CLI ``--max-pixels 0``) really decodes an image of any size."""
+
+
+_PIL_LIMIT_LOCK = threading.Lock()
+_PIL_LIMIT_USERS = 0
+_PIL_LIMIT_SAVED: Any = None
+
+
+@contextmanager
+def _pillow_limit_lifted():
+    """Set ``PIL.Image.MAX_IMAGE_PIXELS = None`` while at least one vitfiqa decode runs (decoding threads
+    overlap: the first to enter saves the value, the last to leave restores it). vitfiqa's own ``max_pixels``
+    is checked from the header right after ``Image.open``, before any pixel is decoded."""
+    from PIL import Image
+
+    global _PIL_LIMIT_USERS, _PIL_LIMIT_SAVED
+    with _PIL_LIMIT_LOCK:
+        if _PIL_LIMIT_USERS == 0:
+            _PIL_LIMIT_SAVED = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
+        _PIL_LIMIT_USERS += 1
+    try:
+        yield
+    finally:
+        with _PIL_LIMIT_LOCK:
+            _PIL_LIMIT_USERS -= 1
+            if _PIL_LIMIT_USERS == 0:
+                Image.MAX_IMAGE_PIXELS = _PIL_LIMIT_SAVED
 
 
 def _scale_to_uint8(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -90,7 +120,7 @@ def read_image(src: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str 
     if max_pixels is not None and max_pixels <= 0:
         raise ValueError("max_pixels must be positive (or None for no limit)")
     try:
-        with Image.open(src) as im:
+        with _pillow_limit_lifted(), Image.open(src) as im:
             w, h = im.size
             if max_pixels is not None and w * h > max_pixels:
                 raise _TooLarge(f"{w}x{h} = {w * h / 1e6:.1f} MP is above the limit of {max_pixels / 1e6:.1f} MP "
