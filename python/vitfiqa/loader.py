@@ -98,6 +98,11 @@ class ImageBatch:
     images: torch.Tensor | None
     errors: dict[int, str] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        shape = list(self.images.shape) if self.images is not None else None
+        return (f"ImageBatch(start={self.start}, {len(self.ids)} sources, {len(self.ok)} decoded {shape}, "
+                f"{len(self.errors)} errors)")
+
 
 _PROCESS_POOLS: dict[int, ProcessPoolExecutor] = {}
 
