@@ -1,6 +1,7 @@
 """Controlled-degradation study (``vitfiqa demo``): held-out synthetic identities (never seen in training),
-each image clean and degraded at a known level by seven degradations, scored by all four methods — ATTN-FIQA
-and ViTNT-FIQA on the demo recogniser, ViT-FIQA and EX-FIQA on the demo quality model — then:
+each image clean and degraded at a known level by seven degradations (all seven kinds are also applied at
+training time, to other identities: :data:`vitfiqa.demo.train.DEGRADATIONS`), scored by all four methods —
+ATTN-FIQA and ViTNT-FIQA on the demo recogniser, ViT-FIQA and EX-FIQA on the demo quality model — then:
 
 * Spearman correlation of each score with the degradation level, per method and degradation;
 * a verification experiment with the recogniser's embeddings (cosine): clean-pair FNMR at FMR 1e-3, and
@@ -18,8 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..loader import to_model_input
-from ..preprocess import load_uint8
+from ..loader import load_uint8, to_model_input
 from .faces import HELD_OUT, render_faces
 
 # degradation -> parameter at levels 1..4 (level 0 = the clean image)
@@ -243,8 +243,8 @@ def run_demo(out_dir: str | Path = "vitfiqa-demo", identities: int = 150, sample
 
     # Targets (kept in summary.json for regression checks; the report states the numbers, not pass/fail).
     pauc = {(r.method, r.fmr): float(r.pauc_x1e3) for r in df.itertuples()}
-    targets = {"clean_fnmr_at_fmr_1e-3": {"value": round(clean_fnmr, 4), "target": f"< {TARGET_FNMR}",
-                                          "met": clean_fnmr < TARGET_FNMR}}
+    targets: dict[str, dict] = {"clean_fnmr_at_fmr_1e-3": {"value": round(clean_fnmr, 4), "target": f"< {TARGET_FNMR}",
+                                                           "met": clean_fnmr < TARGET_FNMR}}
     reasons = {}
     ratios_by_method = {}
     for name in methods:
@@ -314,7 +314,9 @@ def _report_blocks(identities, samples, n, pairs, clean_fnmr, all_fnmr, fnmr_by_
         ("p", f"A controlled-degradation study of the four quality methods on the embedded stand-in models. "
               f"{identities} held-out synthetic identities (never seen in training) x {samples} renders, each "
               f"clean and degraded once by each of {len(LEVELS)} degradations at a random level 1-4: {n} images. "
-              "ATTN-FIQA and ViTNT-FIQA read the recogniser (a small face ViT); ViT-FIQA and EX-FIQA (its "
+              "The recogniser and the quality model were trained on other identities with every degradation "
+              "below applied to part of each training batch, so none is unseen; what this study holds out is the "
+              "identities. ATTN-FIQA and ViTNT-FIQA read the recogniser (a small face ViT); ViT-FIQA and EX-FIQA (its "
               "depth-weighted fusion FW) read the ViT-FIQA quality model; comparison scores are the recogniser's "
               "cosine similarities. Higher quality score = better image for every method."),
         ("h2", "What this study can and cannot show"),
