@@ -33,6 +33,12 @@ class ScoredBatch:
     result: QualityResult | None
     keys: list[str]  # the score columns (QualityModel.columns), the same for every batch of a run
 
+    def __repr__(self) -> str:
+        """A summary: which images, how many scored and skipped, which columns (never whole tensors)."""
+        b = self.batch
+        return (f"ScoredBatch(images {b.start}..{b.start + len(b.ids) - 1}: {len(b.ok)} scored, {len(b.errors)} "
+                f"skipped; columns {', '.join(self.keys)})")
+
     def columns(self) -> dict[str, list]:
         """Columns in input order: ``index`` (position in the input list), ``path`` (the file's path, or the
         source's id), one float per score key
