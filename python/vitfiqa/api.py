@@ -188,12 +188,12 @@ class QualityModel:
         patch, tokens = info.get("patch_size") or [], info.get("position_tokens", 0)
         if len(patch) != 2 or tokens <= 0:
             return None
-        for prefix in range(0, 9):
-            side = int(round((tokens - prefix) ** 0.5)) if tokens > prefix else 0
-            if side > 0 and side * side == tokens - prefix:
-                return tuple(DEFAULT_IMAGE_SIZE[i] if DEFAULT_IMAGE_SIZE[i] // patch[i] == side else side * patch[i]
-                             for i in range(2))
-        return None
+        found = _core.square_token_grid(tokens)  # the core's prefix-token search, the one the scorer uses
+        if found is None:
+            return None
+        side = found[1]
+        return tuple(DEFAULT_IMAGE_SIZE[i] if DEFAULT_IMAGE_SIZE[i] // patch[i] == side else side * patch[i]
+                     for i in range(2))
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -315,17 +315,25 @@ class QualityModel:
         extra = {} if attn_logits is None else {"attn_logits": str(attn_logits)}  # None: the core's default
         if exit_output is not None:
             extra["exit_output"] = int(exit_output)
-        return self._core.capture(x, norm(attention_blocks), norm(probs_blocks), norm(token_blocks), final_norm,
-                                  norm(exit_blocks), model_output=bool(model_output),
-                                  distance_blocks=norm(distance_blocks), **extra)
+        request = _capture_request(logits_blocks=norm(attention_blocks), probs_blocks=norm(probs_blocks),
+                                   token_blocks=norm(token_blocks), final_norm=final_norm,
+                                   exit_blocks=norm(exit_blocks), model_output=bool(model_output),
+                                   distance_blocks=norm(distance_blocks), **extra)
+        return self._core.capture(x, request)
 
     def forward(self, images: Any, preprocess: bool | str = "auto"):
         """The model's plain forward (C++ torch::jit), e.g. to get embeddings."""
         return self._core.forward(self.prepare(images, preprocess))
 
     def graph(self, **request) -> str:
-        """The rewritten capture graph for a request (debugging aid)."""
-        return self._core.graph(**request)
+        """The rewritten capture graph for a request (debugging aid): the fields of ``vitfiqa._core.CaptureRequest``
+        as keywords (``final_norm`` for ``tokens_final_norm``)."""
+        return self._core.graph(_capture_request(**request))
+
+
+def _capture_request(final_norm: bool = True, **fields) -> _core.CaptureRequest:
+    """The core's capture request, built whole from its fields (``final_norm``: ``tokens_final_norm``)."""
+    return _core.CaptureRequest(tokens_final_norm=bool(final_norm), **fields)
 
 
 def load(model: str | os.PathLike | bytes | None = None, device: str | torch.device = "cpu",

@@ -1,7 +1,8 @@
 """The scoring configuration.
 
 :class:`ScoreConfig` is the C++ core's own class (``csrc/config.h``), so the field names, types, defaults
-and docs are written once, there: ``ScoreConfig.fields()`` lists them. Fields are top-level (``methods``,
+and docs are written once, there (each method's section in its own file, ``csrc/methods/<name>.cpp``):
+``ScoreConfig.fields()`` lists them; each field is an attribute (``vitfiqa/_core.pyi`` types them). Fields are top-level (``methods``,
 ``heatmaps``, ``return_captures``, ``prefix_tokens``, ``grid``, ``quality_output``) or in per-method
 sections (``attn.block``, ``vitnt.blocks``, ``exfiqa.exits``, ``heatmap.normalize``, ...)::
 

@@ -236,8 +236,8 @@ def run_demo(out_dir: str | Path = "vitfiqa-demo", identities: int = 150, sample
 
     # Targets.
     pauc = {(r.method, r.fmr): float(r.pauc_x1e3) for r in df.itertuples()}
-    targets = {"clean_fnmr_at_fmr_1e-3": {"value": round(clean_fnmr, 4), "target": f"< {TARGET_FNMR}",
-                                          "met": clean_fnmr < TARGET_FNMR}}
+    targets: dict[str, dict] = {"clean_fnmr_at_fmr_1e-3": {"value": round(clean_fnmr, 4), "target": f"< {TARGET_FNMR}",
+                                                           "met": clean_fnmr < TARGET_FNMR}}
     reasons = {}
     for name in methods:
         ratios = {f"{fmr:g}": pauc[(name, fmr)] / pauc[("random rejection", fmr)] for fmr in FMRS}

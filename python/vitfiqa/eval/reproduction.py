@@ -975,9 +975,13 @@ def reproduce(config: str | os.PathLike | Mapping, out: str | os.PathLike | None
             qualities: dict[str, np.ndarray] = {}
             from ..baselines.reproduce import is_baseline, qualities as baseline_qualities
 
-            baselines = [q for q in cfg.qualities if is_baseline(q.method)]
-            if baselines:
-                qualities.update(baseline_qualities(baselines, ds, cfg, fp, progress))
+            for q in (q for q in cfg.qualities if is_baseline(q.method)):
+                try:  # one row at a time: a network the method cannot run on drops that row, not the benchmark
+                    qualities.update(baseline_qualities([q], ds, cfg, fp, progress))
+                except (ValueError, RuntimeError, FileNotFoundError) as exc:
+                    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    log.warning("%s: quality %s skipped: %s", stage, q.name, reason)
+                    notes.setdefault(bspec.name, []).append(f"quality {q.name}: {reason}")
             internal = [q for q in cfg.qualities if q.method is not None and not is_baseline(q.method)]
             if internal:
                 qualities.update(compute_qualities(internal, ds, cfg, fp, progress))
