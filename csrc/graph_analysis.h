@@ -48,6 +48,9 @@ struct ModelLayout {
 // score. The module must outlive the layout (the graph reads its attributes).
 ModelLayout analyse_graph(const torch::jit::Module& module, const std::string& final_norm);
 
+// "final_norm='<first candidate>'" for messages (ModelInfo::final_norm_candidates; a generic path if none).
+std::string final_norm_suggestion(const std::vector<std::string>& candidates);
+
 // Small graph queries the rewrite shares.
 bool is_none(torch::jit::Value* v);
 // Every value n reads, including the values read and returned by its nested blocks.

@@ -152,6 +152,7 @@ class QualityModel:
             self._core = _core.CaptureModel(str(path), device, dtype_name, norm_path)
             self.source = str(path)
             self.sha256 = _file_sha256(path)
+        self.route = "torchscript bytes" if self.source == "<bytes>" else "torchscript file"  # see vitfiqa.sources
         self.device = torch.device(device)
         self.dtype = getattr(torch, dtype_name)
         self.final_norm = norm_path or None  # the module path the user named, None = found in forward
@@ -327,17 +328,38 @@ class QualityModel:
         return self._core.graph(**request)
 
 
-def load(model: str | os.PathLike | bytes | None = None, device: str | torch.device = "cpu",
-         dtype: torch.dtype | str = torch.float32, image_size: tuple[int, int] | int | None = None,
-         channel_order: str | None = None, normalization: dict | None = None,
-         final_norm: str | None = None) -> QualityModel:
-    """Load a TorchScript ViT (path or bytes; None: the embedded demo recogniser) for quality scoring.
+def load(model: Any = None, device: str | torch.device = "cpu", dtype: torch.dtype | str = torch.float32,
+         image_size: tuple[int, int] | int | None = None, channel_order: str | None = None,
+         normalization: dict | None = None, final_norm: str | None = None, *, checkpoint=None) -> QualityModel:
+    """Load a ViT for quality scoring. ``model`` is any route of :mod:`vitfiqa.sources`: a TorchScript file or
+    its bytes, a ``torch.nn.Module`` (eager, scripted or traced; Hugging Face transformers vision models and
+    timm-layout ViTs included, their image size read from their config), or a preset name with its official
+    ``checkpoint`` (``load("cvlface_vit_b", checkpoint="model.pt")``; presets: :data:`vitfiqa.models.PRESETS`).
+    None: the embedded stand-in, a small ViT trained on synthetic faces (its scores of real photos carry no
+    meaning; file scoring warns).
+
     ``image_size``, ``channel_order`` ("rgb" | "bgr") and ``normalization`` override the model's recorded
-    input contract; ``final_norm`` names the final LayerNorm (see :class:`QualityModel`)."""
+    input contract; ``final_norm`` names the final LayerNorm (see :class:`QualityModel`; for transformers and
+    timm models whose forward applies it after pooling, e.g. CLIP's ``post_layernorm``, it is found by name)."""
+    from .sources import post_pooling_norm, resolve
+
     if model is None:
+        if checkpoint is not None:
+            raise ValueError("checkpoint= goes with a preset name: vitfiqa.load('<preset>', checkpoint=...)")
         from .demo import RECOGNIZER as model
-    return QualityModel(model, device=device, dtype=dtype, image_size=image_size, channel_order=channel_order,
-                        normalization=normalization, final_norm=final_norm)
+    contract = {k: v for k, v in (("image_size", image_size), ("channel_order", channel_order),
+                                  ("normalization", normalization)) if v is not None}
+    src = resolve(model, checkpoint=checkpoint, options=contract)
+    kwargs = dict(device=device, dtype=dtype, image_size=image_size, channel_order=channel_order,
+                  normalization=normalization)
+    qm = QualityModel(src.model, final_norm=final_norm, **kwargs)
+    norm = post_pooling_norm(src, qm.info) if final_norm is None else None
+    if norm is not None:  # a norm the forward applies after pooling (CLIP's post_layernorm): ViTNT's final norm
+        qm = QualityModel(src.model, final_norm=norm, **kwargs)
+    if src.sha256 is not None:
+        qm.sha256 = src.sha256
+    qm.source, qm.route = src.description or qm.source, src.route
+    return qm
 
 
 def _value_range(value_range) -> list[float]:
