@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import vitfiqa
+import vitfiqa.sources
 from vitfiqa.models import FaceViT, export_torchscript, load_official_state_dict, preset
 from vitfiqa.recognizer import Recognizer, load_recognizer
 
@@ -195,28 +196,37 @@ def test_eager_module_that_only_traces(tmp_path):
 
 # -- presets with an official checkpoint --------------------------------------------------------------------------
 
-def random_checkpoint(name: str, path, wrap: bool = False) -> nn.Module:
-    torch.manual_seed(0)
-    model = spread(preset(name))
-    state = model.state_dict()
-    if wrap:  # as CVLFace saves it: nested and prefixed
-        state = {"state_dict": {f"net.{k}": v for k, v in state.items()}}
-    torch.save(state, path)
-    return model
+def random_checkpoint(name: str, path) -> nn.Module:
+    """The preset with random weights (filled directly: the init alone takes seconds), saved as its "official
+    checkpoint"."""
+    with torch.device("meta"):
+        model = preset(name)
+    model = model.to_empty(device="cpu")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for k, t in model.state_dict().items():
+            if t.is_floating_point():
+                t.copy_(torch.rand(t.shape, generator=g) + 0.5 if "running_var" in k else
+                        torch.randn(t.shape, generator=g) * (0.1 if t.dim() > 1 else 0.3))
+            else:
+                t.zero_()
+    torch.save(model.state_dict(), path)
+    return model.eval()
 
 
-@pytest.mark.parametrize("wrap", [False, True])
-def test_preset_with_checkpoint_equals_torchscript_route(tmp_path, wrap):
+def test_preset_with_checkpoint_equals_torchscript_route(tmp_path):
     ckpt = tmp_path / "model.pt"
-    random_checkpoint("insightface_vit_t", ckpt, wrap)
+    model = random_checkpoint("insightface_vit_t", ckpt)
     m = vitfiqa.load("insightface_vit_t", checkpoint=str(ckpt))
     assert m.route == "preset" and m.image_size == (112, 112)
-    ref = vitfiqa.load(export_torchscript(load_official_state_dict("insightface_vit_t", str(ckpt)),
-                                          str(tmp_path / "ref.pt")))
+    ref = vitfiqa.load(export_torchscript(model, str(tmp_path / "ref.pt")))
     assert_same_scores(m, ref, images(112, n=2))
+    # the loaded state dict gives the same weights: the same model identity
+    state = torch.load(ckpt, weights_only=True)
+    assert vitfiqa.sources.resolve("insightface_vit_t", checkpoint=state).sha256 == m.sha256
 
 
-def test_recognizer_routes(tmp_path):
+def test_recognizer_preset_route(tmp_path):
     ckpt = tmp_path / "model.pt"
     model = random_checkpoint("insightface_vit_t", ckpt)
     u8 = np.random.default_rng(0).integers(0, 256, (2, 112, 112, 3), dtype=np.uint8)
@@ -224,18 +234,23 @@ def test_recognizer_routes(tmp_path):
     by_preset = load_recognizer("insightface_vit_t", checkpoint=str(ckpt), flip="none")
     assert by_preset.name == "insightface_vit_t"
     np.testing.assert_allclose(by_preset.embed(u8), ref, rtol=RTOL, atol=1e-6)
-    np.testing.assert_allclose(Recognizer(model, flip="none").embed(u8), ref, rtol=RTOL, atol=1e-6)
+    small = small_face_vit()
+    np.testing.assert_array_equal(Recognizer(small, flip="none").embed(u8),
+                                  Recognizer(export_torchscript(small, str(tmp_path / "s.pt")), flip="none").embed(u8))
 
 
-def test_cnn_recognizer_preset_carries_its_input(tmp_path):
-    from vitfiqa.models import build_recognizer, export_recognizer
+def test_cnn_recognizer_preset_carries_its_input(tmp_path, monkeypatch):
+    from vitfiqa import fr_models
 
+    # a shallow iResNet in the place of a published one (the route is the same for every entry)
+    monkeypatch.setitem(fr_models.RECOGNIZERS, "arcface_r50", fr_models.RecognizerPreset(
+        lambda: fr_models.IResNet(layers=(1, 1, 1, 1)), "insightface"))
     torch.manual_seed(0)
-    cnn = build_recognizer("arcface_r50")
+    cnn = fr_models.build_recognizer("arcface_r50")
     torch.save(cnn.state_dict(), tmp_path / "backbone.pth")
     r = load_recognizer("arcface_r50", checkpoint=str(tmp_path / "backbone.pth"), flip="none")
     assert (r.channel_order, r.mean, r.image_size) == ("bgr", (0.5,) * 3, (112, 112))
-    export_recognizer("arcface_r50", str(tmp_path / "backbone.pth"), str(tmp_path / "ref.pt"))
+    fr_models.export_recognizer("arcface_r50", str(tmp_path / "backbone.pth"), str(tmp_path / "ref.pt"))
     u8 = np.random.default_rng(0).integers(0, 256, (1, 112, 112, 3), dtype=np.uint8)
     np.testing.assert_array_equal(r.embed(u8), Recognizer(str(tmp_path / "ref.pt"), flip="none").embed(u8))
     with pytest.raises(ValueError, match="presets"):  # a CNN is no quality model

@@ -341,6 +341,12 @@ def load(model: Any = None, device: str | torch.device = "cpu", dtype: torch.dty
     ``image_size``, ``channel_order`` ("rgb" | "bgr") and ``normalization`` override the model's recorded
     input contract; ``final_norm`` names the final LayerNorm (see :class:`QualityModel`; for transformers and
     timm models whose forward applies it after pooling, e.g. CLIP's ``post_layernorm``, it is found by name)."""
+    return _load(model, device, dtype, image_size, channel_order, normalization, final_norm, checkpoint)[0]
+
+
+def _load(model, device="cpu", dtype=torch.float32, image_size=None, channel_order=None, normalization=None,
+          final_norm=None, checkpoint=None):
+    """:func:`load`, also returning the :class:`vitfiqa.sources.Resolved` TorchScript (what Ray ships)."""
     from .sources import post_pooling_norm, resolve
 
     if model is None:
@@ -359,7 +365,7 @@ def load(model: Any = None, device: str | torch.device = "cpu", dtype: torch.dty
     if src.sha256 is not None:
         qm.sha256 = src.sha256
     qm.source, qm.route = src.description or qm.source, src.route
-    return qm
+    return qm, src
 
 
 def _value_range(value_range) -> list[float]:

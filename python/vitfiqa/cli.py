@@ -113,6 +113,17 @@ def _out_paths(spec: str) -> tuple[Path, Path | None]:
     return out, None
 
 
+def _model_argument(args):
+    """``--model FILE`` or ``--preset NAME`` (with ``--checkpoint FILE``); None: the embedded stand-in."""
+    if args.preset and args.model:
+        raise CLIError("give --model FILE or --preset NAME --checkpoint FILE, not both")
+    model = args.preset or args.model
+    if args.checkpoint and not model:
+        raise CLIError("--checkpoint goes with --preset NAME (the architecture it fits), e.g. --preset cvlface_vit_b "
+                       "--checkpoint model.pt")
+    return model
+
+
 def cmd_score(args) -> int:
     from .results import check_batch_size
 
@@ -146,8 +157,9 @@ def _score_local(args, config, table_dir: Path):
     import vitfiqa
     from vitfiqa.pipeline import open_table, score_files
 
-    model = vitfiqa.load(args.model, device=args.device or "cpu", dtype=args.dtype, image_size=args.image_size,
-                         channel_order=args.channel_order, final_norm=args.final_norm)
+    model = vitfiqa.load(_model_argument(args), device=args.device or "cpu", dtype=args.dtype,
+                         image_size=args.image_size, channel_order=args.channel_order, final_norm=args.final_norm,
+                         checkpoint=args.checkpoint)
     files = _image_list(args.images)
     if args.heatmaps and Path(args.images).is_dir() and Path(args.heatmaps).absolute().is_relative_to(
             Path(args.images).absolute()):
@@ -178,7 +190,8 @@ def _score_ray(args, config, table_dir: Path):
     files = _image_list(args.images)
     from .demo import RECOGNIZER
 
-    score_with_ray(args.model or RECOGNIZER, files, str(table_dir), config=config, address=args.ray or None,
+    score_with_ray(_model_argument(args) or RECOGNIZER, files, str(table_dir), config=config,
+                   address=args.ray or None, checkpoint=args.checkpoint,
                    batch_size=args.batch_size, device=args.device, dtype=args.dtype, image_size=args.image_size,
                    channel_order=args.channel_order, workers=args.workers, num_actors=args.actors,
                    overwrite=args.overwrite, progress=not args.quiet, max_pixels=_max_pixels(args),
@@ -275,6 +288,14 @@ def cmd_train_demo(args) -> int:
     return 0
 
 
+def _preset_arguments(parser: argparse.ArgumentParser) -> None:
+    from .sources import preset_names
+
+    parser.add_argument("--preset", metavar="NAME", help=f"an official architecture ({', '.join(preset_names())}), "
+                                                          "with its official weights from --checkpoint")
+    parser.add_argument("--checkpoint", metavar="FILE", help="official checkpoint (state dict) for --preset")
+
+
 def _final_norm_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--final-norm", metavar="MODULE",
                         help="module path of the model's final LayerNorm (e.g. norm) when its forward does not "
@@ -298,7 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("score", help="score a folder or list of images")
-    s.add_argument("--model", help="TorchScript ViT (default: the embedded demo recogniser)")
+    s.add_argument("--model", help="TorchScript ViT file (default: the embedded stand-in, trained on synthetic "
+                                   "faces: not meaningful on real photos)")
+    _preset_arguments(s)
     s.add_argument("--images", required=True, help="folder (searched recursively) or text file of paths")
     _config_arguments(s)
     s.add_argument("--out", required=True,
@@ -382,12 +405,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"vitfiqa: warning: {message}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="vitfiqa: %(message)s")
+    import warnings
+
     try:
-        return args.fn(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return args.fn(args)
     except (CLIError, FileNotFoundError, ValueError, TypeError, IndexError, RuntimeError, ImportError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"vitfiqa: error: {msg}", file=sys.stderr)

@@ -57,6 +57,9 @@ class _Scorer:
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
+        import warnings
+
+        warnings.filterwarnings("ignore", message="the embedded stand-in")  # the driver gave it, once
         self.model = QualityModel(ray.get(model_ref[0]), device=device, dtype=dtype, final_norm=final_norm,
                                   **input_contract)
         self.config = ScoreConfig.from_dict(config)  # travels as its dict: the whole config, field for field
@@ -93,7 +96,7 @@ class _Scorer:
         return out
 
 
-def score_with_ray(model: str | os.PathLike | bytes, sources: Sequence, out_dir: str | os.PathLike,
+def score_with_ray(model, sources: Sequence, out_dir: str | os.PathLike,
                    methods: Sequence[str] | str | None = None, *, ids: Sequence[str] | None = None, config=None,
                    address: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE, num_actors: int | None = None,
                    device: str | None = None, dtype: str = "float32", image_size: tuple[int, int] | int | None = None,
@@ -101,8 +104,9 @@ def score_with_ray(model: str | os.PathLike | bytes, sources: Sequence, out_dir:
                    cpus_per_actor: float | None = None, overwrite: bool = False, progress: bool = True,
                    num_cpus: int | None = None, decode_processes: bool | None = None,
                    max_pixels: int | None = DEFAULT_MAX_PIXELS, final_norm: str | None = None,
-                   **score_options):
-    """Score ``sources`` on a Ray cluster into the results table ``out_dir`` (created, or resumed when it holds
+                   checkpoint=None, **score_options):
+    """Score ``sources`` with ``model`` (anything :func:`vitfiqa.load` takes, ``checkpoint`` with a preset name; it
+    becomes TorchScript bytes once, on the driver) on a Ray cluster into the results table ``out_dir`` (created, or resumed when it holds
     this run's batches); returns the whole table as a pandas DataFrame (index, path, scores, error) in input
     order.
 
@@ -123,7 +127,7 @@ def score_with_ray(model: str | os.PathLike | bytes, sources: Sequence, out_dir:
     stays 'none', fuse data-set-wide with :func:`vitfiqa.fuse_exits`).
     """
     from .config import check_batch_independent, score_config
-    from .pipeline import check_sources, run_description
+    from .pipeline import check_model_input, check_sources, run_description, warn_stand_in
     from .results import ScoreTable, check_batch_size
 
     cfg = score_config(config, methods=methods, **score_options)
@@ -139,23 +143,19 @@ def score_with_ray(model: str | os.PathLike | bytes, sources: Sequence, out_dir:
         # the `path` column holds the absolute paths).
         sources = [os.path.abspath(p) for p in sources]
     names = ids if ids is not None else sources
-    if isinstance(model, (bytes, bytearray)):
-        model_bytes = bytes(model)
-    else:
-        if not Path(model).is_file():
-            raise FileNotFoundError(f"model file not found: {model}")
-        model_bytes = Path(model).read_bytes()
-    # Load and score one blank image here first: a corrupt file, a model without attention or a method the
-    # model cannot serve fails now, with vitfiqa's own message, not later inside every actor.
-    import torch
+    # Any model vitfiqa.load takes (vitfiqa.sources) becomes TorchScript bytes once, here; the actors get the
+    # bytes. Load and score one blank image here first: a corrupt file, a model without attention, a wrong input
+    # size or a method the model cannot serve fails now, with vitfiqa's own message, not later in every actor.
+    from .api import _load
 
-    from .api import QualityModel
-
-    probe = QualityModel(model_bytes, device="cpu", image_size=image_size, channel_order=channel_order,
-                         final_norm=final_norm)
+    probe, src = _load(model, device="cpu", image_size=image_size, channel_order=channel_order,
+                       final_norm=final_norm, checkpoint=checkpoint)
+    model_bytes = src.model if isinstance(src.model, bytes) else Path(src.model).read_bytes()
+    final_norm = probe.final_norm  # as named, or the post-pooling norm a transformers / timm route found
     contract = dict(image_size=probe.image_size, channel_order=probe.channel_order,
                     normalization=probe.normalization)
-    probe.score(torch.zeros(1, 3, *probe.image_size), config=cfg, preprocess=False)
+    check_model_input(probe, cfg)
+    warn_stand_in(probe)  # once, here: the actors' own warnings stay on the workers
     keys = probe.columns(cfg)
     run = run_description(probe.sha256, probe.image_size, dtype, cfg, max_pixels=max_pixels,
                           input_contract=contract, final_norm=final_norm, sources=kind)

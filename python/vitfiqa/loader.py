@@ -65,22 +65,24 @@ def failure_reason(exc: BaseException) -> str:
 
 
 def decode_items(items: Sequence[Any], size: tuple[int, int], max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                 strict: bool = False) -> tuple[np.ndarray, list[int], dict[int, str]]:
+                 strict: bool = False, count_resized: bool = False) -> tuple:
     """Decode and resize sources -> (uint8 [n_ok,H,W,3], positions of the readable ones, {position: reason}).
     Runs in a worker thread or process; one call per piece of a batch keeps task overhead small.
     strict: the first unusable source raises its exception instead (the in-memory API,
-    :func:`vitfiqa.preprocess.preprocess_images`, where the caller handed over each image itself)."""
+    :func:`vitfiqa.preprocess.preprocess_images`, where the caller handed over each image itself).
+    count_resized: also return how many were resized (not square or not at ``size``) as a fourth element."""
     out = np.empty((len(items), size[0], size[1], 3), dtype=np.uint8)
-    ok, errors = [], {}
+    ok, errors, resized, seen = [], {}, 0, {}
     for i, item in enumerate(items):
         try:
-            out[len(ok)] = load_uint8(item, size, max_pixels)
+            out[len(ok)] = load_uint8(item, size, max_pixels, seen)
             ok.append(i)
+            resized += bool(seen.pop("resized", False))
         except DECODE_ERRORS as exc:
             if strict:
                 raise
             errors[i] = failure_reason(exc)
-    return out[:len(ok)], ok, errors
+    return (out[:len(ok)], ok, errors, resized) if count_resized else (out[:len(ok)], ok, errors)
 
 
 @dataclass
@@ -95,6 +97,7 @@ class ImageBatch:
     ok: list[int]
     images: torch.Tensor | None
     errors: dict[int, str] = field(default_factory=dict)
+    resized: int = 0  # how many of ``images`` were resized (not square or not at the model's size), not aligned
 
 
 _PROCESS_POOLS: dict[int, ProcessPoolExecutor] = {}
@@ -176,7 +179,7 @@ class ImageLoader:
                 if offset is not None:
                     chunk = self.sources[offset:offset + self.batch_size]
                     pending.append((offset, len(chunk), [pool.submit(decode_items, chunk[i:i + step], self.size,
-                                                                     self.max_pixels)
+                                                                     self.max_pixels, False, True)  # count_resized
                                                          for i in range(0, len(chunk), step)]))
 
             for _ in range(self.prefetch):
@@ -190,18 +193,19 @@ class ImageLoader:
                 threads.shutdown(wait=True, cancel_futures=True)
 
     def _assemble(self, offset: int, n: int, pieces: list, step: int) -> ImageBatch:
-        ok = [p * step + i for p, (_, piece_ok, _) in enumerate(pieces) for i in piece_ok]
-        errors = {p * step + i: e for p, (_, _, errs) in enumerate(pieces) for i, e in errs.items()}
+        ok = [p * step + i for p, (_, piece_ok, _, _) in enumerate(pieces) for i in piece_ok]
+        errors = {p * step + i: e for p, (_, _, errs, _) in enumerate(pieces) for i, e in errs.items()}
         images = None
         if ok:
             h, w = self.size
             images = torch.empty((len(ok), h, w, 3), dtype=torch.uint8, pin_memory=self.pin_memory)
             view = images.numpy()
             j = 0
-            for arr, _, _ in pieces:
+            for arr, _, _, _ in pieces:
                 view[j:j + len(arr)] = arr
                 j += len(arr)
-        return ImageBatch(self.start + offset, self.ids[offset:offset + n], ok, images, errors)
+        return ImageBatch(self.start + offset, self.ids[offset:offset + n], ok, images, errors,
+                          resized=sum(piece[3] for piece in pieces))
 
 
 def to_model_input(images: torch.Tensor | np.ndarray, model) -> torch.Tensor:

@@ -129,9 +129,12 @@ def _hwc_uint8(item: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.nda
 
 
 def load_uint8(item: Any, size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
-               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+               max_pixels: int | None = DEFAULT_MAX_PIXELS, seen: dict | None = None) -> np.ndarray:
     """One image (path, encoded bytes, PIL image, uint8 array, or a :class:`vitfiqa.align.FaceCrop`, which is
     aligned by its five landmarks) -> uint8 HxWx3 RGB array resized (bilinear) to ``size`` (None: as it is).
+
+    ``seen``: if given, ``seen["resized"]`` is set to whether the image was resized (not square or not at
+    ``size``; an aligned FaceCrop is not).
 
     Raises FileNotFoundError / ValueError (unreadable file, above ``max_pixels``) / TypeError (wrong dtype)."""
     from PIL import Image
@@ -141,6 +144,8 @@ def load_uint8(item: Any, size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
     if isinstance(item, FaceCrop):
         return item.decode(tuple(size) if size is not None else DEFAULT_IMAGE_SIZE, max_pixels)
     arr = _hwc_uint8(item, max_pixels)
+    if seen is not None:
+        seen["resized"] = size is not None and arr.shape[:2] != tuple(size)
     if size is not None and arr.shape[:2] != tuple(size):
         arr = np.asarray(Image.fromarray(np.ascontiguousarray(arr)).resize((size[1], size[0]), Image.BILINEAR))
     return arr

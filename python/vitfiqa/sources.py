@@ -344,7 +344,7 @@ def _module_route(model: nn.Module, options: ModelOptions) -> Resolved:
 
 def _preset_route(name: str, checkpoint, role: str) -> Resolved:
     from .models import PRESETS, RECOGNIZERS, load_official_state_dict, preset
-    from .fr_models import INPUT_SIZE, build_recognizer
+    from .fr_models import INPUT_SIZE, recognizer_state_dict, strict_load
 
     if isinstance(checkpoint, (str, os.PathLike)):
         ckpt = Path(checkpoint)
@@ -357,13 +357,21 @@ def _preset_route(name: str, checkpoint, role: str) -> Resolved:
         label = "<state dict>"
     else:
         raise TypeError(f"checkpoint must be a file path or a state dict, got {type(checkpoint).__name__}")
+    # Built without initialising the weights (on the meta device, then given memory): the checkpoint, loaded
+    # strictly (every parameter and buffer), overwrites them all; the random init alone took seconds.
     if name in PRESETS:
-        module = load_official_state_dict(preset(name), checkpoint if not isinstance(checkpoint, Mapping)
-                                          else dict(checkpoint))
+        with torch.device("meta"):
+            module = preset(name)
+        module = load_official_state_dict(module.to_empty(device="cpu"), checkpoint
+                                          if not isinstance(checkpoint, Mapping) else dict(checkpoint))
         contract = {"image_size": [112, 112]}
     else:
         rec = RECOGNIZERS[name]
-        module = build_recognizer(name, checkpoint)
+        with torch.device("meta"):
+            module = rec.build()
+        module = strict_load(module.to_empty(device="cpu"), recognizer_state_dict(
+            checkpoint if not isinstance(checkpoint, Mapping) else dict(checkpoint), rec.layout),
+            f"{name} checkpoint").eval()
         contract = {"image_size": list(INPUT_SIZE), "channel_order": rec.channel_order,
                     "normalization": {"mean": [rec.mean] * 3, "std": [rec.std] * 3}}
     data = _export(module, contract, ("script",))
