@@ -301,3 +301,64 @@ def test_refusals_name_the_route_that_works(tmp_path):
         vitfiqa.load(3)
     with pytest.raises(ValueError, match="goes with a preset name"):
         vitfiqa.load(small_face_vit(), checkpoint=str(ckpt))
+
+
+# -- reproduce configs, the CLI and Ray take the same routes ----------------------------------------------------------
+
+@pytest.fixture
+def tiny_preset(monkeypatch, tmp_path):
+    """A small preset in PRESETS (the route is the same for every entry), its random checkpoint and the same
+    weights exported as TorchScript."""
+    from vitfiqa import models
+
+    monkeypatch.setitem(models.PRESETS, "tiny_face_vit", models.Preset(
+        "tiny_face_vit", None, dict(patch_size=9, embed_dim=48, depth=3, num_heads=4, mlp_ratio=2.0,
+                                    num_features=32), "tests", "tests"))
+    model = random_checkpoint("tiny_face_vit", tmp_path / "tiny.pt")
+    export_torchscript(model, str(tmp_path / "tiny_ts.pt"))
+    return tmp_path / "tiny.pt", tmp_path / "tiny_ts.pt"
+
+
+def test_reproduce_config_preset_and_checkpoint(tmp_path, tiny_preset):
+    from vitfiqa.eval import synthetic
+    from vitfiqa.eval.reproduction import load_config, reproduce
+
+    ckpt, ts = tiny_preset
+    synthetic.write_bin(tmp_path / "lfw.bin", n_pairs=12, n_subjects=4)
+
+    def cfg(out, **model):
+        return {"out": str(tmp_path / out), "fmrs": [0.1], "batch_size": 8,
+                "benchmarks": [{"name": "LFW", "type": "bin", "path": "lfw.bin"}],
+                "recognizers": [{"name": "R", **model}], "qualities": [{"name": "ATTN", "method": "attn", **model}]}
+
+    by_preset = reproduce(cfg("a", preset="tiny_face_vit", checkpoint="tiny.pt"), base=tmp_path, progress=False)
+    by_file = reproduce(cfg("b", model=str(ts)), base=tmp_path, progress=False)
+    assert by_preset.frame.pauc.tolist() == by_file.frame.pauc.tolist()
+    assert len(list((tmp_path / "a" / "cache" / "models").glob("tiny_face_vit-*.pt"))) == 1
+    with pytest.raises(ValueError, match="unknown preset 'vit_q'"):
+        load_config(cfg("c", preset="vit_q", checkpoint="tiny.pt"), base=tmp_path)
+    with pytest.raises(ValueError, match="preset and checkpoint together"):
+        load_config(cfg("c", preset="tiny_face_vit"), base=tmp_path)
+
+
+def test_cli_preset_and_checkpoint_equal_model_file(tmp_path, tiny_preset):
+    from PIL import Image
+
+    from vitfiqa.cli import main
+
+    ckpt, ts = tiny_preset
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    assert main(["-q", "score", "--preset", "tiny_face_vit", "--checkpoint", str(ckpt), "--images", str(folder),
+                 "--out", str(tmp_path / "a.csv")]) == 0
+    assert main(["-q", "score", "--model", str(ts), "--images", str(folder), "--out", str(tmp_path / "b.csv")]) == 0
+    import pandas as pd
+
+    a, b = pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv")
+    np.testing.assert_allclose(a[["attn", "vitnt"]].to_numpy(), b[["attn", "vitnt"]].to_numpy(), rtol=RTOL)
+    # a state dict given as --model: one line naming the route that works
+    assert main(["-q", "score", "--model", str(ckpt), "--images", str(folder), "--out", str(tmp_path / "c.csv")]) == 2
+    assert not (tmp_path / "c.csv.table").exists()

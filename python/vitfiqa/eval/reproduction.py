@@ -38,6 +38,11 @@ Example config (paths are relative to the config file)::
     channel_order = "bgr"        # the official CR-FIQA extraction feeds OpenCV's BGR
     flip = "concat"              # concat (CR-FIQA) | sum (insightface IJB) | none
 
+    [[recognizers]]
+    name = "AdaFace ViT-B"
+    preset = "cvlface_vit_b"     # an official architecture (vitfiqa.models.PRESETS / RECOGNIZERS) ...
+    checkpoint = "model.pt"      # ... with its official checkpoint, instead of model
+
     [[qualities]]
     name = "ATTN-FIQA"
     method = "attn"
@@ -119,6 +124,8 @@ class RecognizerSpec:
     output: int = 0
     dtype: str = "float32"
     detector_score_weighting: bool = False
+    preset: str | None = None          # with checkpoint: an official architecture instead of a TorchScript model
+    checkpoint: str | None = None
 
 
 @dataclass
@@ -132,6 +139,8 @@ class QualitySpec:
     column: str | None = None
     key: str | None = None
     higher_is_better: bool = True
+    preset: str | None = None          # with checkpoint: an official architecture instead of a TorchScript model
+    checkpoint: str | None = None
 
 
 @dataclass
@@ -234,6 +243,22 @@ def load_config(config: str | os.PathLike | Mapping, base: str | os.PathLike | N
             raise FileNotFoundError(f"{what} {spec.name!r}: model file not found: {path}")
         return path
 
+    def preset_entry(spec, what):
+        """``preset`` + ``checkpoint``: an official architecture with its weights (exported to TorchScript in the
+        cache when the run starts, see :func:`export_presets`)."""
+        from ..sources import preset_names
+
+        if spec.preset is None and spec.checkpoint is None:
+            return
+        if spec.preset is None or spec.checkpoint is None or spec.model is not None:
+            raise ConfigError(f"{what} {spec.name!r}: give preset and checkpoint together, instead of model")
+        names = preset_names(what)
+        if spec.preset not in names:
+            raise ConfigError(f"{what} {spec.name!r}: unknown preset {spec.preset!r}; presets: {', '.join(names)}")
+        spec.checkpoint = _path(base, spec.checkpoint)
+        if not Path(spec.checkpoint).is_file():
+            raise FileNotFoundError(f"{what} {spec.name!r}: checkpoint not found: {spec.checkpoint}")
+
     def per_benchmark_files(e, key, what):
         files = e.get(key, {})
         if not isinstance(files, dict):
@@ -246,8 +271,10 @@ def load_config(config: str | os.PathLike | Mapping, base: str | os.PathLike | N
     recognizers = []
     for e in raw["recognizers"]:
         spec = make_spec(RecognizerSpec, e, "recognizer", "embeddings")
-        if spec.model is None and not spec.embeddings:
-            raise ConfigError(f"recognizer {spec.name!r} needs a model (TorchScript file) or embeddings files")
+        preset_entry(spec, "recognizer")
+        if spec.model is None and spec.preset is None and not spec.embeddings:
+            raise ConfigError(f"recognizer {spec.name!r} needs a model (TorchScript file), preset + checkpoint, or "
+                              "embeddings files")
         if spec.model is not None:
             spec.model = model_file(spec, "recognizer")
         from ..recognizer import CHANNEL_ORDERS, FLIP_MODES, _triple
@@ -272,9 +299,12 @@ def load_config(config: str | os.PathLike | Mapping, base: str | os.PathLike | N
         if spec.method is not None:
             if spec.method not in score_columns():
                 raise ConfigError(f"quality {spec.name!r}: method must be one of {list(score_columns())}")
-            if spec.model is None:
-                raise ConfigError(f"quality {spec.name!r}: method {spec.method!r} needs a model")
-            spec.model = model_file(spec, "quality")
+            preset_entry(spec, "quality")
+            if spec.model is None and spec.preset is None:
+                raise ConfigError(f"quality {spec.name!r}: method {spec.method!r} needs a model (or preset + "
+                                  "checkpoint)")
+            if spec.model is not None:
+                spec.model = model_file(spec, "quality")
             from ..config import check_batch_independent, score_config
 
             check_batch_independent(score_config(methods=_methods_of([spec]), **spec.options))
@@ -300,6 +330,26 @@ def load_config(config: str | os.PathLike | Mapping, base: str | os.PathLike | N
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     return cfg
+
+
+def export_presets(cfg: Config) -> None:
+    """Each ``preset`` + ``checkpoint`` entry -> a TorchScript file in the cache (made once per preset and
+    checkpoint content, then reused, so the cache keys that hash the model file stay put); sets its ``model``."""
+    from ..sources import resolve
+
+    for spec, role in [(s, "recognizer") for s in cfg.recognizers] + [(s, "quality") for s in cfg.qualities]:
+        if spec.preset is None or spec.model is not None:
+            continue
+        key = _json_hash(dict(preset=spec.preset, role=role, checkpoint=file_hash(spec.checkpoint)))
+        path = Path(cfg.cache) / "models" / f"{spec.preset}-{key[:16]}.pt"
+        if not path.is_file():
+            log.info("%s %s: exporting preset %s with %s", role, spec.name, spec.preset, spec.checkpoint)
+            data = resolve(spec.preset, checkpoint=spec.checkpoint, role=role).model
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        spec.model = str(path)
 
 
 # -- content hashes ------------------------------------------------------------------------------------------
@@ -740,6 +790,7 @@ def reproduce(config: str | os.PathLike | Mapping, out: str | os.PathLike | None
     cfg.cache = cfg.cache or str(Path(cfg.out) / "cache")
     out_dir = Path(cfg.out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    export_presets(cfg)
     size = (int(cfg.image_size), int(cfg.image_size))
     skipped: dict[str, str] = {}
     notes: dict[str, list[str]] = {}
