@@ -340,7 +340,7 @@ def export_presets(cfg: Config) -> None:
     for spec, role in [(s, "recognizer") for s in cfg.recognizers] + [(s, "quality") for s in cfg.qualities]:
         if spec.preset is None or spec.model is not None:
             continue
-        key = _json_hash(dict(preset=spec.preset, role=role, checkpoint=file_hash(spec.checkpoint)))
+        key = _json_hash(dict(preset=spec.preset, checkpoint=file_hash(spec.checkpoint)))  # one file for both roles
         path = Path(cfg.cache) / "models" / f"{spec.preset}-{key[:16]}.pt"
         if not path.is_file():
             log.info("%s %s: exporting preset %s with %s", role, spec.name, spec.preset, spec.checkpoint)
