@@ -90,3 +90,43 @@ def test_demo_study_small(tmp_path):
     for name, why in saved["misses"].items():
         assert why in report
     assert "random rejection" in report and summary["seconds"] > 0
+
+
+def test_augment_applies_every_degradation_in_range():
+    """The training augmentation draws each degradation of the study (JPEG and both exposures included), keeps
+    images in [-1, 1], and is reproducible from its seed."""
+    from vitfiqa.demo.study import LEVELS
+    from vitfiqa.demo.train import DEGRADATIONS, _jpeg, make_augment
+
+    assert set(DEGRADATIONS) == set(LEVELS)
+    x = torch.from_numpy(render_faces(np.arange(8), np.zeros(8, int), 32)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    a, b = make_augment(1.0, seed=3)(x), make_augment(1.0, seed=3)(x)
+    torch.testing.assert_close(a, b)
+    assert a.shape == x.shape and a.min() >= -1 and a.max() <= 1
+    assert ((a - x).abs().flatten(1).max(1).values > 0.05).sum() >= 6  # degraded (a flip alone may also differ)
+    clean = make_augment(0.0, seed=3)(x)
+    assert all(torch.equal(c, v) or torch.equal(c, v.flip(2)) for c, v in zip(clean, x))
+    j = _jpeg(x[:1], 5)
+    assert j.shape == (1, 3, 32, 32) and 0.01 < (j - x[:1]).abs().mean() < 0.5
+
+
+def test_init_recognizer_loads_weights_and_identity_centres(tmp_path):
+    from vitfiqa.demo.train import init_from_recognizer, render_set
+    from vitfiqa.models import FaceViT, export_torchscript
+
+    cfg = DemoConfig(image_size=32, patch_size=8, embed_dim=32, depth=2, num_features=16)
+    torch.manual_seed(1)
+    src = FaceViT(**cfg.model_kwargs()).eval()
+    export_torchscript(src, str(tmp_path / "r.pt"))
+    images, ids = render_set(5, 3, 32)
+    model = FaceViT(**cfg.model_kwargs())
+    head = init_from_recognizer(model, tmp_path / "r.pt", images, ids, cfg)
+    for k, v in src.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[k], v)
+    assert head.weight.shape == (5, 16)
+    with torch.no_grad():
+        from vitfiqa.preprocess import normalize_uint8
+
+        e = torch.nn.functional.normalize(src(normalize_uint8(torch.from_numpy(images))))
+    mean0 = torch.nn.functional.normalize(e[ids == 0].mean(0, keepdim=True))
+    torch.testing.assert_close(head.weight[:1], mean0, atol=1e-5, rtol=1e-4)

@@ -8,7 +8,9 @@ import pytest
 from PIL import Image
 
 from vitfiqa.cli import main
-from vitfiqa.preprocess import DEFAULT_MAX_PIXELS, load_uint8, pil_to_rgb, read_image
+from vitfiqa.loader import load_uint8
+from vitfiqa.options import DEFAULT_MAX_PIXELS
+from vitfiqa.preprocess import pil_to_rgb, read_image
 from vitfiqa.results import read_scores
 
 

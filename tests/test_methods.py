@@ -5,6 +5,7 @@ import torch
 import vitfiqa
 
 from .conftest import FAMILIES
+from .tolerances import assert_batch_close
 from .reference import methods as ref
 
 RTOL = 1e-5
@@ -116,8 +117,8 @@ def test_batch_size_split_gives_same_scores(model_cases, loaded):
     m = loaded("timm-script")
     whole = m.score(x, methods=["attn", "vitnt"])
     split = m.score(x, methods=["attn", "vitnt"], batch_size=3)
-    for k in whole.scores:
-        close(split.scores[k], whole.scores[k], rtol=1e-6)
+    for k in whole.scores:  # float32 GEMMs block by batch size: equal within the float32 bound, not bitwise
+        assert_batch_close(split.scores[k], whole.scores[k], c.eager, k)
     assert len(split) == 7
     df = split.to_frame()
     assert list(df.columns) == ["attn", "vitnt"] and len(df) == 7

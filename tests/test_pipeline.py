@@ -102,17 +102,44 @@ def test_cuda_pipeline_matches_cpu(images, model_cases):
 
 
 def test_exit_columns_fuse_data_set_wide(images, loaded):
-    """The per-exit columns let EX-FIQA be normalised over the whole data set after batched scoring."""
+    """The per-exit columns let EX-FIQA be normalised over the whole data set after batched scoring.
+
+    Two claims, each with the tolerance its arithmetic allows (issue 20 item 7: no tolerance tuned on one CPU):
+    1. the fusion of the exit columns is the model's own data-set-wide fusion: same exits in, same double
+       arithmetic, so equal to double rounding;
+    2. exits scored in batches of 6 differ from one whole-batch forward only by float32 batch dependence
+       (GEMM blocking differs by batch size and by CPU). That difference is measured here (delta), checked to be
+       float32-sized, and propagated through the z-score and the depth weights to bound the fused difference.
+    """
+    depths = np.array([1, 2, 3, 4])
+    cols = [f"exfiqa_exit{d}" for d in depths]
     model = loaded("vitfiqa_token-script")
     frame = score_frame(model, images, ["exfiqa"], batch_size=6)
     good = frame[frame["error"] == ""]
-    exits = good[[f"exfiqa_exit{d}" for d in range(1, 5)]].to_numpy().T
-    fused = vitfiqa.fuse_exits(exits, [1, 2, 3, 4], fusion="depth", normalization="zscore").numpy()
+    batched = good[cols].to_numpy(dtype=np.float64).T
     whole = model.score(vitfiqa.preprocess_images(good["path"].tolist()), methods=["exfiqa"],
                         exit_normalization="zscore")
-    np.testing.assert_allclose(fused, whole["exfiqa_FW"].numpy(), rtol=1e-5)
+    exits = whole.exits.numpy().astype(np.float64)
+    assert whole.exit_columns == cols
+    whole_fw = whole["exfiqa_FW"].numpy()
+
+    # 1. same exits: the data-set-wide fusion equals the model's, to double rounding.
+    np.testing.assert_allclose(vitfiqa.fuse_exits(exits, depths.tolist(), fusion="depth",
+                                                  normalization="zscore").numpy(), whole_fw, rtol=1e-12, atol=1e-12)
+
+    # 2. batched exits: float32 batch dependence only, propagated through z = (x - mean) / std.
+    delta = np.abs(batched - exits).max(axis=1)            # per exit, over images
+    sigma = exits.std(axis=1)
+    assert np.all(delta <= 1e-3 * (np.abs(exits).max(axis=1) + sigma)), delta  # float32-sized, not a mix-up
+    z = (exits - exits.mean(axis=1, keepdims=True)) / sigma[:, None]
+    # |d mean| <= delta, |d std| <= delta (std is 1-Lipschitz in the max norm), so to first order
+    # |dz| <= (2 + |z|) delta / std; the depth weights sum to 1. Factor 2 covers the second-order terms.
+    weights = depths / depths.sum()
+    bound = 2 * (weights[:, None] * (2 + np.abs(z)) * (delta / sigma)[:, None]).sum(axis=0) + 1e-12
+    fused = vitfiqa.fuse_exits(batched, depths.tolist(), fusion="depth", normalization="zscore").numpy()
+    assert np.all(np.abs(fused - whole_fw) <= bound), (np.abs(fused - whole_fw) / bound).max()
     np.testing.assert_array_equal(good["exfiqa_FW"].to_numpy(),
-                                  vitfiqa.fuse_exits(exits, [1, 2, 3, 4], fusion="depth").numpy())
+                                  vitfiqa.fuse_exits(batched, depths.tolist(), fusion="depth").numpy())
 
 
 def test_decoding_in_processes_gives_the_same_batches(images, loaded):

@@ -264,13 +264,13 @@ def test_external_files_parquet_npz_and_matching(tmp_path):
     spec = QualitySpec("Q", scores={"toy": str(tmp_path / "s.parquet")}, column="q")
     np.testing.assert_array_equal(read_external_scores(spec, "toy", ds), [1.0, 2.0, 3.0])
     pd.DataFrame({"path": ["y.jpg"], "q": [5.0]}).to_csv(tmp_path / "bare.csv", index=False)
-    got = read_external_scores(QualitySpec("Q", scores={"toy": str(tmp_path / "bare.csv")}), "toy", ds)
-    assert np.isnan(got[:2]).all() and got[2] == 5.0  # missing images become NaN (their pairs are dropped)
+    with pytest.raises(CorruptEntry, match=r"bare.csv\): 2 of 3 images of toy have no entry"):  # partial: refused
+        read_external_scores(QualitySpec("Q", scores={"toy": str(tmp_path / "bare.csv")}), "toy", ds)
     pd.DataFrame({"path": ["x.jpg"], "q": [5.0]}).to_csv(tmp_path / "ambiguous.csv", index=False)
     with pytest.raises(CorruptEntry, match="matches 2 images"):
         read_external_scores(QualitySpec("Q", scores={"toy": str(tmp_path / "ambiguous.csv")}), "toy", ds)
     pd.DataFrame({"index": [0, 0], "q": [1.0, 2.0]}).to_csv(tmp_path / "dup.csv", index=False)
-    with pytest.raises(CorruptEntry, match="occurs twice"):
+    with pytest.raises(CorruptEntry, match="listed twice with different values"):
         read_external_scores(QualitySpec("Q", scores={"toy": str(tmp_path / "dup.csv")}), "toy", ds)
     emb = np.arange(12, dtype=np.float32).reshape(3, 4)
     pd.DataFrame({"image": keys[::-1], "embedding": list(emb[::-1])}).to_parquet(tmp_path / "e.parquet")

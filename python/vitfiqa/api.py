@@ -16,8 +16,9 @@ import torch
 
 from . import _core
 from .config import ScoreConfig, methods as _registered_methods, score_config
-from .preprocess import DEFAULT_CHANNEL_ORDER, DEFAULT_IMAGE_SIZE, DEFAULT_NORMALIZATION, as_batch, check_channel_order
-from .results import check_batch_size
+from .loader import as_batch
+from .preprocess import DEFAULT_CHANNEL_ORDER, DEFAULT_IMAGE_SIZE, DEFAULT_NORMALIZATION, check_channel_order
+from .options import check_batch_size
 
 METHODS = _registered_methods()  # the core's registry (csrc/methods/), not a list of our own
 _DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float64: "float64"}
@@ -127,7 +128,7 @@ class QualityModel:
                  dtype: torch.dtype | str = torch.float32, image_size: tuple[int, int] | int | None = None,
                  channel_order: str | None = None, normalization: dict | None = None,
                  final_norm: str | None = None):
-        from .models import check_input_contract, read_input_contract
+        from .contract import check_input_contract, read_input_contract
 
         if final_norm is not None and (not isinstance(final_norm, str) or not final_norm.strip()):
             raise ValueError(f"final_norm must be None (find it in forward) or a module path such as 'norm', "

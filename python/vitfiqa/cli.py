@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .loader import IMAGE_EXTENSIONS, is_image_file
 from .preprocess import CHANNEL_ORDERS, DEFAULT_CHANNEL_ORDER, DEFAULT_MAX_PIXELS
-from .results import DEFAULT_BATCH_SIZE
+from .options import DEFAULT_BATCH_SIZE
 
 log = logging.getLogger("vitfiqa")
 
@@ -125,11 +125,13 @@ def _model_argument(args):
 
 
 def cmd_score(args) -> int:
-    from .results import check_batch_size
+    from .options import check_batch_size
 
     check_batch_size(args.batch_size)
     if args.workers is not None and args.workers < 1:
         raise CLIError("--workers must be at least 1")
+    if _baseline_methods(args):
+        return _score_baselines(args)
     config = _score_config(args, heatmaps=bool(args.heatmaps))
     table_dir, export = _out_paths(args.out)
     if args.ray is not None:
@@ -145,6 +147,102 @@ def cmd_score(args) -> int:
     return 0
 
 
+def _baseline_methods(args) -> list[str]:
+    """The baselines named by --methods (none: a ViT run); mixing them with ViT methods is refused."""
+    if not args.methods:
+        return []
+    from .baselines import source_of
+
+    names = [n.strip() for n in args.methods.split(",") if n.strip()]
+    try:
+        kinds = {n: source_of(n)[0] for n in names}
+    except ValueError as exc:
+        raise CLIError(f"--methods: {exc}") from None
+    if "baseline" not in kinds.values():
+        return []
+    if "vit" in kinds.values():
+        raise CLIError("--methods mixes ViT methods and baselines; score them in separate runs (the baselines run on "
+                       "--preset/--model recognisers, the ViT methods on a ViT)")
+    return names
+
+
+def _baseline_options(args, methods: list[str]) -> dict:
+    """``--set <baseline>.<option>=value`` (e.g. serfiq.T=100, serfiq.seed=3): values read as JSON, else text."""
+    import json
+
+    from .baselines import source_of
+
+    opts: dict = {}
+    for item in args.set or []:
+        name, sep, value = item.partition("=")
+        section, dot, field = name.strip().partition(".")
+        if not sep or not dot or not field:
+            raise CLIError(f"--set {item}: expected method.option=value, e.g. serfiq.T=100")
+        try:
+            kind, method = source_of(section)
+        except ValueError as exc:
+            raise CLIError(f"--set {item}: {exc}") from None
+        if kind != "baseline":
+            raise CLIError(f"--set {item}: {section} is not one of the baselines scored")
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = value
+        opts.setdefault(method, {})[field] = parsed
+    return opts
+
+
+def _score_baselines(args) -> int:
+    from tqdm.auto import tqdm
+
+    from .baselines import PRESETS, REGISTRY, load
+    from .baselines.files import resolve, score_files
+    from .results import ScoreTable
+
+    methods = _baseline_methods(args)
+    if args.ray is not None or args.heatmaps:
+        raise CLIError("the baselines run locally and have no heatmaps: drop --ray / --heatmaps")
+    if args.dtype != "float32":
+        raise CLIError("the baselines run in float32")
+    options = _baseline_options(args, methods)
+    try:
+        ms, _, _ = resolve(methods, options)
+    except (TypeError, ValueError) as exc:
+        raise CLIError(f"--set: {exc}") from None
+    if args.preset and args.model:
+        raise CLIError("give --preset (with --checkpoint) or --model (a TorchScript file), not both")
+    network = args.preset or args.model
+    if network is None:
+        defaults = {REGISTRY[m].default_preset for m in ms}
+        raise CLIError(f"--method {','.join(methods)} needs its network: --preset {' / '.join(sorted(defaults))} "
+                       "--checkpoint FILE (the official weights), or --model FILE (TorchScript)")
+    if args.preset and args.preset not in PRESETS:
+        raise CLIError(f"--preset must be one of {sorted(PRESETS)}, got {args.preset!r}")
+    if args.checkpoint and not args.preset:
+        raise CLIError("--checkpoint goes with --preset (the official checkpoint layouts)")
+    if args.preset and not args.checkpoint:
+        raise CLIError(f"--preset {args.preset} needs --checkpoint FILE (its official weights)")
+    model = load(network, checkpoint=args.checkpoint, device=args.device or "cpu", channel_order=args.channel_order,
+                 image_size=args.image_size)
+    files = _image_list(args.images)
+    table_dir, export = _out_paths(args.out)
+    bar = tqdm(total=len(files), desc="scoring", disable=args.quiet)
+    for cols in score_files(ms, model, files, out=table_dir, options=options, batch_size=args.batch_size,
+                            workers=args.workers, overwrite=args.overwrite, max_pixels=_max_pixels(args)):
+        for path, err in zip(cols["path"], cols["error"]):
+            if err:
+                log.warning("skipping %s: %s", path, err)
+        bar.update(len(cols["path"]))
+    bar.close()
+    with ScoreTable.open(table_dir) as table:
+        bad = sum(1 for e in table.columns_dict()["error"] if e)
+        if export is not None:
+            table.export(export)
+        log.info("scored %d images with %s (%d skipped, reasons in the error column) into %s", table.n_images - bad,
+                 ", ".join(ms), bad, export or table_dir)
+    return 0
+
+
 def _max_pixels(args) -> int | None:
     if args.max_pixels < 0:
         raise CLIError("--max-pixels must be positive (0: no limit)")
@@ -155,7 +253,7 @@ def _score_local(args, config, table_dir: Path):
     from tqdm.auto import tqdm
 
     import vitfiqa
-    from vitfiqa.pipeline import open_table, score_files
+    from vitfiqa.pipeline import check_sources, open_table, score_files, with_faces
 
     model = vitfiqa.load(_model_argument(args), device=args.device or "cpu", dtype=args.dtype,
                          image_size=args.image_size, channel_order=args.channel_order, final_norm=args.final_norm,
@@ -167,18 +265,39 @@ def _score_local(args, config, table_dir: Path):
                        "on the next run)")
     options = dict(heatmap_dir=args.heatmaps, heatmap_format=args.heatmap_format) if args.heatmaps else {}
     options["max_pixels"] = _max_pixels(args)
-    table = open_table(model, files, None, table_dir, config=config, batch_size=args.batch_size,
+    run = _face_options(args)
+    ids = None
+    if run is not None:  # the face stage once, here: an all-faces run detects first to know its rows
+        files, ids, _, _ = with_faces(*check_sources(files), run, workers=args.workers,
+                                      max_pixels=options["max_pixels"])
+        options["run"] = run
+    table = open_table(model, files, None, table_dir, ids=ids, config=config, batch_size=args.batch_size,
                        overwrite=args.overwrite, **options)
     if table.n_done:
         log.info("resuming: %d of %d images already scored in %s", table.n_done, len(files), table_dir)
     bar = tqdm(total=len(files), initial=table.n_done, desc="scoring", disable=args.quiet)
-    for sb in score_files(model, files, config=config, batch_size=args.batch_size, workers=args.workers, out=table,
-                          **options):
+    for sb in score_files(model, files, ids=ids, config=config, batch_size=args.batch_size, workers=args.workers,
+                          out=table, **options):
         for pos, err in sb.batch.errors.items():
             log.warning("skipping %s: %s", sb.batch.ids[pos], err)
         bar.update(len(sb.batch.ids))
     bar.close()
     return table
+
+
+def _face_options(args):
+    """The face stage asked for on the command line (--detect, --all-faces, --landmarks), or None."""
+    from .options import RunOptions
+
+    if args.all_faces and not args.detect:
+        raise CLIError("--all-faces needs --detect")
+    if args.landmarks and args.detect:
+        raise CLIError("--landmarks aligns from the file without a detector: give --landmarks or --detect, not both")
+    if args.landmarks and not Path(args.landmarks).is_file():
+        raise CLIError(f"--landmarks file not found: {args.landmarks}")
+    if not (args.detect or args.landmarks):
+        return None
+    return RunOptions(detect=args.detect, all_faces=args.all_faces, landmarks=args.landmarks)
 
 
 def _score_ray(args, config, table_dir: Path):
@@ -195,7 +314,7 @@ def _score_ray(args, config, table_dir: Path):
                    batch_size=args.batch_size, device=args.device, dtype=args.dtype, image_size=args.image_size,
                    channel_order=args.channel_order, workers=args.workers, num_actors=args.actors,
                    overwrite=args.overwrite, progress=not args.quiet, max_pixels=_max_pixels(args),
-                   final_norm=args.final_norm)
+                   final_norm=args.final_norm, run=_face_options(args))
     return ScoreTable.open(table_dir)
 
 
@@ -288,14 +407,6 @@ def cmd_train_demo(args) -> int:
     return 0
 
 
-def _preset_arguments(parser: argparse.ArgumentParser) -> None:
-    from .sources import preset_names
-
-    parser.add_argument("--preset", metavar="NAME", help=f"an official architecture ({', '.join(preset_names())}), "
-                                                          "with its official weights from --checkpoint")
-    parser.add_argument("--checkpoint", metavar="FILE", help="official checkpoint (state dict) for --preset")
-
-
 def _final_norm_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--final-norm", metavar="MODULE",
                         help="module path of the model's final LayerNorm (e.g. norm) when its forward does not "
@@ -303,8 +414,11 @@ def _final_norm_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def _config_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--methods", help="comma-separated quality methods (default: ScoreConfig's); shorthand for "
-                                          "--set methods=...")
+    parser.add_argument("--methods", "--method", dest="methods",
+                        help="comma-separated quality methods (default: ScoreConfig's); shorthand for --set "
+                             "methods=...; for score also the baselines (magface, serfiq, crfiqa, grafiqs, sddfiqa, "
+                             "ediffiqa, or a column such as serfiq_released), whose options are set with --set "
+                             "serfiq.T=100")
     parser.add_argument("--config", metavar="FILE", help="score config file: TOML (methods = [...], [attn], [vitnt], "
                                                          "[exfiqa], [heatmap] tables) or JSON of the same shape")
     parser.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
@@ -319,9 +433,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("score", help="score a folder or list of images")
-    s.add_argument("--model", help="TorchScript ViT file (default: the embedded stand-in, trained on synthetic "
-                                   "faces: not meaningful on real photos)")
-    _preset_arguments(s)
+    s.add_argument("--model", help="TorchScript ViT file (default: the embedded stand-in, trained on synthetic faces: "
+                                   "its scores of real photos are not meaningful); for a baseline, its recogniser as "
+                                   "a TorchScript file")
+    from .sources import preset_names
+
+    s.add_argument("--preset", help=f"an official ViT architecture ({', '.join(preset_names())}), or for a baseline "
+                                    "its published network (vitfiqa.baselines.PRESETS, e.g. crfiqa_l, magface_r100); "
+                                    "with --checkpoint")
+    s.add_argument("--checkpoint", help="with --preset: the official checkpoint file (read as weights only)")
     s.add_argument("--images", required=True, help="folder (searched recursively) or text file of paths")
     _config_arguments(s)
     s.add_argument("--out", required=True,
@@ -346,6 +466,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"skip (with the reason in the table) images larger than this many pixels, read from the "
                         f"header before decoding (default {DEFAULT_MAX_PIXELS:,}; 0: no limit)")
     s.add_argument("--overwrite", action="store_true", help="start again instead of resuming")
+    s.add_argument("--detect", action="store_true",
+                   help="raw photos: find faces with the bundled YuNet detector, align each photo's primary face (the "
+                        "confident one nearest the centre) to the 112x112 ArcFace template, then score; the table "
+                        "gets the box, landmarks, confidence and inter-eye distance (see docs/photos.md)")
+    s.add_argument("--all-faces", action="store_true",
+                   help="with --detect: score every confident face, one row each named <image>#<k>")
+    s.add_argument("--landmarks", metavar="FILE",
+                   help="align by this landmark file instead of detecting (lines 'name x1 y1 ... x5 y5 score', the "
+                        "IJB-C layout; name: the image's path relative to --images, or its file name)")
     s.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
                    help="score on Ray: a new local cluster, or the cluster at ADDRESS ('auto', 'ray://host:10001')")
     s.add_argument("--actors", type=int, help="with --ray: scoring actors (default: one per GPU, else per 2 CPUs)")

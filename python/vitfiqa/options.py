@@ -8,12 +8,35 @@ is loaded and fed; ``RunOptions`` says how a run over many images is executed. S
 from __future__ import annotations
 
 import dataclasses
+import operator
 import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .preprocess import DEFAULT_MAX_PIXELS
-from .results import DEFAULT_BATCH_SIZE
+# The run defaults live here, at the bottom of the package (this module imports nothing of vitfiqa), so the
+# loader, the results table, the pipeline, Ray and the CLI all read the same values without importing up.
+DEFAULT_BATCH_SIZE = 64
+"""Images per scoring / embedding batch when the caller names none: the one default (API wrappers, pipeline,
+results table, Ray, loader, data sets, reproduction, CLI) beside the one check below."""
+
+DEFAULT_MAX_PIXELS = 40_000_000
+"""Largest image (width x height) decoded by default: 40 MP is ~120 MB as RGB, several times any face photo,
+while a decompression bomb (a few kB of PNG that inflates to gigapixels) is refused from its header, before
+any pixel is decoded. ``max_pixels=None`` lifts vitfiqa's limit; Pillow's own still applies (it refuses images
+above 2 x ``PIL.Image.MAX_IMAGE_PIXELS``, 179 MP by default, and warns above 89 MP)."""
+
+
+def check_batch_size(batch_size, allow_none: bool = False) -> None:
+    """The one check of a batch size (API, pipeline, results table, Ray, CLI): a positive integer (None where
+    the caller allows it: the whole input as one batch)."""
+    if batch_size is None and allow_none:
+        return
+    try:
+        ok = not isinstance(batch_size, bool) and operator.index(batch_size) > 0
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"batch_size must be positive, got {batch_size!r}")
 
 
 def _from(cls, value, what: str):

@@ -21,9 +21,10 @@ import numpy as np
 
 from .api import QualityModel, QualityResult
 from .config import ScoreConfig, check_batch_independent, score_config
+from .detect import FACE_COLUMNS, FaceSource
 from .loader import ImageBatch, ImageLoader, to_model_input
 from .preprocess import DEFAULT_CHANNEL_ORDER, DEFAULT_MAX_PIXELS
-from .results import DEFAULT_BATCH_SIZE
+from .options import DEFAULT_BATCH_SIZE
 
 
 @dataclass
@@ -44,8 +45,12 @@ class ScoredBatch:
             scores = self.result.columns()
         for k in self.keys:
             col = [float("nan")] * n
-            for j, pos in enumerate(self.batch.ok):
-                col[pos] = float(scores[k][j])
+            if k in FACE_COLUMNS:  # the face stage's box, confidence, eye distance and landmarks
+                for pos, face in self.batch.faces.items():
+                    col[pos] = face.row()[k]
+            else:
+                for j, pos in enumerate(self.batch.ok):
+                    col[pos] = float(scores[k][j])
             cols[k] = col
         cols["error"] = [self.batch.errors.get(i, "") for i in range(n)]
         return cols
@@ -69,6 +74,10 @@ def check_sources(sources: Sequence, ids: Sequence[str] | None = None) -> tuple[
         raise ValueError("no image paths or bytes given")
     if all(isinstance(s, (str, os.PathLike)) for s in sources):
         kind, sources = "paths", [os.fspath(s) for s in sources]
+    elif all(isinstance(s, FaceSource) for s in sources):
+        kind = "faces"  # the face stage's sources (vitfiqa.detect.face_sources), named by their rows' ids
+        if ids is None:
+            raise ValueError("face sources need ids= (one row name each, as vitfiqa.detect.face_sources gives)")
     elif all(isinstance(s, _BYTES) for s in sources):
         kind, sources = "bytes", [bytes(s) for s in sources]  # one type, whatever the caller's buffers
         if ids is None:
@@ -90,7 +99,9 @@ def check_sources(sources: Sequence, ids: Sequence[str] | None = None) -> tuple[
         if not isinstance(i, str):
             raise TypeError(f"ids must be strings, got {type(i).__name__} ({i!r})")
         parts = re.split(r"[\\/]", i)
-        if not i or "\0" in i or i.startswith(("/", "\\")) or PureWindowsPath(i).drive or ".." in parts:
+        if kind == "faces" and i and "\0" not in i:
+            pass  # rows named by the face stage after their image (a path, maybe absolute, + "#k")
+        elif not i or "\0" in i or i.startswith(("/", "\\")) or PureWindowsPath(i).drive or ".." in parts:
             raise ValueError(f"id {i!r} is not a safe relative name (empty, NUL, absolute, or a '..' part): ids "
                              "also name the heatmap files")
         if i in seen:
@@ -130,7 +141,7 @@ def encode_heatmap(image: np.ndarray, heatmap: np.ndarray, fmt: str) -> bytes:
 
 def run_description(model_sha256: str, image_size, dtype, config: ScoreConfig, heatmaps: dict | None = None,
                     max_pixels: int | None = DEFAULT_MAX_PIXELS, input_contract: dict | None = None,
-                    final_norm: str | None = None, sources: str | None = None) -> dict:
+                    final_norm: str | None = None, sources: str | None = None, faces: dict | None = None) -> dict:
     """What a results table records about the run that fills it (model digest, input size, channel order and
     normalisation, the final norm named by the user, precision, the whole score config, heatmap output, pixel
     limit, and what the sources are: ``"paths"`` or ``"bytes"``, the kind :func:`check_sources` gives); a
@@ -144,6 +155,8 @@ def run_description(model_sha256: str, image_size, dtype, config: ScoreConfig, h
            "heatmaps": heatmaps, "max_pixels": max_pixels, "final_norm": final_norm}
     if sources is not None:
         run["sources"] = sources
+    if faces is not None:
+        run["faces"] = faces  # the face stage: detect / all faces / landmark file, and its rules
     return run
 
 
@@ -191,29 +204,89 @@ def check_model_input(model: QualityModel, config: ScoreConfig | None = None) ->
                          "give the model's own input size (image_size=, CLI --image-size)") from None
 
 
+def face_run(run) -> dict | None:
+    """What a results table records about a run's face stage (None without one): detect, all_faces, the
+    landmark file (name and SHA-256) and the detector's rules (:func:`vitfiqa.detect.face_rules`)."""
+    if run is None or not (run.detect or run.landmarks is not None):
+        return None
+    from .detect import face_rules
+
+    desc = {"detect": bool(run.detect), "all_faces": bool(run.all_faces), **face_rules()}
+    if run.landmarks is not None:
+        import hashlib
+
+        path = Path(run.landmarks)
+        if not path.is_file():
+            raise FileNotFoundError(f"landmark file not found: {path}")
+        desc["landmarks"] = {"name": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    return desc
+
+
+def with_faces(sources: list, ids: list[str] | None, kind: str, run, workers: int | None = None,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[list, list[str] | None, list[str], str]:
+    """The face stage's hook: checked ``sources``/``ids`` (:func:`check_sources`) -> (sources, ids, row names,
+    kind). Without a face stage in ``run`` they pass unchanged; with one they become
+    :class:`vitfiqa.detect.FaceSource` rows (:func:`vitfiqa.detect.face_sources`)."""
+    names = ids if ids is not None else sources
+    if face_run(run) is None or kind == "faces":
+        return sources, ids, names, kind
+    from .detect import face_sources
+
+    srcs, rows = face_sources(sources, names, detect=run.detect, all_faces=run.all_faces,
+                              landmarks=run.landmarks, workers=workers, max_pixels=max_pixels)
+    return srcs, rows, rows, "faces"
+
+
 def open_table(model: QualityModel, sources: Sequence, methods: Sequence[str] | str | None, out, *,
                ids: Sequence[str] | None = None, config: ScoreConfig | dict | None = None,
                batch_size: int = DEFAULT_BATCH_SIZE,
                overwrite: bool = False, heatmap_dir: str | os.PathLike | None = None, heatmap_format: str = "png",
-               max_pixels: int | None = DEFAULT_MAX_PIXELS, **score_options):
+               max_pixels: int | None = DEFAULT_MAX_PIXELS, run=None, **score_options):
     """The :class:`vitfiqa.results.ScoreTable` that :func:`score_files` with these arguments fills: created, or
-    opened to resume (refused if it was made by a different model, image list, kind of source, batch size or
-    config). ``out`` may also be a table opened before; it is checked against this run. ``methods``, ``config``
-    and ``score_options`` make the score config as in :meth:`QualityModel.score`."""
-    from .results import ScoreTable
-
+    opened to resume (refused if it was made by a different model, image list, kind of source, batch size,
+    config or face stage). ``out`` may also be a table opened before; it is checked against this run.
+    ``methods``, ``config`` and ``score_options`` make the score config as in :meth:`QualityModel.score`;
+    ``run`` (:class:`vitfiqa.options.RunOptions`): its face stage (detect, all_faces, landmarks) decides the
+    rows and adds the face columns (an all-faces run detects here to know its rows)."""
     cfg = score_config(config, methods=methods, **score_options)
     sources, ids, kind = check_sources(sources, ids)
-    names = ids if ids is not None else sources
+    sources, ids, names, fkind = with_faces(sources, ids, kind, _run_options(run), max_pixels=max_pixels)
+    return _table(model, names, _table_kind(sources, kind), cfg, out, batch_size=batch_size, overwrite=overwrite,
+                  heatmap_dir=heatmap_dir, heatmap_format=heatmap_format, max_pixels=max_pixels,
+                  faces=_faces_desc(run) if fkind == "faces" else None)
+
+
+def _table_kind(sources, kind: str) -> str:
+    """The kind of source a table records: a face stage's rows record the images they come from."""
+    if kind == "faces":
+        return "bytes" if isinstance(sources[0].source, _BYTES) else "paths"
+    return kind
+
+
+def _faces_desc(run) -> dict:
+    return face_run(_run_options(run)) or {"face_sources": True}
+
+
+def _run_options(run):
+    if run is None:
+        return None
+    from .options import RunOptions
+
+    return RunOptions.of(run)
+
+
+def _table(model, names, kind, cfg, out, *, batch_size, overwrite, heatmap_dir, heatmap_format, max_pixels, faces):
+    from .results import ScoreTable
+
     heat = None
     if heatmap_dir is not None:
         heat = {"dir": str(Path(heatmap_dir).resolve()), "format": heatmap_format}
         cfg.heatmaps = True
-    keys = model.columns(cfg)
+    keys = model.columns(cfg) + (list(FACE_COLUMNS) if faces is not None else [])
     check_model_input(model, cfg)  # before the table exists: a wrong input size leaves nothing behind
     run = run_description(model.sha256, model.image_size, model.dtype, cfg, heat, max_pixels,
                           {"channel_order": model.channel_order, "normalization": model.normalization},
-                          model.final_norm, sources=kind)
+                          model.final_norm, sources=kind, faces=faces)
     if isinstance(out, ScoreTable):
         out.expect(paths=names, keys=keys, batch_size=batch_size, run=run)
         return out
@@ -226,7 +299,7 @@ def score_files(model: QualityModel, sources: Sequence, methods: Sequence[str] |
                 workers: int | None = None, prefetch: int = 2, start: int = 0, decode_processes: bool | None = None,
                 out: str | os.PathLike | None = None, overwrite: bool = False,
                 heatmap_dir: str | os.PathLike | None = None, heatmap_format: str = "png",
-                max_pixels: int | None = DEFAULT_MAX_PIXELS, **score_options) -> Iterator[ScoredBatch]:
+                max_pixels: int | None = DEFAULT_MAX_PIXELS, run=None, **score_options) -> Iterator[ScoredBatch]:
     """Score images batch by batch (a generator: results arrive as each batch finishes).
 
     sources: image file paths, or the encoded bytes of image files with ``ids=`` (one unique name per image,
@@ -249,28 +322,37 @@ def score_files(model: QualityModel, sources: Sequence, methods: Sequence[str] |
     ``methods``, ``config`` (a :class:`vitfiqa.ScoreConfig`) and ``score_options`` (attn_block, vitnt_scale,
     ...) make the score config as in :meth:`QualityModel.score`; it is validated once, before the first batch.
     Scores must not depend on batch mates: EX-FIQA's ``exit_normalization`` must stay ``none`` here;
-    normalise data-set-wide with :func:`vitfiqa.fuse_exits` instead."""
+    normalise data-set-wide with :func:`vitfiqa.fuse_exits` instead.
+
+    run: a :class:`vitfiqa.options.RunOptions` (or its dict) whose face stage is used here: ``detect`` finds
+    faces with the bundled detector and scores each image's primary face, aligned to the ArcFace template
+    (``all_faces``: every confident face, one row each, ``<name>#<k>``); ``landmarks`` aligns by a landmark
+    file (``name x1 y1 ... x5 y5 score``) instead. Rows then also hold the face's box, confidence, inter-eye
+    distance and landmarks (:data:`vitfiqa.detect.FACE_COLUMNS`); "no face found" and "face too small" are
+    skips with that reason (see :mod:`vitfiqa.detect`)."""
     cfg = score_config(config, methods=methods, **score_options)
     check_batch_independent(cfg)
-    sources, ids, _ = check_sources(sources, ids)
-    names = ids if ids is not None else sources
+    run = _run_options(run)
+    sources, ids, kind = check_sources(sources, ids)
+    user_ids = ids is not None and kind != "faces"
+    sources, ids, names, fkind = with_faces(sources, ids, kind, run, workers=workers, max_pixels=max_pixels)
     if heatmap_format not in HEATMAP_FORMATS:
         raise ValueError(f"heatmap_format must be one of {HEATMAP_FORMATS}, not {heatmap_format!r}")
     heat_dir = Path(heatmap_dir) if heatmap_dir is not None else None
-    heat_names = (ids if ids is not None else heatmap_names(sources)) if heat_dir is not None else None
+    heat_names = (names if user_ids else heatmap_names(names)) if heat_dir is not None else None
     if heat_dir is not None:
         cfg.heatmaps = True
     elif cfg.heatmaps and out is not None:
         raise ValueError("heatmaps=True with out=: give heatmap_dir= so the heatmaps are kept with the table")
     scorer = model.scorer(cfg)  # validated against the model once, before the first batch
-    keys = scorer.columns()
+    keys = scorer.columns() + (list(FACE_COLUMNS) if fkind == "faces" else [])
     table = None
     if out is not None:
         if start != 0:
             raise ValueError("start= offsets the index column; a results table (out=) numbers the whole input list")
-        table = open_table(model, sources, None, out, ids=ids, config=cfg, batch_size=batch_size,
-                           overwrite=overwrite, heatmap_dir=heat_dir, heatmap_format=heatmap_format,
-                           max_pixels=max_pixels)
+        table = _table(model, names, _table_kind(sources, fkind), cfg, out, batch_size=batch_size,
+                       overwrite=overwrite, heatmap_dir=heat_dir, heatmap_format=heatmap_format,
+                       max_pixels=max_pixels, faces=_faces_desc(run) if fkind == "faces" else None)
     loader = ImageLoader(sources, batch_size, model.image_size, workers=workers, prefetch=prefetch,
                          pin_memory=model.device.type == "cuda", start=start,
                          processes=model.device.type == "cuda" if decode_processes is None else decode_processes,

@@ -5,8 +5,8 @@ image batch to embeddings (or a tuple whose element ``output`` is the embedding,
 ``(embedding, conv_out)``). It is run as is by the C++ core (``vitfiqa._core.ScriptModel``): no attention
 analysis, so CNNs work.
 
-Each recognizer carries its input preprocessing: ``image_size``, ``channel_order`` (``rgb`` or ``bgr``: the
-official CR-FIQA extraction reads images with OpenCV and feeds BGR) and ``mean``/``std`` applied to x/255
+Each recognizer carries its input preprocessing: ``image_size``, ``channel_order`` (``rgb`` or ``bgr``; the
+official CR-FIQA pipeline feeds RGB from the release files, see :mod:`vitfiqa.fr_models`) and ``mean``/``std`` applied to x/255
 (insightface ArcFace / ElasticFace / CurricularFace: 0.5, 0.5; MagFace: 0, 1, i.e. x/255 only). Each comes from
 the explicit argument, else from the input contract stored in the TorchScript file
 (:func:`vitfiqa.models.export_torchscript` / :func:`vitfiqa.models.export_recognizer`), else the defaults
@@ -49,7 +49,7 @@ def _triple(v, name: str) -> tuple[float, float, float]:
 class Recognizer:
     """A TorchScript face recognizer (path or bytes) used for embeddings only.
 
-    >>> r = Recognizer("arcface_r100.pt", channel_order="bgr", flip="concat")
+    >>> r = Recognizer("arcface_r100.pt", flip="concat")
     >>> e = r.embed(uint8_nhwc_batch)          # float32 [B, 1024]
     """
 
@@ -58,7 +58,7 @@ class Recognizer:
                  mean: float | Sequence[float] | None = None, std: float | Sequence[float] | None = None,
                  flip: str = "concat", output: int = 0, name: str | None = None, *, checkpoint=None):
         from . import _core
-        from .models import read_input_contract
+        from .contract import read_input_contract
         from .sources import resolve
 
         if channel_order is not None:

@@ -19,7 +19,7 @@ from torch import nn
 
 from .loader import is_image_file
 from .preprocess import DEFAULT_IMAGE_SIZE
-from .results import check_batch_size
+from .options import check_batch_size
 
 
 class MarginSoftmax(nn.Module):
@@ -123,7 +123,7 @@ class FolderDataset(torch.utils.data.Dataset):
         return len(self.items)
 
     def __getitem__(self, i):
-        from .preprocess import preprocess_images
+        from .loader import preprocess_images
 
         path, c = self.items[i]
         return preprocess_images([str(path)], self.size)[0], c

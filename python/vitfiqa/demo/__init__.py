@@ -31,8 +31,11 @@ class DemoConfig:
     quality_lr: float = 5e-4
     s: float = 32.0
     m: float = 0.3
-    degrade_share: float = 0.35
+    degrade_share: float = 0.5  # share of each batch degraded (blur, noise, low res, occlusion, JPEG, over/under)
     seed: int = 0
+    # a TorchScript recogniser of this architecture to start the recogniser from (its weights; the class
+    # centres start at each training identity's mean embedding), e.g. to refresh the embedded one; "" = scratch
+    init_recognizer: str = ""
 
     def model_kwargs(self) -> dict:
         return dict(img_size=self.image_size, patch_size=self.patch_size, embed_dim=self.embed_dim, depth=self.depth,

@@ -1,6 +1,7 @@
 """Controlled-degradation study (``vitfiqa demo``): held-out synthetic identities (never seen in training),
-each image clean and degraded at a known level by seven degradations, scored by all four methods — ATTN-FIQA
-and ViTNT-FIQA on the demo recogniser, ViT-FIQA and EX-FIQA on the demo quality model — then:
+each image clean and degraded at a known level by seven degradations (all seven kinds are also applied at
+training time, to other identities: :data:`vitfiqa.demo.train.DEGRADATIONS`), scored by all four methods —
+ATTN-FIQA and ViTNT-FIQA on the demo recogniser, ViT-FIQA and EX-FIQA on the demo quality model — then:
 
 * Spearman correlation of each score with the degradation level, per method and degradation;
 * a verification experiment with the recogniser's embeddings (cosine): clean-pair FNMR at FMR 1e-3, and
@@ -18,8 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..loader import to_model_input
-from ..preprocess import load_uint8
+from ..loader import load_uint8, to_model_input
 from .faces import HELD_OUT, render_faces
 
 # degradation -> parameter at levels 1..4 (level 0 = the clean image)
@@ -260,7 +260,9 @@ def run_demo(out_dir: str | Path = "vitfiqa-demo", identities: int = 150, sample
     lines = ["# vitfiqa demo report", "",
              "Stand-in for face recognition: synthetic faces rendered from seeds (`vitfiqa.demo.faces`). The "
              "recogniser (a small face ViT, CosFace) and the ViT-FIQA quality-token model were trained on 2,000 "
-             "training identities; this study uses "
+             "training identities with every degradation below (blur, noise, low resolution, occlusion, JPEG, "
+             "over- and under-exposure) applied to part of each training batch, so none is unseen; what this "
+             "study holds out is the identities. It uses "
              f"{identities} held-out identities x {samples} renders, each clean and degraded once by every "
              f"degradation at a random level 1-4 ({n} images). ATTN-FIQA and ViTNT-FIQA read the recogniser, "
              "ViT-FIQA and EX-FIQA (depth-weighted fusion FW) the quality model; comparison scores are the "

@@ -12,10 +12,15 @@
 
 Data: ``identities`` training identities x ``samples`` renders each (:mod:`vitfiqa.demo.faces`, namespace
 TRAIN), rendered once at the start; each batch is flipped at random and a share of its images is degraded
-(blur, noise, down-sampling, occlusion, exposure) as real face-recognition training sets contain low-quality
-images; without them nothing in training would tell certainty from image quality. JPEG is left out of
-training (so it is an unseen degradation in the demo). Validation after every epoch: clean-pair FNMR at
-FMR 1e-3 on held-out identities (namespace HELD_OUT, never trained on).
+(blur, noise, down-sampling, occlusion, JPEG compression, over- and under-exposure) as real face-recognition
+training sets contain low-quality images; without them nothing in training would tell certainty from image
+quality. Every degradation of the demo study is thus seen in training (on other identities). Validation after
+every epoch: clean-pair FNMR at FMR 1e-3 on held-out identities (namespace HELD_OUT, never trained on).
+
+``init_recognizer`` starts the recogniser from a trained TorchScript recogniser of the same architecture (e.g.
+the embedded one) instead of from scratch; its CosFace class centres then start at each training identity's
+mean embedding. This is how the embedded models were refreshed with the full degradation set on a loaded
+machine (see benchmarks/results/demo_training.md).
 
 Both runs checkpoint every few minutes under ``work_dir`` and resume from there when started again.
 """
@@ -72,9 +77,29 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
+def _jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
+    """One preprocessed [1,3,H,W] image in [-1, 1] through a JPEG encode/decode at ``quality`` (Pillow)."""
+    import io
+
+    from PIL import Image
+
+    u8 = ((x[0].permute(1, 2, 0) * 0.5 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    buf = io.BytesIO()
+    Image.fromarray(u8).save(buf, format="JPEG", quality=int(quality))
+    buf.seek(0)
+    with Image.open(buf) as im:
+        back = np.asarray(im.convert("RGB"))
+    return (torch.from_numpy(back.copy()).permute(2, 0, 1)[None].to(x.dtype) / 255 - 0.5) / 0.5
+
+
+# The degradations a real face-recognition training set contains, as the augmentation draws them; the demo study
+# (vitfiqa.demo.study.LEVELS) degrades its held-out images by the same kinds, over about the same ranges.
+DEGRADATIONS = ("blur", "noise", "lowres", "occlusion", "jpeg", "overexposure", "underexposure")
+
+
 def make_augment(share: float, seed: int = 0):
     """Batch augmentation on preprocessed [-1, 1] images: random horizontal flip, and for ``share`` of the
-    images one random degradation of random strength."""
+    images one random degradation (:data:`DEGRADATIONS`, equally likely) of random strength."""
     g = torch.Generator().manual_seed(seed)
 
     def augment(x: torch.Tensor) -> torch.Tensor:
@@ -84,26 +109,29 @@ def make_augment(share: float, seed: int = 0):
         x[flip] = x[flip].flip(3)
         pick = torch.nonzero(torch.rand(n, generator=g) < share).reshape(-1).tolist()
         for i in pick:
-            kind = int(torch.randint(0, 5, (1,), generator=g))
+            kind = DEGRADATIONS[int(torch.randint(0, len(DEGRADATIONS), (1,), generator=g))]
             t = float(torch.rand(1, generator=g))  # strength in [0, 1)
             xi = x[i:i + 1]
-            if kind == 0:
-                xi = _gaussian_blur(xi, 0.6 + 3.0 * t)
-            elif kind == 1:
-                xi = xi + torch.randn(xi.shape, generator=g) * (0.05 + 0.45 * t)
-            elif kind == 2:
-                f = 0.5 - 0.4 * t
+            if kind == "blur":  # sigma 0.6..4.8 px at 112x112
+                xi = _gaussian_blur(xi, (0.6 + 4.2 * t) * h / 112)
+            elif kind == "noise":  # std 6..70 grey levels
+                xi = xi + torch.randn(xi.shape, generator=g) * (0.05 + 0.5 * t)
+            elif kind == "lowres":  # down-scaled to 0.55..0.12 of the side, then back up
+                f = 0.55 - 0.43 * t
                 small = F.interpolate(xi, size=(max(4, int(h * f)), max(4, int(w * f))), mode="bilinear",
                                       align_corners=False, antialias=True)
                 xi = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
-            elif kind == 3:
-                side = int((0.25 + 0.35 * t) * h)
+            elif kind == "occlusion":  # a square of one random colour over 6%..49% of the image
+                side = int((0.25 + 0.45 * t) * h)
                 r0, c0 = (int(v) for v in torch.randint(0, h - side, (2,), generator=g))
                 xi = xi.clone()
-                xi[..., r0:r0 + side, c0:c0 + side] = float(torch.rand(1, generator=g)) * 2 - 1
-            else:  # exposure: the [0, 1] image scaled up (over) or down (under), clipped
-                gain = 1.6 + 1.4 * t if torch.rand(1, generator=g) < 0.5 else 0.55 - 0.4 * t
-                xi = ((xi * 0.5 + 0.5) * gain).clamp(0, 1) * 2 - 1
+                xi[..., r0:r0 + side, c0:c0 + side] = (torch.rand(3, generator=g) * 2 - 1).view(1, 3, 1, 1)
+            elif kind == "jpeg":  # quality 40..3
+                xi = _jpeg(xi, round(40 - 37 * t))
+            elif kind == "overexposure":  # the [0, 1] image times 1.4..3.8, clipped
+                xi = ((xi * 0.5 + 0.5) * (1.4 + 2.4 * t)).clamp(0, 1) * 2 - 1
+            else:  # underexposure: times 0.6..0.07
+                xi = ((xi * 0.5 + 0.5) * (0.6 - 0.53 * t)).clamp(0, 1) * 2 - 1
             x[i] = xi[0].clamp(-1, 1)
         return x
 
@@ -146,6 +174,23 @@ def quality_from_recognizer(recognizer: FaceViT, cfg: DemoConfig) -> ViTFIQA:
     return q
 
 
+def init_from_recognizer(model: FaceViT, path: str | Path, images: np.ndarray, ids: np.ndarray,
+                         cfg: DemoConfig) -> MarginSoftmax:
+    """Load a TorchScript recogniser's weights into ``model`` (same architecture) and return a CosFace head
+    whose class centres are the identities' mean normalised embeddings of the (clean) training images."""
+    ts = torch.jit.load(str(path), map_location="cpu")  # TorchScript archive: no pickle of Python objects
+    model.load_state_dict(ts.state_dict())
+    model.eval()
+    sums = torch.zeros(int(ids.max()) + 1, cfg.num_features)
+    with torch.no_grad():
+        for i in range(0, len(images), 256):
+            e = F.normalize(model(normalize_uint8(torch.from_numpy(np.ascontiguousarray(images[i:i + 256])))))
+            sums.index_add_(0, torch.from_numpy(np.asarray(ids[i:i + 256], dtype=np.int64)), e)
+    head = MarginSoftmax(cfg.num_features, len(sums), s=cfg.s, m=cfg.m)
+    head.weight.data.copy_(F.normalize(sums))
+    return head
+
+
 def _input_contract(cfg: DemoConfig) -> dict:
     # what the models were trained on: clean_fnmr and InMemoryDataset prepare batches with normalize_uint8's
     # defaults, which are these
@@ -182,8 +227,13 @@ def train(cfg: DemoConfig | None = None, work_dir: str | Path = "vitfiqa-train-d
     torch.manual_seed(cfg.seed)
     recognizer = FaceViT(**cfg.model_kwargs())
     t1 = time.time()
+    head = None
+    if cfg.init_recognizer and not (work / "recognizer" / "last.pt").exists():  # a resumed run has it all
+        head = init_from_recognizer(recognizer, cfg.init_recognizer, images, ids, cfg)
+        log(f"recogniser initialised from {cfg.init_recognizer}; class centres = identity mean embeddings "
+            f"({time.time() - t1:.0f} s)")
     rec_run = train_recognizer(recognizer, data, epochs=cfg.recognizer_epochs, lr=cfg.recognizer_lr,
-                                warmup=300, checkpoint_dir=work / "recognizer", **common)
+                                warmup=300, checkpoint_dir=work / "recognizer", head=head, **common)
     t_rec = time.time() - t1
     quality = quality_from_recognizer(recognizer, cfg)
     t2 = time.time()
@@ -211,12 +261,3 @@ def _copy_head(head: MarginSoftmax, cfg: DemoConfig) -> MarginSoftmax:
     new.load_state_dict(head.state_dict())
     return new
 
-
-def main(argv=None):
-    from ..cli import main as cli_main
-
-    return cli_main(["train-demo", *(argv or [])])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(__import__("sys").argv[1:]))
