@@ -249,7 +249,9 @@ def test_cnn_recognizer_preset_carries_its_input(tmp_path, monkeypatch):
     cnn = fr_models.build_recognizer("arcface_r50")
     torch.save(cnn.state_dict(), tmp_path / "backbone.pth")
     r = load_recognizer("arcface_r50", checkpoint=str(tmp_path / "backbone.pth"), flip="none")
-    assert (r.channel_order, r.mean, r.image_size) == ("bgr", (0.5,) * 3, (112, 112))
+    pre = fr_models.RECOGNIZERS["arcface_r50"]
+    assert (r.channel_order, r.mean, r.std, r.image_size) == (pre.channel_order, (pre.mean,) * 3, (pre.std,) * 3,
+                                                              (112, 112))
     fr_models.export_recognizer("arcface_r50", str(tmp_path / "backbone.pth"), str(tmp_path / "ref.pt"))
     u8 = np.random.default_rng(0).integers(0, 256, (1, 112, 112, 3), dtype=np.uint8)
     np.testing.assert_array_equal(r.embed(u8), Recognizer(str(tmp_path / "ref.pt"), flip="none").embed(u8))

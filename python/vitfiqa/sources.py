@@ -256,7 +256,7 @@ def _options_contract(options: ModelOptions) -> dict:
         out["channel_order"] = options.channel_order
     if options.normalization is not None:
         out["normalization"] = dict(options.normalization)
-    from .models import check_input_contract
+    from .contract import check_input_contract
 
     return check_input_contract(out)  # canonical: image_size [H, W]
 
@@ -275,7 +275,7 @@ def _weights_digest(module: nn.Module, route: str, contract: dict, extra: str = 
 
 
 def _save(ts: torch.jit.ScriptModule, contract: dict | None) -> bytes:
-    from .models import INPUT_CONTRACT_FILE, check_input_contract
+    from .contract import INPUT_CONTRACT_FILE, check_input_contract
 
     extra = {}
     if contract:
