@@ -1,5 +1,8 @@
 #include "graph_rewrite.h"
 
+#include "graph_prepare.h"
+#include "util.h"
+
 #include <torch/csrc/jit/passes/dead_code_elimination.h>
 
 #include <algorithm>
@@ -104,12 +107,6 @@ Value* exit_target(const ModelLayout& layout, int64_t exit_output) {
   if (exit_output != -1 && exit_output != 0)
     throw std::out_of_range("the model returns a single tensor; exit output must be 0 or -1");
   return ret;
-}
-
-std::vector<int64_t> sorted_unique(std::vector<int64_t> v) {
-  std::sort(v.begin(), v.end());
-  v.erase(std::unique(v.begin(), v.end()), v.end());
-  return v;
 }
 
 // The blocks whose attention is tapped: the logits' blocks, and for fused attention also the probabilities'

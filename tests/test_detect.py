@@ -15,24 +15,14 @@ from vitfiqa.detect import (CONFIDENT_SCORE, FACE_COLUMNS, MIN_EYE_DISTANCE, Fac
                             face_sources, primary_face)
 from vitfiqa.pipeline import score_frame
 
+from .face_photos import make_photos
+
 data = pytest.importorskip("skimage.data")
 
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
-    root = tmp_path_factory.mktemp("photos")
-    astro = data.astronaut()
-    Image.fromarray(astro).save(root / "astronaut.jpg", quality=95)
-    Image.fromarray(data.coffee()).save(root / "coffee.jpg", quality=95)
-    # the same face, shrunk until its eyes are ~9 px apart: found, but too small to align
-    Image.fromarray(astro).resize((96, 96), Image.BILINEAR).save(root / "tiny.png")
-    # a group: three copies of the face on a wide canvas, the middle one nearest the centre
-    face = astro[20:300, 120:360]
-    canvas = np.full((420, 1000, 3), 90, np.uint8)
-    for x0 in (30, 380, 730):
-        canvas[70:350, x0:x0 + 240] = face
-    Image.fromarray(canvas).save(root / "group.png")
-    return root
+    return make_photos(tmp_path_factory.mktemp("photos"))
 
 
 @pytest.fixture(scope="module")
@@ -167,35 +157,13 @@ def test_cli_detect_all_faces_and_landmarks(photos, tmp_path):
     assert not (tmp_path / "d.csv").exists()
 
 
-def test_ray_detect_equals_local(photos, model, tmp_path):
-    """detect=True / all_faces through Ray: the driver decides the rows, actors detect and align; the table
-    equals the local one."""
-    ray = pytest.importorskip("ray")
-    from vitfiqa.demo import RECOGNIZER
-    from vitfiqa.distributed import score_with_ray
-
-    files = [str(photos / n) for n in ("group.png", "coffee.jpg", "astronaut.jpg", "tiny.png")]
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        for run in ({"detect": True}, {"detect": True, "all_faces": True}):
-            remote = score_with_ray(RECOGNIZER, files, tmp_path / f"t{len(run)}", batch_size=2, num_actors=1,
-                                    progress=False, run=run)
-            local = score_frame(model, files, run=run, batch_size=2)
-            assert list(remote.path) == list(local.path)
-            assert list(remote.error) == list(local.error)
-            for k in ("attn", *FACE_COLUMNS):
-                np.testing.assert_allclose(remote[k].to_numpy(float), local[k].to_numpy(float), rtol=1e-6)
-    finally:
-        ray.shutdown()
-
-
 def test_photos_doc_runs(tmp_path, monkeypatch):
     """docs/photos.md, executed: its python and bash blocks in order, in a fresh folder (blocks marked
     ``<!-- not-run: ... -->`` on the line before are left out)."""
     import os
     import re
+    import shlex
     import subprocess
-    import sys
     from pathlib import Path
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "photos.md").read_text()
@@ -203,14 +171,18 @@ def test_photos_doc_runs(tmp_path, monkeypatch):
                                                             text, re.S) if not m.group(1)]
     assert len(blocks) >= 5
     monkeypatch.chdir(tmp_path)
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    from vitfiqa.cli import main
+
     for lang, code in blocks:
         if lang == "python":
             exec(compile(code, "photos.md", "exec"), {})
-        else:
-            code = code.replace("vitfiqa score", f"{sys.executable} -m vitfiqa score")
-            r = subprocess.run(["bash", "-ec", code], env=env, capture_output=True, text=True, timeout=300)
-            assert r.returncode == 0, r.stderr[-2000:]
+            continue
+        for line in code.strip().splitlines():
+            if line.startswith("vitfiqa "):  # the CLI in this process (as the console script runs it)
+                assert main(shlex.split(line)[1:]) == 0, line
+            else:
+                r = subprocess.run(["bash", "-ec", line], capture_output=True, text=True, timeout=60)
+                assert r.returncode == 0, r.stderr[-2000:]
     df = pd.read_csv(tmp_path / "all_faces.csv", keep_default_na=False)
     assert sum(os.path.basename(p).startswith("group.jpg#") for p in df.path) == 3
 

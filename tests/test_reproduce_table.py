@@ -53,22 +53,8 @@ def images(n, seed=0):
 
 
 def prepare_like_extract_bin(bin_path, data_dir, dataset="lfw"):
-    """CR-FIQA's feature_extraction/extract_bin.py: decode each .bin image RGB (mx.image.imdecode), write it
-    with cv2.imwrite as quality_data/<ds>/images/%05d.jpg (PNG bytes here: lossless), list it in
-    image_path_list.txt and write pair_list.txt with np.savetxt(fmt='%05d') of [idx, idx+1, issame]."""
-    with open(bin_path, "rb") as f:
-        bins, issame = pickle.load(f)
-    out = data_dir / "quality_data" / dataset
-    (out / "images").mkdir(parents=True)
-    lines = []
-    for i, b in enumerate(bins):
-        rgb = np.asarray(Image.open(io.BytesIO(b)).convert("RGB"))
-        cv2_imwrite(out / "images" / f"{i:05d}.jpg", rgb)
-        lines.append(f"quality_data/{dataset}/images/{i:05d}.jpg")
-    (out / "image_path_list.txt").write_text("\n".join(lines) + "\n")
-    pairs = np.array([[2 * k, 2 * k + 1, int(s)] for k, s in enumerate(issame)])
-    np.savetxt(out / "pair_list.txt", pairs, fmt="%05d")
-    return out
+    """CR-FIQA's feature_extraction/extract_bin.py output, lossless (PNG bytes under its .jpg names)."""
+    return synthetic.write_crfiqa_prepared(bin_path, data_dir, dataset, lossless=True)
 
 
 @pytest.fixture(scope="module")
@@ -291,3 +277,29 @@ def test_crfiqa_xqlfw_list_loads_as_crfiqa_reads_it(tmp_path):
     j = [key(release_ds, k) for k in range(len(release_ds))].index(listed[0].split("/")[-1])
     np.testing.assert_array_equal(load_pair_list(tmp_path / "data", out).load(i), release_ds.load(j)[..., ::-1])
     np.testing.assert_array_equal(ds.load(i), release_ds.load(j))
+
+
+def test_docs_table_config_is_a_valid_config(tmp_path):
+    """docs/tables/exfiqa.toml loads (every key, method, preset and option known) once its model and checkpoint
+    files exist; it names the eight benchmarks, four recognisers and every row kind."""
+    import shutil
+    import tomllib
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parent.parent / "docs" / "tables" / "exfiqa.toml"
+    shutil.copy(src, tmp_path / "exfiqa.toml")
+    raw = tomllib.loads(src.read_text())
+    for entry in raw["recognizers"] + raw["qualities"]:
+        for key in ("model", "checkpoint"):
+            if key in entry:
+                (tmp_path / entry[key]).parent.mkdir(parents=True, exist_ok=True)
+                (tmp_path / entry[key]).write_bytes(b"placeholder")
+    cfg = load_config(tmp_path / "exfiqa.toml")
+    assert [b.name for b in cfg.benchmarks] == ["LFW", "AgeDB-30", "CFP-FP", "CALFW", "Adience", "CPLFW", "XQLFW",
+                                                "IJB-C"]
+    assert len(cfg.recognizers) == 4
+    kinds = {("vit" if q.method in ("attn", "vitnt", "vitfiqa", "exfiqa_F", "exfiqa_FW") else
+              "score file" if q.scores else "baseline") for q in cfg.qualities}
+    assert kinds == {"vit", "baseline", "score file"}
+    files = [q for q in cfg.qualities if q.scores]
+    assert all(set(q.scores) == {b.name for b in cfg.benchmarks} for q in files)

@@ -364,3 +364,29 @@ def test_cli_preset_and_checkpoint_equal_model_file(tmp_path, tiny_preset):
     # a state dict given as --model: one line naming the route that works
     assert main(["-q", "score", "--model", str(ckpt), "--images", str(folder), "--out", str(tmp_path / "c.csv")]) == 2
     assert not (tmp_path / "c.csv.table").exists()
+
+
+def test_ray_takes_an_eager_module(tmp_path):
+    ray = pytest.importorskip("ray")
+    from PIL import Image
+
+    from vitfiqa.distributed import score_with_ray
+    from vitfiqa.pipeline import score_frame
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(4):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(rng.integers(0, 256, (112, 112, 3), dtype=np.uint8)).save(paths[-1])
+    model = small_face_vit()
+    local = score_frame(vitfiqa.load(export_torchscript(model, str(tmp_path / "m.pt"))), paths, METHODS)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        dist = score_with_ray(model, paths, tmp_path / "t", METHODS, num_actors=1, progress=False)
+    finally:
+        if started:
+            ray.shutdown()
+    for k in METHODS:
+        np.testing.assert_allclose(dist[k].to_numpy(), local[k].to_numpy(), rtol=RTOL)

@@ -36,9 +36,11 @@ from .options import DEFAULT_BATCH_SIZE, DEFAULT_MAX_PIXELS, check_batch_size
 from .preprocess import (DEFAULT_CHANNEL_ORDER, DEFAULT_IMAGE_SIZE, _hwc_uint8, normalize_uint8,
                          resize_uint8)
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
-"""File-name endings taken as images when a folder is searched (the CLI's ``--images DIR``, the training
-folder data set); compared lower-case."""
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
+                              ".pgm", ".pbm"})
+"""File-name endings of the image files vitfiqa reads (all decoded by Pillow; a GIF's first frame): the files
+taken from a searched folder and the entries accepted in an image list (the CLI's ``--images DIR|LIST``), and
+the training folder data set; compared lower-case."""
 
 DECODE_ERRORS = (OSError, ValueError, TypeError, MemoryError)
 """What decoding one source may raise for a reason of that source alone (a skip, not the end of the run)."""
@@ -137,6 +139,11 @@ class ImageBatch:
     errors: dict[int, str] = field(default_factory=dict)
     faces: dict[int, Any] = field(default_factory=dict)
     resized: int = 0  # how many of ``images`` were resized (not square or not at the model's size), not aligned
+
+    def __repr__(self) -> str:
+        shape = list(self.images.shape) if self.images is not None else None
+        return (f"ImageBatch(start={self.start}, {len(self.ids)} sources, {len(self.ok)} decoded {shape}, "
+                f"{len(self.errors)} errors)")
 
 
 _PROCESS_POOLS: dict[int, ProcessPoolExecutor] = {}

@@ -25,6 +25,7 @@ from torch import nn
 from .registry import BaselineMethod, register
 
 GROUPS = ("image", "block1", "block2", "block3", "block4")
+CHUNK = 8  # images per backward pass
 
 
 def compute(model, x: torch.Tensor, blocks=None) -> dict[str, torch.Tensor]:
@@ -32,21 +33,27 @@ def compute(model, x: torch.Tensor, blocks=None) -> dict[str, torch.Tensor]:
 
     net = model.eager
     mods = dict(net.named_modules())
-    if blocks is None:
-        try:
-            blocks = structure(net).stages
-        except ValueError as exc:
-            raise ValueError(f"GraFIQs: {exc}; name the four stage modules with blocks=[...]") from None
-    blocks = list(blocks)
-    if len(blocks) != 4 or not all(isinstance(b, str) and b in mods for b in blocks):
-        raise ValueError(f"GraFIQs needs four stage modules of the network (blocks=[...] module paths); got {blocks}")
     bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
     if not bns:
         raise ValueError(f"GraFIQs needs a network with BatchNorm2d layers; {model.name} has none")
     if any(m.running_mean is None or m.running_var is None for m in bns):
         raise ValueError("GraFIQs needs the BatchNorm2d layers' running statistics (track_running_stats)")
+    if blocks is None:
+        try:
+            blocks = structure(net).stages
+        except ValueError as exc:
+            raise ValueError(f"GraFIQs: {exc}; name the four stage modules with blocks=[...]") from None
+        if not blocks:
+            raise ValueError(f"GraFIQs: blocks 1 to 4 are defined for iResNet and IR networks; for {model.name} name "
+                             "the four stage modules with blocks=[...]")
+    blocks = list(blocks)
+    if len(blocks) != 4 or not all(isinstance(b, str) and b in mods for b in blocks):
+        raise ValueError(f"GraFIQs needs four stage modules of the network (blocks=[...] module paths); got {blocks}")
     if net.training:
         net.eval()
+    if x.shape[0] > CHUNK:  # per-image values: chunks bound the activations kept for the backward pass
+        parts = [compute(model, x[s:s + CHUNK], blocks) for s in range(0, x.shape[0], CHUNK)]
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     terms: list[torch.Tensor] = []
     stage_out: dict[str, torch.Tensor] = {}
 

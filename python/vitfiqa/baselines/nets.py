@@ -192,8 +192,7 @@ def structure(model: nn.Module) -> Structure:
                              tuple(f"{p}layer{i}" for i in range(1, 5)))
         if all(f"{p}{n}" in mods for n in ("conv1", "conv_6_dw", "linear", "bn")) and \
                 isinstance(mods[f"{p}linear"], nn.Linear):
-            return Structure("mobilefacenet", f"{p}linear", (f"{p}bn",), True,
-                             (f"{p}conv_3", f"{p}conv_4", f"{p}conv_5", f"{p}conv_6_dw"))
+            return Structure("mobilefacenet", f"{p}linear", (f"{p}bn",), True, ())  # no "blocks 1-4" defined
     if "input_layer" in mods and isinstance(mods.get("body"), nn.Sequential):
         stages = _stage_ends(mods["body"], "body")
         out = mods.get("output_layer")
@@ -231,13 +230,36 @@ def _ir_units(keys) -> tuple[int, ...]:
     raise ValueError(f"an IR body of {n} units matches none of the IR depths {sorted(IR_UNITS)}")
 
 
-def eager_from_state(state: dict, bn_eps: float = 1e-5) -> nn.Module:
+def _face_vit(state: dict, num_heads: Optional[int]) -> nn.Module:
+    """A :mod:`vitfiqa.models` face ViT (plain or a ViT-FIQA variant) shaped like ``state``."""
+    from ..models import model_class
+
+    if not num_heads:
+        raise ValueError("a face ViT's head count is not in its weights: it is read from a TorchScript file")
+    proj, pos = state["patch_embed.proj.weight"], state["pos_embed"]
+    dim, patch = int(proj.shape[0]), int(proj.shape[2])
+    depth = len({k.split(".")[1] for k in state if k.startswith("blocks.") and k.endswith(".norm1.weight")})
+    mlp_ratio = state["blocks.0.mlp.fc1.weight"].shape[0] / dim
+    if "quality_token" in state:
+        quality = "full" if state["feature.0.weight"].shape[1] == dim * int(pos.shape[1]) else "token"
+    else:
+        quality = "crfiqa" if "head_qs.1.weight" in state else None
+    grid = int(round((int(pos.shape[1]) - (1 if "quality_token" in state else 0)) ** 0.5))
+    img = 112 if 112 // patch == grid else grid * patch
+    return model_class(quality)(img_size=img, patch_size=patch, embed_dim=dim, depth=depth, num_heads=int(num_heads),
+                                mlp_ratio=mlp_ratio, num_features=int(state["feature.3.weight"].shape[0]))
+
+
+def eager_from_state(state: dict, bn_eps: float = 1e-5, num_heads: Optional[int] = None) -> nn.Module:
     """An eager network of a known layout built from a state dict's keys and shapes (iResNet of any depth,
-    CR-FIQA iResNet, CurricularFace IR, SDD-FIQA, eDifFIQA), with the weights loaded strictly."""
+    CR-FIQA iResNet, CurricularFace IR, SDD-FIQA, eDifFIQA, vitfiqa face ViT given its ``num_heads``), with the
+    weights loaded strictly."""
     keys = set(state)
-    if "layer1.0.bn1.weight" in keys and "features.running_mean" in keys:
+    if "patch_embed.proj.weight" in keys and "pos_embed" in keys and "feature.3.weight" in keys:
+        model: nn.Module = _face_vit(state, num_heads)
+    elif "layer1.0.bn1.weight" in keys and "features.running_mean" in keys:
         layers = _iresnet_layers(keys)
-        model: nn.Module = (CRFIQAIResNet(layers, eps=bn_eps) if "qs.weight" in keys else
+        model = (CRFIQAIResNet(layers, eps=bn_eps) if "qs.weight" in keys else
                             IResNet(layers, eps=bn_eps))
     elif "input_layer.0.weight" in keys and "quality.3.weight" in keys:
         model = SDDFIQANet(_ir_units(keys))
@@ -249,7 +271,7 @@ def eager_from_state(state: dict, bn_eps: float = 1e-5) -> nn.Module:
         model = EDifFIQANet(IResNet(_iresnet_layers(keys, "base_model."), eps=bn_eps))
     else:
         raise ValueError("the model's weights fit none of the baselines' network layouts (iResNet, CR-FIQA, "
-                         "CurricularFace IR, SDD-FIQA, eDifFIQA)")
+                         "CurricularFace IR, SDD-FIQA, eDifFIQA, vitfiqa face ViT)")
     from ..fr_models import strict_load
 
     strict_load(model, state, "the TorchScript model's weights")
@@ -261,8 +283,9 @@ def eager_from_script(script: torch.jit.ScriptModule, example: torch.Tensor) -> 
     built from its weights' keys and shapes, with its BatchNorm eps, then checked to give the same output as
     the TorchScript forward on ``example``; a clear error otherwise."""
     state = {k: v.detach().clone() for k, v in script.state_dict().items()}
+    heads = {int(m.num_heads) for n, m in script.named_modules() if n.endswith(".attn") and hasattr(m, "num_heads")}
     try:
-        model = eager_from_state(state)
+        model = eager_from_state(state, num_heads=heads.pop() if len(heads) == 1 else None)
     except ValueError as exc:
         raise ValueError(f"this TorchScript model cannot be used here: {exc}") from None
     scripted = dict(script.named_modules())

@@ -130,10 +130,11 @@ PRESETS: dict[str, BaselinePreset] = {p.name: p for p in (
                    RECOGNIZERS["curricularface_ir101"].channel_order, RECOGNIZERS["curricularface_ir101"].mean,
                    RECOGNIZERS["curricularface_ir101"].std, ("embedding", "conv_out"),
                    "CurricularFace IR-101 (see vitfiqa.fr_models)"),
-    BaselinePreset("grafiqs_r100", _iresnet_builder(100, 1e-5), "insightface", "bgr", 0.5, 0.5,
-                   ("embedding",), "jankolf/GraFIQs extract_grafiqs.py: iresnet100, cv2.imread (BGR as read unless "
-                   "--bgr2rgb), ToDtype(scale) + Normalize(0.5, 0.5)"),
-    BaselinePreset("grafiqs_r50", _iresnet_builder(50, 1e-5), "insightface", "bgr", 0.5, 0.5,
+    BaselinePreset("grafiqs_r100", _iresnet_builder(100, 1e-5), "insightface", "rgb", 0.5, 0.5,
+                   ("embedding",), "jankolf/GraFIQs extract_grafiqs.py: iresnet100, cv2.imread fed as read (no "
+                   "--bgr2rgb), ToDtype(scale) + Normalize(0.5, 0.5); its evaluation runs on CR-FIQA's prepared "
+                   "images, which were written channel-swapped, so the network sees RGB of the original images"),
+    BaselinePreset("grafiqs_r50", _iresnet_builder(50, 1e-5), "insightface", "rgb", 0.5, 0.5,
                    ("embedding",), "jankolf/GraFIQs extract_grafiqs.py: iresnet50, as grafiqs_r100"),
     BaselinePreset("crfiqa_s", _crfiqa(50), "bare", "rgb", 0.5, 0.5, ("embedding", "quality"),
                    "fdbtrs/CR-FIQA backbones/iresnet.py iresnet50(qs=1) = CR-FIQA(S); " + _RGB_CRFIQA),

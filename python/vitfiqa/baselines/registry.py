@@ -67,7 +67,7 @@ def source_of(column: str) -> tuple[str, str]:
     base = {**{m: m for m in REGISTRY}, **score_columns()}
     if column in base:
         return "baseline", base[column]
-    raise ValueError(f"unknown quality method or score column {column!r}; ViT methods: {sorted(vit)}; "
+    raise ValueError(f"unknown method or score column {column!r}; ViT methods: {sorted(vit)}; "
                      f"baselines: {sorted(base)}")
 
 

@@ -55,7 +55,7 @@ Example config (paths are relative to the config file)::
     name = "ATTN-FIQA"
     method = "attn"
     model = "vit_b_face.pt"
-    options = { attn_block = -1 }    # score options (vitfiqa.ScoreConfig)
+    options = { attn.block = -1 }    # score config fields, dotted (vitfiqa.ScoreConfig.fields())
     final_norm = "norm"              # model options (vitfiqa.options.ModelOptions fields): channel_order,
                                      # normalization, image_size, final_norm, device, dtype
 
@@ -89,13 +89,13 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from ..config import methods as registered_methods, score_columns
-from ..options import ModelOptions
+from ..digest import file_hash
+from ..options import DEFAULT_BATCH_SIZE, ModelOptions, RunOptions
 from ..preprocess import DEFAULT_IMAGE_SIZE
-from ..options import DEFAULT_BATCH_SIZE
 from .datasets import (CorruptEntry, ImageSet, aggregate_templates, check_prepared, extract_embeddings, load_adience,
                        load_bin, load_ijbc, load_lfw_pairs, load_pair_list, template_quality)
 from .report import evaluate, plot_edc_grid, to_csv, to_latex, to_markdown
-from .scores import comparison_scores
+from .scores import masked_comparison_scores
 
 log = logging.getLogger("vitfiqa.reproduce")
 
@@ -213,6 +213,14 @@ class Config:
     ray: str | None = None          # embeddings and vitfiqa qualities on Ray: "local" (this process's or a new
                                     # local Ray), "auto" or "ray://host:port"; qualities of image files only
                                     # (encoded bytes and aligned crops are scored locally), embeddings of any
+
+    def run_options(self) -> RunOptions:
+        """How the config's runs over a benchmark are executed (its ``batch_size`` and ``workers``)."""
+        return RunOptions(batch_size=int(self.batch_size), workers=self.workers)
+
+    def model_options(self, dtype: str, image_size: tuple[int, int], **contract) -> ModelOptions:
+        """How a model of the config is loaded (its ``device``; a spec's dtype; the benchmark's image size)."""
+        return ModelOptions(device=self.device, dtype=dtype, image_size=image_size, **contract)
 
 
 def _fields(cls) -> set[str]:
@@ -434,7 +442,7 @@ def _quality_method(spec: QualitySpec) -> str:
 
 def _check_model_options(spec: QualitySpec) -> None:
     """A method row's model options, checked as the model loader checks them (one-line ConfigError)."""
-    from ..models import check_input_contract
+    from ..contract import check_input_contract
 
     contract = {k: getattr(spec, k) for k in ("image_size", "channel_order", "normalization")
                 if getattr(spec, k) is not None}
@@ -449,20 +457,6 @@ def _check_model_options(spec: QualitySpec) -> None:
 
 
 # -- content hashes ------------------------------------------------------------------------------------------
-
-_FILE_HASHES: dict[tuple, str] = {}
-
-
-def file_hash(path: str) -> str:
-    """SHA-256 of a file's content (memoised per path, size and modification time)."""
-    from ..api import _file_sha256
-
-    st = os.stat(path)
-    memo = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
-    if memo not in _FILE_HASHES:
-        _FILE_HASHES[memo] = _file_sha256(Path(path))
-    return _FILE_HASHES[memo]
-
 
 def _json_hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
@@ -616,7 +610,10 @@ def compute_embeddings(spec: RecognizerSpec, ds: ImageSet, cfg: Config, fingerpr
             cache.write(ok, embeddings, unreadable=list(errors))
             bar.update(len(indices))
     else:
-        rec = Recognizer(spec.model, device=cfg.device, image_size=ds.image_size, name=spec.name, **options)
+        norm = {k: v for k, v in (("mean", spec.mean), ("std", spec.std)) if v is not None} or None
+        rec = Recognizer(spec.model, cfg.model_options(spec.dtype, ds.image_size, channel_order=spec.channel_order,
+                                                       normalization=norm),
+                         flip=spec.flip, output=spec.output, name=spec.name)
         for b, embeddings in extract_embeddings(rec, ds, cfg.batch_size, workers=cfg.workers, indices=todo):
             cache.write(b.ok, embeddings, unreadable=list(b.errors))
             bar.update(len(b.indices))
@@ -694,9 +691,7 @@ def _qualities_local(group: list[QualitySpec], model_path: str, mo: ModelOptions
         if pending:
             todo = np.concatenate([np.arange(s, min(s + cfg.batch_size, len(ds))) for s in pending])
             log.info("qualities %s on %s: %d of %d images to score", names, ds.name, len(todo), len(ds))
-            model = QualityModel(model_path, device=mo.device, dtype=mo.dtype, image_size=ds.image_size,
-                                 channel_order=mo.channel_order, normalization=mo.normalization,
-                                 final_norm=mo.final_norm)
+            model = QualityModel(model_path, mo.replace(image_size=ds.image_size))
             methods = _methods_of(group)
             bar = _progress(len(ds), len(ds) - len(todo), f"qualities {names} / {ds.name}", progress)
             for b in ds.iter_batches(cfg.batch_size, workers=cfg.workers, indices=todo):
@@ -728,7 +723,7 @@ def _read_order(model_path: str, channel_order: str | None, swapped: bool) -> st
     normalisation either way)."""
     if not swapped:
         return channel_order
-    from ..models import read_input_contract
+    from ..contract import read_input_contract
     from ..preprocess import DEFAULT_CHANNEL_ORDER
 
     order = channel_order or (read_input_contract(Path(model_path)) or {}).get("channel_order") or DEFAULT_CHANNEL_ORDER
@@ -748,12 +743,14 @@ def _qualities_on_ray(group: list[QualitySpec], model_path: str, mo: ModelOption
         spec_key.update(model_options=group[0].input_key())
     key = _json_hash(spec_key)
     log.info("qualities %s on %s: on Ray (%s)", ", ".join(s.name for s in group), ds.name, cfg.ray)
+    model = mo.replace(image_size=ds.image_size,
+                       channel_order=_read_order(model_path, mo.channel_order, ds.channel_swap))
+    if mo.device == "cpu":  # the config's default device: on Ray, GPUs when the cluster has them
+        model = model.replace(device="auto")
     frame = score_with_ray(model_path, list(ds.sources), Path(cfg.cache) / f"ray-quality-{key[:24]}.table",
-                           methods, address=None if cfg.ray in ("", "local") else cfg.ray,
-                           batch_size=int(cfg.batch_size), device=None if mo.device == "cpu" else mo.device,
-                           dtype=mo.dtype, image_size=ds.image_size, progress=progress,
-                           channel_order=_read_order(model_path, mo.channel_order, ds.channel_swap),
-                           final_norm=mo.final_norm, **group[0].options)
+                           methods, run=RunOptions(batch_size=int(cfg.batch_size)), model_options=model,
+                           address=None if cfg.ray in ("", "local") else cfg.ray, progress=progress,
+                           **group[0].options)
     frame = frame.sort_values("index")
     return {s.name: frame[s.method].to_numpy(dtype=np.float64) for s in group}
 
@@ -963,10 +960,7 @@ def benchmark_comparison_scores(features: np.ndarray, ds: ImageSet, det_weights:
         _, feats = aggregate_templates(features, t.template, t.media, weights=weights, valid=valid)
     else:
         feats = np.asarray(features, dtype=np.float32)
-    ok = np.isfinite(feats).all(axis=1) & (np.abs(feats).sum(axis=1) > 0)
-    sims = comparison_scores(np.where(ok[:, None], feats, 1.0), ds.pairs)
-    sims[~(ok[ds.pairs.a] & ok[ds.pairs.b])] = np.nan
-    return sims
+    return masked_comparison_scores(feats, ds.pairs)
 
 
 def _versions() -> dict:
@@ -1023,9 +1017,13 @@ def reproduce(config: str | os.PathLike | Mapping, out: str | os.PathLike | None
             qualities: dict[str, np.ndarray] = {}
             from ..baselines.reproduce import is_baseline, qualities as baseline_qualities
 
-            baselines = [q for q in cfg.qualities if is_baseline(q.method)]
-            if baselines:
-                qualities.update(baseline_qualities(baselines, ds, cfg, fp, progress))
+            for q in (q for q in cfg.qualities if is_baseline(q.method)):
+                try:  # one row at a time: a network the method cannot run on drops that row, not the benchmark
+                    qualities.update(baseline_qualities([q], ds, cfg, fp, progress))
+                except (ValueError, RuntimeError, FileNotFoundError) as exc:
+                    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    log.warning("%s: quality %s skipped: %s", stage, q.name, reason)
+                    notes.setdefault(bspec.name, []).append(f"quality {q.name}: {reason}")
             internal = [q for q in cfg.qualities if q.method is not None and not is_baseline(q.method)]
             if internal:
                 qualities.update(compute_qualities(internal, ds, cfg, fp, progress))
