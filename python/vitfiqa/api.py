@@ -190,6 +190,7 @@ class QualityModel:
             self._core = _core.CaptureModel(str(path), device, dtype_name, norm_path)
             self.source = str(path)
             self.sha256 = file_sha256(path)
+        self.route = "torchscript bytes" if self.source == "<bytes>" else "torchscript file"  # see vitfiqa.sources
         self.device = torch.device(device)
         self.dtype = getattr(torch, dtype_name)
         self.final_norm = norm_path or None  # the module path the user named, None = found in forward
@@ -378,20 +379,45 @@ def _capture_request(final_norm: bool = True, **fields) -> _core.CaptureRequest:
     return _core.CaptureRequest(tokens_final_norm=bool(final_norm), **fields)
 
 
-def load(model: str | os.PathLike | bytes | None = None, options: ModelOptions | dict | None = None,
+def load(model: Any = None, options: ModelOptions | dict | None = None, *, checkpoint=None,
          **deprecated) -> QualityModel:
-    """Load a TorchScript ViT (path or bytes; None: the embedded demo recogniser) for quality scoring, as
-    ``options`` (a :class:`vitfiqa.options.ModelOptions` or its dict) say: device, dtype; ``image_size``,
-    ``channel_order`` ("rgb" | "bgr") and ``normalization`` override the model's recorded input contract;
-    ``final_norm`` names the final LayerNorm (see :class:`QualityModel`). The old keywords (``device=``, ...)
-    still work for one release, with a DeprecationWarning."""
+    """Load a ViT for quality scoring, as ``options`` (a :class:`vitfiqa.options.ModelOptions` or its dict) say:
+    device, dtype; ``image_size``, ``channel_order`` ("rgb" | "bgr") and ``normalization`` override the model's
+    recorded input contract; ``final_norm`` names the final LayerNorm (see :class:`QualityModel`; for
+    transformers and timm models whose forward applies it after pooling, e.g. CLIP's ``post_layernorm``, it is
+    found by name). The old keywords (``device=``, ...) still work for one release, with a DeprecationWarning.
+
+    ``model`` is any route of :mod:`vitfiqa.sources`: a TorchScript file or its bytes, a ``torch.nn.Module``
+    (eager, scripted or traced; Hugging Face transformers vision models and timm-layout ViTs included, their
+    image size read from their config), or a preset name with its official ``checkpoint``
+    (``load("cvlface_vit_b", checkpoint="model.pt")``; presets: :data:`vitfiqa.models.PRESETS`).
+    None: the embedded stand-in, a small ViT trained on synthetic faces (its scores of real photos carry no
+    meaning; file scoring warns)."""
+    return _load(model, options, checkpoint=checkpoint, **deprecated)[0]
+
+
+def _load(model, options=None, *, checkpoint=None, **deprecated):
+    """:func:`load`, also returning the :class:`vitfiqa.sources.Resolved` TorchScript (what Ray ships)."""
+    from .sources import post_pooling_norm, resolve
+
     if isinstance(options, (str, torch.device)):  # the old second positional argument, the device
         deprecated["device"], options = options, None
     changes = take_deprecated(deprecated, ModelOptions, "options", "load")
     no_unknown(deprecated, "load")
+    options = ModelOptions.of(options).replace(**changes)
     if model is None:
+        if checkpoint is not None:
+            raise ValueError("checkpoint= goes with a preset name: vitfiqa.load('<preset>', checkpoint=...)")
         from .demo import RECOGNIZER as model
-    return QualityModel(model, ModelOptions.of(options).replace(**changes))
+    src = resolve(model, checkpoint=checkpoint, options=options)
+    qm = QualityModel(src.model, options)
+    norm = post_pooling_norm(src, qm.info) if options.final_norm is None else None
+    if norm is not None:  # a norm the forward applies after pooling (CLIP's post_layernorm): ViTNT's final norm
+        qm = QualityModel(src.model, options.replace(final_norm=norm))
+    if src.sha256 is not None:
+        qm.sha256 = src.sha256
+    qm.source, qm.route = src.description or qm.source, src.route
+    return qm, src
 
 
 def _value_range(value_range) -> list[float]:

@@ -151,13 +151,22 @@ def _run_options(args) -> RunOptions:
                       heatmap_format=args.heatmap_format, **_face_options(args))
 
 
+def _model_argument(args):
+    """``--model FILE`` or ``--preset NAME`` (with ``--checkpoint FILE``) of a ViT run; None: the embedded
+    stand-in."""
+    if args.preset and args.model:
+        raise CLIError("give --model FILE or --preset NAME --checkpoint FILE, not both")
+    model = args.preset or args.model
+    if args.checkpoint and not model:
+        raise CLIError("--checkpoint goes with --preset NAME (the architecture it fits), e.g. --preset cvlface_vit_b "
+                       "--checkpoint model.pt")
+    return model
+
+
 def cmd_score(args) -> int:
     run = _run_options(args)
     if _baseline_methods(args):
         return _score_baselines(args, run)
-    if args.preset or args.checkpoint:
-        raise CLIError("--preset/--checkpoint name the network of a baseline method (--method serfiq, magface, "
-                       "crfiqa, grafiqs, sddfiqa, ediffiqa); the ViT methods take --model")
     config = _score_config(args, heatmaps=bool(args.heatmaps))
     table_dir, export = _out_paths(args.out)
     if args.ray is not None:
@@ -279,7 +288,7 @@ def _score_local(args, config, run: RunOptions, table_dir: Path):
     import vitfiqa
     from vitfiqa.pipeline import check_sources, open_table, score_files, with_faces
 
-    model = vitfiqa.load(args.model, _model_options(args))
+    model = vitfiqa.load(_model_argument(args), _model_options(args), checkpoint=args.checkpoint)
     files = _image_list(args.images)
     if args.heatmaps and Path(args.images).is_dir() and Path(args.heatmaps).absolute().is_relative_to(
             Path(args.images).absolute()):
@@ -323,7 +332,7 @@ def _score_ray(args, config, run: RunOptions, table_dir: Path):
     files = _image_list(args.images)
     from .demo import RECOGNIZER
 
-    score_with_ray(args.model or RECOGNIZER, files, str(table_dir), config=config, run=run,
+    score_with_ray(_model_argument(args) or RECOGNIZER, files, checkpoint=args.checkpoint, str(table_dir), config=config, run=run,
                    model_options=_model_options(args, device="auto"), address=args.ray or None,
                    num_actors=args.actors, progress=not args.quiet)
     return ScoreTable.open(table_dir)
@@ -501,10 +510,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = _subparser(sub, "score", "score a folder or list of images (resumable results table)")
     s.add_argument("--model", metavar="MODEL.pt",
-                   help="TorchScript ViT (default: the embedded demo recogniser); for a baseline, its recogniser as a "
-                        "TorchScript file")
-    s.add_argument("--preset", help="for a baseline: the published network (vitfiqa.baselines.PRESETS, e.g. crfiqa_l, "
-                                    "magface_r100), with --checkpoint")
+                   help="TorchScript ViT (default: the embedded stand-in, trained on synthetic faces: its scores of "
+                        "real photos are not meaningful); for a baseline, its recogniser as a TorchScript file")
+    from .sources import preset_names
+
+    s.add_argument("--preset", help=f"an official ViT architecture ({', '.join(preset_names())}), or for a baseline "
+                                    "its published network (vitfiqa.baselines.PRESETS, e.g. crfiqa_l, magface_r100); "
+                                    "with --checkpoint")
     s.add_argument("--checkpoint", metavar="FILE",
                    help="with --preset: the official checkpoint file (read as weights only)")
     s.add_argument("--images", required=True, metavar="DIR|LIST",
@@ -611,6 +623,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"vitfiqa: warning: {message}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -619,8 +635,12 @@ def main(argv=None) -> int:
         from .malloc import keep_freed_memory
 
         keep_freed_memory()
+    import warnings
+
     try:
-        return args.fn(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return args.fn(args)
     except (CLIError, FileNotFoundError, ValueError, TypeError, IndexError, RuntimeError, ImportError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         _close_progress_bars()

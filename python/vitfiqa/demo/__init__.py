@@ -42,6 +42,24 @@ class DemoConfig:
                     num_heads=self.num_heads, mlp_ratio=self.mlp_ratio, num_features=self.num_features)
 
 
+STAND_IN_WARNING = ("the embedded stand-in model was trained on synthetic faces: its scores of real photos are not "
+                    "meaningful (its own verification AUC on real aligned faces is close to chance); bring your "
+                    "model: vitfiqa.load(model) takes a TorchScript file, an nn.Module, a transformers or timm ViT, or "
+                    "a preset with its official checkpoint, e.g. vitfiqa.load('cvlface_vit_b', checkpoint='model.pt') "
+                    "(CLI: --model FILE, or --preset NAME --checkpoint FILE; docs/bring-your-own-model.md)")
+
+_DIGESTS: set[str] = set()
+
+
+def is_stand_in(model) -> bool:
+    """Whether ``model`` (a :class:`vitfiqa.QualityModel`, or a sha256 digest) is one of the embedded stand-ins."""
+    import hashlib
+
+    if not _DIGESTS:
+        _DIGESTS.update(hashlib.sha256(p.read_bytes()).hexdigest() for p in (RECOGNIZER, QUALITY_MODEL))
+    return (model if isinstance(model, str) else getattr(model, "sha256", None)) in _DIGESTS
+
+
 def write_sample_photos(folder, n: int = 8, size: int = DEFAULT_IMAGE_SIZE[0], seed: int = 0) -> list[str]:
     """Write ``n`` synthetic face photos (PNG, ``size`` x ``size``, held-out demo identities, a few renders
     each) into ``folder`` and return their paths, sorted: sample input for the examples in the docs and for
