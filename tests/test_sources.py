@@ -18,7 +18,7 @@ from vitfiqa.models import FaceViT, export_torchscript, load_official_state_dict
 from vitfiqa.recognizer import Recognizer, load_recognizer
 
 from .conftest import spread
-from .reference.timm_style import TimmStyleViT
+from .models.timm_style import TimmStyleViT
 
 RTOL = 1e-5
 METHODS = ["attn", "vitnt"]
