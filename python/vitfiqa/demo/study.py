@@ -23,7 +23,7 @@ from ..loader import load_uint8, to_model_input
 from .faces import HELD_OUT, render_faces
 
 # degradation -> parameter at levels 1..4 (level 0 = the clean image)
-LEVELS = {
+LEVELS: dict[str, list[float]] = {
     "blur": [1.0, 2.0, 3.0, 4.5],          # Gaussian sigma, px (112x112 image)
     "noise": [10, 20, 35, 55],             # Gaussian noise std, grey levels
     "lowres": [0.5, 0.33, 0.22, 0.14],     # down-scale factor before up-scaling back
