@@ -79,7 +79,7 @@ def test_methods_and_columns_come_from_the_core(loaded):
     assert cols == ["exfiqa_F", "exfiqa_FW", "exfiqa_exit1", "exfiqa_exit3", "attn"]
     r = m.score(torch.randn(2, 3, 112, 112), methods=["exfiqa", "attn"], exits=[0, 2])
     assert list(r.columns()) == ["exfiqa_F", "exfiqa_FW", "attn", "exfiqa_exit1", "exfiqa_exit3"]
-    assert sorted(r.to_frame().columns) == sorted(cols)
+    assert sorted(r.to_frame().columns) == sorted(["index", "path"] + cols)
 
 
 def test_score_columns_and_display_names_come_from_the_method_files(loaded):

@@ -121,7 +121,8 @@ def test_batch_size_split_gives_same_scores(model_cases, loaded):
         assert_batch_close(split.scores[k], whole.scores[k], c.eager, k)
     assert len(split) == 7
     df = split.to_frame()
-    assert list(df.columns) == ["attn", "vitnt"] and len(df) == 7
+    assert list(df.columns) == ["index", "path", "attn", "vitnt"] and len(df) == 7
+    assert df["path"].tolist() == [f"<image #{i}>" for i in range(7)]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

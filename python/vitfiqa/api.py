@@ -35,6 +35,8 @@ class QualityResult:
     [L,B] with ``exit_depths`` (1-based) and ``exit_columns`` (their column names in a table).
     ``heatmaps`` maps a method to [B,H,W] in [0,1]; ``heatmap_grids`` to the raw patch-grid values [B,gh,gw]
     they were drawn from (for data-set-wide normalisation with :func:`render_heatmaps`).
+    ``ids`` names the images in input order: a file's path, else ``<image #i>`` / ``<bytes #i>`` (as in a
+    results table's ``path`` column).
     """
 
     scores: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -44,6 +46,26 @@ class QualityResult:
     exit_depths: list[int] = field(default_factory=list)
     captures: dict[str, torch.Tensor] = field(default_factory=dict)
     exit_columns: list[str] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        """A summary (image count, each score's range, heatmap and exit shapes), never whole tensors."""
+        n = len(self)
+        parts = [f"{n} image{'s' if n != 1 else ''}"]
+        for k, v in self.scores.items():
+            v = v.detach().double()
+            finite = v[torch.isfinite(v)]
+            parts.append(f"{k}: {float(finite.min()):.4g}..{float(finite.max()):.4g}" if finite.numel()
+                         else f"{k}: no finite value")
+        if self.heatmaps:
+            parts.append("heatmaps " + ", ".join(f"{k} {list(v.shape)}" for k, v in self.heatmaps.items()))
+        if self.exits is not None:
+            parts.append(f"exits {list(self.exits.shape)} (depths {self.exit_depths})")
+        if self.captures:
+            parts.append("captures " + ", ".join(self.captures))
+        if self.ids:
+            parts.append(f"ids {self.ids[0]!r}" + (f"..{self.ids[-1]!r}" if n > 1 else ""))
+        return f"QualityResult({'; '.join(parts)})"
 
     @classmethod
     def _from_core(cls, r) -> "QualityResult":
@@ -68,17 +90,22 @@ class QualityResult:
         return cols
 
     def to_frame(self):
-        """A pandas DataFrame with one row per image and one column per score (and per exit)."""
+        """A pandas DataFrame with one row per image: ``index`` (position in the input), ``path`` (:attr:`ids`),
+        then one column per score (and per exit), as in a results table."""
         import pandas as pd
 
-        return pd.DataFrame(self.columns())
+        cols = self.columns()
+        n = len(self)
+        ids = list(self.ids) if len(self.ids) == n else [f"<image #{i}>" for i in range(n)]
+        return pd.DataFrame({"index": np.arange(n), "path": ids, **cols})
 
     @staticmethod
     def concat(parts: Sequence["QualityResult"]) -> "QualityResult":
         if not parts:
             raise ValueError("no results to concatenate")
         first = parts[0]
-        out = QualityResult(exit_depths=list(first.exit_depths), exit_columns=list(first.exit_columns))
+        out = QualityResult(exit_depths=list(first.exit_depths), exit_columns=list(first.exit_columns),
+                            ids=[i for p in parts for i in p.ids] if all(p.ids for p in parts) else [])
         for k in first.scores:
             out.scores[k] = torch.cat([p.scores[k] for p in parts])
         for k in first.heatmaps:
@@ -90,6 +117,17 @@ class QualityResult:
         for k in first.captures:
             out.captures[k] = torch.cat([p.captures[k] for p in parts])
         return out
+
+
+def _source_ids(images: Any, n: int) -> list[str]:
+    """Names of the scored images: a file's path, else ``<image #i>`` / ``<bytes #i>`` (loader.source_name)."""
+    from .loader import source_name
+
+    if isinstance(images, (str, os.PathLike)):
+        images = [images]
+    if isinstance(images, (list, tuple)) and len(images) == n:
+        return [source_name(s, i) for i, s in enumerate(images)]
+    return [f"<image #{i}>" for i in range(n)]
 
 
 class QualityModel:
@@ -152,6 +190,7 @@ class QualityModel:
             self._core = _core.CaptureModel(str(path), device, dtype_name, norm_path)
             self.source = str(path)
             self.sha256 = file_sha256(path)
+        self.route = "torchscript bytes" if self.source == "<bytes>" else "torchscript file"  # see vitfiqa.sources
         self.device = torch.device(device)
         self.dtype = getattr(torch, dtype_name)
         self.final_norm = norm_path or None  # the module path the user named, None = found in forward
@@ -279,9 +318,12 @@ class QualityModel:
         x = self.prepare(images, preprocess)
         step = batch_size or x.shape[0]
         parts = [QualityResult._from_core(scorer.score(x[i:i + step])) for i in range(0, x.shape[0], step)]
+        ids = _source_ids(images, x.shape[0])
         if len(parts) == 1:
+            parts[0].ids = ids
             return parts[0]
         res = QualityResult.concat(parts)
+        res.ids = ids
         if cfg.heatmaps and cfg.heatmap.normalize == "global" and not cfg.heatmap.range:
             # one range over every batch of this call
             size = tuple(res.heatmaps[next(iter(res.heatmaps))].shape[-2:]) if res.heatmaps else None
@@ -337,20 +379,45 @@ def _capture_request(final_norm: bool = True, **fields) -> _core.CaptureRequest:
     return _core.CaptureRequest(tokens_final_norm=bool(final_norm), **fields)
 
 
-def load(model: str | os.PathLike | bytes | None = None, options: ModelOptions | dict | None = None,
+def load(model: Any = None, options: ModelOptions | dict | None = None, *, checkpoint=None,
          **deprecated) -> QualityModel:
-    """Load a TorchScript ViT (path or bytes; None: the embedded demo recogniser) for quality scoring, as
-    ``options`` (a :class:`vitfiqa.options.ModelOptions` or its dict) say: device, dtype; ``image_size``,
-    ``channel_order`` ("rgb" | "bgr") and ``normalization`` override the model's recorded input contract;
-    ``final_norm`` names the final LayerNorm (see :class:`QualityModel`). The old keywords (``device=``, ...)
-    still work for one release, with a DeprecationWarning."""
+    """Load a ViT for quality scoring, as ``options`` (a :class:`vitfiqa.options.ModelOptions` or its dict) say:
+    device, dtype; ``image_size``, ``channel_order`` ("rgb" | "bgr") and ``normalization`` override the model's
+    recorded input contract; ``final_norm`` names the final LayerNorm (see :class:`QualityModel`; for
+    transformers and timm models whose forward applies it after pooling, e.g. CLIP's ``post_layernorm``, it is
+    found by name). The old keywords (``device=``, ...) still work for one release, with a DeprecationWarning.
+
+    ``model`` is any route of :mod:`vitfiqa.sources`: a TorchScript file or its bytes, a ``torch.nn.Module``
+    (eager, scripted or traced; Hugging Face transformers vision models and timm-layout ViTs included, their
+    image size read from their config), or a preset name with its official ``checkpoint``
+    (``load("cvlface_vit_b", checkpoint="model.pt")``; presets: :data:`vitfiqa.models.PRESETS`).
+    None: the embedded stand-in, a small ViT trained on synthetic faces (its scores of real photos carry no
+    meaning; file scoring warns)."""
+    return _load(model, options, checkpoint=checkpoint, **deprecated)[0]
+
+
+def _load(model, options=None, *, checkpoint=None, **deprecated):
+    """:func:`load`, also returning the :class:`vitfiqa.sources.Resolved` TorchScript (what Ray ships)."""
+    from .sources import post_pooling_norm, resolve
+
     if isinstance(options, (str, torch.device)):  # the old second positional argument, the device
         deprecated["device"], options = options, None
     changes = take_deprecated(deprecated, ModelOptions, "options", "load")
     no_unknown(deprecated, "load")
+    options = ModelOptions.of(options).replace(**changes)
     if model is None:
+        if checkpoint is not None:
+            raise ValueError("checkpoint= goes with a preset name: vitfiqa.load('<preset>', checkpoint=...)")
         from .demo import RECOGNIZER as model
-    return QualityModel(model, ModelOptions.of(options).replace(**changes))
+    src = resolve(model, checkpoint=checkpoint, options=options)
+    qm = QualityModel(src.model, options)
+    norm = post_pooling_norm(src, qm.info) if options.final_norm is None else None
+    if norm is not None:  # a norm the forward applies after pooling (CLIP's post_layernorm): ViTNT's final norm
+        qm = QualityModel(src.model, options.replace(final_norm=norm))
+    if src.sha256 is not None:
+        qm.sha256 = src.sha256
+    qm.source, qm.route = src.description or qm.source, src.route
+    return qm, src
 
 
 def _value_range(value_range) -> list[float]:

@@ -14,6 +14,10 @@ from .preprocess import CHANNEL_ORDERS, DEFAULT_CHANNEL_ORDER
 log = logging.getLogger("vitfiqa")
 
 
+DEFAULT_TRAIN_OUT = "vitfiqa-demo-models"
+"""Where ``vitfiqa train-demo`` writes its two models unless ``--out-dir`` or ``--install`` says otherwise."""
+
+
 class CLIError(Exception):
     pass
 
@@ -31,6 +35,10 @@ def _image_list(spec: str) -> list[str]:
         files = [ln.strip() for ln in p.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
         if not files:
             raise CLIError(f"image list {p} is empty")
+        other = [f for f in files if not is_image_file(f)]
+        if other:  # a folder and a list take the same image types (loader.IMAGE_EXTENSIONS)
+            raise CLIError(f"image list {p}: {len(other)} entr{'y is' if len(other) == 1 else 'ies are'} not an image "
+                           f"file ({', '.join(sorted(IMAGE_EXTENSIONS))}), e.g. {other[0]}")
         return [f if os.path.isabs(f) else str(base / f) for f in files]
     raise CLIError(f"--images: {spec} is neither a folder nor a list file")
 
@@ -93,12 +101,19 @@ def _score_config(args, heatmaps: bool = False):
     return cfg
 
 
+TABLE_FORMATS = (".csv", ".parquet")
+"""``--out`` file endings exported as a table; a folder name has no ending or ``.table``."""
+
+
 def _out_paths(spec: str) -> tuple[Path, Path | None]:
     """``--out``: ``scores.csv`` / ``scores.parquet`` -> the results table ``scores.csv.table/`` (what a re-run
-    resumes) plus that file, exported atomically once every image is done; anything else is the table folder
-    itself, with no export. The same with or without --ray."""
+    resumes) plus that file, exported atomically once every image is done; a folder name (no extension, or
+    ``.table``, or an existing folder) is the table folder itself, with no export; any other extension is refused
+    (``e8.txt`` would otherwise silently become a folder). The same with or without --ray."""
     out = Path(spec)
-    if out.suffix in (".csv", ".parquet"):
+    if out.suffix.lower() in TABLE_FORMATS and out.suffix not in TABLE_FORMATS:
+        raise CLIError(f"--out {out}: write the extension in lower case ({', '.join(TABLE_FORMATS)})")
+    if out.suffix in TABLE_FORMATS:
         if out.is_dir():
             raise CLIError(f"--out {out} is a folder; an export file must not be one")
         if out.suffix == ".parquet":
@@ -110,6 +125,9 @@ def _out_paths(spec: str) -> tuple[Path, Path | None]:
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out} exists and is not a folder: give a results-table folder or a .csv/.parquet "
                        "file name")
+    if out.suffix and out.suffix != ".table" and not out.is_dir():
+        raise CLIError(f"--out {out}: {out.suffix} is not a table format; give scores.csv or scores.parquet (an "
+                       "export), or a folder name without extension or ending in .table (the results table alone)")
     return out, None
 
 
@@ -133,13 +151,22 @@ def _run_options(args) -> RunOptions:
                       heatmap_format=args.heatmap_format, **_face_options(args))
 
 
+def _model_argument(args):
+    """``--model FILE`` or ``--preset NAME`` (with ``--checkpoint FILE``) of a ViT run; None: the embedded
+    stand-in."""
+    if args.preset and args.model:
+        raise CLIError("give --model FILE or --preset NAME --checkpoint FILE, not both")
+    model = args.preset or args.model
+    if args.checkpoint and not model:
+        raise CLIError("--checkpoint goes with --preset NAME (the architecture it fits), e.g. --preset cvlface_vit_b "
+                       "--checkpoint model.pt")
+    return model
+
+
 def cmd_score(args) -> int:
     run = _run_options(args)
     if _baseline_methods(args):
         return _score_baselines(args, run)
-    if args.preset or args.checkpoint:
-        raise CLIError("--preset/--checkpoint name the network of a baseline method (--method serfiq, magface, "
-                       "crfiqa, grafiqs, sddfiqa, ediffiqa); the ViT methods take --model")
     config = _score_config(args, heatmaps=bool(args.heatmaps))
     table_dir, export = _out_paths(args.out)
     if args.ray is not None:
@@ -261,7 +288,7 @@ def _score_local(args, config, run: RunOptions, table_dir: Path):
     import vitfiqa
     from vitfiqa.pipeline import check_sources, open_table, score_files, with_faces
 
-    model = vitfiqa.load(args.model, _model_options(args))
+    model = vitfiqa.load(_model_argument(args), _model_options(args), checkpoint=args.checkpoint)
     files = _image_list(args.images)
     if args.heatmaps and Path(args.images).is_dir() and Path(args.heatmaps).absolute().is_relative_to(
             Path(args.images).absolute()):
@@ -273,12 +300,15 @@ def _score_local(args, config, run: RunOptions, table_dir: Path):
     table = open_table(model, files, None, table_dir, ids=ids, config=config, run=run)
     if table.n_done:
         log.info("resuming: %d of %d images already scored in %s", table.n_done, len(files), table_dir)
-    bar = tqdm(total=len(files), initial=table.n_done, desc="scoring", disable=args.quiet)
-    for sb in score_files(model, files, ids=ids, config=config, run=run, out=table):
-        for pos, err in sb.batch.errors.items():
-            log.warning("skipping %s: %s", sb.batch.ids[pos], err)
-        bar.update(len(sb.batch.ids))
-    bar.close()
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    # Log lines (skips) go above the bar, and the bar is closed before any error is printed (main()).
+    with tqdm(total=len(files), initial=table.n_done, desc="scoring", disable=args.quiet) as bar, \
+            logging_redirect_tqdm([logging.getLogger()]):
+        for sb in score_files(model, files, ids=ids, config=config, run=run, out=table):
+            for pos, err in sb.batch.errors.items():
+                log.warning("skipping %s: %s", sb.batch.ids[pos], err)
+            bar.update(len(sb.batch.ids))
     return table
 
 
@@ -302,8 +332,8 @@ def _score_ray(args, config, run: RunOptions, table_dir: Path):
     files = _image_list(args.images)
     from .demo import RECOGNIZER
 
-    score_with_ray(args.model or RECOGNIZER, files, str(table_dir), config=config, run=run,
-                   model_options=_model_options(args, device="auto"), address=args.ray or None,
+    score_with_ray(_model_argument(args) or RECOGNIZER, files, str(table_dir), checkpoint=args.checkpoint,
+                   config=config, run=run, model_options=_model_options(args, device="auto"), address=args.ray or None,
                    num_actors=args.actors, progress=not args.quiet)
     return ScoreTable.open(table_dir)
 
@@ -389,9 +419,17 @@ def cmd_train_demo(args) -> int:
     from .demo.train import train
 
     cfg = DemoConfig(**{f.name: getattr(args, f.name) for f in fields(DemoConfig) if getattr(args, f.name) is not None})
-    out = Path(args.out) if args.out else None
-    train(cfg, args.work_dir, threads=args.threads,
-          **({"recognizer_out": out / "demo_recognizer.pt", "quality_out": out / "demo_vitfiqa.pt"} if out else {}))
+    if args.install:  # the package's own assets: only when asked for
+        train(cfg, args.work_dir, threads=args.threads)
+        return 0
+    out = Path(args.out_dir or DEFAULT_TRAIN_OUT)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out-dir {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    train(cfg, args.work_dir, threads=args.threads, recognizer_out=out / "demo_recognizer.pt",
+          quality_out=out / "demo_vitfiqa.pt")
+    log.info("models written to %s; use them with: vitfiqa demo --recognizer %s --quality-model %s", out,
+             out / "demo_recognizer.pt", out / "demo_vitfiqa.pt")
     return 0
 
 
@@ -415,40 +453,95 @@ def _config_arguments(parser: argparse.ArgumentParser) -> None:
                              "print(vitfiqa.ScoreConfig.fields())')")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vitfiqa", description="Face image quality from a ViT's own attention and tokens")
-    p.add_argument("-q", "--quiet", action="store_true")
-    sub = p.add_subparsers(dest="command", required=True)
+EXAMPLES = {
+    "score": """examples:
+  vitfiqa score --images photos/ --out scores.csv                       # embedded demo model, ATTN + ViTNT
+  vitfiqa score --model vit_b_face.pt --images list.txt --methods vitnt \\
+                --set vitnt.blocks=0:20 --set vitnt.weighting=attention --out scores.parquet
+  vitfiqa score --model vit.pt --images photos/ --out scores.csv --heatmaps heat/ --channel-order bgr
+  vitfiqa score --model vit.pt --images /shared/photos --out scores.table --ray auto   # on a Ray cluster
+Re-running the same command resumes an interrupted run.""",
+    "evaluate": """examples:
+  vitfiqa evaluate --model vitfiqa_token.pt --methods vitfiqa,exfiqa --bin lfw.bin --out eval/
+  vitfiqa evaluate --model vit_s_face.pt --fr-model arcface_r100.pt --channel-order bgr \\
+                   --bin cfp_fp.bin --fmr 1e-3,1e-4 --variant crfiqa --out eval-crfiqa/""",
+    "reproduce": """example:
+  vitfiqa reproduce table.toml --out table/      # see docs/reproduce.md for the config""",
+    "inspect": """examples:
+  vitfiqa inspect                                # the embedded demo recogniser
+  vitfiqa inspect --model vit.pt --final-norm norm""",
+    "demo": """examples:
+  vitfiqa demo                                   # report in vitfiqa-demo/report.html
+  vitfiqa demo --out demo-small --identities 40 --samples 2""",
+    "train-demo": """examples:
+  vitfiqa train-demo --out-dir my-demo-models    # then: vitfiqa demo --recognizer my-demo-models/demo_recognizer.pt \\
+                                                 #   --quality-model my-demo-models/demo_vitfiqa.pt
+  vitfiqa train-demo --install                   # replace the models shipped inside the package""",
+}
 
-    s = sub.add_parser("score", help="score a folder or list of images")
-    s.add_argument("--model", help="TorchScript ViT (default: the embedded demo recogniser); for a baseline, its "
-                                   "recogniser as a TorchScript file")
-    s.add_argument("--preset", help="for a baseline: the published network (vitfiqa.baselines.PRESETS, e.g. crfiqa_l, "
-                                    "magface_r100), with --checkpoint")
-    s.add_argument("--checkpoint", help="with --preset: the official checkpoint file (read as weights only)")
-    s.add_argument("--images", required=True, help="folder (searched recursively) or text file of paths")
+
+def _subparser(sub, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=description or help, epilog=EXAMPLES[name],
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _device_argument(parser: argparse.ArgumentParser, default: str | None = "cpu") -> None:
+    parser.add_argument("--device", default=default,
+                        help="cpu (default), cuda or cuda:N" if default else
+                             "cpu (default), cuda, cuda:N; with --ray the default uses GPUs when the cluster has them")
+
+
+def _input_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image-size", type=int, metavar="PIXELS",
+                        help="input side in pixels (default: the model's recorded input contract, else its patch grid)")
+    parser.add_argument("--channel-order", choices=CHANNEL_ORDERS,
+                        help=f"channel order the model expects (default: its recorded input contract, else "
+                             f"{DEFAULT_CHANNEL_ORDER}; the official FIQA scripts feed bgr)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vitfiqa", description="Face image quality from a ViT's own attention and tokens",
+                                epilog="examples:\n  vitfiqa demo\n  vitfiqa score --images photos/ --out scores.csv\n"
+                                       "  vitfiqa score --help",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bars or progress messages; warnings and errors only (goes before the command)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = _subparser(sub, "score", "score a folder or list of images (resumable results table)")
+    s.add_argument("--model", metavar="MODEL.pt",
+                   help="TorchScript ViT (default: the embedded stand-in, trained on synthetic faces: its scores of "
+                        "real photos are not meaningful); for a baseline, its recogniser as a TorchScript file")
+    from .sources import preset_names
+
+    s.add_argument("--preset", help=f"an official ViT architecture ({', '.join(preset_names())}), or for a baseline "
+                                    "its published network (vitfiqa.baselines.PRESETS, e.g. crfiqa_l, magface_r100); "
+                                    "with --checkpoint")
+    s.add_argument("--checkpoint", metavar="FILE",
+                   help="with --preset: the official checkpoint file (read as weights only)")
+    s.add_argument("--images", required=True, metavar="DIR|LIST",
+                   help=f"folder (searched recursively) or text file of image paths, one a line (relative to the "
+                        f"file's folder); image types: {' '.join(sorted(IMAGE_EXTENSIONS))}")
     _config_arguments(s)
-    s.add_argument("--out", required=True,
+    s.add_argument("--out", required=True, metavar="FILE|DIR",
                    help="results: scores.csv or scores.parquet (resumable table kept in scores.csv.table/, the file "
-                        "written when all images are done), or a folder (the table alone); same with --ray")
+                        "written when all images are done), or a folder without extension or ending in .table "
+                        "(the table alone); same with --ray")
     s.add_argument("--heatmaps", metavar="DIR", help="write per-image heatmaps here, named after each image's path "
                                                      "relative to the folder all images share")
     s.add_argument("--heatmap-format", choices=("png", "npy"), default="png",
                    help="png: overlay on the model-input image (default); npy: raw float32 heatmap")
-    s.add_argument("--device", help="cpu (default), cuda, cuda:N; with --ray the default uses GPUs when the cluster has them")
+    _device_argument(s, default=None)
     s.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
-                   help="model precision (float16 for GPUs)")
+                   help="model precision (default float32; float16 for GPUs)")
     s.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                    help=f"images per batch (default {DEFAULT_BATCH_SIZE})")
     s.add_argument("--workers", type=int, help="image decoding threads (default: min(8, cores))")
-    s.add_argument("--image-size", type=int, help="input side in pixels (default: the model's recorded input "
-                   "contract, else its patch grid)")
-    s.add_argument("--channel-order", choices=CHANNEL_ORDERS,
-                   help=f"channel order the model expects (default: its recorded input contract, else "
-                        f"{DEFAULT_CHANNEL_ORDER})")
+    _input_arguments(s)
     s.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help=f"skip (with the reason in the table) images larger than this many pixels, read from the "
-                        f"header before decoding (default {DEFAULT_MAX_PIXELS:,}; 0: no limit)")
+                        f"header before decoding (default {DEFAULT_MAX_PIXELS:,}; 0: no limit at all, Pillow's "
+                        f"included)")
     s.add_argument("--overwrite", action="store_true", help="start again instead of resuming")
     s.add_argument("--detect", action="store_true",
                    help="raw photos: find faces with the bundled YuNet detector, align each photo's primary face (the "
@@ -465,72 +558,112 @@ def build_parser() -> argparse.ArgumentParser:
     _final_norm_argument(s)
     s.set_defaults(fn=cmd_score)
 
-    e = sub.add_parser("evaluate", help="pAUC-EDC tables and plots on an insightface .bin benchmark")
-    e.add_argument("--model", required=True, help="quality (ViT) model")
-    e.add_argument("--fr-model", help="comparison (FR) model, any TorchScript CNN or ViT; default: the quality model")
+    e = _subparser(sub, "evaluate", "pAUC-EDC tables and plots on an insightface .bin benchmark")
+    e.add_argument("--model", required=True, metavar="MODEL.pt", help="quality model: a TorchScript ViT")
+    e.add_argument("--fr-model", metavar="FR.pt",
+                   help="comparison (FR) model, any TorchScript CNN or ViT; default: the quality model")
     e.add_argument("--flip", choices=("concat", "sum", "none"), default="concat",
-                   help="flip test: concat (CR-FIQA: [normalised original, normalised flip]), sum, none")
-    e.add_argument("--bin", required=True)
+                   help="flip test: concat (CR-FIQA: [normalised original, normalised flip]; default), sum, none")
+    e.add_argument("--bin", required=True, metavar="FILE.bin",
+                   help="insightface verification benchmark (.bin: images and pair labels), e.g. lfw.bin")
     _config_arguments(e)
-    e.add_argument("--fmr", default="1e-3,1e-4")
+    e.add_argument("--fmr", default="1e-3,1e-4", metavar="LIST",
+                   help="comma-separated false-match rates at which the EDC is computed (default 1e-3,1e-4)")
     e.add_argument("--variant", choices=("refit", "crfiqa", "iso"), default="refit",
-                   help="EDC variant: refit (CR-FIQA style), crfiqa (the CR-FIQA ERC code exactly), iso (ISO/IEC 29794-1)")
-    e.add_argument("--limit", type=float, default=0.3)
-    e.add_argument("--out", default="vitfiqa-eval")
-    e.add_argument("--device", default="cpu")
+                   help="EDC variant: refit (CR-FIQA style; default), crfiqa (the CR-FIQA ERC code exactly), iso "
+                        "(ISO/IEC 29794-1)")
+    e.add_argument("--limit", type=float, default=0.3, metavar="FRACTION",
+                   help="pAUC up to this discard fraction (default 0.3)")
+    e.add_argument("--out", default="vitfiqa-eval", metavar="DIR",
+                   help="output folder for pauc.csv, table.md, table.tex and the EDC plots (default vitfiqa-eval)")
+    _device_argument(e)
     e.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                    help=f"images per batch (default {DEFAULT_BATCH_SIZE})")
-    e.add_argument("--image-size", type=int, help="default: the model's recorded input contract, else its patch grid")
-    e.add_argument("--channel-order", choices=CHANNEL_ORDERS,
-                   help=f"default: the model's record, else {DEFAULT_CHANNEL_ORDER}")
+    _input_arguments(e)
     _final_norm_argument(e)
     e.set_defaults(fn=cmd_evaluate)
 
-    r = sub.add_parser("reproduce", help="a paper's pAUC-EDC table from a TOML config: benchmarks x recognizers x "
-                                         "quality methods (cached, resumable)")
-    r.add_argument("config", help="TOML config (see vitfiqa.eval.reproduction)")
-    r.add_argument("--out", help="output folder (default: the config's out)")
+    r = _subparser(sub, "reproduce", "a paper's pAUC-EDC table from a TOML config: benchmarks x recognizers x "
+                                     "quality methods (cached, resumable)")
+    r.add_argument("config", help="TOML config (see docs/reproduce.md and vitfiqa.eval.reproduction)")
+    r.add_argument("--out", metavar="DIR", help="output folder (default: the config's out)")
     r.set_defaults(fn=cmd_reproduce)
 
-    i = sub.add_parser("inspect", help="what the capture found in a model")
-    i.add_argument("--model", help="default: the embedded demo recogniser")
-    i.add_argument("--device", default="cpu")
+    i = _subparser(sub, "inspect", "what the capture found in a model: blocks, attention kind, final norm, input "
+                                   "contract")
+    i.add_argument("--model", metavar="MODEL.pt", help="TorchScript ViT (default: the embedded demo recogniser)")
+    _device_argument(i)
     _final_norm_argument(i)
     i.set_defaults(fn=cmd_inspect)
 
-    d = sub.add_parser("demo", help="controlled-degradation study with the embedded demo model")
-    d.add_argument("--out", default="vitfiqa-demo")
-    d.add_argument("--identities", type=int, default=150, help="held-out synthetic identities")
-    d.add_argument("--samples", type=int, default=4, help="renders per identity")
-    d.add_argument("--recognizer", help="default: the embedded demo recogniser")
-    d.add_argument("--quality-model", help="default: the embedded demo ViT-FIQA model")
+    d = _subparser(sub, "demo", "controlled-degradation study with the embedded demo models (HTML + Markdown report)")
+    d.add_argument("--out", default="vitfiqa-demo", metavar="DIR", help="report folder (default vitfiqa-demo)")
+    d.add_argument("--identities", type=int, default=150, help="held-out synthetic identities (default 150)")
+    d.add_argument("--samples", type=int, default=4, help="renders per identity (default 4)")
+    d.add_argument("--recognizer", metavar="MODEL.pt", help="recogniser (default: the embedded demo recogniser)")
+    d.add_argument("--quality-model", metavar="MODEL.pt",
+                   help="ViT-FIQA quality model (default: the embedded demo ViT-FIQA model)")
     d.set_defaults(fn=cmd_demo)
 
-    t = sub.add_parser("train-demo", help="retrain the two demo models on synthetic faces (resumable)")
-    t.add_argument("--work-dir", default="vitfiqa-train-demo", help="checkpoints and renders; re-run to resume")
-    t.add_argument("--out", help="folder for the two exported models (default: the package's assets)")
+    t = _subparser(sub, "train-demo", "retrain the two demo models on synthetic faces (resumable)")
+    t.add_argument("--work-dir", default="vitfiqa-train-demo", metavar="DIR",
+                   help="checkpoints and renders (default vitfiqa-train-demo); re-run to resume")
+    where = t.add_mutually_exclusive_group()
+    where.add_argument("--out-dir", "--out", dest="out_dir", default=None, metavar="DIR",
+                       help=f"folder for the two exported models (default {DEFAULT_TRAIN_OUT})")
+    where.add_argument("--install", action="store_true",
+                       help="write the models over the ones installed inside the package (what vitfiqa demo and "
+                            "score use by default)")
     t.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     from .demo import DemoConfig
 
     for name, value in DemoConfig().__dict__.items():
-        t.add_argument("--" + name.replace("_", "-"), type=type(value), help=f"default {value}")
+        t.add_argument("--" + name.replace("_", "-"), type=type(value), help=f"DemoConfig.{name} (default {value})")
     t.set_defaults(fn=cmd_train_demo)
     return p
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"vitfiqa: warning: {message}", file=sys.stderr)
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="vitfiqa: %(message)s")
+    if args.command in ("score", "evaluate", "reproduce", "demo", "train-demo"):
+        from .malloc import keep_freed_memory
+
+        keep_freed_memory()
+    import warnings
+
     try:
-        return args.fn(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return args.fn(args)
     except (CLIError, FileNotFoundError, ValueError, TypeError, IndexError, RuntimeError, ImportError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        _close_progress_bars()
         print(f"vitfiqa: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _close_progress_bars()
         print("vitfiqa: interrupted (re-run the same command to resume)", file=sys.stderr)
         return 130
+
+
+def _close_progress_bars() -> None:
+    """Close every progress bar still drawn (a stage that raised left it open), so that an error message starts
+    on a line of its own instead of sharing the bar's."""
+    try:
+        from tqdm.std import tqdm
+    except ImportError:
+        return
+    for bar in list(getattr(tqdm, "_instances", ())):
+        try:
+            bar.close()
+        except Exception:  # a bar of a broken stream: nothing left to tidy
+            pass
 
 
 if __name__ == "__main__":

@@ -55,6 +55,9 @@ class _Scorer:
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
+        import warnings
+
+        warnings.filterwarnings("ignore", message="the embedded stand-in")  # the driver gave it, once
         self.model = QualityModel(ray.get(model_ref[0]), model)
         self.config = ScoreConfig.from_dict(config)  # travels as its dict: the whole config, field for field
         self.run = run
@@ -91,12 +94,13 @@ class _Scorer:
         return out
 
 
-def score_with_ray(model: str | os.PathLike | bytes, sources: Sequence, out_dir: str | os.PathLike,
+def score_with_ray(model, sources: Sequence, out_dir: str | os.PathLike,
                    methods: Sequence[str] | str | None = None, *, ids: Sequence[str] | None = None, config=None,
                    run: RunOptions | dict | None = None, model_options: ModelOptions | dict | None = None,
                    address: str | None = None, num_actors: int | None = None, cpus_per_actor: float | None = None,
-                   num_cpus: int | None = None, progress: bool = True, **score_options):
-    """Score ``sources`` on a Ray cluster into the results table ``out_dir`` (created, or resumed when it holds
+                   num_cpus: int | None = None, progress: bool = True, checkpoint=None, **score_options):
+    """Score ``sources`` with ``model`` (anything :func:`vitfiqa.load` takes, ``checkpoint`` with a preset name;
+    it becomes TorchScript bytes once, on the driver, which the actors get) on a Ray cluster into the results table ``out_dir`` (created, or resumed when it holds
     this run's batches); returns the whole table as a pandas DataFrame (index, path, scores, error) in input
     order.
 
@@ -123,7 +127,8 @@ def score_with_ray(model: str | os.PathLike | bytes, sources: Sequence, out_dir:
     """
     from .config import check_batch_independent, score_config
     from .detect import FACE_COLUMNS
-    from .pipeline import _faces_desc, _table_kind, check_sources, run_description, run_options, with_faces
+    from .pipeline import (_faces_desc, _table_kind, check_model_input, check_sources, run_description, run_options,
+                           warn_stand_in, with_faces)
     from .results import ScoreTable
 
     model_changes = take_deprecated(score_options, ModelOptions, "model_options", "score_with_ray")
@@ -145,23 +150,19 @@ def score_with_ray(model: str | os.PathLike | bytes, sources: Sequence, out_dir:
         sources = [os.path.abspath(p) for p in sources]
     sources, ids, names, fkind = with_faces(sources, ids, kind, run, workers=run.workers, max_pixels=run.max_pixels)
     faces = _faces_desc(run) if fkind == "faces" else None
-    if isinstance(model, (bytes, bytearray)):
-        model_bytes = bytes(model)
-    else:
-        if not Path(model).is_file():
-            raise FileNotFoundError(f"model file not found: {model}")
-        model_bytes = Path(model).read_bytes()
-    # Load and score one blank image here first: a corrupt file, a model without attention or a method the
+    # Any model vitfiqa.load takes (vitfiqa.sources) becomes TorchScript bytes once, here. Load and score one
+    # blank image here first: a corrupt file, a model without attention, a wrong input size or a method the
     # model cannot serve fails now, with vitfiqa's own message, not later inside every actor.
-    import torch
+    from .api import _load
 
-    from .api import QualityModel
-
-    probe = QualityModel(model_bytes, model_options.replace(device="cpu", dtype="float32"))
-    # every actor gets the resolved input contract, so all of them (and a resume) feed the model alike
+    probe, src = _load(model, model_options.replace(device="cpu", dtype="float32"), checkpoint=checkpoint)
+    model_bytes = src.model if isinstance(src.model, bytes) else Path(src.model).read_bytes()
+    # every actor gets the resolved input contract (and the final norm, as named or as a transformers / timm
+    # route found it), so all of them (and a resume) feed the model alike
     model_options = model_options.replace(image_size=probe.image_size, channel_order=probe.channel_order,
-                                          normalization=probe.normalization)
-    probe.score(torch.zeros(1, 3, *probe.image_size), config=cfg, preprocess=False)
+                                          normalization=probe.normalization, final_norm=probe.final_norm)
+    check_model_input(probe, cfg)
+    warn_stand_in(probe)  # once, here
     keys = probe.columns(cfg) + (list(FACE_COLUMNS) if faces is not None else [])
     described = run_description(probe.sha256, probe.image_size, model_options.dtype, cfg, max_pixels=run.max_pixels,
                                 input_contract=dict(channel_order=probe.channel_order,

@@ -31,8 +31,9 @@ results table, Ray, loader, data sets, reproduction, CLI) beside the one check b
 DEFAULT_MAX_PIXELS = 40_000_000
 """Largest image (width x height) decoded by default: 40 MP is ~120 MB as RGB, several times any face photo,
 while a decompression bomb (a few kB of PNG that inflates to gigapixels) is refused from its header, before
-any pixel is decoded. ``max_pixels=None`` lifts vitfiqa's limit; Pillow's own still applies (it refuses images
-above 2 x ``PIL.Image.MAX_IMAGE_PIXELS``, 179 MP by default, and warns above 89 MP)."""
+any pixel is decoded. This limit is the only one: Pillow's own (``PIL.Image.MAX_IMAGE_PIXELS``, which refuses
+images above 179 MP and warns above 89 MP by default) is lifted while vitfiqa decodes an image and restored
+after, so ``max_pixels=None`` (CLI ``--max-pixels 0``) really decodes an image of any size."""
 
 
 def check_batch_size(batch_size, allow_none: bool = False) -> None:

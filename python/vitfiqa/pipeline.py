@@ -33,6 +33,12 @@ class ScoredBatch:
     result: QualityResult | None
     keys: list[str]  # the score columns (QualityModel.columns), the same for every batch of a run
 
+    def __repr__(self) -> str:
+        """A summary: which images, how many scored and skipped, which columns (never whole tensors)."""
+        b = self.batch
+        return (f"ScoredBatch(images {b.start}..{b.start + len(b.ids) - 1}: {len(b.ok)} scored, {len(b.errors)} "
+                f"skipped; columns {', '.join(self.keys)})")
+
     def columns(self) -> dict[str, list]:
         """Columns in input order: ``index`` (position in the input list), ``path`` (the file's path, or the
         source's id), one float per score key
@@ -160,6 +166,50 @@ def run_description(model_sha256: str, image_size, dtype, config: ScoreConfig, h
     return run
 
 
+def warn_stand_in(model: QualityModel) -> None:
+    """The one warning of a run scored with an embedded stand-in (synthetic faces) model."""
+    import warnings
+
+    from .demo import STAND_IN_WARNING, is_stand_in
+
+    if is_stand_in(model):
+        warnings.warn(STAND_IN_WARNING, UserWarning, stacklevel=3)
+
+
+def warn_resized(batch: ImageBatch, size) -> None:
+    """The one warning of a run that resizes images (not square, or not at the model's size) instead of
+    aligning them."""
+    import warnings
+
+    warnings.warn(f"images that are not square or not {size[0]}x{size[1]} ({batch.resized} in the batch from index "
+                  f"{batch.start}; this warning is given once per run) are resized to "
+                  f"{size[0]}x{size[1]}, not aligned: face quality methods expect aligned face crops (align with "
+                  "five landmarks, vitfiqa.align, or detect faces first)", UserWarning, stacklevel=3)
+
+
+def check_model_input(model: QualityModel, config: ScoreConfig | None = None) -> None:
+    """The input contract checked against the model before any results table is created: one blank image of the
+    contract's size (3 channels) through the model's forward (and the config's methods). A wrong image size or
+    channel count is one line here, instead of a failed first batch that leaves a table behind."""
+    import torch
+
+    h, w = model.image_size
+    blank = torch.zeros(1, 3, h, w, dtype=model.dtype, device=model.device)
+    try:
+        if config is None:
+            model._core.forward(blank)
+        else:
+            model.scorer(config).score(blank)
+    except (RuntimeError, ValueError) as exc:
+        text = str(exc).strip().splitlines()
+        reason = text[0] if text else type(exc).__name__
+        source = {"argument": "as given", "model record": "from the model's recorded input contract",
+                  "patch grid in the graph": "from the patch grid in its graph"}.get(
+            model.input_contract["source"].get("image_size"), "")
+        raise ValueError(f"the model does not take 3 x {h} x {w} images (the size {source}): {reason}; "
+                         "give the model's own input size (image_size=, CLI --image-size)") from None
+
+
 def run_options(run: RunOptions | dict | None, loose: dict, where: str) -> RunOptions:
     """``run`` (a :class:`vitfiqa.options.RunOptions`, its dict or None) with the old loose keywords of its
     fields (popped from ``loose``, each with a DeprecationWarning) applied on top; checked."""
@@ -259,6 +309,7 @@ def _table(model, names, kind, cfg, out, *, batch_size, overwrite, heatmap_dir, 
         heat = {"dir": str(Path(heatmap_dir).resolve()), "format": heatmap_format}
         cfg.heatmaps = True
     keys = model.columns(cfg) + (list(FACE_COLUMNS) if faces is not None else [])
+    check_model_input(model, cfg)  # before the table exists: a wrong input size leaves nothing behind
     described = run_description(model.sha256, model.image_size, model.dtype, cfg, heat, max_pixels,
                                 {"channel_order": model.channel_order, "normalization": model.normalization},
                                 model.final_norm, sources=kind, faces=faces)
@@ -340,9 +391,14 @@ def score_files(model: QualityModel, sources: Sequence, methods: Sequence[str] |
 
         heat_tmp = clear_tmp_dir(heat_dir / ".vitfiqa-tmp") if table is not None else heat_dir / ".vitfiqa-tmp"
         heat_tmp.mkdir(parents=True, exist_ok=True)
+    warn_stand_in(model)
+    resize_warned = False
     try:
         for batch in loader:
             result = None
+            if batch.resized and not resize_warned:
+                warn_resized(batch, model.image_size)
+                resize_warned = True
             if batch.images is not None:
                 x = model.prepare(to_model_input(batch.images, model), preprocess=False)
                 result = QualityResult._from_core(scorer.score(x))

@@ -60,10 +60,12 @@ class Recognizer:
     >>> e = r.embed(uint8_nhwc_batch)          # float32 [B, 1024]
     """
 
-    def __init__(self, model: str | os.PathLike | bytes, options: ModelOptions | dict | None = None, *,
-                 flip: str = "concat", output: int = 0, name: str | None = None, **deprecated):
+    def __init__(self, model, options: ModelOptions | dict | None = None, *,
+                 flip: str = "concat", output: int = 0, name: str | None = None, checkpoint=None,
+                 **deprecated):
         from . import _core
         from .contract import read_input_contract
+        from .sources import resolve
 
         if isinstance(options, (str, torch.device)):  # the old second positional argument, the device
             deprecated["device"], options = options, None
@@ -87,14 +89,19 @@ class Recognizer:
         mean, std, dtype = given_norm.get("mean"), given_norm.get("std"), options.dtype
         if channel_order is not None:
             check_channel_order(channel_order)
+        # Any route of vitfiqa.sources (a module, a ScriptModule, a preset name with its checkpoint, including
+        # the CNN recognisers of vitfiqa.models.RECOGNIZERS) becomes TorchScript here.
+        given = {k: v for k, v in (("image_size", image_size), ("channel_order", channel_order)) if v is not None}
+        src = resolve(model, checkpoint=checkpoint, options=given, role="recognizer")
+        model = src.model
+        if name is None and src.route == "preset":
+            name = src.description.split(",")[0].removeprefix("<preset ")
         if flip not in FLIP_MODES:
             raise ValueError(f"flip must be one of {FLIP_MODES}, got {flip!r}")
         device = resolve_device(options.device)
         if isinstance(model, (bytes, bytearray)):
-            if not model:
-                raise ValueError("model bytes are empty")
             self._core = _core.ScriptModel.from_bytes(bytes(model), device, str(dtype))
-            self.source = "<bytes>"
+            self.source = src.description if src.route != "torchscript bytes" else "<bytes>"
         else:
             path = Path(model)
             if not path.is_file():
@@ -110,7 +117,7 @@ class Recognizer:
         size = image_size if image_size is not None else record.get("image_size", DEFAULT_IMAGE_SIZE)
         self.image_size = (int(size), int(size)) if np.isscalar(size) else tuple(int(v) for v in size)
         self.channel_order = channel_order or record.get("channel_order", DEFAULT_CHANNEL_ORDER)
-        self.name = name or (Path(self.source).stem if self.source != "<bytes>" else "recognizer")
+        self.name = name or (Path(self.source).stem if not isinstance(model, bytes) else "recognizer")
         self.device = torch.device(device)
         self.dtype = getattr(torch, str(dtype))
         self.flip = flip
@@ -160,3 +167,13 @@ class Recognizer:
         # Flip of the decoded uint8 image along its width, as the CR-FIQA and insightface evaluations do.
         f = self.forward(self.preprocess(np.ascontiguousarray(arr[:, :, ::-1])))
         return flip_concat(e, f) if self.flip == "concat" else e + f
+
+
+def load_recognizer(model, checkpoint=None, **options) -> Recognizer:
+    """A :class:`Recognizer` from any route of :mod:`vitfiqa.sources`: a TorchScript file or bytes, a
+    ``torch.nn.Module``, or a preset name with its official checkpoint, e.g.
+    ``load_recognizer("arcface_r100", checkpoint="backbone.pth")`` (:data:`vitfiqa.models.RECOGNIZERS`, whose
+    input, channel order and the paper's mean / std, comes with the preset) or ``load_recognizer("cvlface_vit_b",
+    checkpoint="model.pt")`` (:data:`vitfiqa.models.PRESETS`). ``options``: as :class:`Recognizer`
+    (``options=ModelOptions(...)``, ``flip=``, ``output=``, ``name=``)."""
+    return Recognizer(model, checkpoint=checkpoint, **options)

@@ -25,6 +25,7 @@ from torch import nn
 from .registry import BaselineMethod, register
 
 GROUPS = ("image", "block1", "block2", "block3", "block4")
+CHUNK = 8  # images per backward pass
 
 
 def compute(model, x: torch.Tensor, blocks=None) -> dict[str, torch.Tensor]:
@@ -50,6 +51,9 @@ def compute(model, x: torch.Tensor, blocks=None) -> dict[str, torch.Tensor]:
         raise ValueError(f"GraFIQs needs four stage modules of the network (blocks=[...] module paths); got {blocks}")
     if net.training:
         net.eval()
+    if x.shape[0] > CHUNK:  # per-image values: chunks bound the activations kept for the backward pass
+        parts = [compute(model, x[s:s + CHUNK], blocks) for s in range(0, x.shape[0], CHUNK)]
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     terms: list[torch.Tensor] = []
     stage_out: dict[str, torch.Tensor] = {}
 

@@ -46,6 +46,11 @@ Example config (paths are relative to the config file)::
                                  # channel_order: the model's input contract, else rgb (what the official
                                  # pipeline feeds from the release files)
 
+    [[recognizers]]
+    name = "AdaFace ViT-B"
+    preset = "cvlface_vit_b"     # an official architecture (vitfiqa.models.PRESETS / RECOGNIZERS) ...
+    checkpoint = "model.pt"      # ... with its official checkpoint, instead of model
+
     [[qualities]]
     name = "ATTN-FIQA"
     method = "attn"
@@ -141,6 +146,8 @@ class RecognizerSpec:
     output: int = 0
     dtype: str = "float32"
     detector_score_weighting: bool = False
+    preset: str | None = None          # with checkpoint: an official architecture instead of a TorchScript model
+    checkpoint: str | None = None
 
 
 # A method's name in a config -> the score column the papers' tables report for it. EX-FIQA scores every exit
@@ -163,7 +170,8 @@ class QualitySpec:
     column: str | None = None
     key: str | None = None
     higher_is_better: bool = True
-    preset: str | None = None          # a baseline's network (vitfiqa.baselines.PRESETS), with checkpoint
+    preset: str | None = None          # with checkpoint: a baseline's network (vitfiqa.baselines.PRESETS) or
+                                       # an official ViT (vitfiqa.models.PRESETS), instead of model
     checkpoint: str | None = None
     # how the model is loaded and fed (vitfiqa.options.ModelOptions); None: the model's input contract, the
     # run's device and the benchmark's image size
@@ -299,6 +307,22 @@ def load_config(config: str | os.PathLike | Mapping, base: str | os.PathLike | N
             raise FileNotFoundError(f"{what} {spec.name!r}: model file not found: {path}")
         return path
 
+    def preset_entry(spec, what):
+        """``preset`` + ``checkpoint``: an official architecture with its weights (exported to TorchScript in the
+        cache when the run starts, see :func:`export_presets`)."""
+        from ..sources import preset_names
+
+        if spec.preset is None and spec.checkpoint is None:
+            return
+        if spec.preset is None or spec.checkpoint is None or spec.model is not None:
+            raise ConfigError(f"{what} {spec.name!r}: give preset and checkpoint together, instead of model")
+        names = preset_names(what)
+        if spec.preset not in names:
+            raise ConfigError(f"{what} {spec.name!r}: unknown preset {spec.preset!r}; presets: {', '.join(names)}")
+        spec.checkpoint = _path(base, spec.checkpoint)
+        if not Path(spec.checkpoint).is_file():
+            raise FileNotFoundError(f"{what} {spec.name!r}: checkpoint not found: {spec.checkpoint}")
+
     def per_benchmark_files(e, key, what):
         files = e.get(key, {})
         if not isinstance(files, dict):
@@ -311,8 +335,10 @@ def load_config(config: str | os.PathLike | Mapping, base: str | os.PathLike | N
     recognizers = []
     for e in raw["recognizers"]:
         spec = make_spec(RecognizerSpec, e, "recognizer", "embeddings")
-        if spec.model is None and not spec.embeddings:
-            raise ConfigError(f"recognizer {spec.name!r} needs a model (TorchScript file) or embeddings files")
+        preset_entry(spec, "recognizer")
+        if spec.model is None and spec.preset is None and not spec.embeddings:
+            raise ConfigError(f"recognizer {spec.name!r} needs a model (TorchScript file), preset + checkpoint, or "
+                              "embeddings files")
         if spec.model is not None:
             spec.model = model_file(spec, "recognizer")
         from ..recognizer import CHANNEL_ORDERS, FLIP_MODES, _triple
@@ -342,20 +368,20 @@ def load_config(config: str | os.PathLike | Mapping, base: str | os.PathLike | N
                 check_baseline(spec, lambda p: _path(base, p))
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
-        elif spec.preset is not None or spec.checkpoint is not None:
-            raise ConfigError(f"quality {spec.name!r}: preset/checkpoint name a baseline's network (method = "
-                              "\"serfiq\", \"crfiqa\", ...); a ViT method takes model")
         elif spec.method is not None:
             spec.method = _quality_method(spec)
-            if spec.model is None:
-                raise ConfigError(f"quality {spec.name!r}: method {spec.method!r} needs a model")
-            spec.model = model_file(spec, "quality")
+            preset_entry(spec, "quality")  # preset + checkpoint: an official ViT architecture (vitfiqa.models)
+            if spec.model is None and spec.preset is None:
+                raise ConfigError(f"quality {spec.name!r}: method {spec.method!r} needs a model (or preset + "
+                                  "checkpoint)")
+            if spec.model is not None:
+                spec.model = model_file(spec, "quality")
             _check_model_options(spec)
             from ..config import check_batch_independent, score_config
 
             check_batch_independent(score_config(methods=_methods_of([spec]), **spec.options))
         else:
-            given = [k for k in QUALITY_MODEL_OPTIONS if getattr(spec, k) is not None]
+            given = [k for k in QUALITY_MODEL_OPTIONS + ("preset", "checkpoint") if getattr(spec, k) is not None]
             if given:
                 raise ConfigError(f"quality {spec.name!r}: {given} are options of a method row (method + model), "
                                   "not of score files")
@@ -381,6 +407,27 @@ def load_config(config: str | os.PathLike | Mapping, base: str | os.PathLike | N
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     return cfg
+
+
+def export_presets(cfg: Config) -> None:
+    """Each ``preset`` + ``checkpoint`` entry -> a TorchScript file in the cache (made once per preset and
+    checkpoint content, then reused, so the cache keys that hash the model file stay put); sets its ``model``."""
+    from ..baselines.reproduce import is_baseline
+    from ..sources import resolve
+
+    for spec, role in [(s, "recognizer") for s in cfg.recognizers] + [(s, "quality") for s in cfg.qualities]:
+        if spec.preset is None or spec.model is not None or (role == "quality" and is_baseline(spec.method)):
+            continue  # a baseline's preset is its own (vitfiqa.baselines)
+        key = _json_hash(dict(preset=spec.preset, checkpoint=file_hash(spec.checkpoint)))  # one file for both roles
+        path = Path(cfg.cache) / "models" / f"{spec.preset}-{key[:16]}.pt"
+        if not path.is_file():
+            log.info("%s %s: exporting preset %s with %s", role, spec.name, spec.preset, spec.checkpoint)
+            data = resolve(spec.preset, checkpoint=spec.checkpoint, role=role).model
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        spec.model = str(path)
 
 
 def _quality_method(spec: QualitySpec) -> str:
@@ -950,6 +997,7 @@ def reproduce(config: str | os.PathLike | Mapping, out: str | os.PathLike | None
     cfg.cache = cfg.cache or str(Path(cfg.out) / "cache")
     out_dir = Path(cfg.out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    export_presets(cfg)
     size = (int(cfg.image_size), int(cfg.image_size))
     skipped: dict[str, str] = {}
     notes: dict[str, list[str]] = {}
