@@ -168,8 +168,8 @@ def read_landmark_file(path: str | os.PathLike, error: type[Exception] = ValueEr
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
-        raise error(f"{path.name} line {line}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        at = data[:exc.start].count(b"\n") + 1
+        raise error(f"{path.name} line {at}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     names, pts, scores = [], [], []
     for n, line in enumerate(ln.strip() for ln in text.splitlines() if ln.strip()):
         parts = line.split()
