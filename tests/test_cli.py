@@ -82,7 +82,7 @@ def test_score_list_file(tmp_path, model_cases):
 @pytest.mark.parametrize("argv, msg", [
     (["score", "--model", "missing.pt", "--images", ".", "--out", "x.csv"], "model file not found"),
     (["score", "--model", "{m}", "--images", "{empty}", "--out", "x.csv"], "no images"),
-    (["score", "--model", "{m}", "--images", "{empty}", "--out", "x.csv", "--methods", "bogus"], "unknown quality method"),
+    (["score", "--model", "{m}", "--images", "{empty}", "--out", "x.csv", "--methods", "bogus"], "unknown method"),
     (["score", "--model", "{m}", "--images", "{empty}", "--out", "{m}"], "exists and is not a folder"),
     (["inspect", "--model", "{corrupt}"], "could not load a TorchScript model"),
 ])

@@ -61,14 +61,6 @@ def test_score_files_takes_run_options_and_the_old_keywords_warn(images):
         score_frame(model, images, "attn", run={"heatmap_format": "gif"})
 
 
-def test_detection_is_refused_in_one_place_until_it_is_there(images):
-    # (the detection work replaces this test with its own when RunOptions.detect / landmarks are implemented)
-    model = vitfiqa.load(RECOGNIZER)
-    for run in (RunOptions(detect=True), RunOptions(landmarks="lm.txt")):
-        with pytest.raises(NotImplementedError, match="detect"):
-            score_frame(model, images, "attn", run=run)
-
-
 def test_recognizer_takes_model_options_and_the_old_keywords_warn():
     new = Recognizer(RECOGNIZER, ModelOptions(channel_order="bgr", normalization={"mean": 0.0, "std": 1.0}),
                      flip="none")

@@ -102,8 +102,8 @@ def test_prepared_folders_are_swapped_back(release):
     ds = load_bin(root / "lfw.bin")
     np.testing.assert_array_equal(prepared.pairs.a, ds.pairs.a)
     np.testing.assert_array_equal(prepared.pairs.genuine, ds.pairs.genuine)
-    a = np.concatenate([im for _, im in ds.batches(16)])
-    b = np.concatenate([im for _, im in prepared.batches(16)])
+    a = np.concatenate([b.images for b in ds.iter_batches(16) if b.images is not None])
+    b = np.concatenate([b.images for b in prepared.iter_batches(16) if b.images is not None])
     np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="prepared must be one of"):
         load_pair_list(root / "data", lists, ids="names", prepared="opencv")

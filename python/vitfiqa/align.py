@@ -153,3 +153,35 @@ class FaceCrop:
 
     def __str__(self) -> str:
         return os.fspath(self.source) if isinstance(self.source, (str, os.PathLike)) else "<bytes>"
+
+
+def read_landmark_file(path: str | os.PathLike, error: type[Exception] = ValueError):
+    """A five-point landmark file (IJB-C's ``ijbc_name_5pts_score.txt`` layout: ``name x1 y1 ... x5 y5 score``
+    per line; a UTF-8 byte-order mark at the start is dropped) -> (names, landmarks [N,5,2], scores [N]). A
+    malformed line raises ``error`` (the benchmark loaders pass their ``CorruptEntry``) with its number."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"list file not found: {path}")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        at = data[:exc.start].count(b"\n") + 1
+        raise error(f"{path.name} line {at}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    names, pts, scores = [], [], []
+    for n, line in enumerate(ln.strip() for ln in text.splitlines() if ln.strip()):
+        parts = line.split()
+        try:
+            if len(parts) != 12:
+                raise ValueError
+            vals = [float(v) for v in parts[1:]]
+        except ValueError:
+            raise error(f"{path.name} line {n + 1}: expected 'name' + 10 landmark coordinates + "
+                        f"score, got {line[:80]!r}") from None
+        names.append(parts[0]), pts.append(vals[:10]), scores.append(vals[10])
+    arr = np.asarray(pts, dtype=np.float64).reshape(-1, 5, 2)
+    if not np.isfinite(arr).all() or not np.isfinite(scores).all():
+        raise error(f"{path.name}: NaN or Inf landmarks or scores")
+    return names, arr, np.asarray(scores, dtype=np.float64)

@@ -250,9 +250,9 @@ def _match_landmarks(names: Sequence[str], sources: Sequence, path: str | os.Pat
     """Rows of a landmark file (``name x1 y1 ... x5 y5 score``, the IJB-C layout) for each named source: by
     the name as given, else relative to the folder all sources share, else the file name alone (when that is
     unique in the file)."""
-    from .eval.datasets import read_ijbc_landmarks
+    from .align import read_landmark_file
 
-    file_names, lms, scores = read_ijbc_landmarks(path)
+    file_names, lms, scores = read_landmark_file(path)
     exact = {n: i for i, n in enumerate(file_names)}
     base: dict[str, int | None] = {}
     for i, n in enumerate(file_names):

@@ -364,7 +364,7 @@ def _preset_route(name: str, checkpoint, role: str) -> Resolved:
             module = preset(name)
         module = load_official_state_dict(module.to_empty(device="cpu"), checkpoint
                                           if not isinstance(checkpoint, Mapping) else dict(checkpoint))
-        contract: dict = {"image_size": [112, 112]}
+        contract: dict[str, Any] = {"image_size": [112, 112]}
     else:
         rec = RECOGNIZERS[name]
         with torch.device("meta"):

@@ -294,7 +294,7 @@ def _level_table() -> tuple[list[str], list[list[str]]]:
              "jpeg": "JPEG quality", "overexposure": "gain on intensities (clipped)",
              "underexposure": "gain on intensities"}
     return (["degradation", "parameter", "L1", "L2", "L3", "L4"],
-            [[k, units[k], *(f"{v:g}" for v in vals)] for k, vals in LEVELS.items()])
+            [[k, units[k], *(f"{v:g}" for v in vals)] for k, vals in LEVELS.items()])  # type: ignore[attr-defined]
 
 
 def _report_blocks(identities, samples, n, pairs, clean_fnmr, all_fnmr, fnmr_by_kind, corr_table, df,

@@ -527,22 +527,10 @@ def load_ijbc_meta(meta_dir: str | os.PathLike, faces_file: str = "ijbc_face_tid
 
 def read_ijbc_landmarks(path: str | os.PathLike) -> tuple[list[str], np.ndarray, np.ndarray]:
     """``ijbc_name_5pts_score.txt``: ``name x1 y1 ... x5 y5 score`` per line -> (names, landmarks [N,5,2],
-    detector scores [N])."""
-    names, pts, scores = [], [], []
-    for n, line in enumerate(_read_lines(Path(path))):
-        parts = line.split()
-        try:
-            if len(parts) != 12:
-                raise ValueError
-            vals = [float(v) for v in parts[1:]]
-        except ValueError:
-            raise CorruptEntry(f"{Path(path).name} line {n + 1}: expected 'name' + 10 landmark coordinates + "
-                               f"score, got {line[:80]!r}") from None
-        names.append(parts[0]), pts.append(vals[:10]), scores.append(vals[10])
-    arr = np.asarray(pts, dtype=np.float64).reshape(-1, 5, 2)
-    if not np.isfinite(arr).all() or not np.isfinite(scores).all():
-        raise CorruptEntry(f"{Path(path).name}: NaN or Inf landmarks or scores")
-    return names, arr, np.asarray(scores, dtype=np.float64)
+    detector scores [N]) (:func:`vitfiqa.align.read_landmark_file`; a malformed line is a CorruptEntry)."""
+    from ..align import read_landmark_file
+
+    return read_landmark_file(path, CorruptEntry)
 
 
 def load_ijbc(root: str | os.PathLike, align: bool = True, image_dir: str = "loose_crop", prefix: str = "ijbc",
