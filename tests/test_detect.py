@@ -74,7 +74,7 @@ def test_primary_face_is_the_confident_one_nearest_the_centre(photos):
 
 def test_pipeline_detect_scores_the_aligned_primary_face(photos, model):
     files = [str(photos / n) for n in ("astronaut.jpg", "coffee.jpg", "tiny.png", "group.png", "missing.jpg")]
-    df = score_frame(model, files, run={"detect": True}, batch_size=2)
+    df = score_frame(model, files, run={"detect": True, "batch_size": 2})
     assert list(df.path) == files
     assert list(df.columns) == ["index", "path", *model.columns(vitfiqa.ScoreConfig()), *FACE_COLUMNS, "error"]
     errors = list(df.error)
@@ -99,7 +99,7 @@ def test_pipeline_detect_scores_the_aligned_primary_face(photos, model):
 
 def test_all_faces_gives_one_row_per_face(photos, model):
     files = [str(photos / n) for n in ("group.png", "coffee.jpg", "astronaut.jpg")]
-    df = score_frame(model, files, run={"detect": True, "all_faces": True}, batch_size=3)
+    df = score_frame(model, files, run={"detect": True, "all_faces": True, "batch_size": 3})
     assert list(df.path) == [f"{files[0]}#0", f"{files[0]}#1", f"{files[0]}#2", files[1], f"{files[2]}#0"]
     assert list(df.error) == ["", "", "", "no face found", ""]
     assert len(set(np.round(df.face_x[:3]))) == 3
@@ -202,9 +202,9 @@ def test_face_stage_in_decoding_processes_equals_threads(photos, model):
     """On a GPU the loader decodes in worker processes: face sources travel there pickled and give the same
     table as threads."""
     files = [str(photos / n) for n in ("group.png", "coffee.jpg", "astronaut.jpg")]
-    run = {"detect": True, "all_faces": True}
-    a = score_frame(model, files, run=run, batch_size=2, workers=2, decode_processes=True)
-    b = score_frame(model, files, run=run, batch_size=2, workers=2, decode_processes=False)
+    run = {"detect": True, "all_faces": True, "batch_size": 2, "workers": 2}
+    a = score_frame(model, files, run={**run, "decode_processes": True})
+    b = score_frame(model, files, run={**run, "decode_processes": False})
     pd.testing.assert_frame_equal(a, b)
 
 

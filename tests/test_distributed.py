@@ -218,10 +218,9 @@ def test_ray_detect_equals_local(local_ray, tmp_path_factory, tmp_path):
     root = make_photos(tmp_path_factory.mktemp("photos"))
     files = [str(root / n) for n in ("group.png", "coffee.jpg", "astronaut.jpg", "tiny.png")]
     model = vitfiqa.load()
-    for run in ({"detect": True}, {"detect": True, "all_faces": True}):
-        remote = score_with_ray(RECOGNIZER, files, tmp_path / f"t{len(run)}", batch_size=2, num_actors=1,
-                                progress=False, run=run)
-        local = score_frame(model, files, run=run, batch_size=2)
+    for run in ({"detect": True, "batch_size": 2}, {"detect": True, "all_faces": True, "batch_size": 2}):
+        remote = score_with_ray(RECOGNIZER, files, tmp_path / f"t{len(run)}", num_actors=1, progress=False, run=run)
+        local = score_frame(model, files, run=run)
         assert list(remote.path) == list(local.path)
         assert list(remote.error) == list(local.error)
         for k in ("attn", *FACE_COLUMNS):
