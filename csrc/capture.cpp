@@ -5,6 +5,7 @@
 #include <torch/csrc/jit/serialization/import.h>
 #include <ATen/core/grad_mode.h>
 
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 #include <stdexcept>
@@ -56,10 +57,30 @@ at::Device parse_device(const std::string& device) {
 
 }  // namespace
 
+const std::vector<std::string>& attn_logits_modes() {
+  static const std::vector<std::string> modes{"qk", "full"};
+  return modes;
+}
+
 void check_attn_logits(const std::string& attn_logits) {
-  if (attn_logits != "qk" && attn_logits != "full")
+  const auto& modes = attn_logits_modes();
+  if (std::find(modes.begin(), modes.end(), attn_logits) == modes.end())
     throw std::invalid_argument("attn_logits must be 'qk' (q.k*scale, the papers' definition) or 'full' (the whole "
                                 "softmax input, bias and mask included), got '" + attn_logits + "'");
+}
+
+at::Tensor attention_logits(const AttentionCapture& a) {
+  if (a.kind == AttentionKind::Softmax) return a.logits;
+  auto l = at::matmul(a.q * a.scale, a.k.transpose(-2, -1));
+  if (a.mask && a.mask_in_logits) l = l + *a.mask;
+  return l;
+}
+
+at::Tensor attention_probs(const AttentionCapture& a) {
+  if (a.kind == AttentionKind::Softmax) return at::softmax(a.logits.to(at::kFloat), -1);
+  auto l = at::matmul(a.q * a.scale, a.k.transpose(-2, -1));
+  if (a.mask) l = l + *a.mask;  // the model's own attention: its mask applies whatever the logits choice
+  return at::softmax(l.to(at::kFloat), -1);
 }
 
 torch::jit::Module load_script_module(const std::string& path_or_bytes, bool from_bytes, const at::Device& device) {

@@ -1,5 +1,5 @@
+// The field table's codec: parse and print values, assemble the table from the sections their owners register.
 #include "config.h"
-#include "methods.h"  // the vocabularies the kernels own (heatmap and exit normalisations)
 
 #include <algorithm>
 #include <charconv>
@@ -7,39 +7,11 @@
 #include <stdexcept>
 #include <type_traits>
 
+#include "util.h"
+
 namespace vitfiqa {
 
 namespace {
-
-template <class T>
-constexpr FieldType field_type() {
-  if constexpr (std::is_same_v<T, bool>) return FieldType::Bool;
-  else if constexpr (std::is_same_v<T, int64_t>) return FieldType::Int;
-  else if constexpr (std::is_same_v<T, double>) return FieldType::Float;
-  else if constexpr (std::is_same_v<T, std::string>) return FieldType::String;
-  else if constexpr (std::is_same_v<T, std::vector<int64_t>>) return FieldType::IntList;
-  else if constexpr (std::is_same_v<T, std::vector<double>>) return FieldType::FloatList;
-  else return FieldType::StringList;
-}
-
-// One row of the table from a member accessor; the keyword defaults to the dotted name with '_' for '.'.
-template <class Access>
-ConfigField field(const char* name, const char* keyword, const char* doc, Access member,
-                  std::vector<std::string> choices = {}) {
-  using T = std::remove_reference_t<decltype(member(std::declval<ScoreConfig&>()))>;
-  ConfigField f;
-  f.name = name;
-  f.keyword = keyword ? keyword : f.name;
-  std::replace(f.keyword.begin(), f.keyword.end(), '.', '_');
-  f.type = field_type<T>();
-  f.doc = doc;
-  f.choices = std::move(choices);
-  f.get = [member](const ScoreConfig& c) -> FieldValue { return member(const_cast<ScoreConfig&>(c)); };
-  f.set = [member](ScoreConfig& c, const FieldValue& v) { member(c) = std::get<T>(v); };
-  return f;
-}
-
-#define VITFIQA_MEMBER(path) [](ScoreConfig& c) -> auto& { return c.path; }
 
 std::string trim(const std::string& s) {
   auto b = s.find_first_not_of(" \t\r\n"), e = s.find_last_not_of(" \t\r\n");
@@ -84,48 +56,64 @@ std::string format_double(double v) {
   return std::string(buf, r.ptr);
 }
 
-}  // namespace
+struct Section {
+  std::string name;
+  int rank;
+};
 
-const std::vector<ConfigField>& config_fields() {
-  static const std::vector<ConfigField> table{
-      field("methods", nullptr, "quality methods to compute (vitfiqa.METHODS lists them)", VITFIQA_MEMBER(methods)),
-      field("heatmaps", nullptr, "also return per-method heatmaps", VITFIQA_MEMBER(heatmaps)),
-      field("return_captures", nullptr, "also return the raw captures the methods read", VITFIQA_MEMBER(return_captures)),
-      field("prefix_tokens", nullptr, "CLS/quality/register tokens before the patches; -1: from the patch grid",
-            VITFIQA_MEMBER(prefix_tokens)),
-      field("grid", nullptr, "patch grid (h, w); empty: from the patch embedding", VITFIQA_MEMBER(grid)),
-      field("quality_output", nullptr, "which model output is the quality (ViT-FIQA: (embedding, quality) -> -1)",
-            VITFIQA_MEMBER(quality_output)),
-      field("attn.block", nullptr, "ATTN-FIQA block (0-based, negative counts from the end)", VITFIQA_MEMBER(attn.block)),
-      field("attn.tokens", nullptr, "ATTN-FIQA mean over all tokens (the papers) or patch tokens only",
-            VITFIQA_MEMBER(attn.tokens), {"all", "patches"}),
-      field("attn.logits", nullptr, "where the softmax input adds a bias or mask: qk = q.k*scale alone (the papers), "
-            "full = the whole softmax input (checked by the capture: check_attn_logits)", VITFIQA_MEMBER(attn.logits)),
-      field("vitnt.blocks", nullptr, "ViTNT-FIQA blocks (0-based; empty: all)", VITFIQA_MEMBER(vitnt.blocks)),
-      field("vitnt.scale", nullptr, "ViTNT-FIQA s in 2 / (1 + exp(s d))", VITFIQA_MEMBER(vitnt.scale)),
-      field("vitnt.weighting", nullptr, "ViTNT-FIQA patch weights: uniform or attention received",
-            VITFIQA_MEMBER(vitnt.weighting), {"uniform", "attention"}),
-      field("vitnt.attention_blocks", nullptr, "attention weighting: the last selected block's attention (official "
-            "default) or the mean over all selected blocks", VITFIQA_MEMBER(vitnt.attention_blocks), {"last", "all"}),
-      field("exfiqa.exits", "exits", "EX-FIQA exit blocks (0-based; empty: all)", VITFIQA_MEMBER(exfiqa.exits)),
-      field("exfiqa.normalization", "exit_normalization", "EX-FIQA per-exit normalisation over the batch",
-            VITFIQA_MEMBER(exfiqa.normalization), exit_normalizations()),
-      field("heatmap.size", nullptr, "heatmap (height, width); empty: the input's", VITFIQA_MEMBER(heatmap.size)),
-      field("heatmap.normalize", nullptr, "min-max on the patch grid: per image, global (over the call, or "
-            "heatmap.range), or none", VITFIQA_MEMBER(heatmap.normalize), heatmap_normalizations()),
-      field("heatmap.range", nullptr, "(low, high): a fixed global range, e.g. a data set's", VITFIQA_MEMBER(heatmap.range)),
-  };
-  return table;
+// The table and the sections in table order; function-local: filled from other files' static initialisers.
+std::vector<ConfigField>& table() {
+  static std::vector<ConfigField> fields;
+  return fields;
 }
 
-#undef VITFIQA_MEMBER
+std::vector<Section>& sections() {
+  static std::vector<Section> s;
+  return s;
+}
+
+}  // namespace
+
+bool register_config_section(const std::string& section, int rank, std::vector<ConfigField> fields) {
+  auto& secs = sections();
+  for (const auto& s : secs)
+    if (s.name == section) throw std::logic_error("score config section '" + section + "' is registered twice");
+  // The section's place: sorted by rank, then name (static initialisers run in no fixed order across files).
+  auto at = std::find_if(secs.begin(), secs.end(),
+                         [&](const Section& s) { return s.rank > rank || (s.rank == rank && s.name > section); });
+  const bool last = at == secs.end();
+  const std::string next = last ? "" : at->name;  // the section this one goes before
+  secs.insert(at, Section{section, rank});
+  for (auto& f : fields) {
+    if (!section.empty()) f.name = section + "." + f.name;
+    if (f.keyword.empty()) {
+      f.keyword = f.name;
+      std::replace(f.keyword.begin(), f.keyword.end(), '.', '_');
+    }
+    for (const auto& other : table())
+      if (other.name == f.name || other.keyword == f.keyword)
+        throw std::logic_error("score config field '" + f.name + "' (" + f.keyword + ") is registered twice");
+  }
+  auto& t = table();
+  auto pos = last ? t.end() : std::find_if(t.begin(), t.end(), [&](const ConfigField& f) { return f.section() == next; });
+  t.insert(pos, std::make_move_iterator(fields.begin()), std::make_move_iterator(fields.end()));
+  return true;
+}
+
+const std::vector<ConfigField>& config_fields() { return table(); }
+
+std::vector<std::string> config_sections() {
+  std::vector<std::string> out;
+  for (const auto& s : sections()) out.push_back(s.name);
+  return out;
+}
 
 const ConfigField& config_field(const std::string& name) {
   for (const auto& f : config_fields())
     if (f.name == name) return f;
-  std::string known;
-  for (const auto& f : config_fields()) known += (known.empty() ? "" : ", ") + f.name;
-  throw std::invalid_argument("unknown score config field '" + name + "' (fields: " + known + ")");
+  std::vector<std::string> known;
+  for (const auto& f : config_fields()) known.push_back(f.name);
+  throw std::invalid_argument("unknown score config field '" + name + "' (fields: " + join(known) + ")");
 }
 
 const char* type_name(FieldType type) {
@@ -139,6 +127,11 @@ const char* type_name(FieldType type) {
     case FieldType::StringList: return "list[str]";
   }
   return "?";
+}
+
+std::string ConfigField::section() const {
+  auto dot = name.find('.');
+  return dot == std::string::npos ? "" : name.substr(0, dot);
 }
 
 std::string ConfigField::label() const { return keyword == name ? name : name + " (" + keyword + ")"; }
@@ -219,14 +212,13 @@ std::string ConfigField::format(const FieldValue& value) const {
         else if constexpr (std::is_same_v<T, double>) return format_double(v);
         else if constexpr (std::is_same_v<T, std::string>) return v;
         else {
-          std::string out;
+          std::vector<std::string> items;
           for (const auto& e : v) {
-            if (!out.empty()) out += ",";
-            if constexpr (std::is_same_v<T, std::vector<std::string>>) out += e;
-            else if constexpr (std::is_same_v<T, std::vector<double>>) out += format_double(e);
-            else out += std::to_string(e);
+            if constexpr (std::is_same_v<T, std::vector<std::string>>) items.push_back(e);
+            else if constexpr (std::is_same_v<T, std::vector<double>>) items.push_back(format_double(e));
+            else items.push_back(std::to_string(e));
           }
-          return out;
+          return join(items, ",");
         }
       },
       value);
@@ -267,23 +259,18 @@ bool ScoreConfig::operator==(const ScoreConfig& other) const {
 }
 
 std::string ScoreConfig::to_string() const {
-  std::string out = "ScoreConfig(";
-  bool first = true;
+  std::vector<std::string> items;
   for (const auto& f : config_fields()) {
-    auto v = f.get(*this);
-    std::string text = f.format(v);
+    std::string text = f.format(f.get(*this));
     bool plain = f.type == FieldType::Bool || f.type == FieldType::Int || f.type == FieldType::Float;
-    out += (first ? "" : ", ") + f.name + "=" + (plain ? text : "'" + text + "'");
-    first = false;
+    items.push_back(f.name + "=" + (plain ? text : "'" + text + "'"));
   }
-  return out + ")";
+  return "ScoreConfig(" + join(items) + ")";
 }
 
 void check_choices(const ScoreConfig& config, const std::string& section) {
   for (const auto& f : config_fields()) {
-    auto dot = f.name.find('.');
-    std::string sec = dot == std::string::npos ? "" : f.name.substr(0, dot);
-    if (sec != section || f.choices.empty()) continue;
+    if (f.section() != section || f.choices.empty()) continue;
     auto v = std::get<std::string>(f.get(config));
     if (std::find(f.choices.begin(), f.choices.end(), v) == f.choices.end()) {
       std::string list;
@@ -292,26 +279,6 @@ void check_choices(const ScoreConfig& config, const std::string& section) {
       throw std::invalid_argument(f.label() + " must be " + list + ", got '" + v + "' (" + f.doc + ")");
     }
   }
-}
-
-std::vector<int64_t> resolve_blocks(const std::vector<int64_t>& blocks, int64_t num_blocks, const std::string& name) {
-  std::vector<int64_t> out;
-  for (int64_t b : blocks) {
-    int64_t r = b < 0 ? b + num_blocks : b;
-    if (r < 0 || r >= num_blocks)
-      throw std::out_of_range(config_field(name).label() + ": block " + std::to_string(b) +
-                              " is out of range (model has " + std::to_string(num_blocks) + " blocks)");
-    out.push_back(r);
-  }
-  std::sort(out.begin(), out.end());
-  out.erase(std::unique(out.begin(), out.end()), out.end());
-  return out;
-}
-
-std::vector<int64_t> all_blocks(int64_t num_blocks) {
-  std::vector<int64_t> v(num_blocks);
-  for (int64_t i = 0; i < num_blocks; ++i) v[i] = i;
-  return v;
 }
 
 }  // namespace vitfiqa

@@ -1,57 +1,54 @@
-// ScoreConfig: every scoring option, in per-method sections, with its default written once (below) and one
-// field table (config.cpp) that knows each field's dotted name, type, doc, choices, how to parse it from a
-// string and print it. Python binds this class itself (vitfiqa.ScoreConfig), so names and defaults are the
-// same on both sides.
+// ScoreConfig: every scoring option, in one field table that knows each field's dotted name, type, doc, choices,
+// how to parse it from a string and print it. The table is assembled from sections that their owners register:
+// the scorer's top-level fields (quality_model.cpp), each method's options with the method (csrc/methods/<name>.cpp)
+// and the heatmap options (csrc/methods/heatmap.cpp). A section is a plain struct whose member initialisers are its
+// defaults; ScoreConfig holds one of each, read with config.section<T>(). This file is the codec only (config.cpp).
+// Python binds this class itself (vitfiqa.ScoreConfig), so names and defaults are the same on both sides.
 #pragma once
 
+#include <any>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <string>
+#include <type_traits>
+#include <typeindex>
 #include <variant>
 #include <vector>
 
-#include "capture.h"
-
 namespace vitfiqa {
 
-struct AttnConfig {
-  int64_t block = -1;                        // ATTN-FIQA block (negative counts from the end)
-  std::string tokens = "all";                // all | patches: queries and keys the mean runs over
-  std::string logits = kDefaultAttnLogits;   // qk | full (see kDefaultAttnLogits)
-};
-
-struct VitntConfig {
-  std::vector<int64_t> blocks;               // {} : all blocks
-  double scale = 8.0;                        // s in 2 / (1 + exp(s d))
-  std::string weighting = "uniform";         // uniform | attention
-  std::string attention_blocks = "last";     // attention of the last selected block | all selected blocks
-};
-
-struct ExfiqaConfig {
-  std::vector<int64_t> exits;                // {} : all blocks
-  std::string normalization = "none";        // none | zscore | minmax (over the batch)
-};
-
-struct HeatmapConfig {
-  std::vector<int64_t> size;                 // {} : the input's H, W
-  std::string normalize = "image";           // image | global | none (render_heatmaps)
-  std::vector<double> range;                 // {low, high}: a fixed range for "global" instead of the batch's
-};
-
 struct ScoreConfig {
+  // The top-level fields (the scorer's: their rows are registered in quality_model.cpp).
   std::vector<std::string> methods{"attn", "vitnt"};  // registered method names (methods.h: method_registry)
   bool heatmaps = false;
   bool return_captures = false;
   int64_t prefix_tokens = -1;                // -1: from the patch grid (N - gh*gw)
   std::vector<int64_t> grid;                 // {} : from the patch embedding's convolution
   int64_t quality_output = -1;               // which model output is the quality (ViT-FIQA: (emb, q))
-  AttnConfig attn;
-  VitntConfig vitnt;
-  ExfiqaConfig exfiqa;
-  HeatmapConfig heatmap;
+
+  // A registered section's options (its defaults until set).
+  template <class T>
+  const T& section() const {
+    auto it = sections_.find(std::type_index(typeid(T)));
+    if (it == sections_.end()) {
+      static const T defaults{};
+      return defaults;
+    }
+    return std::any_cast<const T&>(it->second);
+  }
+  template <class T>
+  T& section() {
+    std::any& slot = sections_[std::type_index(typeid(T))];
+    if (!slot.has_value()) slot = T{};
+    return std::any_cast<T&>(slot);
+  }
 
   bool operator==(const ScoreConfig& other) const;  // field by field, through the field table
   std::string to_string() const;  // ScoreConfig(methods='attn,vitnt', heatmaps=false, ..., attn.block=-1, ...)
+
+ private:
+  std::map<std::type_index, std::any> sections_;
 };
 
 // ---- the field table ----
@@ -68,6 +65,7 @@ struct ConfigField {
   std::function<FieldValue(const ScoreConfig&)> get;
   std::function<void(ScoreConfig&, const FieldValue&)> set;  // value of this field's type (see coerce)
 
+  std::string section() const;        // "vitnt" for "vitnt.blocks", "" for a top-level field
   std::string label() const;          // how errors name the field: "vitnt.blocks (vitnt_blocks)"
   FieldValue default_value() const { return get(ScoreConfig{}); }
   FieldValue parse(const std::string& text) const;  // "0:20", "0,3,5", "-1", "qk", "true", "" (empty list)
@@ -75,8 +73,39 @@ struct ConfigField {
   FieldValue coerce(const FieldValue& value) const;   // an int for a float field etc.; else invalid_argument
 };
 
+// One field of a section: config_option("blocks", &VitntOptions::blocks, "doc", {choices}, "keyword"). The keyword
+// (QualityModel.score's argument) defaults to the dotted name with '_' for '.'. For the top-level fields the
+// section type is ScoreConfig itself.
+template <class T, class V>
+ConfigField config_option(const char* name, V T::*member, const char* doc, std::vector<std::string> choices = {},
+                          const char* keyword = nullptr) {
+  using Alternatives = std::variant<bool, int64_t, double, std::string, std::vector<int64_t>, std::vector<double>,
+                                    std::vector<std::string>>;
+  static_assert(std::is_same_v<Alternatives, FieldValue>);
+  auto owner = [](auto& c) -> auto& {
+    if constexpr (std::is_same_v<T, ScoreConfig>) return c;
+    else return c.template section<T>();
+  };
+  ConfigField f;
+  f.name = name;
+  f.keyword = keyword ? keyword : "";
+  f.type = static_cast<FieldType>(FieldValue(V{}).index());
+  f.doc = doc;
+  f.choices = std::move(choices);
+  f.get = [member, owner](const ScoreConfig& c) -> FieldValue { return owner(c).*member; };
+  f.set = [member, owner](ScoreConfig& c, const FieldValue& v) { owner(c).*member = std::get<V>(v); };
+  return f;
+}
+
+// Adds a section's fields to the table (at load time, from a static initialiser in the owner's file): section ""
+// for the top-level fields; rank orders the sections in the table (to_dict, repr, fields(), the docs): top level 0,
+// then ascending (attn 10, vitnt 20, exfiqa 30, heatmap 90; a new method takes e.g. 50), ties by name. Returns
+// true; a section or field registered twice is a std::logic_error.
+bool register_config_section(const std::string& section, int rank, std::vector<ConfigField> fields);
+
 const std::vector<ConfigField>& config_fields();
 const ConfigField& config_field(const std::string& name);  // invalid_argument for an unknown name
+std::vector<std::string> config_sections();                // the registered section names, in table order
 const char* type_name(FieldType type);
 
 // Errors about a field, named by its label. Every config error is a std::invalid_argument (Python ValueError)
@@ -84,8 +113,5 @@ const char* type_name(FieldType type);
 [[noreturn]] void config_error(const std::string& name, const std::string& what);
 // Checks the String fields of a section ("attn", "vitnt", "" = top level) against their choices.
 void check_choices(const ScoreConfig& config, const std::string& section);
-// 0-based block indices (negative count from the end) -> sorted, unique, in [0, num_blocks).
-std::vector<int64_t> resolve_blocks(const std::vector<int64_t>& blocks, int64_t num_blocks, const std::string& name);
-std::vector<int64_t> all_blocks(int64_t num_blocks);
 
 }  // namespace vitfiqa

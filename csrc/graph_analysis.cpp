@@ -1,11 +1,8 @@
 #include "graph_analysis.h"
 
-#include <torch/csrc/jit/api/function_impl.h>
+#include "graph_prepare.h"
+
 #include <torch/csrc/jit/ir/constants.h>
-#include <torch/csrc/jit/passes/constant_propagation.h>
-#include <torch/csrc/jit/passes/dead_code_elimination.h>
-#include <torch/csrc/jit/passes/inliner.h>
-#include <torch/csrc/jit/passes/lower_tuples.h>
 
 #include <algorithm>
 #include <cctype>
@@ -23,31 +20,6 @@ using torch::jit::Graph;
 using torch::jit::Node;
 using torch::jit::Value;
 namespace attr = c10::attr;
-
-bool is_none(Value* v) {
-  return v->type()->kind() == c10::TypeKind::NoneType ||
-         (v->node()->kind() == c10::prim::Constant && v->node()->output()->type()->kind() == c10::TypeKind::NoneType);
-}
-
-void collect_reads(Node* n, std::vector<Value*>& out) {
-  for (Value* in : n->inputs()) out.push_back(in);
-  for (auto* b : n->blocks()) {
-    for (Node* inner : b->nodes()) collect_reads(inner, out);
-    for (Value* o : b->outputs()) out.push_back(o);
-  }
-}
-
-bool reads_any(Node* n, const std::unordered_set<Value*>& vals) {
-  for (Value* in : n->inputs())
-    if (vals.count(in)) return true;
-  for (auto* b : n->blocks())
-    for (Node* inner : b->nodes())
-      if (reads_any(inner, vals)) return true;
-  for (auto* b : n->blocks())
-    for (Value* o : b->outputs())
-      if (vals.count(o)) return true;
-  return false;
-}
 
 namespace {
 
@@ -129,114 +101,6 @@ std::unordered_set<Value*> ancestors(Node* n) {
     collect_reads(v->node(), stack);
   }
   return seen;
-}
-
-bool assigns_attributes(torch::jit::Block* b) {
-  for (Node* n : b->nodes()) {
-    if (n->kind() == c10::prim::SetAttr) return true;
-    for (auto* inner : n->blocks())
-      if (assigns_attributes(inner)) return true;
-  }
-  return false;
-}
-
-// ---- preparing the forward graph ----
-
-// A function built from a graph loses its default arguments, so optional extra inputs (timm's attn_mask=None,
-// ...) are replaced by their defaults; constant propagation then removes the branches.
-void substitute_default_arguments(Graph& g, const c10::FunctionSchema& schema) {
-  if (g.inputs().size() < 2)
-    throw std::invalid_argument("the model's forward takes no input; vitfiqa calls forward(images)");
-  for (size_t i = g.inputs().size() - 1; i >= 2; --i) {
-    const auto& arg = schema.arguments().at(i);
-    if (!arg.default_value())
-      throw std::invalid_argument("the model's forward has a required extra argument '" + arg.name() +
-                                  "'; vitfiqa calls forward(images) and supports only optional extras");
-    torch::jit::WithInsertPoint guard(g.block()->nodes().front());
-    Value* c = g.insertConstant(*arg.default_value());
-    g.inputs()[i]->replaceAllUsesWith(c);
-    g.eraseInput(i);
-  }
-}
-
-// Scoring always runs in eval mode. Folding `training` to False lets constant propagation drop the
-// training-only branches (BatchNorm's num_batches_tracked update, dropout); their side effects would
-// otherwise keep the whole original head alive and defeat early exits.
-void fold_training_flag(Graph& g, torch::jit::Block* b) {
-  for (Node* n : b->nodes()) {
-    if (n->kind() == c10::prim::GetAttr && n->s(attr::name) == "training") {
-      torch::jit::WithInsertPoint guard(n);
-      n->output()->replaceAllUsesWith(g.insertConstant(false));
-    }
-    for (auto* inner : n->blocks()) fold_training_flag(g, inner);
-  }
-}
-
-// Reads of plain (str, int, float, bool) module attributes become constants, so constant propagation folds
-// the branches they select: e.g. the ViT-FIQA class's `if self.mode == "token"` in a scripted forward,
-// whose output tuple would otherwise come out of an If. Safe while the graph assigns no attributes: the
-// module is private to the CaptureModel and its attributes never change after loading.
-void fold_constant_attributes(Graph& g, const torch::jit::Module& module) {
-  if (assigns_attributes(g.block())) return;
-  std::unordered_map<Value*, c10::IValue> objects{{g.inputs().at(0), module._ivalue()}};
-  std::function<void(torch::jit::Block*)> fold = [&](torch::jit::Block* b) {
-    for (Node* n : b->nodes()) {
-      for (auto* inner : n->blocks()) fold(inner);
-      if (n->kind() != c10::prim::GetAttr) continue;
-      auto owner = objects.find(n->input(0));
-      if (owner == objects.end() || !owner->second.isObject()) continue;
-      const auto& obj = owner->second.toObjectRef();
-      const std::string& name = n->s(attr::name);
-      if (!obj.type()->hasAttribute(name)) continue;
-      c10::IValue value = obj.getAttr(name);
-      if (value.isObject()) {
-        objects[n->output()] = value;
-      } else if (value.isString() || value.isInt() || value.isDouble() || value.isBool()) {
-        torch::jit::WithInsertPoint guard(n);
-        n->output()->replaceAllUsesWith(g.insertConstant(value));
-      }
-    }
-  };
-  fold(g.block());
-}
-
-// Move constants and module/parameter reads (GetAttr chains on self) to the top of the graph. Inlining
-// leaves them next to their first use, e.g. the final norm's weight after the last block; hoisted, a
-// copy of the final norm or head can be placed right after an early block, whose tokens can then be
-// freed as the pass goes on. Safe while nothing in the graph assigns attributes.
-void hoist_parameter_reads(Graph& g) {
-  for (Node* n : g.nodes())
-    if (n->kind() == c10::prim::SetAttr) return;
-  Node* anchor = g.param_node();
-  std::unordered_set<Value*> hoisted(g.inputs().begin(), g.inputs().end());
-  std::vector<Node*> nodes(g.nodes().begin(), g.nodes().end());
-  for (Node* n : nodes) {
-    bool movable = n->kind() == c10::prim::Constant ||
-                   (n->kind() == c10::prim::GetAttr && hoisted.count(n->input(0)));
-    if (!movable) continue;
-    n->moveAfter(anchor);
-    anchor = n;
-    for (Value* o : n->outputs()) hoisted.insert(o);
-  }
-}
-
-// A copy of the forward graph, inlined, with defaults substituted and eval-mode constants folded.
-std::shared_ptr<Graph> prepared_forward_graph(const torch::jit::Module& module) {
-  auto method = module.get_method("forward");
-  auto& fn = method.function();
-  auto g = torch::jit::toGraphFunction(fn).graph()->copy();
-  substitute_default_arguments(*g, fn.getSchema());
-  torch::jit::Inline(*g);
-  // Blocks that return (tokens, attention) tuples (the ATTN/ViTNT repositories' ViT): after inlining, the
-  // tuple is built inside the block and unpacked outside; lowering the pair leaves the tokens as a plain
-  // tensor leaving the block.
-  torch::jit::LowerSimpleTuples(g);
-  fold_training_flag(*g, g->block());
-  fold_constant_attributes(*g, module);
-  torch::jit::ConstantPropagation(g);
-  torch::jit::EliminateDeadCode(g);
-  hoist_parameter_reads(*g);
-  return g;
 }
 
 // ---- attention sites ----
@@ -636,6 +500,56 @@ FinalNormChain find_final_norm(Graph& g, Value* last_block_output, ModelInfo& in
   return final_norm_chain(chain, name.empty() ? "layer_norm after the last block" : name, info);
 }
 
+// LayerNorm modules a user could name with final_norm= when forward applies none to the last block's output:
+// first those forward applies after the last block (a norm after pooling: CLIP's post_layernorm, BEiT's
+// pooler.layernorm, timm's fc_norm), in graph order; if there are none, the LayerNorm submodules outside the
+// blocks (a norm forward leaves out, as the ATTN-FIQA / ViTNT-FIQA repositories' ViT does).
+std::vector<std::string> final_norm_candidates(Graph& g, const torch::jit::Module& module,
+                                              const std::vector<ScopePath>& blocks, Value* last_block_output) {
+  std::vector<std::string> names;
+  auto inside_block = [&](const ScopePath& p) {
+    return std::any_of(blocks.begin(), blocks.end(), [&](const ScopePath& b) { return starts_with(p, b); });
+  };
+  auto add = [&](const std::string& name) {
+    if (!name.empty() && std::find(names.begin(), names.end(), name) == names.end()) names.push_back(name);
+  };
+  Node* last = top_level(last_block_output->node(), g);
+  for (Node* n : g.nodes()) {
+    if (n->kind() != c10::aten::layer_norm || !last->isBefore(n)) continue;
+    ScopePath p = scope_path(n);
+    if (!inside_block(p)) add(display_name(p));
+  }
+  if (!names.empty()) return names;
+  std::vector<std::string> block_names;
+  for (const auto& b : blocks) block_names.push_back(display_name(b));
+  for (const auto& sub : module.named_modules()) {
+    const auto& type = sub.value.type()->name();
+    if (sub.name.empty() || !type || type->name().find("LayerNorm") == std::string::npos) continue;
+    bool in_block = std::any_of(block_names.begin(), block_names.end(), [&](const std::string& b) {
+      return !b.empty() && (sub.name == b || sub.name.rfind(b + ".", 0) == 0);
+    });
+    if (!in_block) add(sub.name);
+  }
+  return names;
+}
+
+}  // namespace
+
+// "final_norm='<the candidate>'" (or the candidates, or a generic module path) for messages.
+std::string final_norm_suggestion(const std::vector<std::string>& candidates) {
+  if (candidates.empty())
+    return "final_norm='module.path' (the model has no LayerNorm outside its blocks to suggest)";
+  std::string s = "final_norm='" + candidates.front() + "'";
+  if (candidates.size() > 1) {
+    s += " (LayerNorms outside the blocks: ";
+    for (size_t i = 0; i < candidates.size(); ++i) s += (i ? ", " : "") + candidates[i];
+    s += ")";
+  }
+  return s;
+}
+
+namespace {
+
 std::invalid_argument final_norm_error(const std::string& path, const std::string& why) {
   return std::invalid_argument("final_norm='" + path + "': " + why);
 }
@@ -767,7 +681,7 @@ int64_t output_count(Graph& g) {
 
 ModelLayout analyse_graph(const torch::jit::Module& module, const std::string& final_norm) {
   ModelLayout layout;
-  layout.base = prepared_forward_graph(module);
+  layout.base = prepare_forward_graph(module);
   Graph& g = *layout.base;
   ModelInfo& info = layout.info;
 
@@ -789,9 +703,11 @@ ModelLayout analyse_graph(const torch::jit::Module& module, const std::string& f
     Value* last = layout.block_outputs.back();
     layout.final_norm = final_norm.empty() ? find_final_norm(g, last, info)
                                            : named_final_norm(g, module, final_norm, last, info);
-    if (!layout.final_norm.norm())  // the model loads and ATTN-FIQA works; only a request for normalised tokens raises
-      info.notes.push_back("ViTNT-FIQA: no LayerNorm is applied to the last block's output in forward (a norm "
-                           "after pooling, fc_norm?); name the one to use with final_norm='module.path'");
+    if (!layout.final_norm.norm()) {  // the model loads and ATTN-FIQA works; only a request for normalised tokens raises
+      info.final_norm_candidates = final_norm_candidates(g, module, scopes, last);
+      info.notes.push_back("ViTNT-FIQA: no LayerNorm is applied to the last block's output in forward; name the "
+                           "one to use with " + final_norm_suggestion(info.final_norm_candidates));
+    }
   } else if (!final_norm.empty()) {
     throw std::invalid_argument("final_norm='" + final_norm + "' cannot be used: the graph carries no module "
                                 "hierarchy (frozen model?), so block outputs cannot be located");

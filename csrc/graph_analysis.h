@@ -12,7 +12,7 @@
 #include <unordered_set>
 #include <vector>
 
-#include "capture.h"
+#include "capture_types.h"
 
 namespace vitfiqa {
 
@@ -48,11 +48,7 @@ struct ModelLayout {
 // score. The module must outlive the layout (the graph reads its attributes).
 ModelLayout analyse_graph(const torch::jit::Module& module, const std::string& final_norm);
 
-// Small graph queries the rewrite shares.
-bool is_none(torch::jit::Value* v);
-// Every value n reads, including the values read and returned by its nested blocks.
-void collect_reads(torch::jit::Node* n, std::vector<torch::jit::Value*>& out);
-// Does n (or anything nested in its blocks) read a value in vals?
-bool reads_any(torch::jit::Node* n, const std::unordered_set<torch::jit::Value*>& vals);
+// "final_norm='<first candidate>'" for messages (ModelInfo::final_norm_candidates; a generic path if none).
+std::string final_norm_suggestion(const std::vector<std::string>& candidates);
 
 }  // namespace vitfiqa

@@ -1,5 +1,8 @@
 #include "graph_rewrite.h"
 
+#include "graph_prepare.h"
+#include "util.h"
+
 #include <torch/csrc/jit/passes/dead_code_elimination.h>
 
 #include <algorithm>
@@ -106,12 +109,6 @@ Value* exit_target(const ModelLayout& layout, int64_t exit_output) {
   return ret;
 }
 
-std::vector<int64_t> sorted_unique(std::vector<int64_t> v) {
-  std::sort(v.begin(), v.end());
-  v.erase(std::unique(v.begin(), v.end()), v.end());
-  return v;
-}
-
 // The blocks whose attention is tapped: the logits' blocks, and for fused attention also the probabilities'
 // (recomputed from q and k), sorted, once each.
 std::vector<int64_t> attention_blocks(const ModelLayout& layout, const CaptureRequest& req) {
@@ -134,7 +131,8 @@ void check_request(const ModelLayout& layout, const CaptureRequest& req) {
   if (needs_norm && !layout.final_norm.norm())
     throw std::invalid_argument(
         "no final LayerNorm after the last block was found in the model's forward, but normalised block tokens "
-        "were asked for (ViTNT-FIQA); if forward leaves the norm out, name it: final_norm='norm' (its module path)");
+        "were asked for (ViTNT-FIQA); if forward leaves the norm out or applies it after pooling, name it: " +
+        final_norm_suggestion(layout.info.final_norm_candidates));
   for (int64_t b : attention_blocks(layout, req)) check_block(layout, b, "attention");
   for (int64_t b : req.probs_blocks) check_block(layout, b, "attention");
   for (int64_t b : req.token_blocks) check_block(layout, b, "token");

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "capture.h"
+#include "capture_types.h"
 #include "graph_analysis.h"
 
 namespace vitfiqa {

@@ -1,74 +1,94 @@
-// Method kernels: pure tensor functions over captured values. Definitions: docs/methods.md.
+// What a quality method is and what it may use: a method is ONE unit, csrc/methods/<name>.cpp, holding its options
+// section (a struct registered as rows of the config's field table: config.h), its kernels, and its Method (validate,
+// plan, finish) registered with VITFIQA_REGISTER_METHOD; the scorer (quality_model.h) runs them. Definitions:
+// docs/methods.md.
 #pragma once
 
 #include <ATen/ATen.h>
 
-#include <optional>
+#include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
-#include "capture.h"
+#include "capture_types.h"
+#include "config.h"
 
 namespace vitfiqa {
 
-// ---- ATTN-FIQA (attn_fiqa.cpp) ----
-// Signed mean of the pre-softmax logits over heads, queries and keys, in float64 accumulation.
-// For fused attention it uses mean_ij(q_i . k_j) = mean(q) . mean(k): O(N*C) instead of O(N^2*C).
-// first_token > 0 restricts queries and keys to tokens [first_token, N) (patch tokens only).
-at::Tensor attn_score(const AttentionCapture& a, int64_t first_token = 0);
-// What each key receives: head-mean, query-mean of the logits, [B,N] (O(N*C) for fused attention).
-at::Tensor attn_key_means(const AttentionCapture& a);
-// Full pre-softmax logits [B,H,N,N] (materialised from q,k for fused attention).
-at::Tensor attention_logits(const AttentionCapture& a);
-// Post-softmax attention [B,H,N,N].
-at::Tensor attention_probs(const AttentionCapture& a);
-
-// ---- shared heatmap helpers (attn_fiqa.cpp) ----
-// [B,N] per-token values -> drop prefix tokens -> [B,gh,gw] patch grid (float32, raw values).
-at::Tensor token_grid(const at::Tensor& per_token, int64_t prefix, const std::vector<int64_t>& grid);
-// Patch grids [B,gh,gw] -> [B,H,W] float32 heatmaps, normalised as the official ATTN-FIQA plot script does:
-// on the patch grid, BEFORE the bilinear resize, (g - lo) / (hi - lo + 1e-8) clipped to [0, 1], with
-//   "image":  lo, hi = min, max of each image's grid (official normalize_global=False),
-//   "global": lo, hi = min, max over every grid given (official normalize_global=True: all images shown),
-//             or value_range when given (e.g. a data set's min and max, collected over several calls),
-//   "none":   raw values.
-// The one vocabulary of modes, in this order; ScoreConfig's heatmap.normalize reads it (config.cpp).
-const std::vector<std::string>& heatmap_normalizations();
-// Then bilinear resize (align_corners=False, as cv2.INTER_LINEAR) to out_hw ({} keeps the grid).
-at::Tensor render_heatmaps(const at::Tensor& grids, const std::vector<int64_t>& out_hw, const std::string& mode,
-                           const std::vector<double>& value_range);
-
-// ---- ViTNT-FIQA (vitnt_fiqa.cpp; the two step-distance ops: ops.cpp) ----
-struct VitntResult {
-  at::Tensor score;          // [B]
-  at::Tensor patch_quality;  // [B,P] q[p] = 2 / (1 + exp(s d[p]))
-  at::Tensor patch_distance; // [B,P] mean step distance d[p]
+// What scoring one batch returns.
+struct ScoreResult {
+  std::vector<std::string> score_names;             // in column order (the methods' order in the config)
+  std::vector<at::Tensor> scores;                   // [B] float64, one per name
+  std::map<std::string, at::Tensor> heatmaps;       // method -> [B,H,W] float32
+  std::map<std::string, at::Tensor> heatmap_grids;  // method -> [B,gh,gw] raw patch-grid values
+  at::Tensor exits;                                 // [L,B] per-exit scores (undefined when no method gives them)
+  std::vector<int64_t> exit_depths;                 // 1-based depth of each exit row
+  std::vector<std::string> exit_columns;            // the column name of each exit row
+  std::map<std::string, at::Tensor> captures;       // raw captures by name (return_captures)
 };
-// ||a/|a| - b/|b||| per token of two [B,N,C] token tensors -> [B,N] float64. Calls the TorchScript op
-// vitfiqa::patch_step_distance (schema and per-dispatch-key kernels in ops.cpp), the op the capture graph
-// calls to reduce each block pair as soon as it exists.
-at::Tensor patch_step_distance(const at::Tensor& a, const at::Tensor& b);
-// The same on raw block outputs with the final LayerNorm (last axis; weight/bias optional) applied on the
-// fly: calls vitfiqa::patch_step_distance_ln (ops.cpp). Equals patch_step_distance(LN(a), LN(b)).
-at::Tensor patch_step_distance_ln(const at::Tensor& a, const at::Tensor& b, const std::optional<at::Tensor>& weight,
-                                  const std::optional<at::Tensor>& bias, double eps);
-// steps: patch_step_distance of consecutive selected blocks (final-norm outputs), each [B,N].
-// weights: optional [B,P] patch weights summing to 1 (attention weighting); uniform mean when absent.
-VitntResult vitnt_score(const std::vector<at::Tensor>& steps, int64_t prefix, double scale,
-                        const std::optional<at::Tensor>& weights);
-// Attention weighting: post-softmax attention, head-mean, summed over queries, averaged over the given
-// blocks (official last_block_attention_only=False; one block = the default), patch keys, normalised to 1.
-at::Tensor patch_attention_weights(const std::vector<at::Tensor>& probs, int64_t prefix);
 
-// ---- EX-FIQA (ex_fiqa.cpp) ----
-// exit_scores [L,B] for exits at 1-based depths `depths`; normalization "none" | "zscore" | "minmax"
-// (over the batch axis); fusion "mean" (EX-FIQA-F) or "depth" (EX-FIQA-FW, w_l proportional to l).
-at::Tensor normalize_exits(const at::Tensor& exit_scores, const std::string& normalization);
-// The one vocabulary of exit normalisations (normalize_exits' table); ScoreConfig's exfiqa.normalization reads it.
-const std::vector<std::string>& exit_normalizations();
-// The quality head's output at one exit -> [B] float64; a clear error unless it is one value per image.
-at::Tensor quality_scalar(const at::Tensor& exit_output, int64_t batch);
-at::Tensor fuse_exits(const at::Tensor& exit_scores, const std::vector<int64_t>& depths, const std::string& fusion,
-                      const std::string& normalization);
+// What a method's finish step reads: the config, the model, the one capture pass and the token layout.
+struct FinishContext {
+  const ScoreConfig& config;
+  const ModelInfo& info;
+  const CaptureResult& capture;
+  int64_t batch;                       // B
+  int64_t prefix;                      // prefix tokens (CLS, quality, registers) before the patches
+  std::vector<int64_t> grid;           // patch grid {gh, gw} ({} when unknown)
+  std::vector<int64_t> heatmap_size;   // {H, W} of rendered heatmaps ({} keeps the grid)
+};
+
+// A per-image score column a method always writes (whatever the model), with its display label.
+struct ScoreColumn {
+  std::string name;   // e.g. "exfiqa_FW"
+  std::string label;  // for tables and plot legends, e.g. "EX-FIQA (FW)"
+};
+
+// A quality method. Adding one: a file in csrc/methods/ that fills this struct and registers it with
+// VITFIQA_REGISTER_METHOD (see README, "Adding a method").
+struct Method {
+  std::string name;         // the config's method name; also its score column unless columns() says more
+  std::string title;        // the paper's name, for tables and plots, e.g. "ViTNT-FIQA" (default: name)
+  std::string description;  // one line
+  // Its score columns that do not depend on the model, labelled (default: one column named after the method,
+  // labelled with its title). Each column belongs to one method.
+  std::vector<ScoreColumn> score_columns;
+  // Checks the method's own config section against the model; called only when the method is requested
+  // (options of methods not requested are ignored).
+  std::function<void(const ScoreConfig&, const ModelInfo&)> validate;
+  // Adds what the method needs from the capture pass to the one request all methods share.
+  std::function<void(const ScoreConfig&, const ModelInfo&, CaptureRequest&)> plan;
+  // The per-image columns the method writes into a results table, in order (default: score_columns' names;
+  // a method whose columns depend on the model, like EX-FIQA's exits, says them here).
+  std::function<std::vector<std::string>(const ScoreConfig&, const ModelInfo&)> columns;
+  // Turns the capture into outputs (add_score, add_heatmap, add_capture, or the exits fields).
+  std::function<void(const FinishContext&, ScoreResult&)> finish;
+  // Optional: why this config makes an image's score depend on its batch mates ("" = it does not).
+  std::function<std::string(const ScoreConfig&)> batch_dependence;
+};
+
+bool register_method(Method method);            // at load time, from VITFIQA_REGISTER_METHOD
+const std::vector<Method>& method_registry();   // sorted by name
+const Method& find_method(const std::string& name);  // invalid_argument naming the registered ones
+
+#define VITFIQA_CONCAT_(a, b) a##b
+#define VITFIQA_CONCAT(a, b) VITFIQA_CONCAT_(a, b)
+#define VITFIQA_REGISTER_METHOD(make_method) \
+  static const bool VITFIQA_CONCAT(vitfiqa_method_registered_, __LINE__) = ::vitfiqa::register_method(make_method)
+
+// Output helpers for finish(): each checks the values are finite (NaN/Inf in the activations is an error).
+void add_score(ScoreResult& out, const std::string& name, const at::Tensor& score);
+// A method's per-patch grid [B,gh,gw]: kept in heatmap_grids and rendered (config.heatmap) into heatmaps.
+void add_heatmap(const FinishContext& ctx, ScoreResult& out, const std::string& method, const at::Tensor& grid);
+// check_finite=false for raw model values (logits, tokens), which the model may legitimately hold.
+void add_capture(ScoreResult& out, const std::string& name, const at::Tensor& value, bool check_finite);
+
+// 0-based block indices (negative count from the end) -> sorted, unique, in [0, num_blocks); an index outside the
+// model is a std::out_of_range naming the field (its dotted name).
+std::vector<int64_t> resolve_blocks(const std::vector<int64_t>& blocks, int64_t num_blocks, const std::string& name);
+std::vector<int64_t> all_blocks(int64_t num_blocks);
+
+// The shared heatmap section's options and kernels: methods/heatmap.h.
 
 }  // namespace vitfiqa

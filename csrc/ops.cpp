@@ -14,7 +14,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "methods.h"
+#include "ops.h"
 
 namespace vitfiqa {
 

@@ -4,11 +4,24 @@
 #include <cmath>
 #include <stdexcept>
 
-#include "methods.h"
+#include "methods/heatmap.h"
+#include "util.h"
 
 namespace vitfiqa {
 
 namespace {
+
+// The top-level fields: the scorer's own (ScoreConfig's members).
+const bool kOptions = register_config_section("", 0, {
+    config_option("methods", &ScoreConfig::methods, "quality methods to compute (vitfiqa.METHODS lists them)"),
+    config_option("heatmaps", &ScoreConfig::heatmaps, "also return per-method heatmaps"),
+    config_option("return_captures", &ScoreConfig::return_captures, "also return the raw captures the methods read"),
+    config_option("prefix_tokens", &ScoreConfig::prefix_tokens,
+                  "CLS/quality/register tokens before the patches; -1: from the patch grid"),
+    config_option("grid", &ScoreConfig::grid, "patch grid (h, w); empty: from the patch embedding"),
+    config_option("quality_output", &ScoreConfig::quality_output,
+                  "which model output is the quality (ViT-FIQA: (embedding, quality) -> -1)"),
+});
 
 std::vector<Method>& registry() {
   static std::vector<Method> methods;  // function-local: filled from other files' static initialisers
@@ -16,14 +29,9 @@ std::vector<Method>& registry() {
 }
 
 std::string method_names() {
-  std::string out;
-  for (const auto& m : method_registry()) out += (out.empty() ? "" : ", ") + m.name;
-  return out;
-}
-
-void sort_unique(std::vector<int64_t>& v) {
-  std::sort(v.begin(), v.end());
-  v.erase(std::unique(v.begin(), v.end()), v.end());
+  std::vector<std::string> names;
+  for (const auto& m : method_registry()) names.push_back(m.name);
+  return join(names);
 }
 
 // Prefix tokens (CLS, quality, register tokens) and the patch grid for N tokens.
@@ -44,10 +52,7 @@ std::pair<int64_t, std::vector<int64_t>> token_layout(int64_t n, const std::vect
                                   " has more cells than the " + std::to_string(n) + " tokens; pass prefix_tokens");
     return {prefix, grid};
   }
-  for (int64_t p = 0; p <= 8 && p < n; ++p) {
-    auto side = static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(n - p))));
-    if (side * side == n - p) return {p, {side, side}};
-  }
+  if (auto found = square_token_grid(n)) return {found->first, {found->second, found->second}};
   throw std::invalid_argument("cannot tell prefix tokens from patches for " + std::to_string(n) +
                               " tokens; pass prefix_tokens and grid");
 }
@@ -59,6 +64,32 @@ void check_finite(const std::string& name, const at::Tensor& t) {
 
 }  // namespace
 
+std::optional<std::pair<int64_t, int64_t>> square_token_grid(int64_t n) {
+  for (int64_t p = 0; p <= 8 && p < n; ++p) {
+    auto side = static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(n - p))));
+    if (side * side == n - p) return std::make_pair(p, side);
+  }
+  return std::nullopt;
+}
+
+std::vector<int64_t> resolve_blocks(const std::vector<int64_t>& blocks, int64_t num_blocks, const std::string& name) {
+  std::vector<int64_t> out;
+  for (int64_t b : blocks) {
+    int64_t r = b < 0 ? b + num_blocks : b;
+    if (r < 0 || r >= num_blocks)
+      throw std::out_of_range(config_field(name).label() + ": block " + std::to_string(b) +
+                              " is out of range (model has " + std::to_string(num_blocks) + " blocks)");
+    out.push_back(r);
+  }
+  return sorted_unique(std::move(out));
+}
+
+std::vector<int64_t> all_blocks(int64_t num_blocks) {
+  std::vector<int64_t> v(num_blocks);
+  for (int64_t i = 0; i < num_blocks; ++i) v[i] = i;
+  return v;
+}
+
 void validate_common(const ScoreConfig& c) {
   if (c.methods.empty() && !c.return_captures) throw std::invalid_argument("no method requested");
   for (const auto& m : c.methods) find_method(m);
@@ -66,17 +97,7 @@ void validate_common(const ScoreConfig& c) {
   if (!c.grid.empty() && (c.grid.size() != 2 || c.grid[0] <= 0 || c.grid[1] <= 0))
     config_error("grid", "must be empty (from the model) or two positive integers (h, w)");
   if (!c.heatmaps) return;  // the heatmap section serves heatmaps only
-  check_choices(c, "heatmap");
-  const auto& h = c.heatmap;
-  if (!h.size.empty() && (h.size.size() != 2 || h.size[0] <= 0 || h.size[1] <= 0))
-    config_error("heatmap.size", "must be empty (the input's size) or two positive integers (height, width)");
-  if (!h.range.empty()) {
-    if (h.normalize != "global")
-      config_error("heatmap.range", "is a fixed global range: it goes with heatmap.normalize (heatmap_normalize) "
-                                    "'global'");
-    if (h.range.size() != 2 || !std::isfinite(h.range[0]) || !std::isfinite(h.range[1]) || !(h.range[1] >= h.range[0]))
-      config_error("heatmap.range", "must be a value range of two finite numbers (low, high) with low <= high");
-  }
+  validate_heatmap_options(c);
 }
 
 std::string batch_dependence(const ScoreConfig& c) {
@@ -120,7 +141,7 @@ void add_score(ScoreResult& out, const std::string& name, const at::Tensor& scor
 }
 
 void add_heatmap(const FinishContext& ctx, ScoreResult& out, const std::string& method, const at::Tensor& grid) {
-  const auto& h = ctx.config.heatmap;
+  const auto& h = ctx.config.section<HeatmapOptions>();
   auto map = render_heatmaps(grid, ctx.heatmap_size, h.normalize, h.range);
   check_finite(method + " heatmap", grid);
   out.heatmap_grids[method] = grid;
@@ -142,11 +163,9 @@ Scorer::Scorer(CaptureModel& model, ScoreConfig config) : model_(model), config_
     methods_.push_back(&m);
   }
   for (const Method* m : methods_) m->plan(config_, info, request_);
-  sort_unique(request_.logits_blocks);
-  sort_unique(request_.probs_blocks);
-  sort_unique(request_.token_blocks);
-  sort_unique(request_.distance_blocks);
-  sort_unique(request_.exit_blocks);
+  for (auto* blocks : {&request_.logits_blocks, &request_.probs_blocks, &request_.token_blocks,
+                       &request_.distance_blocks, &request_.exit_blocks})
+    *blocks = sorted_unique(std::move(*blocks));
 }
 
 std::vector<std::string> Scorer::columns() const {
@@ -176,7 +195,7 @@ ScoreResult Scorer::score(const at::Tensor& images) {
   int64_t prefix = 0;
   std::vector<int64_t> grid;
   if (n_tokens > 0) std::tie(prefix, grid) = token_layout(n_tokens, cap.patch_grid, config_);
-  std::vector<int64_t> heatmap_size = config_.heatmap.size;
+  std::vector<int64_t> heatmap_size = config_.section<HeatmapOptions>().size;
   if (heatmap_size.empty()) heatmap_size = {images.size(2), images.size(3)};
   FinishContext ctx{config_, model_.info(), cap, images.size(0), prefix, grid, heatmap_size};
   ScoreResult out;

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from vitfiqa.align import ARCFACE_TEMPLATE, FaceCrop, align_face, similarity_transform, template
-from vitfiqa.preprocess import load_uint8
+from vitfiqa.loader import load_uint8
 
 
 def rotation(deg, scale, shift):
@@ -52,3 +52,57 @@ def test_align_face_puts_landmarks_on_the_template():
 def test_bad_landmarks(lm, msg):
     with pytest.raises(ValueError, match=msg):
         align_face(np.zeros((50, 50, 3), np.uint8), lm)
+
+
+def _insightface_matrix(lm):
+    """insightface's face_align.estimate_norm re-derived: scikit-image's SimilarityTransform fitted from the
+    float32 landmarks onto the float32 ArcFace template (the reference, not our code)."""
+    trans = pytest.importorskip("skimage.transform")
+    dst = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
+                    [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float32)
+    t = trans.SimilarityTransform()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # estimate() is deprecated in newer scikit-image
+        t.estimate(np.asarray(lm, dtype=np.float32), dst * 1.0)
+    return t.params[0:2, :]
+
+
+def test_ijbc_alignment_equals_insightface_pixels(tmp_path):
+    """The IJB-C loader's alignment (a landmark line -> FaceCrop -> the package's image loader) gives exactly
+    the pixels of insightface's evaluation: its estimate on the same float32 landmarks, then
+    cv2.warpAffine(..., borderValue=0.0). Landmarks reach past the loose crop, so the black border is tested."""
+    cv2 = pytest.importorskip("cv2")
+    from PIL import Image
+
+    from vitfiqa.align import estimate_norm
+    from vitfiqa.eval.datasets import read_ijbc_landmarks
+
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, (150, 130, 3), dtype=np.uint8)
+    Image.fromarray(img).save(tmp_path / "1.png")
+    lines = []
+    for k in range(40):
+        m = rotation(rng.uniform(-40, 40), rng.uniform(0.6, 2.0), rng.uniform(-30, 60, 2))
+        lm = ARCFACE_TEMPLATE @ m[:, :2].T + m[:, 2] + rng.normal(0, 2, (5, 2))
+        lines.append("1.png " + " ".join(f"{v:.3f}" for v in lm.reshape(-1)) + " 0.9")
+    (tmp_path / "lm.txt").write_text("\n".join(lines) + "\n")
+    names, lms, _ = read_ijbc_landmarks(tmp_path / "lm.txt")
+    worst = border = 0
+    for line, lm in zip(lines, lms):
+        ref_lm = np.array([float(v) for v in line.split()[1:-1]], dtype=np.float32).reshape(5, 2)  # as ijb_11.py
+        m_ref = _insightface_matrix(ref_lm)
+        np.testing.assert_array_equal(estimate_norm(lm), m_ref)
+        ref = cv2.warpAffine(img, m_ref, (112, 112), borderValue=0.0)
+        ours = load_uint8(FaceCrop(str(tmp_path / "1.png"), lm), (112, 112))
+        worst = max(worst, int(np.abs(ours.astype(int) - ref).max()))
+        border += int((ref == 0).all(axis=2).any())
+    assert worst == 0
+    assert border > 5  # several crops reach past the image: the black border is compared too
+
+
+def test_template_follows_insightface_sizes():
+    np.testing.assert_allclose(template((112, 112)), ARCFACE_TEMPLATE)
+    np.testing.assert_allclose(template((128, 128)), ARCFACE_TEMPLATE + [8.0, 0.0])
+    np.testing.assert_allclose(template((256, 256)), ARCFACE_TEMPLATE * 2 + [16.0, 0.0])

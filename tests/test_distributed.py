@@ -115,7 +115,7 @@ def test_ray_reads_the_input_contract_and_channel_order(local_ray, images, tmp_p
     import vitfiqa
     from vitfiqa.models import ViTFIQA, export_torchscript
 
-    from .conftest import spread
+    from .models.cases import spread
 
     torch.manual_seed(0)
     model = spread(ViTFIQA(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, num_features=16))
@@ -202,3 +202,27 @@ def test_ray_scores_bytes_as_the_local_path_does(local_ray, images, model_cases,
     assert mixed.equals(dist)
     with pytest.raises(ValueError, match="encoded bytes need ids="):
         score_with_ray(model_cases["insightface-script"].path, sources, tmp_path / "x", ["attn"], progress=False)
+
+
+def test_ray_detect_equals_local(local_ray, tmp_path_factory, tmp_path):
+    """detect=True / all_faces through Ray: the driver decides the rows, actors detect and align; the table
+    equals the local one."""
+    pytest.importorskip("skimage")
+    import vitfiqa
+    from vitfiqa.demo import RECOGNIZER
+    from vitfiqa.detect import FACE_COLUMNS
+    from vitfiqa.pipeline import score_frame
+
+    from .face_photos import make_photos
+
+    root = make_photos(tmp_path_factory.mktemp("photos"))
+    files = [str(root / n) for n in ("group.png", "coffee.jpg", "astronaut.jpg", "tiny.png")]
+    model = vitfiqa.load()
+    for run in ({"detect": True}, {"detect": True, "all_faces": True}):
+        remote = score_with_ray(RECOGNIZER, files, tmp_path / f"t{len(run)}", batch_size=2, num_actors=1,
+                                progress=False, run=run)
+        local = score_frame(model, files, run=run, batch_size=2)
+        assert list(remote.path) == list(local.path)
+        assert list(remote.error) == list(local.error)
+        for k in ("attn", *FACE_COLUMNS):
+            np.testing.assert_allclose(remote[k].to_numpy(float), local[k].to_numpy(float), rtol=1e-6)

@@ -9,7 +9,7 @@ from vitfiqa.fr_models import (RECOGNIZERS, IRBackbone, IResNet, build_recognize
 from vitfiqa.models import export_torchscript
 from vitfiqa.recognizer import Recognizer
 
-from .conftest import export, spread
+from .models.cases import export, spread
 
 
 def small_iresnet(eps=1e-5):
@@ -124,7 +124,9 @@ def test_recognizer_runs_cnns_through_the_core(tmp_path):
         "image_size": [112, 112], "channel_order": pre.channel_order,
         "normalization": {"mean": [pre.mean] * 3, "std": [pre.std] * 3}})
     rec = Recognizer(path, flip="none")
-    assert rec.channel_order == "bgr" and rec.mean == (0.0, 0.0, 0.0) and rec.std == (1.0, 1.0, 1.0)
-    np.testing.assert_allclose(unit(rec.embed(imgs)), unit(mag(bgr / 255).detach().numpy()), rtol=1e-4, atol=1e-5)
+    # RGB: what the official pipeline feeds from the release files (see test_channel_order.py)
+    assert rec.channel_order == "rgb" and rec.mean == (0.0, 0.0, 0.0) and rec.std == (1.0, 1.0, 1.0)
+    rgb = torch.from_numpy(imgs.copy()).permute(0, 3, 1, 2).float()
+    np.testing.assert_allclose(unit(rec.embed(imgs)), unit(mag(rgb / 255).detach().numpy()), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="outputs"):
         Recognizer(str(tmp_path / "ir50.pt"), output=5).embed(imgs)

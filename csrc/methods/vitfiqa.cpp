@@ -1,8 +1,20 @@
-// ViT-FIQA as a registered method: the quality head's own output (definition: docs/methods.md).
+// ViT-FIQA, one unit: the quality head's own output, its kernel and its registration (definition: docs/methods.md).
+// No options of its own: it reads the top-level quality_output.
+#include "methods/vitfiqa.h"
+
+#include <stdexcept>
+
 #include "methods.h"
-#include "quality_model.h"
 
 namespace vitfiqa {
+
+at::Tensor quality_scalar(const at::Tensor& exit_output, int64_t batch) {
+  auto t = exit_output.reshape({batch, -1});
+  if (t.size(1) != 1)
+    throw std::invalid_argument("the quality output has " + std::to_string(t.size(1)) +
+                                " values per image; ViT-FIQA models return (embedding, quality[B,1]) - pick it with quality_output");
+  return t.squeeze(1).to(at::kDouble);
+}
 
 namespace {
 

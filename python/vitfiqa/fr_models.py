@@ -12,8 +12,14 @@
   conv shortcuts; ``output_layer`` BN2d, dropout, flatten, Linear, BatchNorm1d without affine); ``forward``
   returns ``(embedding, conv_out)``. Checkpoint ``CurricularFace_Backbone.pth``: a plain state dict.
 
-:data:`RECOGNIZERS` records each one's input: the CR-FIQA feature extraction reads images with OpenCV and
-feeds BGR to all four (``--color_channel BGR``), scaled ``(x/255 - 0.5)/0.5`` (MagFace: x/255).
+:data:`RECOGNIZERS` records each one's input as the official pipeline effectively feeds it from the public
+release files: **RGB**, scaled ``(x/255 - 0.5)/0.5`` (MagFace: x/255). The CR-FIQA scripts read their prepared
+images with OpenCV and pass ``--color_channel BGR`` (no conversion), but those prepared files were written
+channel-swapped by its ``feature_extraction/extract_*.py`` (``extract_bin.py`` decodes RGB with MXNet and
+writes with ``cv2.imwrite``; ``extract_xqlfw.py``, ``extract_IJB.py`` and ``extract_adience.py`` apply
+``COLOR_RGB2BGR`` to images read as BGR before writing), so the networks see the original RGB. Point a
+benchmark at those prepared folders with ``prepared="crfiqa"`` (:data:`vitfiqa.eval.PREPARED`), which swaps
+them back on read, and keep these presets.
 ``export_recognizer`` builds one, loads a checkpoint and writes the TorchScript file for
 :class:`vitfiqa.recognizer.Recognizer` / ``vitfiqa reproduce``.
 """
@@ -211,7 +217,7 @@ class RecognizerPreset:
 
     build: Callable[[], nn.Module]
     layout: str
-    channel_order: str = "bgr"   # the CR-FIQA extraction feeds OpenCV's BGR to every recognizer
+    channel_order: str = "rgb"   # what the official pipeline feeds from the release files (module docstring)
     mean: float = 0.5
     std: float = 0.5
     output: int = 0              # which forward output is the embedding
@@ -246,7 +252,7 @@ def export_recognizer(name: str, checkpoint, path: str) -> dict:
     """Build ``name``, load its official ``checkpoint`` and save it as TorchScript at ``path`` with its input
     contract (112x112, channel order, normalisation), which :class:`vitfiqa.recognizer.Recognizer` reads;
     returns the preprocessing options (channel order, mean, std, output)."""
-    from .models import export_torchscript
+    from .contract import export_torchscript
 
     model = build_recognizer(name, checkpoint)
     preset = RECOGNIZERS[name]

@@ -4,7 +4,7 @@ Every path from images to a model goes through it: scoring files (:func:`vitfiqa
 so each Ray actor), the benchmark loaders (:meth:`vitfiqa.eval.ImageSet.iter_batches`, which feed quality
 scoring and embedding extraction) and the demo study.
 
-A source is anything :func:`vitfiqa.preprocess.load_uint8` reads: a file path, the encoded bytes of an image
+A source is anything :func:`load_uint8` reads: a file path, the encoded bytes of an image
 file (the images of an insightface ``.bin``, bytes handed to a Ray task), a :class:`vitfiqa.align.FaceCrop`
 (aligned by its five landmarks while decoding), a PIL image or a uint8 array. Each is decoded the same way
 (high-bit-depth images scaled by their range, see :func:`vitfiqa.preprocess.pil_to_rgb`) and resized to the
@@ -31,12 +31,16 @@ from typing import Any, Collection, Iterator, Sequence
 import numpy as np
 import torch
 
-from .preprocess import DEFAULT_IMAGE_SIZE, DEFAULT_MAX_PIXELS, load_uint8, normalize_uint8
-from .results import DEFAULT_BATCH_SIZE, check_batch_size
+from .align import FaceCrop
+from .options import DEFAULT_BATCH_SIZE, DEFAULT_MAX_PIXELS, check_batch_size
+from .preprocess import (DEFAULT_CHANNEL_ORDER, DEFAULT_IMAGE_SIZE, _hwc_uint8, normalize_uint8,
+                         resize_uint8)
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
-"""File-name endings taken as images when a folder is searched (the CLI's ``--images DIR``, the training
-folder data set); compared lower-case."""
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
+                              ".pgm", ".pbm"})
+"""File-name endings of the image files vitfiqa reads (all decoded by Pillow; a GIF's first frame): the files
+taken from a searched folder and the entries accepted in an image list (the CLI's ``--images DIR|LIST``), and
+the training folder data set; compared lower-case."""
 
 DECODE_ERRORS = (OSError, ValueError, TypeError, MemoryError)
 """What decoding one source may raise for a reason of that source alone (a skip, not the end of the run)."""
@@ -64,23 +68,60 @@ def failure_reason(exc: BaseException) -> str:
     return str(exc).replace("\n", " ") or type(exc).__name__
 
 
+def load_uint8(item: Any, size: tuple[int, int] | None = DEFAULT_IMAGE_SIZE,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS, seen: dict | None = None) -> np.ndarray:
+    """One image (path, encoded bytes, PIL image, uint8 array, or a :class:`vitfiqa.align.FaceCrop`, which is
+    aligned by its five landmarks) -> uint8 HxWx3 RGB array resized (bilinear) to ``size`` (None: as it is).
+    ``seen``: if given, ``seen["resized"]`` says whether the image was resized (not square or not at ``size``;
+    an aligned FaceCrop is not).
+
+    Raises FileNotFoundError / ValueError (unreadable file, above ``max_pixels``) / TypeError (wrong dtype)."""
+    if isinstance(item, FaceCrop):
+        return item.decode(tuple(size) if size is not None else DEFAULT_IMAGE_SIZE, max_pixels)
+    arr = _hwc_uint8(item, max_pixels)
+    if seen is not None:
+        seen["resized"] = size is not None and arr.shape[:2] != tuple(size)
+    return resize_uint8(arr, size)
+
+
 def decode_items(items: Sequence[Any], size: tuple[int, int], max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                 strict: bool = False) -> tuple[np.ndarray, list[int], dict[int, str]]:
+                 strict: bool = False, count_resized: bool = False) -> tuple:
     """Decode and resize sources -> (uint8 [n_ok,H,W,3], positions of the readable ones, {position: reason}).
     Runs in a worker thread or process; one call per piece of a batch keeps task overhead small.
     strict: the first unusable source raises its exception instead (the in-memory API,
-    :func:`vitfiqa.preprocess.preprocess_images`, where the caller handed over each image itself)."""
+    :func:`preprocess_images`, where the caller handed over each image itself).
+    count_resized: also return {} (no faces) and how many were resized (not square or not at ``size``), a
+    five-tuple."""
     out = np.empty((len(items), size[0], size[1], 3), dtype=np.uint8)
-    ok, errors = [], {}
+    ok, errors, resized, seen = [], {}, 0, {}
     for i, item in enumerate(items):
         try:
-            out[len(ok)] = load_uint8(item, size, max_pixels)
+            out[len(ok)] = load_uint8(item, size, max_pixels, seen)
             ok.append(i)
+            resized += bool(seen.pop("resized", False))
         except DECODE_ERRORS as exc:
             if strict:
                 raise
             errors[i] = failure_reason(exc)
-    return out[:len(ok)], ok, errors
+    return (out[:len(ok)], ok, errors, {}, resized) if count_resized else (out[:len(ok)], ok, errors)
+
+
+def decode_faces(items: Sequence[Any], size: tuple[int, int], max_pixels: int | None = DEFAULT_MAX_PIXELS
+                 ) -> tuple[np.ndarray, list[int], dict[int, str], dict[int, Any]]:
+    """:func:`decode_items` for sources with a face stage (:class:`vitfiqa.detect.FaceSource`: decode, detect or
+    take the given landmarks, align) -> the same three plus {position: :class:`vitfiqa.detect.Face`} (also
+    for a face skipped as too small, so its box and landmarks are kept)."""
+    out = np.empty((len(items), size[0], size[1], 3), dtype=np.uint8)
+    ok, errors, faces = [], {}, {}
+    for i, item in enumerate(items):
+        try:
+            out[len(ok)], faces[i] = item.decode_face(size, max_pixels)
+            ok.append(i)
+        except DECODE_ERRORS as exc:
+            errors[i] = failure_reason(exc)
+            if getattr(exc, "face", None) is not None:
+                faces[i] = exc.face
+    return out[:len(ok)], ok, errors, faces
 
 
 @dataclass
@@ -88,13 +129,21 @@ class ImageBatch:
     """One batch of the source list: sources ``[start, start+len(ids))``, named in ``ids`` (the ids given to
     the loader; else a file's path, or :func:`source_name` for bytes and in-memory images). ``images`` holds the
     decodable ones (uint8 [b,H,W,3], pinned when staged for CUDA; None when none was), at positions ``ok``
-    of the batch; ``errors`` maps the other positions to the reason."""
+    of the batch; ``errors`` maps the other positions to the reason; ``faces`` the positions whose face was
+    detected or read from a landmark file to its :class:`vitfiqa.detect.Face` (runs with a face stage)."""
 
     start: int
     ids: list[str]
     ok: list[int]
     images: torch.Tensor | None
     errors: dict[int, str] = field(default_factory=dict)
+    faces: dict[int, Any] = field(default_factory=dict)
+    resized: int = 0  # how many of ``images`` were resized (not square or not at the model's size), not aligned
+
+    def __repr__(self) -> str:
+        shape = list(self.images.shape) if self.images is not None else None
+        return (f"ImageBatch(start={self.start}, {len(self.ids)} sources, {len(self.ok)} decoded {shape}, "
+                f"{len(self.errors)} errors)")
 
 
 _PROCESS_POOLS: dict[int, ProcessPoolExecutor] = {}
@@ -157,6 +206,8 @@ class ImageLoader:
         self.processes = processes
         self.max_pixels = max_pixels
         self.skip = frozenset(skip)  # batch offsets (into sources) already done, e.g. committed to a results table
+        # Sources with a face stage (vitfiqa.detect.FaceSource) are detected / aligned while decoding.
+        self.faces = bool(self.sources) and all(hasattr(s, "decode_face") for s in self.sources)
 
     def __len__(self) -> int:
         return len(range(0, len(self.sources), self.batch_size)) - len(self.skip)
@@ -175,8 +226,10 @@ class ImageLoader:
                 offset = next(it, None)
                 if offset is not None:
                     chunk = self.sources[offset:offset + self.batch_size]
-                    pending.append((offset, len(chunk), [pool.submit(decode_items, chunk[i:i + step], self.size,
-                                                                     self.max_pixels)
+                    decode = decode_faces if self.faces else decode_items
+                    extra = () if self.faces else (False, True)  # decode_items: strict=False, count_resized
+                    pending.append((offset, len(chunk), [pool.submit(decode, chunk[i:i + step], self.size,
+                                                                     self.max_pixels, *extra)
                                                          for i in range(0, len(chunk), step)]))
 
             for _ in range(self.prefetch):
@@ -190,18 +243,21 @@ class ImageLoader:
                 threads.shutdown(wait=True, cancel_futures=True)
 
     def _assemble(self, offset: int, n: int, pieces: list, step: int) -> ImageBatch:
-        ok = [p * step + i for p, (_, piece_ok, _) in enumerate(pieces) for i in piece_ok]
-        errors = {p * step + i: e for p, (_, _, errs) in enumerate(pieces) for i, e in errs.items()}
+        ok = [p * step + i for p, piece in enumerate(pieces) for i in piece[1]]
+        errors = {p * step + i: e for p, piece in enumerate(pieces) for i, e in piece[2].items()}
+        faces = {p * step + i: f for p, piece in enumerate(pieces) if len(piece) > 3 for i, f in piece[3].items()}
         images = None
         if ok:
             h, w = self.size
             images = torch.empty((len(ok), h, w, 3), dtype=torch.uint8, pin_memory=self.pin_memory)
             view = images.numpy()
             j = 0
-            for arr, _, _ in pieces:
+            for piece in pieces:
+                arr = piece[0]
                 view[j:j + len(arr)] = arr
                 j += len(arr)
-        return ImageBatch(self.start + offset, self.ids[offset:offset + n], ok, images, errors)
+        return ImageBatch(self.start + offset, self.ids[offset:offset + n], ok, images, errors, faces,
+                          resized=sum(piece[4] for piece in pieces if len(piece) > 4))
 
 
 def to_model_input(images: torch.Tensor | np.ndarray, model) -> torch.Tensor:
@@ -214,5 +270,53 @@ def to_model_input(images: torch.Tensor | np.ndarray, model) -> torch.Tensor:
     return normalize_uint8(x, model.dtype, model.channel_order, model.normalization)
 
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageBatch", "ImageLoader", "decode_items", "is_image_file", "source_name",
+def preprocess_images(images: Any, size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
+                      channel_order: str = DEFAULT_CHANNEL_ORDER, normalization: dict | None = None) -> torch.Tensor:
+    """uint8 RGB images (one or a sequence of HWC arrays, PIL images or paths; or an NHWC uint8 array) ->
+    float32 [B,3,H,W] tensor resized (bilinear) to ``size``, normalised as :func:`normalize_uint8`."""
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        items: Sequence[Any] = list(images)
+    elif isinstance(images, (list, tuple)):
+        items = images
+    else:
+        items = [images]
+    if len(items) == 0:
+        raise ValueError("no images given")
+    out, _, _ = decode_items(items, size, strict=True)  # an image of the caller's that cannot be used raises
+    return normalize_uint8(torch.from_numpy(out), channel_order=channel_order, normalization=normalization)
+
+
+def as_batch(images: Any, preprocess: bool | str = "auto", size: tuple[int, int] | None = DEFAULT_IMAGE_SIZE,
+             channel_order: str = DEFAULT_CHANNEL_ORDER, normalization: dict | None = None) -> torch.Tensor:
+    """Normalise any supported image input to a float [B,3,H,W] tensor (not yet on the model's device).
+    ``size`` may be a callable giving the size, asked only when uint8 images need resizing."""
+    def prep(x):
+        return preprocess_images(x, size() if callable(size) else size, channel_order, normalization)
+
+    if isinstance(images, torch.Tensor):
+        x = images
+        if x.dim() == 3:
+            x = x.unsqueeze(0)
+        if x.dim() != 4:
+            raise ValueError(f"image tensors must be [B,3,H,W] or [3,H,W], got shape {tuple(images.shape)}")
+        if x.dtype == torch.uint8:
+            if x.shape[1] != 3 and x.shape[-1] == 3:  # NHWC uint8
+                return prep(x.cpu().numpy())
+            return prep(x.permute(0, 2, 3, 1).cpu().numpy())
+        if not x.is_floating_point():
+            raise TypeError(f"image tensors must be floating point (or uint8 to be preprocessed), got {x.dtype}")
+        if preprocess is True:
+            raise ValueError("preprocess=True needs uint8 images; float tensors are taken as already preprocessed")
+        return x
+    if preprocess is False:
+        raise TypeError("with preprocess=False, images must be a float [B,3,H,W] torch.Tensor")
+    if isinstance(images, np.ndarray) and images.dtype != np.uint8:
+        if np.issubdtype(images.dtype, np.floating) and images.ndim in (3, 4) and images.shape[-3] == 3:
+            return as_batch(torch.from_numpy(np.ascontiguousarray(images)), preprocess=False, size=size)
+        raise TypeError(f"NumPy images must be uint8 HWC/NHWC (or float CHW/NCHW preprocessed), got {images.dtype} {images.shape}")
+    return prep(images)
+
+
+__all__ = ["IMAGE_EXTENSIONS", "ImageBatch", "ImageLoader", "decode_items", "decode_faces", "load_uint8", "preprocess_images",
+           "as_batch", "is_image_file", "source_name",
            "to_model_input", "failure_reason", "DECODE_ERRORS"]

@@ -9,11 +9,15 @@ per-channel mean and std (applied to ``x / 255``).
 from __future__ import annotations
 
 import os
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
+
+from .options import DEFAULT_MAX_PIXELS  # its home; re-exported here for callers of this module
 
 DEFAULT_IMAGE_SIZE = (112, 112)
 CHANNEL_ORDERS = ("rgb", "bgr")  # the one list; the CLI's choices and every check read it
@@ -27,11 +31,31 @@ def check_channel_order(channel_order: str) -> str:
     return channel_order
 
 
-DEFAULT_MAX_PIXELS = 40_000_000
-"""Largest image (width x height) decoded by default: 40 MP is ~120 MB as RGB, several times any face photo,
-while a decompression bomb (a few kB of PNG that inflates to gigapixels) is refused from its header, before
-any pixel is decoded. ``max_pixels=None`` lifts vitfiqa's limit; Pillow's own still applies (it refuses images
-above 2 x ``PIL.Image.MAX_IMAGE_PIXELS``, 179 MP by default, and warns above 89 MP)."""
+_PIL_LIMIT_LOCK = threading.Lock()
+_PIL_LIMIT_USERS = 0
+_PIL_LIMIT_SAVED: Any = None
+
+
+@contextmanager
+def _pillow_limit_lifted():
+    """Set ``PIL.Image.MAX_IMAGE_PIXELS = None`` while at least one vitfiqa decode runs (decoding threads
+    overlap: the first to enter saves the value, the last to leave restores it). vitfiqa's own ``max_pixels``
+    is checked from the header right after ``Image.open``, before any pixel is decoded."""
+    from PIL import Image
+
+    global _PIL_LIMIT_USERS, _PIL_LIMIT_SAVED
+    with _PIL_LIMIT_LOCK:
+        if _PIL_LIMIT_USERS == 0:
+            _PIL_LIMIT_SAVED = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
+        _PIL_LIMIT_USERS += 1
+    try:
+        yield
+    finally:
+        with _PIL_LIMIT_LOCK:
+            _PIL_LIMIT_USERS -= 1
+            if _PIL_LIMIT_USERS == 0:
+                Image.MAX_IMAGE_PIXELS = _PIL_LIMIT_SAVED
 
 
 def _scale_to_uint8(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -71,8 +95,11 @@ def pil_to_rgb(im) -> np.ndarray:
     return np.asarray(im.convert("RGB"))
 
 
-def read_image(src: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str | None = None) -> np.ndarray:
+def read_image(src: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str | None = None,
+               exif_orientation: bool = False) -> np.ndarray:
     """Decode an image file (path, or a binary file object / bytes) -> uint8 HxWx3 RGB.
+    exif_orientation: turn the image upright by its EXIF orientation tag (cameras store portrait photos
+    sideways with such a tag; ``cv2.imread`` applies it too). Used by the face stage on raw photos.
 
     Every way a file can fail — missing, not an image, truncated, above ``max_pixels``, a mode with no RGB
     conversion, a decoder error of any kind — raises FileNotFoundError or ValueError with the reason, so a
@@ -90,11 +117,15 @@ def read_image(src: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str 
     if max_pixels is not None and max_pixels <= 0:
         raise ValueError("max_pixels must be positive (or None for no limit)")
     try:
-        with Image.open(src) as im:
+        with _pillow_limit_lifted(), Image.open(src) as im:
             w, h = im.size
             if max_pixels is not None and w * h > max_pixels:
                 raise _TooLarge(f"{w}x{h} = {w * h / 1e6:.1f} MP is above the limit of {max_pixels / 1e6:.1f} MP "
                                 "(max_pixels / --max-pixels)")
+            if exif_orientation:
+                from PIL import ImageOps
+
+                return pil_to_rgb(ImageOps.exif_transpose(im))
             return pil_to_rgb(im)
     except (_TooLarge, Image.DecompressionBombError) as exc:  # Pillow's own limit is checked inside open()
         raise ValueError(f"image {label} not decoded: {exc}") from None
@@ -128,19 +159,11 @@ def _hwc_uint8(item: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.nda
     return arr[:, :, :3]
 
 
-def load_uint8(item: Any, size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
-               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """One image (path, encoded bytes, PIL image, uint8 array, or a :class:`vitfiqa.align.FaceCrop`, which is
-    aligned by its five landmarks) -> uint8 HxWx3 RGB array resized (bilinear) to ``size`` (None: as it is).
-
-    Raises FileNotFoundError / ValueError (unreadable file, above ``max_pixels``) / TypeError (wrong dtype)."""
+def resize_uint8(arr: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """uint8 HxWx3 array resized (bilinear, Pillow) to ``size`` (H, W); unchanged when it has that size or
+    ``size`` is None."""
     from PIL import Image
 
-    from .align import FaceCrop
-
-    if isinstance(item, FaceCrop):
-        return item.decode(tuple(size) if size is not None else DEFAULT_IMAGE_SIZE, max_pixels)
-    arr = _hwc_uint8(item, max_pixels)
     if size is not None and arr.shape[:2] != tuple(size):
         arr = np.asarray(Image.fromarray(np.ascontiguousarray(arr)).resize((size[1], size[0]), Image.BILINEAR))
     return arr
@@ -177,52 +200,3 @@ def _mean_std(normalization: dict | None, device) -> tuple[torch.Tensor, torch.T
     """Per-channel mean and std of a normalisation ({"mean": [3], "std": [3]}; default 0.5, 0.5) as [1,3,1,1]."""
     norm = normalization or DEFAULT_NORMALIZATION
     return tuple(torch.tensor(norm[k], dtype=torch.float32, device=device).view(1, 3, 1, 1) for k in ("mean", "std"))
-
-
-def preprocess_images(images: Any, size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
-                      channel_order: str = DEFAULT_CHANNEL_ORDER, normalization: dict | None = None) -> torch.Tensor:
-    """uint8 RGB images (one or a sequence of HWC arrays, PIL images or paths; or an NHWC uint8 array) ->
-    float32 [B,3,H,W] tensor resized (bilinear) to ``size``, normalised as :func:`normalize_uint8`."""
-    if isinstance(images, np.ndarray) and images.ndim == 4:
-        items: Sequence[Any] = list(images)
-    elif isinstance(images, (list, tuple)):
-        items = images
-    else:
-        items = [images]
-    if len(items) == 0:
-        raise ValueError("no images given")
-    from .loader import decode_items  # the one per-image loop; imported here, the loader builds on this module
-
-    out, _, _ = decode_items(items, size, strict=True)  # an image of the caller's that cannot be used raises
-    return normalize_uint8(torch.from_numpy(out), channel_order=channel_order, normalization=normalization)
-
-
-def as_batch(images: Any, preprocess: bool | str = "auto", size: tuple[int, int] | None = DEFAULT_IMAGE_SIZE,
-             channel_order: str = DEFAULT_CHANNEL_ORDER, normalization: dict | None = None) -> torch.Tensor:
-    """Normalise any supported image input to a float [B,3,H,W] tensor (not yet on the model's device).
-    ``size`` may be a callable giving the size, asked only when uint8 images need resizing."""
-    def prep(x):
-        return preprocess_images(x, size() if callable(size) else size, channel_order, normalization)
-
-    if isinstance(images, torch.Tensor):
-        x = images
-        if x.dim() == 3:
-            x = x.unsqueeze(0)
-        if x.dim() != 4:
-            raise ValueError(f"image tensors must be [B,3,H,W] or [3,H,W], got shape {tuple(images.shape)}")
-        if x.dtype == torch.uint8:
-            if x.shape[1] != 3 and x.shape[-1] == 3:  # NHWC uint8
-                return prep(x.cpu().numpy())
-            return prep(x.permute(0, 2, 3, 1).cpu().numpy())
-        if not x.is_floating_point():
-            raise TypeError(f"image tensors must be floating point (or uint8 to be preprocessed), got {x.dtype}")
-        if preprocess is True:
-            raise ValueError("preprocess=True needs uint8 images; float tensors are taken as already preprocessed")
-        return x
-    if preprocess is False:
-        raise TypeError("with preprocess=False, images must be a float [B,3,H,W] torch.Tensor")
-    if isinstance(images, np.ndarray) and images.dtype != np.uint8:
-        if np.issubdtype(images.dtype, np.floating) and images.ndim in (3, 4) and images.shape[-3] == 3:
-            return as_batch(torch.from_numpy(np.ascontiguousarray(images)), preprocess=False, size=size)
-        raise TypeError(f"NumPy images must be uint8 HWC/NHWC (or float CHW/NCHW preprocessed), got {images.dtype} {images.shape}")
-    return prep(images)

@@ -34,12 +34,13 @@ import hashlib
 import io
 import json
 import logging
-import operator
 import os
 import re
 import uuid
 from pathlib import Path
 from typing import Mapping, Sequence
+
+from .options import DEFAULT_BATCH_SIZE, check_batch_size  # noqa: F401  (their home; re-exported)
 
 log = logging.getLogger("vitfiqa")
 
@@ -53,24 +54,6 @@ _ENCODING = dict(encoding="utf-8", errors="surrogateescape")  # any file name th
 class TableError(ValueError):
     """A results table that cannot be used as asked: it belongs to a different run, is damaged beyond the
     shards (its manifest), or is in use by another process."""
-
-
-DEFAULT_BATCH_SIZE = 64
-"""Images per scoring / embedding batch when the caller names none: the one default (API wrappers, pipeline,
-results table, Ray, loader, data sets, reproduction, CLI) beside the one check below."""
-
-
-def check_batch_size(batch_size, allow_none: bool = False) -> None:
-    """The one check of a batch size (API, pipeline, results table, Ray, CLI): a positive integer (None where
-    the caller allows it: the whole input as one batch)."""
-    if batch_size is None and allow_none:
-        return
-    try:
-        ok = not isinstance(batch_size, bool) and operator.index(batch_size) > 0
-    except TypeError:
-        ok = False
-    if not ok:
-        raise ValueError(f"batch_size must be positive, got {batch_size!r}")
 
 
 def atomic_write(path: str | os.PathLike, data: bytes, tmp_dir: str | os.PathLike | None = None) -> None:

@@ -10,7 +10,10 @@ UTF-8 byte-order mark.
   list); images 2i and 2i+1 form pair i. Read by a restricted unpickler (:class:`BinUnpickler`): a ``.bin``
   from elsewhere can never run code, only be refused.
 - CR-FIQA lists (:func:`load_pair_list`): ``image_path_list.txt`` (image paths relative to the data folder)
-  + ``pair_list.txt`` (``name_a name_b label`` per line, names are image file names without extension).
+  + ``pair_list.txt`` (``name_a name_b label`` per line, names are image file names without extension, or
+  with it as CR-FIQA's XQLFW list writes them). CR-FIQA's own prepared folders (``quality_data/<ds>``, written
+  by its ``feature_extraction/extract_*.py``) store the images channel-swapped: ``prepared="crfiqa"`` swaps
+  them back on read (see :data:`PREPARED`).
 - XQLFW / LFW-style ``pairs.txt``: ``name n1 n2`` (genuine) or ``name1 n1 name2 n2`` (impostor),
   images at ``root/name/name_%04d.jpg``.
 - Adience (:func:`load_adience`): the release's tab-separated ``fold_*_data.txt`` files; every pair of images,
@@ -31,8 +34,8 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..loader import ImageLoader, decode_items, to_model_input
-from ..preprocess import DEFAULT_IMAGE_SIZE, DEFAULT_MAX_PIXELS
-from ..results import DEFAULT_BATCH_SIZE, check_batch_size
+from ..options import DEFAULT_BATCH_SIZE, DEFAULT_MAX_PIXELS, check_batch_size
+from ..preprocess import DEFAULT_IMAGE_SIZE
 from .scores import Pairs, l2_normalize
 
 log = logging.getLogger("vitfiqa.eval")
@@ -69,6 +72,7 @@ class ImageSet:
     keys: list[str] | None = None
     templates: Templates | None = None
     max_pixels: int | None = DEFAULT_MAX_PIXELS
+    channel_swap: bool = False  # files store B,G,R where they mean R,G,B: reversed after decoding (PREPARED)
 
     def __post_init__(self):
         size = (self.image_size,) * 2 if isinstance(self.image_size, int) else tuple(self.image_size or ())
@@ -94,7 +98,11 @@ class ImageSet:
         images, _, errors = decode_items([self.sources[index]], self.image_size, self.max_pixels)
         if errors:
             raise CorruptEntry(f"{self.name}: image {index} cannot be decoded: {errors[0]}")
-        return images[0]
+        return self._channels(images)[0]
+
+    def _channels(self, images: np.ndarray) -> np.ndarray:
+        """Decoded uint8 [b,H,W,3] as the images mean them: channels reversed for a channel-swapped set."""
+        return np.ascontiguousarray(images[..., ::-1]) if self.channel_swap else images
 
     def iter_batches(self, batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None,
                      indices: Sequence[int] | None = None) -> Iterator["LoadedBatch"]:
@@ -119,15 +127,8 @@ class ImageSet:
                 errors[i] = str(exc)
                 log.warning("%s", exc)
             all_idx = order[batch.start:batch.start + len(batch.ids)]
-            images = batch.images.numpy() if batch.images is not None else None
+            images = self._channels(batch.images.numpy()) if batch.images is not None else None
             yield LoadedBatch(all_idx, all_idx[batch.ok] if batch.ok else all_idx[:0], images, errors)
-
-    def batches(self, batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None,
-                indices: Sequence[int] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield (indices, uint8 images [b,H,W,3]) of the readable images (see :meth:`iter_batches`)."""
-        for b in self.iter_batches(batch_size, workers, indices):
-            if b.images is not None:
-                yield b.ok, b.images
 
 
 @dataclass
@@ -296,13 +297,37 @@ def _is_int(token: str) -> bool:
     return token.lstrip("-").isdigit()
 
 
+PREPARED = {
+    # how a folder of images was prepared -> whether its files are channel-swapped
+    "release": False,  # the files as published (default): decoded RGB is what the official pipeline feeds
+    "crfiqa": True,    # CR-FIQA's feature_extraction/extract_*.py output (quality_data/<ds>/images): written
+                       # channel-swapped, read back by its FaceModel with cv2.imread and no conversion
+}
+
+
+def check_prepared(prepared: str | None) -> bool:
+    """Whether a folder prepared as ``prepared`` (a :data:`PREPARED` name; None = ``release``) is channel-swapped."""
+    key = "release" if prepared is None else prepared
+    if key not in PREPARED:
+        raise ValueError(f"prepared must be one of {sorted(PREPARED)}, got {prepared!r}")
+    return PREPARED[key]
+
+
 def load_pair_list(data_dir: str | os.PathLike, list_dir: str | os.PathLike | None = None,
                    images_file: str = "image_path_list.txt", pairs_file: str = "pair_list.txt",
-                   ids: str = "auto", strict: bool = False, image_size=DEFAULT_IMAGE_SIZE) -> ImageSet:
+                   ids: str = "auto", strict: bool = False, image_size=DEFAULT_IMAGE_SIZE,
+                   prepared: str | None = None) -> ImageSet:
     """CR-FIQA list layout (``feature_extraction/extract_emb.py`` and ``ERC/erc.py``): ``list_dir`` holds
     ``image_path_list.txt`` (image paths relative to ``data_dir``, the folder the official scripts call
     ``--relative_dir``) and ``pair_list.txt`` (``a b label``: ``a``/``b`` are image file names without the
-    extension, e.g. ``p_1_img_17 p_1_img_20 1``). ``list_dir`` defaults to ``data_dir``.
+    extension, e.g. ``p_1_img_17 p_1_img_20 1``, or with it, as CR-FIQA's ``extract_xqlfw.py`` writes them).
+    ``list_dir`` defaults to ``data_dir``. An image path listed again (``extract_xqlfw.py`` lists both images
+    of every pair, so an image is listed once per pair it is in) is the same image: CR-FIQA's scripts write
+    its file, its embedding and its score under that one name, the last listing replacing the earlier ones.
+
+    prepared: ``"crfiqa"`` for CR-FIQA's own prepared folders (``quality_data/<ds>`` written by its
+    ``feature_extraction/extract_*.py``), whose files are channel-swapped: decoded channels are reversed, so
+    a model gets what the official pipeline feeds it. ``None``/``"release"``: files as published.
 
     ids: ``names`` (the official layout), ``indices`` (0-based positions in the image list) or ``auto``
     (names when every pair id names an image). A list whose ids cannot be image names is refused, never
@@ -312,8 +337,10 @@ def load_pair_list(data_dir: str | os.PathLike, list_dir: str | os.PathLike | No
     list_dir = Path(list_dir) if list_dir is not None else data_dir
     if ids not in ("auto", "names", "indices"):
         raise ValueError("ids must be 'auto', 'names' or 'indices'")
-    images = [p if os.path.isabs(p) else str(data_dir / p) for p in _read_lines(list_dir / images_file)]
-    rel = _read_lines(list_dir / images_file)
+    swap = check_prepared(prepared)
+    listed = _read_lines(list_dir / images_file)
+    rel = list(dict.fromkeys(listed))  # an image listed again is the same image (first position kept)
+    images = [p if os.path.isabs(p) else str(data_dir / p) for p in rel]
     rows = []
     for n, line in enumerate(_read_lines(list_dir / pairs_file)):
         parts = line.split()
@@ -326,13 +353,15 @@ def load_pair_list(data_dir: str | os.PathLike, list_dir: str | os.PathLike | No
     for i, p in enumerate(rel):
         stem = Path(p).stem
         if stem in stems:
-            raise CorruptEntry(f"{images_file}: image name {stem!r} occurs twice (lines {stems[stem] + 1} and {i + 1});"
+            raise CorruptEntry(f"{images_file}: image name {stem!r} occurs twice ({rel[stems[stem]]!r} and {p!r});"
                                " pair names would be ambiguous")
         stems[stem] = i
+    names = dict(stems)
+    names.update({Path(p).name: i for i, p in enumerate(rel)})  # a pair id may carry the extension (XQLFW)
     tokens = {t for r in rows for t in r[:2]}
     numeric = all(_is_int(t) for t in tokens)
     if ids == "auto":
-        unknown = sorted(tokens - set(stems))
+        unknown = sorted(tokens - set(names))
         if unknown:
             hint = (" (they look like 0-based image indices: pass ids='indices' if that is what they are)"
                     if numeric else "")
@@ -344,14 +373,17 @@ def load_pair_list(data_dir: str | os.PathLike, list_dir: str | os.PathLike | No
                                "load_ijbc for an IJB-C template pair list")
         ids = "names"
     if ids == "names":
-        missing = sorted(tokens - set(stems))
+        missing = sorted(tokens - set(names))
         if missing:
             raise CorruptEntry(f"{pairs_file}: pair id {missing[0]!r} is not an image name of {images_file}")
-        a = [stems[r[0]] for r in rows]
-        b = [stems[r[1]] for r in rows]
+        a = [names[r[0]] for r in rows]
+        b = [names[r[1]] for r in rows]
     else:
         if not numeric:
             raise CorruptEntry(f"{pairs_file}: ids='indices' but the ids are not integers")
+        if len(rel) != len(listed):
+            raise CorruptEntry(f"{images_file}: ids='indices' needs every image listed once "
+                               f"({len(listed) - len(rel)} lines repeat an earlier one)")
         a = [int(r[0]) for r in rows]
         b = [int(r[1]) for r in rows]
         try:
@@ -359,7 +391,7 @@ def load_pair_list(data_dir: str | os.PathLike, list_dir: str | os.PathLike | No
         except ValueError as exc:
             raise CorruptEntry(f"{pairs_file}: {exc}") from None
     pairs = Pairs(a, b, [int(r[2]) == 1 for r in rows])
-    return ImageSet(list_dir.name, images, pairs, strict=strict, image_size=image_size, keys=rel)
+    return ImageSet(list_dir.name, images, pairs, strict=strict, image_size=image_size, keys=rel, channel_swap=swap)
 
 
 def load_lfw_pairs(root: str | os.PathLike, pairs_file: str | os.PathLike, ext: str = "jpg", strict: bool = False,

@@ -32,21 +32,46 @@ Example config (paths are relative to the config file)::
     type = "ijbc"
     root = "IJB_release/IJBC"    # meta/ + loose_crop/, aligned by ijbc_name_5pts_score.txt
 
+    [[benchmarks]]
+    name = "XQLFW"
+    type = "pair_list"           # CR-FIQA's own prepared folder (feature_extraction/extract_xqlfw.py output):
+    data_dir = "data"            # its files are channel-swapped, prepared = "crfiqa" swaps them back on read
+    list_dir = "data/quality_data/XQLFW"
+    prepared = "crfiqa"
+
     [[recognizers]]
     name = "ArcFace"
     model = "arcface_r100.pt"    # TorchScript; or: embeddings = { LFW = "lfw_arcface.npy" }
-    channel_order = "bgr"        # the official CR-FIQA extraction feeds OpenCV's BGR
     flip = "concat"              # concat (CR-FIQA) | sum (insightface IJB) | none
+                                 # channel_order: the model's input contract, else rgb (what the official
+                                 # pipeline feeds from the release files)
+
+    [[recognizers]]
+    name = "AdaFace ViT-B"
+    preset = "cvlface_vit_b"     # an official architecture (vitfiqa.models.PRESETS / RECOGNIZERS) ...
+    checkpoint = "model.pt"      # ... with its official checkpoint, instead of model
 
     [[qualities]]
     name = "ATTN-FIQA"
     method = "attn"
     model = "vit_b_face.pt"
-    options = { attn_block = -1 }
+    options = { attn.block = -1 }    # score config fields, dotted (vitfiqa.ScoreConfig.fields())
+    final_norm = "norm"              # model options (vitfiqa.options.ModelOptions fields): channel_order,
+                                     # normalization, image_size, final_norm, device, dtype
+
+    [[qualities]]
+    name = "EX-FIQA"
+    method = "exfiqa"                # the paper's fused score, exfiqa_FW (exfiqa_F: the mean of the exits)
+    model = "vitfiqa_token.pt"
 
     [[qualities]]
     name = "CR-FIQA(L)"
     scores = { LFW = "scores/CRFIQAL_lfw.txt", "IJB-C" = "scores/CRFIQAL_IJBC.parquet" }
+
+A score file's keys match the benchmark's image keys (see :func:`_match_keys`), CR-FIQA's own
+``quality_data/<ds>/images/<file>`` paths included; a file that cannot be read, or lacks a score for an image
+of the benchmark, drops that row for that benchmark (the reason, naming the file, is in the log and in
+``resolved_config.json``'s notes), never the benchmark.
 """
 from __future__ import annotations
 
@@ -55,6 +80,7 @@ import json
 import logging
 import os
 import platform
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -63,12 +89,13 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from ..config import methods as registered_methods, score_columns
+from ..digest import file_hash
+from ..options import DEFAULT_BATCH_SIZE, ModelOptions, RunOptions
 from ..preprocess import DEFAULT_IMAGE_SIZE
-from ..results import DEFAULT_BATCH_SIZE
-from .datasets import (CorruptEntry, ImageSet, aggregate_templates, extract_embeddings, load_adience, load_bin,
-                       load_ijbc, load_lfw_pairs, load_pair_list, template_quality)
+from .datasets import (CorruptEntry, ImageSet, aggregate_templates, check_prepared, extract_embeddings, load_adience,
+                       load_bin, load_ijbc, load_lfw_pairs, load_pair_list, template_quality)
 from .report import evaluate, plot_edc_grid, to_csv, to_latex, to_markdown
-from .scores import comparison_scores
+from .scores import masked_comparison_scores
 
 log = logging.getLogger("vitfiqa.reproduce")
 
@@ -85,8 +112,8 @@ BENCHMARK_TYPES: dict[str, tuple[Callable[..., ImageSet], tuple[str, ...], tuple
     "pairs": (lambda o: load_lfw_pairs(o["root"], o["pairs"], ext=o.get("ext", "jpg"), image_size=o["image_size"]),
               ("root", "pairs"), ("root", "pairs", "ext")),
     "pair_list": (lambda o: load_pair_list(o["data_dir"], o.get("list_dir"), ids=o.get("ids", "auto"),
-                                           image_size=o["image_size"]),
-                  ("data_dir", "list_dir"), ("data_dir", "list_dir", "ids")),
+                                           image_size=o["image_size"], prepared=o.get("prepared")),
+                  ("data_dir", "list_dir"), ("data_dir", "list_dir", "ids", "prepared")),
     "adience": (lambda o: load_adience(o["root"], o.get("folds"), faces=o.get("faces", "aligned"),
                                        image_size=o["image_size"]),
                 ("root", "folds"), ("root", "folds", "faces")),
@@ -119,6 +146,17 @@ class RecognizerSpec:
     output: int = 0
     dtype: str = "float32"
     detector_score_weighting: bool = False
+    preset: str | None = None          # with checkpoint: an official architecture instead of a TorchScript model
+    checkpoint: str | None = None
+
+
+# A method's name in a config -> the score column the papers' tables report for it. EX-FIQA scores every exit
+# (``exfiqa_F``: mean of the exits, ``exfiqa_FW``: depth-weighted sum); its paper reports the fused FW score
+# (EX-FIQA-FW, e.g. 6.36 x 1e-3 on IJB-C at FMR 1e-3 with the token model), so ``method = "exfiqa"`` is that.
+METHOD_ALIASES = {"exfiqa": "exfiqa_FW"}
+
+# The vitfiqa.options.ModelOptions fields a method row may set (dtype above; device: the run's by default).
+QUALITY_MODEL_OPTIONS = ("device", "image_size", "channel_order", "normalization", "final_norm")
 
 
 @dataclass
@@ -132,6 +170,28 @@ class QualitySpec:
     column: str | None = None
     key: str | None = None
     higher_is_better: bool = True
+    preset: str | None = None          # with checkpoint: a baseline's network (vitfiqa.baselines.PRESETS) or
+                                       # an official ViT (vitfiqa.models.PRESETS), instead of model
+    checkpoint: str | None = None
+    # how the model is loaded and fed (vitfiqa.options.ModelOptions); None: the model's input contract, the
+    # run's device and the benchmark's image size
+    device: str | None = None
+    image_size: Any = None
+    channel_order: str | None = None
+    normalization: dict | None = None
+    final_norm: str | None = None
+
+    def model_options(self, cfg: "Config") -> ModelOptions:
+        """This row's :class:`vitfiqa.options.ModelOptions` (device and image size filled in from the run)."""
+        size = self.image_size if self.image_size is not None else cfg.image_size
+        return ModelOptions(device=self.device or cfg.device, dtype=self.dtype,
+                            image_size=(size, size) if isinstance(size, int) else tuple(size),
+                            channel_order=self.channel_order, normalization=self.normalization,
+                            final_norm=self.final_norm)
+
+    def input_key(self) -> dict:
+        """What the scores depend on beyond the model file and the score config (part of the cache keys)."""
+        return {k: getattr(self, k) for k in QUALITY_MODEL_OPTIONS if k != "device" and getattr(self, k) is not None}
 
 
 @dataclass
@@ -150,8 +210,17 @@ class Config:
     image_size: int = DEFAULT_IMAGE_SIZE[0]  # square side of the benchmark images
     pauc_integration: str | None = None
     pauc_normalize: str | None = None
-    ray: str | None = None          # score vitfiqa qualities on Ray: "local" (this process's or a new local
-                                    # Ray), "auto" or "ray://host:port"; benchmarks of image files only
+    ray: str | None = None          # embeddings and vitfiqa qualities on Ray: "local" (this process's or a new
+                                    # local Ray), "auto" or "ray://host:port"; qualities of image files only
+                                    # (encoded bytes and aligned crops are scored locally), embeddings of any
+
+    def run_options(self) -> RunOptions:
+        """How the config's runs over a benchmark are executed (its ``batch_size`` and ``workers``)."""
+        return RunOptions(batch_size=int(self.batch_size), workers=self.workers)
+
+    def model_options(self, dtype: str, image_size: tuple[int, int], **contract) -> ModelOptions:
+        """How a model of the config is loaded (its ``device``; a spec's dtype; the benchmark's image size)."""
+        return ModelOptions(device=self.device, dtype=dtype, image_size=image_size, **contract)
 
 
 def _fields(cls) -> set[str]:
@@ -219,6 +288,10 @@ def load_config(config: str | os.PathLike | Mapping, base: str | os.PathLike | N
         for k in path_keys:
             if k in opts:
                 opts[k] = [_path(base, p) for p in opts[k]] if isinstance(opts[k], list) else _path(base, opts[k])
+        try:
+            check_prepared(opts.get("prepared"))
+        except ValueError as exc:
+            raise ConfigError(f"benchmark {e['name']!r} ({kind}): {exc}") from None
         benchmarks.append(BenchmarkSpec(e["name"], kind, opts))
 
     def make_spec(cls, e, what, files_key):
@@ -234,6 +307,22 @@ def load_config(config: str | os.PathLike | Mapping, base: str | os.PathLike | N
             raise FileNotFoundError(f"{what} {spec.name!r}: model file not found: {path}")
         return path
 
+    def preset_entry(spec, what):
+        """``preset`` + ``checkpoint``: an official architecture with its weights (exported to TorchScript in the
+        cache when the run starts, see :func:`export_presets`)."""
+        from ..sources import preset_names
+
+        if spec.preset is None and spec.checkpoint is None:
+            return
+        if spec.preset is None or spec.checkpoint is None or spec.model is not None:
+            raise ConfigError(f"{what} {spec.name!r}: give preset and checkpoint together, instead of model")
+        names = preset_names(what)
+        if spec.preset not in names:
+            raise ConfigError(f"{what} {spec.name!r}: unknown preset {spec.preset!r}; presets: {', '.join(names)}")
+        spec.checkpoint = _path(base, spec.checkpoint)
+        if not Path(spec.checkpoint).is_file():
+            raise FileNotFoundError(f"{what} {spec.name!r}: checkpoint not found: {spec.checkpoint}")
+
     def per_benchmark_files(e, key, what):
         files = e.get(key, {})
         if not isinstance(files, dict):
@@ -246,8 +335,10 @@ def load_config(config: str | os.PathLike | Mapping, base: str | os.PathLike | N
     recognizers = []
     for e in raw["recognizers"]:
         spec = make_spec(RecognizerSpec, e, "recognizer", "embeddings")
-        if spec.model is None and not spec.embeddings:
-            raise ConfigError(f"recognizer {spec.name!r} needs a model (TorchScript file) or embeddings files")
+        preset_entry(spec, "recognizer")
+        if spec.model is None and spec.preset is None and not spec.embeddings:
+            raise ConfigError(f"recognizer {spec.name!r} needs a model (TorchScript file), preset + checkpoint, or "
+                              "embeddings files")
         if spec.model is not None:
             spec.model = model_file(spec, "recognizer")
         from ..recognizer import CHANNEL_ORDERS, FLIP_MODES, _triple
@@ -269,15 +360,31 @@ def load_config(config: str | os.PathLike | Mapping, base: str | os.PathLike | N
         if (spec.method is None) == (not spec.scores):
             raise ConfigError(f"quality {spec.name!r}: give either method + model (a vitfiqa method) or scores "
                               "(per-benchmark score files)")
-        if spec.method is not None:
-            if spec.method not in score_columns():
-                raise ConfigError(f"quality {spec.name!r}: method must be one of {list(score_columns())}")
-            if spec.model is None:
-                raise ConfigError(f"quality {spec.name!r}: method {spec.method!r} needs a model")
-            spec.model = model_file(spec, "quality")
+        from ..baselines.reproduce import check_spec as check_baseline, is_baseline
+
+        if is_baseline(spec.method):  # a baseline row: preset + checkpoint, or model (vitfiqa.baselines)
+            _check_model_options(spec)
+            try:
+                check_baseline(spec, lambda p: _path(base, p))
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        elif spec.method is not None:
+            spec.method = _quality_method(spec)
+            preset_entry(spec, "quality")  # preset + checkpoint: an official ViT architecture (vitfiqa.models)
+            if spec.model is None and spec.preset is None:
+                raise ConfigError(f"quality {spec.name!r}: method {spec.method!r} needs a model (or preset + "
+                                  "checkpoint)")
+            if spec.model is not None:
+                spec.model = model_file(spec, "quality")
+            _check_model_options(spec)
             from ..config import check_batch_independent, score_config
 
             check_batch_independent(score_config(methods=_methods_of([spec]), **spec.options))
+        else:
+            given = [k for k in QUALITY_MODEL_OPTIONS + ("preset", "checkpoint") if getattr(spec, k) is not None]
+            if given:
+                raise ConfigError(f"quality {spec.name!r}: {given} are options of a method row (method + model), "
+                                  "not of score files")
         qualities.append(spec)
 
     top = {k: raw[k] for k in TOP_LEVEL - {"benchmarks", "recognizers", "qualities"} if k in raw}
@@ -293,7 +400,7 @@ def load_config(config: str | os.PathLike | Mapping, base: str | os.PathLike | N
         raise ConfigError(f"variant must be one of {VARIANTS}, got {cfg.variant!r}")
     if not 0 < float(cfg.limit) <= 1:
         raise ConfigError(f"limit must be in (0, 1], got {cfg.limit}")
-    from ..results import check_batch_size
+    from ..options import check_batch_size
 
     try:
         check_batch_size(cfg.batch_size)
@@ -302,21 +409,54 @@ def load_config(config: str | os.PathLike | Mapping, base: str | os.PathLike | N
     return cfg
 
 
+def export_presets(cfg: Config) -> None:
+    """Each ``preset`` + ``checkpoint`` entry -> a TorchScript file in the cache (made once per preset and
+    checkpoint content, then reused, so the cache keys that hash the model file stay put); sets its ``model``."""
+    from ..baselines.reproduce import is_baseline
+    from ..sources import resolve
+
+    for spec, role in [(s, "recognizer") for s in cfg.recognizers] + [(s, "quality") for s in cfg.qualities]:
+        if spec.preset is None or spec.model is not None or (role == "quality" and is_baseline(spec.method)):
+            continue  # a baseline's preset is its own (vitfiqa.baselines)
+        key = _json_hash(dict(preset=spec.preset, checkpoint=file_hash(spec.checkpoint)))  # one file for both roles
+        path = Path(cfg.cache) / "models" / f"{spec.preset}-{key[:16]}.pt"
+        if not path.is_file():
+            log.info("%s %s: exporting preset %s with %s", role, spec.name, spec.preset, spec.checkpoint)
+            data = resolve(spec.preset, checkpoint=spec.checkpoint, role=role).model
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        spec.model = str(path)
+
+
+def _quality_method(spec: QualitySpec) -> str:
+    """The score column a quality row's ``method`` names (an alias resolved, see METHOD_ALIASES)."""
+    column = METHOD_ALIASES.get(spec.method, spec.method)
+    if column not in score_columns():
+        raise ConfigError(f"quality {spec.name!r}: method must be one of "
+                          f"{sorted(set(score_columns()) | set(METHOD_ALIASES))} or a baseline "
+                          f"(vitfiqa.baselines.all_columns()), got {spec.method!r}")
+    return column
+
+
+def _check_model_options(spec: QualitySpec) -> None:
+    """A method row's model options, checked as the model loader checks them (one-line ConfigError)."""
+    from ..contract import check_input_contract
+
+    contract = {k: getattr(spec, k) for k in ("image_size", "channel_order", "normalization")
+                if getattr(spec, k) is not None}
+    try:
+        check_input_contract(contract)
+        if spec.final_norm is not None and (not isinstance(spec.final_norm, str) or not spec.final_norm.strip()):
+            raise ValueError(f"final_norm must be a module path such as 'norm', got {spec.final_norm!r}")
+        if spec.device is not None and not isinstance(spec.device, str):
+            raise ValueError(f"device must be a string such as 'cpu' or 'cuda', got {spec.device!r}")
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"quality {spec.name!r}: {exc}") from None
+
+
 # -- content hashes ------------------------------------------------------------------------------------------
-
-_FILE_HASHES: dict[tuple, str] = {}
-
-
-def file_hash(path: str) -> str:
-    """SHA-256 of a file's content (memoised per path, size and modification time)."""
-    from ..api import _file_sha256
-
-    st = os.stat(path)
-    memo = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
-    if memo not in _FILE_HASHES:
-        _FILE_HASHES[memo] = _file_sha256(Path(path))
-    return _FILE_HASHES[memo]
-
 
 def _json_hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
@@ -329,6 +469,8 @@ def benchmark_fingerprint(ds: ImageSet) -> str:
 
     h = hashlib.sha256()
     h.update(repr(ds.image_size).encode())
+    if ds.channel_swap:  # (absent otherwise, so caches of the release files keep their keys)
+        h.update(b"channel-swapped files\0")
     for key, src in zip(ds.keys, ds.sources):
         h.update(key.encode() + b"\0")
         if isinstance(src, FaceCrop):
@@ -449,14 +591,32 @@ def compute_embeddings(spec: RecognizerSpec, ds: ImageSet, cfg: Config, fingerpr
     if len(todo) == 0:
         log.info("embeddings %s on %s: cached (%s)", spec.name, ds.name, cache.dir)
         return cache
-    log.info("embeddings %s on %s: %d of %d images to compute", spec.name, ds.name, len(todo), len(ds))
-    rec = Recognizer(spec.model, device=cfg.device, dtype=spec.dtype, image_size=ds.image_size,
-                     channel_order=spec.channel_order, mean=spec.mean, std=spec.std, flip=spec.flip,
-                     output=spec.output, name=spec.name)
+    log.info("embeddings %s on %s: %d of %d images to compute%s", spec.name, ds.name, len(todo), len(ds),
+             f" on Ray ({cfg.ray})" if cfg.ray is not None else "")
+    options = dict(dtype=spec.dtype, channel_order=spec.channel_order, mean=spec.mean, std=spec.std, flip=spec.flip,
+                   output=spec.output)
     bar = _progress(len(ds), len(ds) - len(todo), f"embeddings {spec.name} / {ds.name}", progress)
-    for b, embeddings in extract_embeddings(rec, ds, cfg.batch_size, workers=cfg.workers, indices=todo):
-        cache.write(b.ok, embeddings, unreadable=list(b.errors))
-        bar.update(len(b.indices))
+    if cfg.ray is not None:
+        from ..distributed import embed_with_ray
+
+        # the batches the local path makes of the images still to do (ImageSet.iter_batches): the same bits
+        batches = [todo[s:s + cfg.batch_size] for s in range(0, len(todo), cfg.batch_size)]
+        for indices, ok, embeddings, errors in embed_with_ray(
+                spec.model, ds.sources, batches, image_size=ds.image_size, channel_swap=ds.channel_swap,
+                address=None if cfg.ray in ("", "local") else cfg.ray, max_pixels=ds.max_pixels,
+                device=None if cfg.device == "cpu" else cfg.device, **options):
+            for i, reason in errors.items():
+                ds.errors.append((i, f"{ds.name}: image {i} cannot be decoded: {reason}"))
+            cache.write(ok, embeddings, unreadable=list(errors))
+            bar.update(len(indices))
+    else:
+        norm = {k: v for k, v in (("mean", spec.mean), ("std", spec.std)) if v is not None} or None
+        rec = Recognizer(spec.model, cfg.model_options(spec.dtype, ds.image_size, channel_order=spec.channel_order,
+                                                       normalization=norm),
+                         flip=spec.flip, output=spec.output, name=spec.name)
+        for b, embeddings in extract_embeddings(rec, ds, cfg.batch_size, workers=cfg.workers, indices=todo):
+            cache.write(b.ok, embeddings, unreadable=list(b.errors))
+            bar.update(len(b.indices))
     bar.close()
     return cache
 
@@ -469,6 +629,8 @@ def _quality_table(spec: QualitySpec, model_sha256: str, ds: ImageSet, cfg: Conf
     run = run_description(model_sha256, ds.image_size, spec.dtype,
                           score_config(methods=_methods_of([spec]), **spec.options))
     run.update(score=spec.method, benchmark=fingerprint)
+    if spec.input_key():  # (absent otherwise, so existing caches keep their keys)
+        run.update(model_options=spec.input_key())
     key = _json_hash(dict(run=run, batch_size=int(cfg.batch_size)))
     return ScoreTable(Path(cfg.cache) / f"quality-{key[:24]}.table", paths=ds.keys, keys=[spec.method],
                       batch_size=int(cfg.batch_size), run=run)
@@ -485,68 +647,110 @@ def compute_qualities(specs: list[QualitySpec], ds: ImageSet, cfg: Config, finge
                       progress: bool) -> dict[str, np.ndarray]:
     """Per-image vitfiqa qualities (NaN for unreadable images), each quality source stored in its own results
     table; sources sharing a model and options are scored in one pass over the images."""
-    from ..api import QualityModel
-    from ..loader import to_model_input
+    import dataclasses
 
     out: dict[str, np.ndarray] = {}
     groups: dict[tuple, list[QualitySpec]] = {}
     for spec in specs:
-        groups.setdefault((spec.model, json.dumps(spec.options, sort_keys=True), spec.dtype), []).append(spec)
-    on_ray = cfg.ray is not None and all(isinstance(src, str) for src in ds.sources)
-    if cfg.ray is not None and not on_ray:
+        mo = spec.model_options(cfg)
+        groups.setdefault((spec.model, json.dumps(spec.options, sort_keys=True), json.dumps(mo.to_dict(), default=str)),
+                          []).append(spec)
+    files = all(isinstance(src, str) for src in ds.sources)
+    if cfg.ray is not None and not files:
         log.info("qualities on %s: scored locally (Ray scores image files; this benchmark holds encoded bytes or "
                  "aligned crops)", ds.name)
-    for (model_path, _, dtype), group in groups.items():
-        if on_ray:
-            out.update(_qualities_on_ray(group, model_path, dtype, ds, cfg, fingerprint, progress))
+    for (model_path, _, _), group in groups.items():
+        mo = group[0].model_options(cfg)
+        qds, qfp = ds, fingerprint
+        if tuple(mo.image_size) != ds.image_size:  # this model's own input size: decoded at it
+            qds = dataclasses.replace(ds, image_size=mo.image_size, errors=[])
+            qfp = benchmark_fingerprint(qds)
+        if cfg.ray is not None and files and mo.normalization is None:
+            out.update(_qualities_on_ray(group, model_path, mo, qds, cfg, qfp, progress))
             continue
-        tables = {s.name: _quality_table(s, file_hash(model_path), ds, cfg, fingerprint) for s in group}
-        try:
-            pending = sorted(set().union(*(t.pending_batches() for t in tables.values())))
-            names = ", ".join(s.name for s in group)
-            if pending:
-                todo = np.concatenate([np.arange(s, min(s + cfg.batch_size, len(ds))) for s in pending])
-                log.info("qualities %s on %s: %d of %d images to score", names, ds.name, len(todo), len(ds))
-                model = QualityModel(model_path, device=cfg.device, dtype=dtype, image_size=ds.image_size)
-                methods = _methods_of(group)
-                bar = _progress(len(ds), len(ds) - len(todo), f"qualities {names} / {ds.name}", progress)
-                for b in ds.iter_batches(cfg.batch_size, workers=cfg.workers, indices=todo):
-                    scores = {}
-                    if b.images is not None:
-                        scores = model.score(to_model_input(b.images, model), methods=methods, preprocess=False,
-                                             **group[0].options).numpy()
-                    pos = {int(i): j for j, i in enumerate(b.ok)}
-                    for s in group:
-                        col = [float(scores[s.method][pos[int(i)]]) if int(i) in pos else float("nan")
-                               for i in b.indices]
-                        tables[s.name].commit({"index": b.indices.tolist(), "path": [ds.keys[i] for i in b.indices],
-                                               s.method: col, "error": [b.errors.get(int(i), "") for i in b.indices]})
-                    bar.update(len(b.indices))
-                bar.close()
-            else:
-                log.info("qualities %s on %s: cached", names, ds.name)
-            for s in group:
-                out[s.name] = np.asarray(tables[s.name].columns_dict()[s.method], dtype=np.float64)
-        finally:
-            for t in tables.values():
-                t.close()
+        if cfg.ray is not None and files:
+            log.info("qualities %s on %s: scored locally (a normalization option is not carried to Ray)",
+                     ", ".join(s.name for s in group), ds.name)
+        out.update(_qualities_local(group, model_path, mo, qds, cfg, qfp, progress))
     return out
 
 
-def _qualities_on_ray(group: list[QualitySpec], model_path: str, dtype: str, ds: ImageSet, cfg: Config,
+def _qualities_local(group: list[QualitySpec], model_path: str, mo: ModelOptions, ds: ImageSet, cfg: Config,
+                     fingerprint: str, progress: bool) -> dict[str, np.ndarray]:
+    """One pass of a model over a benchmark in this process, each quality source into its results table."""
+    from ..api import QualityModel
+    from ..loader import to_model_input
+
+    out: dict[str, np.ndarray] = {}
+    # rows of the same score column here (e.g. "exfiqa" and "exfiqa_FW") share one table: the same scores
+    first = {s.method: s for s in reversed(group)}
+    tables = {m: _quality_table(s, file_hash(model_path), ds, cfg, fingerprint) for m, s in first.items()}
+    try:
+        pending = sorted(set().union(*(t.pending_batches() for t in tables.values())))
+        names = ", ".join(s.name for s in group)
+        if pending:
+            todo = np.concatenate([np.arange(s, min(s + cfg.batch_size, len(ds))) for s in pending])
+            log.info("qualities %s on %s: %d of %d images to score", names, ds.name, len(todo), len(ds))
+            model = QualityModel(model_path, mo.replace(image_size=ds.image_size))
+            methods = _methods_of(group)
+            bar = _progress(len(ds), len(ds) - len(todo), f"qualities {names} / {ds.name}", progress)
+            for b in ds.iter_batches(cfg.batch_size, workers=cfg.workers, indices=todo):
+                scores = {}
+                if b.images is not None:
+                    scores = model.score(to_model_input(b.images, model), methods=methods, preprocess=False,
+                                         **group[0].options).numpy()
+                pos = {int(i): j for j, i in enumerate(b.ok)}
+                for m in tables:
+                    col = [float(scores[m][pos[int(i)]]) if int(i) in pos else float("nan") for i in b.indices]
+                    tables[m].commit({"index": b.indices.tolist(), "path": [ds.keys[i] for i in b.indices],
+                                      m: col, "error": [b.errors.get(int(i), "") for i in b.indices]})
+                bar.update(len(b.indices))
+            bar.close()
+        else:
+            log.info("qualities %s on %s: cached", names, ds.name)
+        for s in group:
+            out[s.name] = np.asarray(tables[s.method].columns_dict()[s.method], dtype=np.float64)
+    finally:
+        for t in tables.values():
+            t.close()
+    return out
+
+
+def _read_order(model_path: str, channel_order: str | None, swapped: bool) -> str | None:
+    """The channel order to ask of a model reading a benchmark's files as they are decoded (Ray decodes in its
+    actors, without the benchmark's swap): for channel-swapped files, the model's own order reversed, which
+    gives the model the same input as swapping on read (the reversal comes before the per-channel
+    normalisation either way)."""
+    if not swapped:
+        return channel_order
+    from ..contract import read_input_contract
+    from ..preprocess import DEFAULT_CHANNEL_ORDER
+
+    order = channel_order or (read_input_contract(Path(model_path)) or {}).get("channel_order") or DEFAULT_CHANNEL_ORDER
+    return "bgr" if order == "rgb" else "rgb"
+
+
+def _qualities_on_ray(group: list[QualitySpec], model_path: str, mo: ModelOptions, ds: ImageSet, cfg: Config,
                       fingerprint: str, progress: bool) -> dict[str, np.ndarray]:
     """One pass of a model over a benchmark's image files on Ray (:func:`vitfiqa.distributed.score_with_ray`,
     which resumes its own results table in the cache)."""
     from ..distributed import score_with_ray
 
     methods = _methods_of(group)
-    key = _json_hash(dict(model=file_hash(model_path), benchmark=fingerprint, methods=methods,
-                          options=group[0].options, dtype=dtype, batch_size=int(cfg.batch_size)))
+    spec_key = dict(model=file_hash(model_path), benchmark=fingerprint, methods=methods,
+                    options=group[0].options, dtype=mo.dtype, batch_size=int(cfg.batch_size))
+    if group[0].input_key():
+        spec_key.update(model_options=group[0].input_key())
+    key = _json_hash(spec_key)
     log.info("qualities %s on %s: on Ray (%s)", ", ".join(s.name for s in group), ds.name, cfg.ray)
+    model = mo.replace(image_size=ds.image_size,
+                       channel_order=_read_order(model_path, mo.channel_order, ds.channel_swap))
+    if mo.device == "cpu":  # the config's default device: on Ray, GPUs when the cluster has them
+        model = model.replace(device="auto")
     frame = score_with_ray(model_path, list(ds.sources), Path(cfg.cache) / f"ray-quality-{key[:24]}.table",
-                           methods, address=None if cfg.ray in ("", "local") else cfg.ray,
-                           batch_size=int(cfg.batch_size), device=None if cfg.device == "cpu" else cfg.device,
-                           dtype=dtype, image_size=ds.image_size, progress=progress, **group[0].options)
+                           methods, run=RunOptions(batch_size=int(cfg.batch_size)), model_options=model,
+                           address=None if cfg.ray in ("", "local") else cfg.ray, progress=progress,
+                           **group[0].options)
     frame = frame.sort_values("index")
     return {s.name: frame[s.method].to_numpy(dtype=np.float64) for s in group}
 
@@ -556,14 +760,29 @@ def _qualities_on_ray(group: list[QualitySpec], model_path: str, dtype: str, ds:
 KEY_COLUMNS = ("key", "path", "image", "name", "file", "filename", "index")
 
 
+_PREPARED_PATH = re.compile(r"(?:^|/)quality_data/[^/]+/images/(?P<tail>[^/]+)$")
+
+
+def dataset_tail(entry: str) -> str | None:
+    """The dataset-relative part of a path into one of CR-FIQA's prepared folders
+    (``[<root>/]quality_data/<dataset>/images/<file>`` -> ``<file>``, as its ``getQualityScore.py`` keys score
+    files), else None."""
+    m = _PREPARED_PATH.search(entry.replace("\\", "/"))
+    return m.group("tail") if m else None
+
+
 def _match_keys(entries: list[str], ds: ImageSet, what: str) -> np.ndarray:
     """Position in ``ds`` of each external entry (-1 when not in the benchmark). Entries match an image key
     exactly, or as a path ending in it (absolute paths of another machine), or the key ends in the entry
-    (bare file names), and must do so unambiguously."""
+    (bare file names), and must do so unambiguously. A path into a CR-FIQA prepared folder
+    (``quality_data/<ds>/images/<file>``) matches on its dataset-relative tail ``<file>``: the image of a
+    ``.bin`` it was extracted from (``%05d.jpg`` = the image's index) or the one image whose file name it is
+    (the release's XQLFW, IJB-C loose crops)."""
     exact = {k: i for i, k in enumerate(ds.keys)}
     by_base: dict[str, list[int]] = {}
     for i, k in enumerate(ds.keys):
         by_base.setdefault(k.replace("\\", "/").rsplit("/", 1)[-1], []).append(i)
+    indexed = all(k == str(i) for i, k in enumerate(ds.keys))  # a .bin: images are named by their index
     out = np.full(len(entries), -1, np.int64)
     for j, e in enumerate(entries):
         e = str(e).strip()
@@ -573,12 +792,25 @@ def _match_keys(entries: list[str], ds: ImageSet, what: str) -> np.ndarray:
         norm = e.replace("\\", "/")
         cands = [i for i in by_base.get(norm.rsplit("/", 1)[-1], [])
                  if norm.endswith("/" + ds.keys[i]) or ds.keys[i].endswith("/" + norm) or ds.keys[i] == norm]
+        tail = dataset_tail(norm) if not cands else None
+        if tail is not None:
+            stem = tail.rsplit(".", 1)[0]
+            if indexed:
+                cands = [int(stem)] if stem.isdigit() and int(stem) < len(ds) else []
+            else:
+                cands = by_base.get(tail, [])
         if len(cands) > 1:
             raise CorruptEntry(f"{what}: entry {e!r} matches {len(cands)} images of {ds.name} "
                                f"({ds.keys[cands[0]]!r}, {ds.keys[cands[1]]!r})")
         if cands:
             out[j] = cands[0]
     return out
+
+
+def _is_numeric(column) -> bool:
+    import pandas as pd
+
+    return pd.api.types.is_numeric_dtype(column.dtype) and not pd.api.types.is_bool_dtype(column.dtype)
 
 
 def _read_table(path: str):
@@ -617,16 +849,30 @@ def _positions(frame, ds: ImageSet, key: str | None, what: str) -> tuple[np.ndar
     return _match_keys([str(v) for v in frame[key]], ds, what), key
 
 
-def _scatter(pos: np.ndarray, values: np.ndarray, n: int, what: str, name: str) -> np.ndarray:
+def _scatter(pos: np.ndarray, values: np.ndarray, n: int, what: str, name: str,
+             complete: bool = False) -> np.ndarray:
+    """Values in the benchmark's image order (NaN where an image has no entry). An image listed again with the
+    same value is one entry (CR-FIQA's XQLFW lists an image once per pair); with another value it is an error.
+    ``complete``: every image needs an entry (else CorruptEntry), otherwise the missing ones are logged."""
     found = pos >= 0
+    out = np.full((n,) + values.shape[1:], np.nan, dtype=np.float64 if values.ndim == 1 else np.float32)
+    out[pos[found]] = values[found]  # the last of repeated entries
     dup = np.bincount(pos[found], minlength=n) > 1
     if dup.any():
-        raise CorruptEntry(f"{what}: image {int(np.flatnonzero(dup)[0])} of {name} occurs twice")
-    out = np.full((n,) + values.shape[1:], np.nan, dtype=np.float64 if values.ndim == 1 else np.float32)
-    out[pos[found]] = values[found]
-    missing = n - int(found.sum())
-    if missing:
-        log.warning("%s: %d of %d images of %s have no entry (their pairs are dropped)", what, missing, n, name)
+        rows = np.flatnonzero(found & dup[np.maximum(pos, 0)])
+        same = np.array([np.array_equal(values[r], out[pos[r]], equal_nan=True) for r in rows])
+        if not same.all():
+            i = int(pos[rows[~same][0]])
+            raise CorruptEntry(f"{what}: image {i} of {name} is listed twice with different values")
+    missing = np.ones(n, bool)
+    missing[pos[found]] = False
+    if missing.any():
+        first = int(np.flatnonzero(missing)[0])
+        if complete:
+            raise CorruptEntry(f"{what}: {int(missing.sum())} of {n} images of {name} have no entry, e.g. image "
+                               f"{first}; a method's row needs a score for every image")
+        log.warning("%s: %d of %d images of %s have no entry (their pairs are dropped)", what, int(missing.sum()),
+                    n, name)
     return out
 
 
@@ -635,17 +881,31 @@ def read_external_scores(spec: QualitySpec, bench: str, ds: ImageSet) -> np.ndar
     ``column`` or the one numeric column) or a CR-FIQA ``path score`` text file; higher = better unless
     ``higher_is_better = false``."""
     path = spec.scores[bench]
-    what = f"quality {spec.name!r} ({Path(path).name})"
-    frame = _read_table(path)
-    pos, key = _positions(frame, ds, spec.key, what)
-    numeric = [c for c in frame.columns if c != key and np.issubdtype(frame[c].dtype, np.number)]
-    col = spec.column or (numeric[0] if len(numeric) == 1 else None)
-    if col is None or col not in frame.columns:
-        raise CorruptEntry(f"{what}: say which score column to use (column = ...); numeric columns: {numeric}")
-    vals = frame[col].to_numpy(dtype=np.float64)
+    what = f"quality {spec.name!r} ({path})"
+    try:
+        frame = _read_table(path)
+        pos, key = _positions(frame, ds, spec.key, what)
+        numeric = [c for c in frame.columns if c != key and _is_numeric(frame[c])]
+        col = spec.column or (numeric[0] if len(numeric) == 1 else None)
+        if not numeric and spec.column is None:
+            raise CorruptEntry(f"{what}: no numeric score column (columns {list(frame.columns)})")
+        if col is None or col not in frame.columns:
+            raise CorruptEntry(f"{what}: say which score column to use (column = ...); numeric columns: {numeric}")
+        vals = frame[col].to_numpy(dtype=np.float64)
+    except CorruptEntry:
+        raise
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what}: file not found") from None
+    except (ValueError, TypeError, KeyError, OSError) as exc:  # e.g. text in the score column
+        raise CorruptEntry(f"{what}: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"
+                           ) from None
+    bad = ~np.isfinite(vals) & (pos >= 0)
+    if bad.any():
+        raise CorruptEntry(f"{what}: {int(bad.sum())} scores are not finite numbers, e.g. for "
+                           f"{frame[key].iloc[int(np.flatnonzero(bad)[0])]!r}")
     if not spec.higher_is_better:
         vals = -vals
-    return _scatter(pos, vals, len(ds), what, ds.name)
+    return _scatter(pos, vals, len(ds), what, ds.name, complete=True)
 
 
 def read_external_embeddings(path: str, ds: ImageSet, name: str) -> np.ndarray:
@@ -682,7 +942,7 @@ def read_external_embeddings(path: str, ds: ImageSet, name: str) -> np.ndarray:
     if "embedding" in frame.columns:
         emb = np.stack([np.asarray(v, dtype=np.float32) for v in frame["embedding"]])
     else:
-        cols = [c for c in frame.columns if c != key and np.issubdtype(frame[c].dtype, np.number)]
+        cols = [c for c in frame.columns if c != key and _is_numeric(frame[c])]
         emb = frame[cols].to_numpy(dtype=np.float32)
     return _scatter(pos, emb, len(ds), what, ds.name)
 
@@ -700,10 +960,7 @@ def benchmark_comparison_scores(features: np.ndarray, ds: ImageSet, det_weights:
         _, feats = aggregate_templates(features, t.template, t.media, weights=weights, valid=valid)
     else:
         feats = np.asarray(features, dtype=np.float32)
-    ok = np.isfinite(feats).all(axis=1) & (np.abs(feats).sum(axis=1) > 0)
-    sims = comparison_scores(np.where(ok[:, None], feats, 1.0), ds.pairs)
-    sims[~(ok[ds.pairs.a] & ok[ds.pairs.b])] = np.nan
-    return sims
+    return masked_comparison_scores(feats, ds.pairs)
 
 
 def _versions() -> dict:
@@ -740,6 +997,7 @@ def reproduce(config: str | os.PathLike | Mapping, out: str | os.PathLike | None
     cfg.cache = cfg.cache or str(Path(cfg.out) / "cache")
     out_dir = Path(cfg.out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    export_presets(cfg)
     size = (int(cfg.image_size), int(cfg.image_size))
     skipped: dict[str, str] = {}
     notes: dict[str, list[str]] = {}
@@ -757,7 +1015,16 @@ def reproduce(config: str | os.PathLike | Mapping, out: str | os.PathLike | None
             fp = benchmark_fingerprint(ds)
             # qualities per image: vitfiqa methods (cached) and external files
             qualities: dict[str, np.ndarray] = {}
-            internal = [q for q in cfg.qualities if q.method is not None]
+            from ..baselines.reproduce import is_baseline, qualities as baseline_qualities
+
+            for q in (q for q in cfg.qualities if is_baseline(q.method)):
+                try:  # one row at a time: a network the method cannot run on drops that row, not the benchmark
+                    qualities.update(baseline_qualities([q], ds, cfg, fp, progress))
+                except (ValueError, RuntimeError, FileNotFoundError) as exc:
+                    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    log.warning("%s: quality %s skipped: %s", stage, q.name, reason)
+                    notes.setdefault(bspec.name, []).append(f"quality {q.name}: {reason}")
+            internal = [q for q in cfg.qualities if q.method is not None and not is_baseline(q.method)]
             if internal:
                 qualities.update(compute_qualities(internal, ds, cfg, fp, progress))
             for q in cfg.qualities:

@@ -15,6 +15,9 @@ image quality matters. Layouts:
   ArcFace template, the landmarks stating where) in ``loose_crop/<n>.jpg``.
 - CR-FIQA lists: ``image_path_list.txt`` (paths relative to the data folder) and ``pair_list.txt`` of image
   names without extension.
+- CR-FIQA's prepared folder of a ``.bin`` (:func:`write_crfiqa_prepared`), as its
+  ``feature_extraction/extract_bin.py`` writes it: channel-swapped image files (read it with
+  ``prepared="crfiqa"``).
 """
 from __future__ import annotations
 
@@ -203,11 +206,33 @@ def write_pair_list(data_dir, dataset: str = "lfw_list", n_subjects: int = 8, pe
     return lists
 
 
-def write_all(root) -> dict[str, Path]:
-    """Every supported layout under ``root``; returns the paths a reproduce config needs."""
-    root = Path(root)
-    return dict(bin=write_bin(root / "lfw.bin"),
-                xqlfw=write_lfw_style(root / "xqlfw", pairs_name="xqlfw_pairs.txt"),
-                adience=write_adience(root / "adience"),
-                ijbc=write_ijbc(root / "IJB_release" / "IJBC"),
-                pair_list=write_pair_list(root / "data"))
+def write_crfiqa_prepared(bin_path, data_dir, dataset: str | None = None, lossless: bool = False) -> Path:
+    """CR-FIQA's prepared folder of an insightface ``.bin``, as ``feature_extraction/extract_bin.py`` writes it:
+    each image decoded RGB (``mx.image.imdecode``) and written with ``cv2.imwrite``, which stores the array's
+    channels as B, G, R, so the file holds the image channel-swapped; ``data_dir/quality_data/<dataset>/``
+    with ``images/%05d.jpg``, ``image_path_list.txt`` (``quality_data/<dataset>/images/%05d.jpg``) and
+    ``pair_list.txt`` (``np.savetxt(fmt='%05d')`` of ``[2i, 2i+1, issame]``). ``lossless``: PNG content under
+    the same names (pixels exactly those of the ``.bin``), else JPEG (quality 95, OpenCV's default). Returns
+    the list folder; load it with ``load_pair_list(data_dir, folder, ids="names", prepared="crfiqa")``."""
+    from PIL import Image
+
+    from .datasets import read_bin_pickle
+
+    with open(bin_path, "rb") as f:
+        bins, issame = read_bin_pickle(f, str(bin_path))
+    dataset = dataset or Path(bin_path).stem
+    out = Path(data_dir) / "quality_data" / dataset
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, data in enumerate(bins):
+        rgb = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        swapped = Image.fromarray(np.ascontiguousarray(rgb[..., ::-1]))  # what a reader decoding RGB gets back
+        if lossless:
+            swapped.save(out / "images" / f"{i:05d}.jpg", format="PNG")
+        else:
+            swapped.save(out / "images" / f"{i:05d}.jpg", format="JPEG", quality=95)
+        lines.append(f"quality_data/{dataset}/images/{i:05d}.jpg")
+    (out / "image_path_list.txt").write_text("\n".join(lines) + "\n")
+    pairs = np.array([[2 * k, 2 * k + 1, int(s)] for k, s in enumerate(issame)])
+    np.savetxt(out / "pair_list.txt", pairs, fmt="%05d")
+    return out
