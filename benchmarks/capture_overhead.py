@@ -70,7 +70,7 @@ def main(argv=None):
         warnings.simplefilter("ignore")
         path = os.path.join(tmp, "vit_s.pt")
         torch.jit.script(model).save(path)
-        m = vitfiqa.load(path, device=args.device)
+        m = vitfiqa.load(path, vitfiqa.ModelOptions(device=args.device))
     eager = eager_hooks_scorer(model)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
 

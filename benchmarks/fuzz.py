@@ -236,7 +236,7 @@ def make_harness(target: str, workdir: Path):
             else:
                 blob = fdp.ConsumeBytes(fdp.remaining_bytes())
             try:
-                m = vitfiqa.load(blob, image_size=(16, 16))
+                m = vitfiqa.load(blob, vitfiqa.ModelOptions(image_size=(16, 16)))
                 m.score(x, methods=("attn", "vitnt"), preprocess=False)
             except (ValueError, RuntimeError) as exc:
                 if type(exc) not in (ValueError, RuntimeError):

@@ -69,7 +69,7 @@ def main(argv=None):
         warnings.simplefilter("ignore")
         path = os.path.join(tmp, "vit_s.pt")
         torch.jit.script(face_vit("vit_s").eval()).save(path)
-        model = vitfiqa.load(path, device=args.device, dtype=args.dtype)
+        model = vitfiqa.load(path, vitfiqa.ModelOptions(device=args.device, dtype=args.dtype))
         files = write_jpegs(tmp, n)
         size_kb = np.mean([os.path.getsize(f) for f in files]) / 1024
         x = torch.randn(batch, 3, 112, 112, device=args.device).to(model.dtype)
@@ -85,7 +85,7 @@ def main(argv=None):
             sync()
 
         def pipeline():
-            for sb in score_files(model, files, ("attn", "vitnt"), batch_size=batch, workers=args.workers):
+            for sb in score_files(model, files, ("attn", "vitnt"), run=vitfiqa.RunOptions(batch_size=batch, workers=args.workers)):
                 sb.result.numpy()  # results on the host, as a user gets them
             sync()
 

@@ -75,6 +75,10 @@ struct ModelInfo {
   bool has_final_norm = false;
   std::string final_norm;             // where the final norm came from: its module path, or the named option
   std::vector<std::string> final_norm_ops;  // value-preserving ops between the last block and the norm
+  // No final norm found in forward: the LayerNorm modules a user could name with final_norm= instead, those
+  // forward applies after the last block (e.g. CLIP's post_layernorm, after pooling) first, else the LayerNorm
+  // submodules outside the blocks that forward leaves out.
+  std::vector<std::string> final_norm_candidates;
   bool has_patch_conv = false;
   std::vector<int64_t> patch_size;    // {kh, kw} of a patch-embedding conv with stride == kernel, else empty
   int64_t position_tokens = 0;        // tokens of the [1, N, C] position embedding (C = conv channels), 0 if none

@@ -500,6 +500,56 @@ FinalNormChain find_final_norm(Graph& g, Value* last_block_output, ModelInfo& in
   return final_norm_chain(chain, name.empty() ? "layer_norm after the last block" : name, info);
 }
 
+// LayerNorm modules a user could name with final_norm= when forward applies none to the last block's output:
+// first those forward applies after the last block (a norm after pooling: CLIP's post_layernorm, BEiT's
+// pooler.layernorm, timm's fc_norm), in graph order; if there are none, the LayerNorm submodules outside the
+// blocks (a norm forward leaves out, as the ATTN-FIQA / ViTNT-FIQA repositories' ViT does).
+std::vector<std::string> final_norm_candidates(Graph& g, const torch::jit::Module& module,
+                                              const std::vector<ScopePath>& blocks, Value* last_block_output) {
+  std::vector<std::string> names;
+  auto inside_block = [&](const ScopePath& p) {
+    return std::any_of(blocks.begin(), blocks.end(), [&](const ScopePath& b) { return starts_with(p, b); });
+  };
+  auto add = [&](const std::string& name) {
+    if (!name.empty() && std::find(names.begin(), names.end(), name) == names.end()) names.push_back(name);
+  };
+  Node* last = top_level(last_block_output->node(), g);
+  for (Node* n : g.nodes()) {
+    if (n->kind() != c10::aten::layer_norm || !last->isBefore(n)) continue;
+    ScopePath p = scope_path(n);
+    if (!inside_block(p)) add(display_name(p));
+  }
+  if (!names.empty()) return names;
+  std::vector<std::string> block_names;
+  for (const auto& b : blocks) block_names.push_back(display_name(b));
+  for (const auto& sub : module.named_modules()) {
+    const auto& type = sub.value.type()->name();
+    if (sub.name.empty() || !type || type->name().find("LayerNorm") == std::string::npos) continue;
+    bool in_block = std::any_of(block_names.begin(), block_names.end(), [&](const std::string& b) {
+      return !b.empty() && (sub.name == b || sub.name.rfind(b + ".", 0) == 0);
+    });
+    if (!in_block) add(sub.name);
+  }
+  return names;
+}
+
+}  // namespace
+
+// "final_norm='<the candidate>'" (or the candidates, or a generic module path) for messages.
+std::string final_norm_suggestion(const std::vector<std::string>& candidates) {
+  if (candidates.empty())
+    return "final_norm='module.path' (the model has no LayerNorm outside its blocks to suggest)";
+  std::string s = "final_norm='" + candidates.front() + "'";
+  if (candidates.size() > 1) {
+    s += " (LayerNorms outside the blocks: ";
+    for (size_t i = 0; i < candidates.size(); ++i) s += (i ? ", " : "") + candidates[i];
+    s += ")";
+  }
+  return s;
+}
+
+namespace {
+
 std::invalid_argument final_norm_error(const std::string& path, const std::string& why) {
   return std::invalid_argument("final_norm='" + path + "': " + why);
 }
@@ -653,9 +703,11 @@ ModelLayout analyse_graph(const torch::jit::Module& module, const std::string& f
     Value* last = layout.block_outputs.back();
     layout.final_norm = final_norm.empty() ? find_final_norm(g, last, info)
                                            : named_final_norm(g, module, final_norm, last, info);
-    if (!layout.final_norm.norm())  // the model loads and ATTN-FIQA works; only a request for normalised tokens raises
-      info.notes.push_back("ViTNT-FIQA: no LayerNorm is applied to the last block's output in forward (a norm "
-                           "after pooling, fc_norm?); name the one to use with final_norm='module.path'");
+    if (!layout.final_norm.norm()) {  // the model loads and ATTN-FIQA works; only a request for normalised tokens raises
+      info.final_norm_candidates = final_norm_candidates(g, module, scopes, last);
+      info.notes.push_back("ViTNT-FIQA: no LayerNorm is applied to the last block's output in forward; name the "
+                           "one to use with " + final_norm_suggestion(info.final_norm_candidates));
+    }
   } else if (!final_norm.empty()) {
     throw std::invalid_argument("final_norm='" + final_norm + "' cannot be used: the graph carries no module "
                                 "hierarchy (frozen model?), so block outputs cannot be located");

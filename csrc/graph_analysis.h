@@ -48,4 +48,7 @@ struct ModelLayout {
 // score. The module must outlive the layout (the graph reads its attributes).
 ModelLayout analyse_graph(const torch::jit::Module& module, const std::string& final_norm);
 
+// "final_norm='<first candidate>'" for messages (ModelInfo::final_norm_candidates; a generic path if none).
+std::string final_norm_suggestion(const std::vector<std::string>& candidates);
+
 }  // namespace vitfiqa

@@ -131,7 +131,8 @@ void check_request(const ModelLayout& layout, const CaptureRequest& req) {
   if (needs_norm && !layout.final_norm.norm())
     throw std::invalid_argument(
         "no final LayerNorm after the last block was found in the model's forward, but normalised block tokens "
-        "were asked for (ViTNT-FIQA); if forward leaves the norm out, name it: final_norm='norm' (its module path)");
+        "were asked for (ViTNT-FIQA); if forward leaves the norm out or applies it after pooling, name it: " +
+        final_norm_suggestion(layout.info.final_norm_candidates));
   for (int64_t b : attention_blocks(layout, req)) check_block(layout, b, "attention");
   for (int64_t b : req.probs_blocks) check_block(layout, b, "attention");
   for (int64_t b : req.token_blocks) check_block(layout, b, "token");

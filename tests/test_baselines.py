@@ -331,7 +331,7 @@ def test_reproduce_row_names_a_baseline_like_a_vit_method(tmp_path, ediffiqa_ckp
     from vitfiqa.eval.reproduction import ConfigError, load_config, reproduce
     from vitfiqa.recognizer import Recognizer
 
-    from .conftest import export, spread
+    from .models.cases import export, spread
 
     sd, ckpt = ediffiqa_ckpt
     torch.manual_seed(0)
@@ -346,7 +346,7 @@ def test_reproduce_row_names_a_baseline_like_a_vit_method(tmp_path, ediffiqa_ckp
                          {"name": "MagFace", "method": "magface", "model": "cnn.pt"}]}
     res = reproduce(cfg, base=tmp_path, progress=False)
     ds = load_bin(tmp_path / "lfw.bin")
-    imgs = np.concatenate([b for _, b in ds.batches(8)])
+    imgs = np.concatenate([b.images for b in ds.iter_batches(8)])
     with torch.no_grad():
         q_ed = ref.ediffiqa_forward(sd, ref.normalize_input(imgs, "rgb", 0.5, 0.5)).numpy()
     q_mag = vb.score("magface", str(tmp_path / "cnn.pt"), imgs).scores["magface"].numpy()

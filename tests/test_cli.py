@@ -82,7 +82,7 @@ def test_score_list_file(tmp_path, model_cases):
 @pytest.mark.parametrize("argv, msg", [
     (["score", "--model", "missing.pt", "--images", ".", "--out", "x.csv"], "model file not found"),
     (["score", "--model", "{m}", "--images", "{empty}", "--out", "x.csv"], "no images"),
-    (["score", "--model", "{m}", "--images", "{empty}", "--out", "x.csv", "--methods", "bogus"], "unknown method"),
+    (["score", "--model", "{m}", "--images", "{empty}", "--out", "x.csv", "--methods", "bogus"], "unknown quality method"),
     (["score", "--model", "{m}", "--images", "{empty}", "--out", "{m}"], "exists and is not a folder"),
     (["inspect", "--model", "{corrupt}"], "could not load a TorchScript model"),
 ])
@@ -175,3 +175,130 @@ def test_config_errors_are_one_line_naming_the_field(extra, msg, tmp_path, model
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("vitfiqa: error:") and msg in err[0]
+
+
+def test_every_option_has_help_and_every_command_an_example():
+    import argparse
+
+    from vitfiqa.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert all(a.help for a in parser._actions if a.dest not in ("help", "command"))
+    assert set(sub.choices) == {"score", "evaluate", "reproduce", "inspect", "demo", "train-demo"}
+    for name, p in sub.choices.items():
+        missing = [a.option_strings or a.dest for a in p._actions if not a.help]
+        assert not missing, (name, missing)
+        assert f"vitfiqa {name}" in (p.epilog or ""), name
+        assert f"vitfiqa {name}" in p.format_help()  # the example is shown by --help
+
+
+@pytest.mark.parametrize("out", ["e8.txt", "scores.json", "scores.CSV"])
+def test_out_with_an_unknown_extension_is_refused(out, tmp_path, model_cases, capsys):
+    write_images(tmp_path / "imgs", 1)
+    assert main(["-q", "score", "--model", model_cases["insightface-script"].path, "--images", str(tmp_path / "imgs"),
+                 "--out", str(tmp_path / out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--out" in err[0] and not (tmp_path / out).exists()
+
+
+def test_folder_and_list_take_the_same_image_types(tmp_path, model_cases, capsys):
+    from vitfiqa.loader import IMAGE_EXTENSIONS
+
+    assert ".gif" in IMAGE_EXTENSIONS
+    d = tmp_path / "imgs"
+    write_images(d, 1)
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(d / "b.gif")
+    (d / "notes.txt").write_text("not an image")
+    model = model_cases["insightface-script"].path
+    assert main(["-q", "score", "--model", model, "--images", str(d), "--out", str(tmp_path / "f.csv"),
+                 "--methods", "attn"]) == 0
+    assert sorted(r["path"].rsplit("/", 1)[1] for r in read_rows(tmp_path / "f.csv")) == ["b.gif", "img00.png"]
+    (tmp_path / "list.txt").write_text("imgs/img00.png\nimgs/b.gif\n")
+    assert main(["-q", "score", "--model", model, "--images", str(tmp_path / "list.txt"),
+                 "--out", str(tmp_path / "l.csv"), "--methods", "attn"]) == 0
+    assert [r["error"] for r in read_rows(tmp_path / "l.csv")] == ["", ""]
+    (tmp_path / "list.txt").write_text("imgs/img00.png\nimgs/notes.txt\n")
+    capsys.readouterr()
+    assert main(["-q", "score", "--model", model, "--images", str(tmp_path / "list.txt"),
+                 "--out", str(tmp_path / "m.csv"), "--methods", "attn"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not an image file" in err[0] and "notes.txt" in err[0]
+
+
+def test_an_error_never_shares_a_line_with_the_progress_bar(tmp_path, model_cases, capsys, monkeypatch):
+    import vitfiqa.pipeline
+
+    real = vitfiqa.pipeline.score_files
+
+    def fails_after_one_batch(*args, **kwargs):
+        gen = real(*args, **kwargs)
+        yield next(gen)
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(vitfiqa.pipeline, "score_files", fails_after_one_batch)
+    write_images(tmp_path / "imgs", 4, broken={0})
+    assert main(["score", "--model", model_cases["insightface-script"].path, "--images", str(tmp_path / "imgs"),
+                 "--out", str(tmp_path / "s.csv"), "--batch-size", "2", "--methods", "attn"]) == 2
+    err = capsys.readouterr().err
+    shown = [ln.rsplit("\r", 1)[-1] for ln in err.split("\n")]  # what a terminal shows: after the last \r
+    assert "vitfiqa: error: disk full" in shown, err
+    # a skip is logged above the bar, on its own line ("vitfiqa: " when the CLI's log format is in effect: not
+    # under pytest, whose handlers are already on the root logger)
+    assert any(ln.startswith(("vitfiqa: skipping ", "skipping ")) for ln in shown), err
+    for ln in shown:
+        assert "vitfiqa: " not in ln or (ln.startswith("vitfiqa: ") and "scoring" not in ln), repr(ln)
+
+
+def test_train_demo_writes_to_the_folder_named(tmp_path, monkeypatch):
+    import vitfiqa.demo.train
+    from vitfiqa.demo import QUALITY_MODEL, RECOGNIZER
+
+    calls = []
+    monkeypatch.setattr(vitfiqa.demo.train, "train", lambda cfg, work, **kw: calls.append(kw) or {})
+    monkeypatch.chdir(tmp_path)
+    assert main(["-q", "train-demo", "--depth", "2"]) == 0
+    assert calls[-1]["recognizer_out"] == tmp_path.joinpath("vitfiqa-demo-models", "demo_recognizer.pt").relative_to(
+        tmp_path) and calls[-1]["quality_out"].name == "demo_vitfiqa.pt"
+    assert main(["-q", "train-demo", "--out-dir", str(tmp_path / "mine")]) == 0
+    assert calls[-1]["recognizer_out"] == tmp_path / "mine" / "demo_recognizer.pt"
+    assert RECOGNIZER not in calls[-1].values() and QUALITY_MODEL not in calls[-1].values()
+    assert main(["-q", "train-demo", "--install"]) == 0
+    assert "recognizer_out" not in calls[-1]  # train()'s defaults: the package's own assets, only when asked
+    with pytest.raises(SystemExit):  # not both
+        main(["-q", "train-demo", "--install", "--out-dir", "x"])
+
+
+def test_results_print_as_summaries_and_frames_carry_ids(tmp_path, model_cases):
+    import vitfiqa
+    from vitfiqa.pipeline import score_files
+
+    paths = [str(p) for p in sorted(write_images(tmp_path / "imgs", 3, broken={1}).iterdir())]
+    m = vitfiqa.load(model_cases["insightface-script"].path)
+    good = [paths[0], paths[2]]
+    r = m.score(good, methods=("attn", "vitnt"), heatmaps=True)
+    text = repr(r)
+    assert text.startswith("QualityResult(2 images; attn: ") and "heatmaps attn [2, 112, 112]" in text
+    assert len(text) < 400 and "tensor(" not in text
+    df = r.to_frame()
+    assert list(df.columns) == ["index", "path", "attn", "vitnt"] and df["path"].tolist() == good
+    assert m.score(good, methods=("attn",), batch_size=1).to_frame()["path"].tolist() == good
+    sb = next(score_files(m, paths, methods=("attn",), batch_size=3))
+    text = repr(sb)
+    assert text == "ScoredBatch(images 0..2: 2 scored, 1 skipped; columns attn)"
+    assert "tensor(" not in repr(sb.batch)
+
+
+def test_malloc_tuning_is_applied_once_and_can_be_declined(monkeypatch):
+    import sys
+
+    import vitfiqa.malloc as malloc
+
+    monkeypatch.setattr(malloc, "_applied", None)
+    monkeypatch.setenv("VITFIQA_MALLOC", "default")
+    assert malloc.keep_freed_memory() is False
+    monkeypatch.setattr(malloc, "_applied", None)
+    monkeypatch.delenv("VITFIQA_MALLOC")
+    expected = sys.platform.startswith("linux") and malloc._glibc() is not None
+    assert malloc.keep_freed_memory() is expected
+    assert malloc.keep_freed_memory() is expected  # once per process

@@ -1,12 +1,12 @@
 """Compatibility with the Hugging Face zoo (the `compat` extra): random-weight transformers models, exported
-as users export them, scored by vitfiqa and compared with an eager reference (tests/hf_zoo.py), or refused
+as users export them, scored by vitfiqa and compared with an eager reference (tests/models/hf_zoo.py), or refused
 with a reason when they are not plain ViTs. The README's compatibility table is written from the same checks
-(`python -m tests.hf_zoo --readme README.md`)."""
+(`python -m tests.models.hf_zoo --readme README.md`)."""
 import pytest
 
 pytest.importorskip("transformers")
 
-from .hf_zoo import cases, check  # noqa: E402
+from .models.hf_zoo import cases, check  # noqa: E402
 
 CASES = cases()
 

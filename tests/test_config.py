@@ -79,7 +79,7 @@ def test_methods_and_columns_come_from_the_core(loaded):
     assert cols == ["exfiqa_F", "exfiqa_FW", "exfiqa_exit1", "exfiqa_exit3", "attn"]
     r = m.score(torch.randn(2, 3, 112, 112), methods=["exfiqa", "attn"], exits=[0, 2])
     assert list(r.columns()) == ["exfiqa_F", "exfiqa_FW", "attn", "exfiqa_exit1", "exfiqa_exit3"]
-    assert sorted(r.to_frame().columns) == sorted(cols)
+    assert sorted(r.to_frame().columns) == sorted(["index", "path"] + cols)
 
 
 def test_score_columns_and_display_names_come_from_the_method_files(loaded):
@@ -158,7 +158,7 @@ def test_kernel_vocabularies_and_defaults_have_one_owner():
 
     from vitfiqa import cli, distributed, loader, pipeline
     from vitfiqa.eval import datasets, reproduction
-    from vitfiqa.results import DEFAULT_BATCH_SIZE
+    from vitfiqa.options import DEFAULT_BATCH_SIZE, RunOptions
 
     choices = {f["name"]: f["choices"] for f in ScoreConfig.fields()}
     grids = torch.rand(3, 2, 2)
@@ -175,10 +175,12 @@ def test_kernel_vocabularies_and_defaults_have_one_owner():
     assert torch.equal(default, vitfiqa.fuse_exits(exits, [1, 2, 3, 4], fusion="depth",
                                                    normalization=ScoreConfig().exfiqa.normalization))
 
-    for fn in (pipeline.score_files, pipeline.open_table, distributed.score_with_ray, loader.ImageLoader,
-               datasets.ImageSet.iter_batches, datasets.ImageSet.batches, datasets.score_image_set,
+    for fn in (loader.ImageLoader, datasets.ImageSet.iter_batches, datasets.score_image_set,
                datasets.extract_embeddings):
         assert inspect.signature(fn).parameters["batch_size"].default == DEFAULT_BATCH_SIZE, fn
+    for fn in (pipeline.score_files, pipeline.open_table, distributed.score_with_ray):  # they take RunOptions
+        assert inspect.signature(fn).parameters["run"].default is None, fn
+    assert RunOptions().batch_size == DEFAULT_BATCH_SIZE
     assert reproduction.Config.__dataclass_fields__["batch_size"].default == DEFAULT_BATCH_SIZE
     parser = cli.build_parser()
     for command in ("score", "evaluate"):

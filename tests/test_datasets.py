@@ -31,14 +31,15 @@ def test_bin_roundtrip_and_corrupt_entry(tmp_path):
     assert len(ds) == 8 and ds.name == "lfw"
     np.testing.assert_array_equal(ds.pairs.a, [0, 2, 4, 6])
     np.testing.assert_array_equal(ds.pairs.genuine, issame)
-    batches = list(ds.batches(batch_size=3))
-    idx = np.concatenate([i for i, _ in batches])
+    batches = list(ds.iter_batches(batch_size=3))
+    idx = np.concatenate([b.ok for b in batches])
     assert 3 not in idx and len(idx) == 7
-    assert batches[0][1].shape == (3, 112, 112, 3) and batches[0][1].dtype == np.uint8
+    assert batches[1].errors and 3 in batches[1].errors and list(batches[1].indices) == [3, 4, 5]
+    assert batches[0].images.shape == (3, 112, 112, 3) and batches[0].images.dtype == np.uint8
     assert ds.errors and ds.errors[0][0] == 3 and "image 3" in ds.errors[0][1]
     strict = load_bin(tmp_path / "lfw.bin", strict=True)
     with pytest.raises(CorruptEntry, match="image 3"):
-        list(strict.batches(4))
+        list(strict.iter_batches(4))
 
 
 def test_bin_bad_files(tmp_path):
@@ -68,8 +69,8 @@ def test_pair_list_official_layout(tmp_path):
     np.testing.assert_array_equal(ds.pairs.b, [1, 3, 3])
     np.testing.assert_array_equal(ds.pairs.genuine, [True, False, False])
     assert ds.keys[0] == "quality_data/lfw/images/p_1_img_0.jpg"
-    idx, imgs = next(ds.batches(8))
-    assert list(idx) == [0, 1, 2, 3] and imgs.shape == (4, 112, 112, 3) and not ds.errors  # every path resolves
+    b = next(ds.iter_batches(8))
+    assert list(b.ok) == [0, 1, 2, 3] and b.images.shape == (4, 112, 112, 3) and not ds.errors  # every path resolves
     (lists / "pair_list.txt").write_text("p_1_img_0 p_9_img_9 1\n")
     with pytest.raises(CorruptEntry, match="not image names.*p_9_img_9"):
         load_pair_list(data, lists)
@@ -216,8 +217,7 @@ def test_ijbc_release_layout_with_landmarks(tmp_path):
     np.testing.assert_allclose(ds.templates.detector_scores, [0.6, 0.7, 0.8, 0.9])
     np.testing.assert_array_equal(ds.templates.ids, [1, 2, 3])
     np.testing.assert_array_equal(ds.pairs.b, [1, 2])
-    idx, imgs = next(ds.batches(4))
-    assert imgs.shape == (4, 112, 112, 3)
+    assert next(ds.iter_batches(4)).images.shape == (4, 112, 112, 3)
     plain = load_ijbc(tmp_path, align=False)
     assert plain.sources[0] == str(tmp_path / "loose_crop" / "1.jpg")
     (tmp_path / "meta" / "ijbc_name_5pts_score.txt").write_text(lines[0] + "\n")

@@ -90,6 +90,41 @@ def test_demo_study_small(tmp_path):
     for name, why in saved["misses"].items():
         assert why in report
     assert "random rejection" in report and summary["seconds"] > 0
+    # The report explains itself: no pass/fail lines, the limits of the study with its own numbers, every
+    # figure embedded with a caption; the HTML page is self-contained (figures inline, nothing fetched).
+    assert "MISSED" not in report and "Targets" not in report
+    assert "What this study can and cannot show" in report and f"{saved['clean_fnmr_at_fmr_1e3']:.3f}" in report
+    for png in ("edc_fmr0.01.png", "edc_fmr0.001.png", "heatmaps_attn.png", "heatmaps_vitnt.png"):
+        assert f"]({png})" in report
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 4 and page.count("<figcaption>") == 4
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    assert "L4" in page and "level 4" in page
+
+
+def test_heatmap_legend_states_the_level_4_values():
+    from vitfiqa.demo.study import LEVEL_LEGEND, LEVELS
+
+    text = LEVEL_LEGEND.replace("\n", " ")
+    for kind, values in LEVELS.items():
+        assert kind in text and f"{values[-1]:g}" in text.replace("45%", "0.45"), kind
+
+
+def test_edc_plot_shows_random_rejection_once(tmp_path):
+    import numpy as np
+
+    from vitfiqa.eval import Pairs, evaluate, plot_edc
+
+    rng = np.random.default_rng(0)
+    n = 200
+    pairs = Pairs(np.arange(0, n, 2), np.arange(1, n, 2), rng.random(n // 2) < 0.5)
+    sims = rng.random(n // 2) + pairs.genuine
+    q = {"ATTN-FIQA": rng.random(n), "random rejection": rng.random(n)}
+    fig = plot_edc(evaluate(q, sims, pairs, fmrs=(0.1,)), fmr=0.1)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert sum("random" in t for t in labels) == 1, labels
+    fig = plot_edc(evaluate({"ATTN-FIQA": q["ATTN-FIQA"]}, sims, pairs, fmrs=(0.1,)), fmr=0.1)
+    assert sum("random" in t.get_text() for t in fig.axes[0].get_legend().get_texts()) == 1
 
 
 def test_augment_applies_every_degradation_in_range():

@@ -115,7 +115,7 @@ def test_ray_reads_the_input_contract_and_channel_order(local_ray, images, tmp_p
     import vitfiqa
     from vitfiqa.models import ViTFIQA, export_torchscript
 
-    from .conftest import spread
+    from .models.cases import spread
 
     torch.manual_seed(0)
     model = spread(ViTFIQA(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, num_features=16))

@@ -9,7 +9,7 @@ from vitfiqa.fr_models import (RECOGNIZERS, IRBackbone, IResNet, build_recognize
 from vitfiqa.models import export_torchscript
 from vitfiqa.recognizer import Recognizer
 
-from .conftest import export, spread
+from .models.cases import export, spread
 
 
 def small_iresnet(eps=1e-5):

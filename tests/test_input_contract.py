@@ -15,7 +15,7 @@ from vitfiqa.cli import main
 from vitfiqa.models import FaceViT, ViTFIQA, export_torchscript, read_input_contract
 from vitfiqa.pipeline import score_frame
 
-from .conftest import spread
+from .models.cases import spread
 from .tolerances import assert_batch_close
 
 

@@ -4,7 +4,7 @@ import torch
 
 import vitfiqa
 
-from .conftest import FAMILIES
+from .models.cases import FAMILIES
 from .tolerances import assert_batch_close
 from .reference import methods as ref
 
@@ -121,7 +121,8 @@ def test_batch_size_split_gives_same_scores(model_cases, loaded):
         assert_batch_close(split.scores[k], whole.scores[k], c.eager, k)
     assert len(split) == 7
     df = split.to_frame()
-    assert list(df.columns) == ["attn", "vitnt"] and len(df) == 7
+    assert list(df.columns) == ["index", "path", "attn", "vitnt"] and len(df) == 7
+    assert df["path"].tolist() == [f"<image #{i}>" for i in range(7)]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -153,24 +154,3 @@ def test_uint8_images_are_preprocessed(model_cases):
     # Larger images are resized to 112x112 first.
     big = rng.integers(0, 256, size=(150, 130, 3), dtype=np.uint8)
     assert m.score(big, methods=["attn"]).scores["attn"].shape == (1,)
-
-
-@pytest.mark.parametrize("prefix_slice", [False, True])
-def test_step_distance_ops_match_definition(prefix_slice):
-    """Both registered TorchScript ops against the definition, incl. strided input and no-affine norm."""
-    g = torch.Generator().manual_seed(0)
-    a, b = torch.randn(3, 9, 40, generator=g) * 3 + 1, torch.randn(3, 9, 40, generator=g)
-    if prefix_slice:
-        a, b = a[:, 1:], b[:, 1:]
-    w, bias = torch.rand(40, generator=g) + 0.5, torch.randn(40, generator=g)
-
-    def unit(t):
-        return torch.nn.functional.normalize(t.double(), dim=-1)
-
-    plain = torch.ops.vitfiqa.patch_step_distance(a, b)
-    close(plain, torch.linalg.vector_norm(unit(a) - unit(b), dim=-1), rtol=1e-6)
-    for weight, bb in ((w, bias), (None, None)):
-        ln = lambda t: torch.nn.functional.layer_norm(t.double(), (40,), None if weight is None else weight.double(),
-                                                      None if bb is None else bb.double(), 1e-5)  # noqa: E731
-        fused = torch.ops.vitfiqa.patch_step_distance_ln(a, b, weight, bb, 1e-5)
-        close(fused, torch.linalg.vector_norm(unit(ln(a)) - unit(ln(b)), dim=-1), rtol=1e-6)

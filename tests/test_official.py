@@ -1,4 +1,4 @@
-"""The papers' official model classes (their structure written in tests/official_models.py), one small model per
+"""The papers' official model classes (their structure written in tests/models/official.py), one small model per
 official configuration, scripted and traced, through every method against tests/reference; official
 checkpoint layouts through the presets; the final-norm search and the final_norm option."""
 from __future__ import annotations
@@ -11,8 +11,8 @@ import torch
 import vitfiqa
 from vitfiqa.models import PRESETS, face_vit, load_official_state_dict, preset
 
-from .conftest import export, spread
-from .official_models import InsightfaceViT, NoNormForwardViT, QualityTokenViT
+from .models.cases import export, spread
+from .models.official import InsightfaceViT, NoNormForwardViT, QualityTokenViT
 from .reference import methods as ref
 
 RTOL = 1e-5

@@ -125,3 +125,26 @@ def test_bad_inputs_raise(device):
         DIST_LN(a, a, torch.ones(7, device=device), None, EPS)
     with pytest.raises(RuntimeError, match="bias must be 1-D with the tokens' 8 channels"):
         DIST_LN(a, a, None, torch.ones(2, 8, device=device), EPS)
+
+
+@pytest.mark.parametrize("prefix_slice", [False, True])
+def test_step_distance_ops_match_definition(prefix_slice):
+    """Both registered TorchScript ops against the definition, incl. strided input and no-affine norm."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(3, 9, 40, generator=g) * 3 + 1, torch.randn(3, 9, 40, generator=g)
+    if prefix_slice:
+        a, b = a[:, 1:], b[:, 1:]
+    w, bias = torch.rand(40, generator=g) + 0.5, torch.randn(40, generator=g)
+
+    def unit(t):
+        return torch.nn.functional.normalize(t.double(), dim=-1)
+
+    plain = torch.ops.vitfiqa.patch_step_distance(a, b)
+    torch.testing.assert_close(plain.double(), torch.linalg.vector_norm(unit(a) - unit(b), dim=-1).double(), rtol=1e-6,
+                               atol=0)
+    for weight, bb in ((w, bias), (None, None)):
+        ln = lambda t: torch.nn.functional.layer_norm(t.double(), (40,), None if weight is None else weight.double(),
+                                                      None if bb is None else bb.double(), 1e-5)  # noqa: E731
+        fused = torch.ops.vitfiqa.patch_step_distance_ln(a, b, weight, bb, 1e-5)
+        torch.testing.assert_close(fused.double(), torch.linalg.vector_norm(unit(ln(a)) - unit(ln(b)), dim=-1).double(),
+                                   rtol=1e-6, atol=0)

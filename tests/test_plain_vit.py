@@ -11,7 +11,7 @@ from torch import nn
 import vitfiqa
 
 from .reference import methods as ref
-from .reference.timm_style import TimmStyleViT
+from .models.timm_style import TimmStyleViT
 
 RTOL = 1e-5
 
@@ -271,7 +271,7 @@ class NormAfterPooling(TimmStyleViT):
 
 @pytest.mark.parametrize("how", ["script", "trace"])
 def test_method_that_cannot_be_served_is_noted_and_only_it_raises(how, tmp_path):
-    from .conftest import spread
+    from .models.cases import spread
 
     model = spread(NormAfterPooling(), seed=4)
     m = vitfiqa.load(_export(model, how, tmp_path), image_size=(32, 32))

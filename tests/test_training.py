@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from vitfiqa.models import ViTFIQA, load_official_state_dict
+from vitfiqa.options import TrainOptions
 from vitfiqa.training import InMemoryDataset, MarginSoftmax, TrainingResult, certainty_ratio, train_vitfiqa
 
 
@@ -34,8 +35,9 @@ def test_training_loss_falls_and_quality_tracks_cr(tmp_path):
     x, ids = identity_data()
     train, held = InMemoryDataset(x[:512], ids[:512]), (x[512:], ids[512:])
     model = small_model()
-    run = train_vitfiqa(model, train, epochs=12, batch_size=64, lr=2e-3, s=16.0, m=0.2,
-                        checkpoint_dir=tmp_path / "ckpt", progress=False)
+    opts = TrainOptions(epochs=12, batch_size=64, lr=2e-3, s=16.0, m=0.2, checkpoint_dir=tmp_path / "ckpt",
+                        progress=False)
+    run = train_vitfiqa(model, train, opts)
     assert isinstance(run, TrainingResult) and len(run.loss) == len(run.fr) == len(run.quality) == 12 * 8
     assert run.epochs == []  # no after_epoch given
     loss = np.array(run.loss)
@@ -46,8 +48,7 @@ def test_training_loss_falls_and_quality_tracks_cr(tmp_path):
     rho = spearman(q.reshape(-1).numpy(), cr.numpy())
     assert rho > 0.3, rho
     # Resume: asking for 13 epochs continues from the saved 12 and adds exactly one epoch of steps.
-    more = train_vitfiqa(small_model(), train, epochs=13, batch_size=64, lr=2e-3, s=16.0, m=0.2,
-                         checkpoint_dir=tmp_path / "ckpt", progress=False,
+    more = train_vitfiqa(small_model(), train, opts.replace(epochs=13),
                          after_epoch=lambda epoch, model, head: {"head_rows": head.weight.shape[0]})
     assert len(more.loss) == len(run.loss) + 8
     assert more.epochs == [{"epoch": 13, "head_rows": 8}]
@@ -121,8 +122,8 @@ def test_resume_from_a_malicious_checkpoint_runs_no_code(tmp_path):
     torch.save({"model": _Payload(marker)}, tmp_path / "ckpt" / "last.pt", pickle_module=pickle)
     x, ids = identity_data(n_ids=2, per_id=4)
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
-        train_vitfiqa(small_model(), InMemoryDataset(x, ids), epochs=1, checkpoint_dir=tmp_path / "ckpt",
-                      progress=False)
+        train_vitfiqa(small_model(), InMemoryDataset(x, ids),
+                      TrainOptions(epochs=1, checkpoint_dir=tmp_path / "ckpt", progress=False))
     assert not marker.exists()
 
 
@@ -132,4 +133,13 @@ def test_resume_from_a_malicious_checkpoint_runs_no_code(tmp_path):
 def test_training_rejects_bad_epochs_and_batch_size(kwargs, message):
     x, ids = identity_data(n_ids=2, per_id=4)
     with pytest.raises(ValueError, match=message):
-        train_vitfiqa(small_model(), InMemoryDataset(x, ids), progress=False, **{"epochs": 1, **kwargs})
+        train_vitfiqa(small_model(), InMemoryDataset(x, ids), TrainOptions(**{"epochs": 1, "progress": False, **kwargs}))
+
+
+def test_old_training_keywords_still_work_with_a_deprecation_warning():
+    x, ids = identity_data(n_ids=2, per_id=4)
+    with pytest.warns(DeprecationWarning, match=r"epochs= is deprecated: pass options=TrainOptions\(epochs=\.\.\.\)"):
+        with pytest.raises(ValueError, match="epochs must be a positive integer"):
+            train_vitfiqa(small_model(), InMemoryDataset(x, ids), epochs=0, progress=False)
+    with pytest.raises(TypeError, match="unexpected keyword argument"):
+        train_vitfiqa(small_model(), InMemoryDataset(x, ids), epoch=1)

@@ -35,6 +35,7 @@ py::dict info_dict(const CaptureModel& m) {
   d["has_final_norm"] = i.has_final_norm;
   d["final_norm"] = i.final_norm;
   d["final_norm_ops"] = i.final_norm_ops;
+  d["final_norm_candidates"] = i.final_norm_candidates;
   d["has_patch_embedding_conv"] = i.has_patch_conv;
   d["patch_size"] = i.patch_size;
   d["position_tokens"] = i.position_tokens;

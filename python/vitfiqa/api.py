@@ -16,9 +16,10 @@ import torch
 
 from . import _core
 from .config import ScoreConfig, methods as _registered_methods, score_config
+from .digest import file_sha256
 from .loader import as_batch
+from .options import ModelOptions, check_batch_size, no_unknown, resolve_device, take_deprecated
 from .preprocess import DEFAULT_CHANNEL_ORDER, DEFAULT_IMAGE_SIZE, DEFAULT_NORMALIZATION, check_channel_order
-from .options import check_batch_size
 
 METHODS = _registered_methods()  # the core's registry (csrc/methods/), not a list of our own
 _DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float64: "float64"}
@@ -34,6 +35,8 @@ class QualityResult:
     [L,B] with ``exit_depths`` (1-based) and ``exit_columns`` (their column names in a table).
     ``heatmaps`` maps a method to [B,H,W] in [0,1]; ``heatmap_grids`` to the raw patch-grid values [B,gh,gw]
     they were drawn from (for data-set-wide normalisation with :func:`render_heatmaps`).
+    ``ids`` names the images in input order: a file's path, else ``<image #i>`` / ``<bytes #i>`` (as in a
+    results table's ``path`` column).
     """
 
     scores: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -43,6 +46,26 @@ class QualityResult:
     exit_depths: list[int] = field(default_factory=list)
     captures: dict[str, torch.Tensor] = field(default_factory=dict)
     exit_columns: list[str] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        """A summary (image count, each score's range, heatmap and exit shapes), never whole tensors."""
+        n = len(self)
+        parts = [f"{n} image{'s' if n != 1 else ''}"]
+        for k, v in self.scores.items():
+            v = v.detach().double()
+            finite = v[torch.isfinite(v)]
+            parts.append(f"{k}: {float(finite.min()):.4g}..{float(finite.max()):.4g}" if finite.numel()
+                         else f"{k}: no finite value")
+        if self.heatmaps:
+            parts.append("heatmaps " + ", ".join(f"{k} {list(v.shape)}" for k, v in self.heatmaps.items()))
+        if self.exits is not None:
+            parts.append(f"exits {list(self.exits.shape)} (depths {self.exit_depths})")
+        if self.captures:
+            parts.append("captures " + ", ".join(self.captures))
+        if self.ids:
+            parts.append(f"ids {self.ids[0]!r}" + (f"..{self.ids[-1]!r}" if n > 1 else ""))
+        return f"QualityResult({'; '.join(parts)})"
 
     @classmethod
     def _from_core(cls, r) -> "QualityResult":
@@ -67,17 +90,22 @@ class QualityResult:
         return cols
 
     def to_frame(self):
-        """A pandas DataFrame with one row per image and one column per score (and per exit)."""
+        """A pandas DataFrame with one row per image: ``index`` (position in the input), ``path`` (:attr:`ids`),
+        then one column per score (and per exit), as in a results table."""
         import pandas as pd
 
-        return pd.DataFrame(self.columns())
+        cols = self.columns()
+        n = len(self)
+        ids = list(self.ids) if len(self.ids) == n else [f"<image #{i}>" for i in range(n)]
+        return pd.DataFrame({"index": np.arange(n), "path": ids, **cols})
 
     @staticmethod
     def concat(parts: Sequence["QualityResult"]) -> "QualityResult":
         if not parts:
             raise ValueError("no results to concatenate")
         first = parts[0]
-        out = QualityResult(exit_depths=list(first.exit_depths), exit_columns=list(first.exit_columns))
+        out = QualityResult(exit_depths=list(first.exit_depths), exit_columns=list(first.exit_columns),
+                            ids=[i for p in parts for i in p.ids] if all(p.ids for p in parts) else [])
         for k in first.scores:
             out.scores[k] = torch.cat([p.scores[k] for p in parts])
         for k in first.heatmaps:
@@ -91,19 +119,24 @@ class QualityResult:
         return out
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+def _source_ids(images: Any, n: int) -> list[str]:
+    """Names of the scored images: a file's path, else ``<image #i>`` / ``<bytes #i>`` (loader.source_name)."""
+    from .loader import source_name
+
+    if isinstance(images, (str, os.PathLike)):
+        images = [images]
+    if isinstance(images, (list, tuple)) and len(images) == n:
+        return [source_name(s, i) for i, s in enumerate(images)]
+    return [f"<image #{i}>" for i in range(n)]
 
 
 class QualityModel:
     """A TorchScript ViT wrapped for quality scoring.
 
     ``model`` is a path to a TorchScript file (``torch.jit.save`` of a scripted or traced module) or its
-    bytes. ``dtype`` casts the model's floating parameters (float32, float16, bfloat16). ``sha256`` is the
+    bytes; ``options`` a :class:`vitfiqa.options.ModelOptions` (or its dict) saying how it is loaded and fed
+    (the old keywords ``device=``, ``dtype=``, ... still work for one release, with a DeprecationWarning).
+    ``dtype`` casts the model's floating parameters (float32, float16, bfloat16). ``sha256`` is the
     digest of the model file (a results table records it, so scores of two models are never mixed).
 
     The input contract (how images vitfiqa decodes are prepared for this model): ``image_size`` (H, W),
@@ -124,22 +157,26 @@ class QualityModel:
     tokens. ``info["final_norm"]`` says which norm is used and ``info["final_norm_ops"]`` the ops passed.
     """
 
-    def __init__(self, model: str | os.PathLike | bytes, device: str | torch.device = "cpu",
-                 dtype: torch.dtype | str = torch.float32, image_size: tuple[int, int] | int | None = None,
-                 channel_order: str | None = None, normalization: dict | None = None,
-                 final_norm: str | None = None):
+    def __init__(self, model: str | os.PathLike | bytes, options: ModelOptions | dict | None = None,
+                 **deprecated):
         from .contract import check_input_contract, read_input_contract
 
+        if isinstance(options, (str, torch.device)):  # the old second positional argument, the device
+            deprecated["device"], options = options, None
+        changes = take_deprecated(deprecated, ModelOptions, "options", "QualityModel")
+        no_unknown(deprecated, "QualityModel")
+        options = ModelOptions.of(options).replace(**changes) if changes else ModelOptions.of(options)
+        self.options = options
+        final_norm, image_size = options.final_norm, options.image_size
+        channel_order, normalization = options.channel_order, options.normalization
         if final_norm is not None and (not isinstance(final_norm, str) or not final_norm.strip()):
             raise ValueError(f"final_norm must be None (find it in forward) or a module path such as 'norm', "
                              f"got {final_norm!r}")
         norm_path = (final_norm or "").strip()
-        dtype_name = _DTYPES.get(dtype, dtype) if isinstance(dtype, torch.dtype) else str(dtype)
+        dtype_name = options.dtype
         if dtype_name not in _DTYPES.values():
-            raise ValueError(f"unsupported dtype {dtype!r}; use one of {sorted(_DTYPES.values())}")
-        device = str(device)
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise RuntimeError(f"device {device!r} requested but CUDA is not available in this torch build")
+            raise ValueError(f"unsupported dtype {dtype_name!r}; use one of {sorted(_DTYPES.values())}")
+        device = resolve_device(options.device)
         if isinstance(model, (bytes, bytearray)):
             if len(model) == 0:
                 raise ValueError("model bytes are empty")
@@ -152,7 +189,8 @@ class QualityModel:
                 raise FileNotFoundError(f"model file not found: {path}")
             self._core = _core.CaptureModel(str(path), device, dtype_name, norm_path)
             self.source = str(path)
-            self.sha256 = _file_sha256(path)
+            self.sha256 = file_sha256(path)
+        self.route = "torchscript bytes" if self.source == "<bytes>" else "torchscript file"  # see vitfiqa.sources
         self.device = torch.device(device)
         self.dtype = getattr(torch, dtype_name)
         self.final_norm = norm_path or None  # the module path the user named, None = found in forward
@@ -243,9 +281,11 @@ class QualityModel:
               preprocess: bool | str = "auto", batch_size: int | None = None, **options) -> QualityResult:
         """Score images with one forward pass per batch.
 
-        ``config``: a :class:`vitfiqa.ScoreConfig` (or its dict) with every scoring option; ``methods`` and the
-        keyword ``options`` are applied on top of it (default: ``ScoreConfig()``), one keyword per config field
-        (``ScoreConfig.fields()`` lists names, keywords, defaults and docs):
+        ``config``: a :class:`vitfiqa.ScoreConfig` (or its dict, nested or dotted: ``{"vitnt.blocks": [0, 5]}``)
+        with every scoring option; ``methods`` and the keyword ``options`` are applied on top of it (default:
+        ``ScoreConfig()``): a top-level field by its name (``heatmaps=True``) or a section as a dict of its fields
+        (``attn={"block": -2}``; ``ScoreConfig.fields()`` lists names, defaults and docs). The old flat keywords
+        named below (``attn_block=``, ...) still work for one release, with a DeprecationWarning:
 
         methods: any of :data:`vitfiqa.METHODS`: ``attn`` (ATTN-FIQA), ``vitnt`` (ViTNT-FIQA), ``vitfiqa``
         (ViT-FIQA quality head), ``exfiqa`` (EX-FIQA exits and fusions; needs a quality-token model).
@@ -278,9 +318,12 @@ class QualityModel:
         x = self.prepare(images, preprocess)
         step = batch_size or x.shape[0]
         parts = [QualityResult._from_core(scorer.score(x[i:i + step])) for i in range(0, x.shape[0], step)]
+        ids = _source_ids(images, x.shape[0])
         if len(parts) == 1:
+            parts[0].ids = ids
             return parts[0]
         res = QualityResult.concat(parts)
+        res.ids = ids
         if cfg.heatmaps and cfg.heatmap.normalize == "global" and not cfg.heatmap.range:
             # one range over every batch of this call
             size = tuple(res.heatmaps[next(iter(res.heatmaps))].shape[-2:]) if res.heatmaps else None
@@ -336,17 +379,45 @@ def _capture_request(final_norm: bool = True, **fields) -> _core.CaptureRequest:
     return _core.CaptureRequest(tokens_final_norm=bool(final_norm), **fields)
 
 
-def load(model: str | os.PathLike | bytes | None = None, device: str | torch.device = "cpu",
-         dtype: torch.dtype | str = torch.float32, image_size: tuple[int, int] | int | None = None,
-         channel_order: str | None = None, normalization: dict | None = None,
-         final_norm: str | None = None) -> QualityModel:
-    """Load a TorchScript ViT (path or bytes; None: the embedded demo recogniser) for quality scoring.
-    ``image_size``, ``channel_order`` ("rgb" | "bgr") and ``normalization`` override the model's recorded
-    input contract; ``final_norm`` names the final LayerNorm (see :class:`QualityModel`)."""
+def load(model: Any = None, options: ModelOptions | dict | None = None, *, checkpoint=None,
+         **deprecated) -> QualityModel:
+    """Load a ViT for quality scoring, as ``options`` (a :class:`vitfiqa.options.ModelOptions` or its dict) say:
+    device, dtype; ``image_size``, ``channel_order`` ("rgb" | "bgr") and ``normalization`` override the model's
+    recorded input contract; ``final_norm`` names the final LayerNorm (see :class:`QualityModel`; for
+    transformers and timm models whose forward applies it after pooling, e.g. CLIP's ``post_layernorm``, it is
+    found by name). The old keywords (``device=``, ...) still work for one release, with a DeprecationWarning.
+
+    ``model`` is any route of :mod:`vitfiqa.sources`: a TorchScript file or its bytes, a ``torch.nn.Module``
+    (eager, scripted or traced; Hugging Face transformers vision models and timm-layout ViTs included, their
+    image size read from their config), or a preset name with its official ``checkpoint``
+    (``load("cvlface_vit_b", checkpoint="model.pt")``; presets: :data:`vitfiqa.models.PRESETS`).
+    None: the embedded stand-in, a small ViT trained on synthetic faces (its scores of real photos carry no
+    meaning; file scoring warns)."""
+    return _load(model, options, checkpoint=checkpoint, **deprecated)[0]
+
+
+def _load(model, options=None, *, checkpoint=None, **deprecated):
+    """:func:`load`, also returning the :class:`vitfiqa.sources.Resolved` TorchScript (what Ray ships)."""
+    from .sources import post_pooling_norm, resolve
+
+    if isinstance(options, (str, torch.device)):  # the old second positional argument, the device
+        deprecated["device"], options = options, None
+    changes = take_deprecated(deprecated, ModelOptions, "options", "load")
+    no_unknown(deprecated, "load")
+    options = ModelOptions.of(options).replace(**changes)
     if model is None:
+        if checkpoint is not None:
+            raise ValueError("checkpoint= goes with a preset name: vitfiqa.load('<preset>', checkpoint=...)")
         from .demo import RECOGNIZER as model
-    return QualityModel(model, device=device, dtype=dtype, image_size=image_size, channel_order=channel_order,
-                        normalization=normalization, final_norm=final_norm)
+    src = resolve(model, checkpoint=checkpoint, options=options)
+    qm = QualityModel(src.model, options)
+    norm = post_pooling_norm(src, qm.info) if options.final_norm is None else None
+    if norm is not None:  # a norm the forward applies after pooling (CLIP's post_layernorm): ViTNT's final norm
+        qm = QualityModel(src.model, options.replace(final_norm=norm))
+    if src.sha256 is not None:
+        qm.sha256 = src.sha256
+    qm.source, qm.route = src.description or qm.source, src.route
+    return qm, src
 
 
 def _value_range(value_range) -> list[float]:

@@ -17,6 +17,7 @@ core's registry (:func:`methods`, :func:`score_columns`, :func:`display_name`).
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Mapping
 
 from . import _core
@@ -24,17 +25,18 @@ from . import _core
 ScoreConfig = _core.ScoreConfig
 _REGISTRY = tuple(_core.methods())  # the core's registered methods (csrc/methods/), in its order (by name)
 
-# QualityModel.score's keyword options -> config fields: the keyword column of the core's field table.
-_KEYWORD_FIELDS = {f["keyword"]: f["name"] for f in ScoreConfig.fields()}
+# QualityModel.score's keyword options: a top-level field by its name (methods=, heatmaps=, ...) or a section
+# as a dict of its fields (attn={"block": -2}). The flat keywords of the core's field table (attn_block=, the
+# ``keyword`` column) are the old spelling, kept for one release with a DeprecationWarning.
+_FIELD_NAMES = [f["name"] for f in ScoreConfig.fields()]
+_TOP_LEVEL = {n for n in _FIELD_NAMES if "." not in n}
+_SECTIONS = {n.split(".", 1)[0] for n in _FIELD_NAMES if "." in n}
+_OLD_KEYWORDS = {f["keyword"]: f["name"] for f in ScoreConfig.fields() if f["keyword"] != f["name"]}
 
 
 def methods() -> tuple[str, ...]:
     """Names of the quality methods the core registers."""
     return tuple(m["name"] for m in _REGISTRY)
-
-
-def method_descriptions() -> dict[str, str]:
-    return {m["name"]: m["description"] for m in _REGISTRY}
 
 
 def score_columns() -> dict[str, str]:
@@ -58,10 +60,12 @@ def display_name(name: str) -> str:
 
 
 def score_config(config: ScoreConfig | Mapping | None = None, **options: Any) -> ScoreConfig:
-    """A new config: ``config`` (a ScoreConfig, a nested or dotted dict, or None for the defaults) with
-    :meth:`vitfiqa.QualityModel.score`'s keyword options applied on top. The one rule: each keyword names one
-    field (``attn_block`` -> ``attn.block``, ``exits`` -> ``exfiqa.exits``: the ``keyword`` column of
-    ``ScoreConfig.fields()``); a keyword given as None is left out (the field keeps its value)."""
+    """A new config: ``config`` (a ScoreConfig, a nested or dotted dict such as ``{"vitnt.blocks": [0, 5]}``,
+    or None for the defaults) with :meth:`vitfiqa.QualityModel.score`'s keyword options applied on top: a
+    top-level field by its name (``methods=``, ``heatmaps=``, ``prefix_tokens=``, ...) or a section as a dict
+    of its fields (``attn={"block": -2}``, ``vitnt={"blocks": [0, 5], "scale": 8.0}``). A value given as None
+    is left out (the field keeps its value). The old flat keywords (``attn_block=``, ``exits=``: the
+    ``keyword`` column of ``ScoreConfig.fields()``) still work for one release, with a DeprecationWarning."""
     if config is None:
         cfg = ScoreConfig()
     elif isinstance(config, ScoreConfig):
@@ -71,15 +75,34 @@ def score_config(config: ScoreConfig | Mapping | None = None, **options: Any) ->
     else:
         raise TypeError(f"config must be a vitfiqa.ScoreConfig or a dict, got {type(config).__name__}")
     for key, value in options.items():
-        name = _KEYWORD_FIELDS.get(key)
-        if name is None:
-            raise TypeError(f"unknown scoring option {key!r}; options: {', '.join(sorted(_KEYWORD_FIELDS))}")
-        if value is None:
+        if key in _SECTIONS:
+            if value is None:
+                continue
+            if not isinstance(value, Mapping):
+                raise TypeError(f"{key}= takes a dict of the {key} section's fields (e.g. {key}={{'field': value}}), "
+                                f"got {type(value).__name__}")
+            for sub, v in value.items():
+                _set(cfg, f"{key}.{sub}", v)
             continue
-        if not isinstance(value, (str, list, tuple, bool, int, float)) and hasattr(value, "__iter__"):
-            value = list(value)  # generators, sets of methods, numpy arrays of blocks
-        cfg.set(name, value)
+        name = key if key in _TOP_LEVEL else _OLD_KEYWORDS.get(key)
+        if name is None:
+            raise TypeError(f"unknown scoring option {key!r}; options: {', '.join(sorted(_TOP_LEVEL | _SECTIONS))} "
+                            "(a section takes a dict of its fields)")
+        if name != key:
+            section, field = name.split(".", 1)
+            warnings.warn(f"{key}= is deprecated: pass {section}={{'{field}': ...}} (or config={{'{name}': ...}})",
+                          DeprecationWarning, stacklevel=3)
+        if value is not None:
+            _set(cfg, name, value)
     return cfg
+
+
+def _set(cfg: ScoreConfig, name: str, value: Any) -> None:
+    if value is None:
+        return
+    if not isinstance(value, (str, list, tuple, bool, int, float)) and hasattr(value, "__iter__"):
+        value = list(value)  # generators, sets of methods, numpy arrays of blocks
+    cfg.set(name, value)
 
 
 def check_batch_independent(config: ScoreConfig) -> None:
@@ -90,5 +113,5 @@ def check_batch_independent(config: ScoreConfig) -> None:
         raise ValueError(why)
 
 
-__all__ = ["ScoreConfig", "methods", "method_descriptions", "score_columns", "display_name", "score_config",
+__all__ = ["ScoreConfig", "methods", "score_columns", "display_name", "score_config",
            "check_batch_independent"]

@@ -28,8 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .preprocess import DEFAULT_MAX_PIXELS
-from .options import DEFAULT_BATCH_SIZE
+from .options import DEFAULT_MAX_PIXELS, ModelOptions, RunOptions, take_deprecated
 
 log = logging.getLogger("vitfiqa")
 
@@ -47,8 +46,7 @@ class _Scorer:
     """Ray Data actor: loads the model once, then scores whole batches (one input row = one batch: its indices,
     sources and ids). named: the user gave ids (else the sources, paths, are their own names)."""
 
-    def __init__(self, model_ref, device, dtype, input_contract, final_norm, config, workers, decode_processes,
-                 torch_threads, max_pixels, named):
+    def __init__(self, model_ref, model: ModelOptions, config: dict, run: RunOptions, torch_threads, named):
         import ray
         import torch
 
@@ -57,12 +55,12 @@ class _Scorer:
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
-        self.model = QualityModel(ray.get(model_ref[0]), device=device, dtype=dtype, final_norm=final_norm,
-                                  **input_contract)
+        import warnings
+
+        warnings.filterwarnings("ignore", message="the embedded stand-in")  # the driver gave it, once
+        self.model = QualityModel(ray.get(model_ref[0]), model)
         self.config = ScoreConfig.from_dict(config)  # travels as its dict: the whole config, field for field
-        self.workers = workers
-        self.decode_processes = decode_processes
-        self.max_pixels = max_pixels
+        self.run = run
         self.named = named
 
     def __call__(self, batch) -> dict:
@@ -87,9 +85,7 @@ class _Scorer:
             sources = [s for _, ss, _ in run for s in ss]
             ids = [i for _, _, ii in run for i in ii] if self.named else None
             part, keys = collect_columns(score_files(self.model, sources, ids=ids, config=self.config,
-                                                     batch_size=size, workers=self.workers,
-                                                     decode_processes=self.decode_processes,
-                                                     max_pixels=self.max_pixels))
+                                                     run=self.run.replace(batch_size=size)))
             for k, v in part.items():
                 cols.setdefault(k, []).extend(v)
         out = {"index": np.asarray(indices, dtype=np.int64), "path": np.asarray(cols["path"], dtype=object)}
@@ -98,82 +94,85 @@ class _Scorer:
         return out
 
 
-def score_with_ray(model: str | os.PathLike | bytes, sources: Sequence, out_dir: str | os.PathLike,
+def score_with_ray(model, sources: Sequence, out_dir: str | os.PathLike,
                    methods: Sequence[str] | str | None = None, *, ids: Sequence[str] | None = None, config=None,
-                   address: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE, num_actors: int | None = None,
-                   device: str | None = None, dtype: str = "float32", image_size: tuple[int, int] | int | None = None,
-                   channel_order: str | None = None, workers: int | None = None,
-                   cpus_per_actor: float | None = None, overwrite: bool = False, progress: bool = True,
-                   num_cpus: int | None = None, decode_processes: bool | None = None,
-                   max_pixels: int | None = DEFAULT_MAX_PIXELS, final_norm: str | None = None,
-                   run=None, **score_options):
-    """Score ``sources`` on a Ray cluster into the results table ``out_dir`` (created, or resumed when it holds
+                   run: RunOptions | dict | None = None, model_options: ModelOptions | dict | None = None,
+                   address: str | None = None, num_actors: int | None = None, cpus_per_actor: float | None = None,
+                   num_cpus: int | None = None, progress: bool = True, checkpoint=None, **score_options):
+    """Score ``sources`` with ``model`` (anything :func:`vitfiqa.load` takes, ``checkpoint`` with a preset name;
+    it becomes TorchScript bytes once, on the driver, which the actors get) on a Ray cluster into the results table ``out_dir`` (created, or resumed when it holds
     this run's batches); returns the whole table as a pandas DataFrame (index, path, scores, error) in input
     order.
 
     sources / ids: image file paths (readable on every node), or encoded image bytes with ``ids`` (they travel
     in the Ray Data rows), as :func:`vitfiqa.pipeline.score_files` takes them; the same table either way.
+    run: a :class:`vitfiqa.options.RunOptions` (or its dict), as :func:`vitfiqa.pipeline.score_files` takes
+    it (no heatmaps on Ray); ``workers`` are decoding threads (processes with ``decode_processes``, the default
+    on GPUs) per actor (default: its CPUs). model_options: a :class:`vitfiqa.options.ModelOptions` (or its
+    dict), as :func:`vitfiqa.load` takes it; the driver resolves the input contract once and every actor uses
+    the same. Its device ``"auto"`` (the default here when no model options are given) uses one GPU per actor
+    when the cluster has GPUs (one actor per GPU), else CPUs; ``"cpu"``/``"cuda"`` force it; dtype
+    ``float16`` halves GPU memory traffic.
     address: ``None`` joins the Ray already initialised in this process, else starts a local one (with
     ``num_cpus``); ``"auto"`` or ``"ray://host:port"`` joins that cluster.
-    device: ``None`` uses one GPU per actor when the cluster has GPUs (one actor per GPU), else CPUs;
-    ``"cpu"``/``"cuda"`` force it. dtype: ``float16`` halves GPU memory traffic.
-    image_size / channel_order ("rgb" | "bgr"): override the model's recorded input contract (as
-    :func:`vitfiqa.load`); the driver resolves it once and every actor uses the same.
     num_actors / cpus_per_actor: the actor pool (default: per GPU; else one actor per 2 CPUs, 1 on tiny
-    clusters). workers: decoding threads (processes with decode_processes, the default on GPUs) per actor
-    (default: its CPUs). final_norm: as :class:`vitfiqa.QualityModel`.
-    max_pixels: images above it are skipped with the reason, as in :func:`vitfiqa.pipeline.score_files`.
-    run: a :class:`vitfiqa.options.RunOptions` (or dict) whose face stage (``detect``, ``all_faces``,
-    ``landmarks``) is applied as in :func:`vitfiqa.pipeline.score_files`: the driver decides the rows (an
-    all-faces run detects there first), the actors detect / align while decoding.
+    clusters).
+    The run's face stage (``detect``, ``all_faces``, ``landmarks``) is applied as in
+    :func:`vitfiqa.pipeline.score_files`: the driver decides the rows (an all-faces run detects there first), the
+    actors detect / align while decoding.
     methods, config (a :class:`vitfiqa.ScoreConfig`), score_options: the score config as in
     :meth:`vitfiqa.QualityModel.score`, carried whole to every actor (no heatmaps; EX-FIQA exit normalisation
     stays 'none', fuse data-set-wide with :func:`vitfiqa.fuse_exits`).
+    The old keywords (``batch_size=``, ``device=``, ...) still work for one release, with a DeprecationWarning.
     """
     from .config import check_batch_independent, score_config
     from .detect import FACE_COLUMNS
-    from .pipeline import _faces_desc, _run_options, _table_kind, check_sources, run_description, with_faces
-    from .results import ScoreTable, check_batch_size
+    from .pipeline import (_faces_desc, _table_kind, check_model_input, check_sources, run_description, run_options,
+                           warn_stand_in, with_faces)
+    from .results import ScoreTable
 
+    model_changes = take_deprecated(score_options, ModelOptions, "model_options", "score_with_ray")
+    if model_changes.get("device", "") is None:  # the old default: GPUs when the cluster has them
+        model_changes["device"] = "auto"
+    model_options = (ModelOptions(device="auto") if model_options is None else
+                     ModelOptions.of(model_options)).replace(**model_changes)
+    run = run_options(run, score_options, "score_with_ray")
     cfg = score_config(config, methods=methods, **score_options)
     check_batch_independent(cfg)  # also fails on unknown methods, before anything is loaded
-    check_batch_size(batch_size)
     if num_actors is not None and num_actors < 1:
         raise ValueError("num_actors must be at least 1")
-    if cfg.heatmaps or cfg.return_captures:
+    if cfg.heatmaps or cfg.return_captures or run.heatmap_dir is not None:
         raise ValueError("heatmaps and captures are not collected through Ray; use QualityModel.score locally")
     sources, ids, kind = check_sources(sources, ids)
     if kind == "paths":
         # Workers do not share the driver's working directory: relative paths are resolved here (without ids,
         # the `path` column holds the absolute paths).
         sources = [os.path.abspath(p) for p in sources]
-    sources, ids, names, fkind = with_faces(sources, ids, kind, _run_options(run), workers=workers,
-                                            max_pixels=max_pixels)
+    sources, ids, names, fkind = with_faces(sources, ids, kind, run, workers=run.workers, max_pixels=run.max_pixels)
     faces = _faces_desc(run) if fkind == "faces" else None
-    if isinstance(model, (bytes, bytearray)):
-        model_bytes = bytes(model)
-    else:
-        if not Path(model).is_file():
-            raise FileNotFoundError(f"model file not found: {model}")
-        model_bytes = Path(model).read_bytes()
-    # Load and score one blank image here first: a corrupt file, a model without attention or a method the
+    # Any model vitfiqa.load takes (vitfiqa.sources) becomes TorchScript bytes once, here. Load and score one
+    # blank image here first: a corrupt file, a model without attention, a wrong input size or a method the
     # model cannot serve fails now, with vitfiqa's own message, not later inside every actor.
-    import torch
+    from .api import _load
 
-    from .api import QualityModel
-
-    probe = QualityModel(model_bytes, device="cpu", image_size=image_size, channel_order=channel_order,
-                         final_norm=final_norm)
-    contract = dict(image_size=probe.image_size, channel_order=probe.channel_order,
-                    normalization=probe.normalization)
-    probe.score(torch.zeros(1, 3, *probe.image_size), config=cfg, preprocess=False)
+    probe, src = _load(model, model_options.replace(device="cpu", dtype="float32"), checkpoint=checkpoint)
+    model_bytes = src.model if isinstance(src.model, bytes) else Path(src.model).read_bytes()
+    # every actor gets the resolved input contract (and the final norm, as named or as a transformers / timm
+    # route found it), so all of them (and a resume) feed the model alike
+    model_options = model_options.replace(image_size=probe.image_size, channel_order=probe.channel_order,
+                                          normalization=probe.normalization, final_norm=probe.final_norm)
+    check_model_input(probe, cfg)
+    warn_stand_in(probe)  # once, here
     keys = probe.columns(cfg) + (list(FACE_COLUMNS) if faces is not None else [])
-    run = run_description(probe.sha256, probe.image_size, dtype, cfg, max_pixels=max_pixels,
-                          input_contract=contract, final_norm=final_norm, sources=_table_kind(sources, fkind),
-                          faces=faces)
+    described = run_description(probe.sha256, probe.image_size, model_options.dtype, cfg, max_pixels=run.max_pixels,
+                                input_contract=dict(channel_order=probe.channel_order,
+                                                    normalization=probe.normalization),
+                                final_norm=model_options.final_norm, sources=_table_kind(sources, fkind),
+                                faces=faces)
     del probe
 
-    with ScoreTable(out_dir, paths=names, keys=keys, batch_size=batch_size, run=run, overwrite=overwrite) as table:
+    with ScoreTable(out_dir, paths=names, keys=keys, batch_size=run.batch_size, run=described,
+                    overwrite=run.overwrite) as table:
         pending = table.pending_batches()
         if table.n_done:
             log.info("resuming: %d of %d images already in %s", table.n_done, len(names), out_dir)
@@ -184,19 +183,20 @@ def score_with_ray(model: str | os.PathLike | bytes, sources: Sequence, out_dir:
                 ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
                          logging_level=logging.WARNING)
             try:
-                _run(ray, model_bytes, table, sources, ids is not None, pending, cfg.to_dict(), num_actors, device,
-                     dtype, contract, final_norm, workers, cpus_per_actor, decode_processes, progress, max_pixels)
+                _run(ray, model_bytes, table, sources, ids is not None, pending, cfg.to_dict(), run, model_options,
+                     num_actors, cpus_per_actor, progress)
             finally:
                 if started:
                     ray.shutdown()
         return table.frame()
 
 
-def _run(ray, model_bytes, table, sources, named, pending, config, num_actors, device, dtype, input_contract,
-         final_norm, workers, cpus_per_actor, decode_processes, progress, max_pixels) -> None:
+def _run(ray, model_bytes, table, sources, named, pending, config: dict, run: RunOptions, model: ModelOptions,
+         num_actors, cpus_per_actor, progress) -> None:
     resources = ray.cluster_resources()
     cpus, gpus = float(resources.get("CPU", 1)), int(resources.get("GPU", 0))
-    if device is None:
+    device = model.device
+    if device == "auto":
         device = "cuda" if gpus > 0 else "cpu"
     use_gpu = device.startswith("cuda")
     if use_gpu and gpus == 0:
@@ -230,10 +230,9 @@ def _run(ray, model_bytes, table, sources, named, pending, config, num_actors, d
     ds = ds.map_batches(
         _Scorer, batch_size=per_call, batch_format="pyarrow", concurrency=min(num_actors, blocks),
         num_cpus=cpus_per_actor, num_gpus=1 if use_gpu else 0,
-        fn_constructor_kwargs=dict(model_ref=model_ref, device=device, dtype=dtype, input_contract=input_contract,
-                                   final_norm=final_norm, config=config, workers=workers or threads,
-                                   torch_threads=threads, decode_processes=decode_processes,
-                                   max_pixels=max_pixels, named=named))
+        fn_constructor_kwargs=dict(model_ref=model_ref, model=model.replace(device=device), config=config,
+                                   run=run.replace(workers=run.workers or threads, overwrite=False),
+                                   torch_threads=threads, named=named))
     # The driver is the table's only writer: rows are committed as soon as their batch is complete (Ray may
     # cut its output blocks anywhere), so a killed run loses at most the batches in flight.
     partial: dict[int, dict[str, list]] = {}

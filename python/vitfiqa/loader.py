@@ -36,9 +36,11 @@ from .options import DEFAULT_BATCH_SIZE, DEFAULT_MAX_PIXELS, check_batch_size
 from .preprocess import (DEFAULT_CHANNEL_ORDER, DEFAULT_IMAGE_SIZE, _hwc_uint8, normalize_uint8,
                          resize_uint8)
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
-"""File-name endings taken as images when a folder is searched (the CLI's ``--images DIR``, the training
-folder data set); compared lower-case."""
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
+                              ".pgm", ".pbm"})
+"""File-name endings of the image files vitfiqa reads (all decoded by Pillow; a GIF's first frame): the files
+taken from a searched folder and the entries accepted in an image list (the CLI's ``--images DIR|LIST``), and
+the training folder data set; compared lower-case."""
 
 DECODE_ERRORS = (OSError, ValueError, TypeError, MemoryError)
 """What decoding one source may raise for a reason of that source alone (a skip, not the end of the run)."""
@@ -67,33 +69,41 @@ def failure_reason(exc: BaseException) -> str:
 
 
 def load_uint8(item: Any, size: tuple[int, int] | None = DEFAULT_IMAGE_SIZE,
-               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+               max_pixels: int | None = DEFAULT_MAX_PIXELS, seen: dict | None = None) -> np.ndarray:
     """One image (path, encoded bytes, PIL image, uint8 array, or a :class:`vitfiqa.align.FaceCrop`, which is
     aligned by its five landmarks) -> uint8 HxWx3 RGB array resized (bilinear) to ``size`` (None: as it is).
+    ``seen``: if given, ``seen["resized"]`` says whether the image was resized (not square or not at ``size``;
+    an aligned FaceCrop is not).
 
     Raises FileNotFoundError / ValueError (unreadable file, above ``max_pixels``) / TypeError (wrong dtype)."""
     if isinstance(item, FaceCrop):
         return item.decode(tuple(size) if size is not None else DEFAULT_IMAGE_SIZE, max_pixels)
-    return resize_uint8(_hwc_uint8(item, max_pixels), size)
+    arr = _hwc_uint8(item, max_pixels)
+    if seen is not None:
+        seen["resized"] = size is not None and arr.shape[:2] != tuple(size)
+    return resize_uint8(arr, size)
 
 
 def decode_items(items: Sequence[Any], size: tuple[int, int], max_pixels: int | None = DEFAULT_MAX_PIXELS,
-                 strict: bool = False) -> tuple[np.ndarray, list[int], dict[int, str]]:
+                 strict: bool = False, count_resized: bool = False) -> tuple:
     """Decode and resize sources -> (uint8 [n_ok,H,W,3], positions of the readable ones, {position: reason}).
     Runs in a worker thread or process; one call per piece of a batch keeps task overhead small.
     strict: the first unusable source raises its exception instead (the in-memory API,
-    :func:`preprocess_images`, where the caller handed over each image itself)."""
+    :func:`preprocess_images`, where the caller handed over each image itself).
+    count_resized: also return {} (no faces) and how many were resized (not square or not at ``size``), a
+    five-tuple."""
     out = np.empty((len(items), size[0], size[1], 3), dtype=np.uint8)
-    ok, errors = [], {}
+    ok, errors, resized, seen = [], {}, 0, {}
     for i, item in enumerate(items):
         try:
-            out[len(ok)] = load_uint8(item, size, max_pixels)
+            out[len(ok)] = load_uint8(item, size, max_pixels, seen)
             ok.append(i)
+            resized += bool(seen.pop("resized", False))
         except DECODE_ERRORS as exc:
             if strict:
                 raise
             errors[i] = failure_reason(exc)
-    return out[:len(ok)], ok, errors
+    return (out[:len(ok)], ok, errors, {}, resized) if count_resized else (out[:len(ok)], ok, errors)
 
 
 def decode_faces(items: Sequence[Any], size: tuple[int, int], max_pixels: int | None = DEFAULT_MAX_PIXELS
@@ -128,6 +138,12 @@ class ImageBatch:
     images: torch.Tensor | None
     errors: dict[int, str] = field(default_factory=dict)
     faces: dict[int, Any] = field(default_factory=dict)
+    resized: int = 0  # how many of ``images`` were resized (not square or not at the model's size), not aligned
+
+    def __repr__(self) -> str:
+        shape = list(self.images.shape) if self.images is not None else None
+        return (f"ImageBatch(start={self.start}, {len(self.ids)} sources, {len(self.ok)} decoded {shape}, "
+                f"{len(self.errors)} errors)")
 
 
 _PROCESS_POOLS: dict[int, ProcessPoolExecutor] = {}
@@ -211,8 +227,9 @@ class ImageLoader:
                 if offset is not None:
                     chunk = self.sources[offset:offset + self.batch_size]
                     decode = decode_faces if self.faces else decode_items
+                    extra = () if self.faces else (False, True)  # decode_items: strict=False, count_resized
                     pending.append((offset, len(chunk), [pool.submit(decode, chunk[i:i + step], self.size,
-                                                                     self.max_pixels)
+                                                                     self.max_pixels, *extra)
                                                          for i in range(0, len(chunk), step)]))
 
             for _ in range(self.prefetch):
@@ -239,7 +256,8 @@ class ImageLoader:
                 arr = piece[0]
                 view[j:j + len(arr)] = arr
                 j += len(arr)
-        return ImageBatch(self.start + offset, self.ids[offset:offset + n], ok, images, errors, faces)
+        return ImageBatch(self.start + offset, self.ids[offset:offset + n], ok, images, errors, faces,
+                          resized=sum(piece[4] for piece in pieces if len(piece) > 4))
 
 
 def to_model_input(images: torch.Tensor | np.ndarray, model) -> torch.Tensor:

@@ -23,8 +23,8 @@ from .api import QualityModel, QualityResult
 from .config import ScoreConfig, check_batch_independent, score_config
 from .detect import FACE_COLUMNS, FaceSource
 from .loader import ImageBatch, ImageLoader, to_model_input
-from .preprocess import DEFAULT_CHANNEL_ORDER, DEFAULT_MAX_PIXELS
-from .options import DEFAULT_BATCH_SIZE
+from .options import DEFAULT_MAX_PIXELS, RunOptions, take_deprecated
+from .preprocess import DEFAULT_CHANNEL_ORDER
 
 
 @dataclass
@@ -32,6 +32,12 @@ class ScoredBatch:
     batch: ImageBatch
     result: QualityResult | None
     keys: list[str]  # the score columns (QualityModel.columns), the same for every batch of a run
+
+    def __repr__(self) -> str:
+        """A summary: which images, how many scored and skipped, which columns (never whole tensors)."""
+        b = self.batch
+        return (f"ScoredBatch(images {b.start}..{b.start + len(b.ids) - 1}: {len(b.ok)} scored, {len(b.errors)} "
+                f"skipped; columns {', '.join(self.keys)})")
 
     def columns(self) -> dict[str, list]:
         """Columns in input order: ``index`` (position in the input list), ``path`` (the file's path, or the
@@ -160,6 +166,71 @@ def run_description(model_sha256: str, image_size, dtype, config: ScoreConfig, h
     return run
 
 
+def warn_stand_in(model: QualityModel) -> None:
+    """The one warning of a run scored with an embedded stand-in (synthetic faces) model."""
+    import warnings
+
+    from .demo import STAND_IN_WARNING, is_stand_in
+
+    if is_stand_in(model):
+        warnings.warn(STAND_IN_WARNING, UserWarning, stacklevel=3)
+
+
+def warn_resized(batch: ImageBatch, size) -> None:
+    """The one warning of a run that resizes images (not square, or not at the model's size) instead of
+    aligning them."""
+    import warnings
+
+    warnings.warn(f"images that are not square or not {size[0]}x{size[1]} ({batch.resized} in the batch from index "
+                  f"{batch.start}; this warning is given once per run) are resized to "
+                  f"{size[0]}x{size[1]}, not aligned: face quality methods expect aligned face crops (align with "
+                  "five landmarks, vitfiqa.align, or detect faces first)", UserWarning, stacklevel=3)
+
+
+def check_model_input(model: QualityModel, config: ScoreConfig | None = None) -> None:
+    """The input contract checked against the model before any results table is created: one blank image of the
+    contract's size (3 channels) through the model's forward (and the config's methods). A wrong image size or
+    channel count is one line here, instead of a failed first batch that leaves a table behind."""
+    import torch
+
+    h, w = model.image_size
+    blank = torch.zeros(1, 3, h, w, dtype=model.dtype, device=model.device)
+    try:
+        if config is None:
+            model._core.forward(blank)
+        else:
+            model.scorer(config).score(blank)
+    except (RuntimeError, ValueError) as exc:
+        text = str(exc).strip().splitlines()
+        reason = text[0] if text else type(exc).__name__
+        source = {"argument": "as given", "model record": "from the model's recorded input contract",
+                  "patch grid in the graph": "from the patch grid in its graph"}.get(
+            model.input_contract["source"].get("image_size"), "")
+        raise ValueError(f"the model does not take 3 x {h} x {w} images (the size {source}): {reason}; "
+                         "give the model's own input size (image_size=, CLI --image-size)") from None
+
+
+def run_options(run: RunOptions | dict | None, loose: dict, where: str) -> RunOptions:
+    """``run`` (a :class:`vitfiqa.options.RunOptions`, its dict or None) with the old loose keywords of its
+    fields (popped from ``loose``, each with a DeprecationWarning) applied on top; checked."""
+    changes = take_deprecated(loose, RunOptions, "run", where, stacklevel=4)
+    run = RunOptions.of(run)
+    run = run.replace(**changes) if changes else run
+    check_run_options(run)
+    return run
+
+
+def check_run_options(run: RunOptions) -> None:
+    """The checks of a run's options that need no model (one line each)."""
+    from .options import check_batch_size
+
+    check_batch_size(run.batch_size)
+    if run.heatmap_format not in HEATMAP_FORMATS:
+        raise ValueError(f"heatmap_format must be one of {HEATMAP_FORMATS}, not {run.heatmap_format!r}")
+    if run.workers is not None and run.workers < 1:
+        raise ValueError("workers must be at least 1")
+
+
 def face_run(run) -> dict | None:
     """What a results table records about a run's face stage (None without one): detect, all_faces, the
     landmark file (name and SHA-256) and the detector's rules (:func:`vitfiqa.detect.face_rules`)."""
@@ -195,21 +266,20 @@ def with_faces(sources: list, ids: list[str] | None, kind: str, run, workers: in
 
 def open_table(model: QualityModel, sources: Sequence, methods: Sequence[str] | str | None, out, *,
                ids: Sequence[str] | None = None, config: ScoreConfig | dict | None = None,
-               batch_size: int = DEFAULT_BATCH_SIZE,
-               overwrite: bool = False, heatmap_dir: str | os.PathLike | None = None, heatmap_format: str = "png",
-               max_pixels: int | None = DEFAULT_MAX_PIXELS, run=None, **score_options):
+               run: RunOptions | dict | None = None, **score_options):
     """The :class:`vitfiqa.results.ScoreTable` that :func:`score_files` with these arguments fills: created, or
     opened to resume (refused if it was made by a different model, image list, kind of source, batch size,
     config or face stage). ``out`` may also be a table opened before; it is checked against this run.
     ``methods``, ``config`` and ``score_options`` make the score config as in :meth:`QualityModel.score`;
-    ``run`` (:class:`vitfiqa.options.RunOptions`): its face stage (detect, all_faces, landmarks) decides the
-    rows and adds the face columns (an all-faces run detects here to know its rows)."""
+    ``run`` (:class:`vitfiqa.options.RunOptions`) as in :func:`score_files`: its face stage (detect, all_faces,
+    landmarks) decides the rows and adds the face columns (an all-faces run detects here to know its rows)."""
+    run = run_options(run, score_options, "open_table")
     cfg = score_config(config, methods=methods, **score_options)
     sources, ids, kind = check_sources(sources, ids)
-    sources, ids, names, fkind = with_faces(sources, ids, kind, _run_options(run), max_pixels=max_pixels)
-    return _table(model, names, _table_kind(sources, kind), cfg, out, batch_size=batch_size, overwrite=overwrite,
-                  heatmap_dir=heatmap_dir, heatmap_format=heatmap_format, max_pixels=max_pixels,
-                  faces=_faces_desc(run) if fkind == "faces" else None)
+    sources, ids, names, fkind = with_faces(sources, ids, kind, run, max_pixels=run.max_pixels)
+    return _table(model, names, _table_kind(sources, kind), cfg, out, batch_size=run.batch_size,
+                  overwrite=run.overwrite, heatmap_dir=run.heatmap_dir, heatmap_format=run.heatmap_format,
+                  max_pixels=run.max_pixels, faces=_faces_desc(run) if fkind == "faces" else None)
 
 
 def _table_kind(sources, kind: str) -> str:
@@ -239,22 +309,20 @@ def _table(model, names, kind, cfg, out, *, batch_size, overwrite, heatmap_dir, 
         heat = {"dir": str(Path(heatmap_dir).resolve()), "format": heatmap_format}
         cfg.heatmaps = True
     keys = model.columns(cfg) + (list(FACE_COLUMNS) if faces is not None else [])
-    run = run_description(model.sha256, model.image_size, model.dtype, cfg, heat, max_pixels,
-                          {"channel_order": model.channel_order, "normalization": model.normalization},
-                          model.final_norm, sources=kind, faces=faces)
+    check_model_input(model, cfg)  # before the table exists: a wrong input size leaves nothing behind
+    described = run_description(model.sha256, model.image_size, model.dtype, cfg, heat, max_pixels,
+                                {"channel_order": model.channel_order, "normalization": model.normalization},
+                                model.final_norm, sources=kind, faces=faces)
     if isinstance(out, ScoreTable):
-        out.expect(paths=names, keys=keys, batch_size=batch_size, run=run)
+        out.expect(paths=names, keys=keys, batch_size=batch_size, run=described)
         return out
-    return ScoreTable(out, paths=names, keys=keys, batch_size=batch_size, overwrite=overwrite, run=run)
+    return ScoreTable(out, paths=names, keys=keys, batch_size=batch_size, overwrite=overwrite, run=described)
 
 
 def score_files(model: QualityModel, sources: Sequence, methods: Sequence[str] | str | None = None, *,
                 ids: Sequence[str] | None = None, config: ScoreConfig | dict | None = None,
-                batch_size: int = DEFAULT_BATCH_SIZE,
-                workers: int | None = None, prefetch: int = 2, start: int = 0, decode_processes: bool | None = None,
-                out: str | os.PathLike | None = None, overwrite: bool = False,
-                heatmap_dir: str | os.PathLike | None = None, heatmap_format: str = "png",
-                max_pixels: int | None = DEFAULT_MAX_PIXELS, run=None, **score_options) -> Iterator[ScoredBatch]:
+                run: RunOptions | dict | None = None, out: str | os.PathLike | None = None, start: int = 0,
+                **score_options) -> Iterator[ScoredBatch]:
     """Score images batch by batch (a generator: results arrive as each batch finishes).
 
     sources: image file paths, or the encoded bytes of image files with ``ids=`` (one unique name per image,
@@ -263,42 +331,43 @@ def score_files(model: QualityModel, sources: Sequence, methods: Sequence[str] |
     out: a results table folder (or a :class:`vitfiqa.results.ScoreTable` from :func:`open_table`): each
     batch is committed to it atomically before it is yielded, and batches it already holds are skipped, so calling again after an
     interruption finishes the job (only the new batches are yielded; ``ScoreTable.open(out).frame()`` or
-    :func:`score_frame` give the whole table). ``overwrite=True`` starts the table again.
-    heatmap_dir: also write each image's heatmap per method there — ``png`` overlays on the model-input image
-    (default) or raw ``npy`` arrays (``heatmap_format``) — named after the image's id, else its path relative to
-    the folder all inputs share (:func:`heatmap_names`), each file written atomically, before the batch is
-    committed.
+    :func:`score_frame` give the whole table). ``run.overwrite=True`` starts the table again.
 
-    workers: decoding threads, or processes with ``decode_processes=True`` (default: processes when the
-    model is on a GPU, which threads cannot keep fed; threads on CPU, where the model is the bottleneck).
-    max_pixels: images larger than this (width x height, read from the header) are skipped with the reason
-    (default :data:`vitfiqa.preprocess.DEFAULT_MAX_PIXELS`; None = no limit of vitfiqa's own).
+    run: a :class:`vitfiqa.options.RunOptions` (or its dict), how the run is executed. ``batch_size``;
+    ``heatmap_dir``: also write each image's heatmap per method there — ``png`` overlays on the model-input
+    image (default) or raw ``npy`` arrays (``heatmap_format``) — named after the image's id, else its path
+    relative to the folder all inputs share (:func:`heatmap_names`), each file written atomically, before the
+    batch is committed. ``workers``: decoding threads, or processes with ``decode_processes=True`` (default:
+    processes when the model is on a GPU, which threads cannot keep fed; threads on CPU, where the model is the
+    bottleneck); ``prefetch`` batches decoded ahead. ``max_pixels``: images larger than this (width x height,
+    read from the header) are skipped with the reason (default :data:`vitfiqa.options.DEFAULT_MAX_PIXELS`;
+    None = no limit of vitfiqa's own). The old keywords (``batch_size=``, ``workers=``, ...) still work for
+    one release, with a DeprecationWarning.
 
-    ``methods``, ``config`` (a :class:`vitfiqa.ScoreConfig`) and ``score_options`` (attn_block, vitnt_scale,
-    ...) make the score config as in :meth:`QualityModel.score`; it is validated once, before the first batch.
-    Scores must not depend on batch mates: EX-FIQA's ``exit_normalization`` must stay ``none`` here;
+    ``methods``, ``config`` (a :class:`vitfiqa.ScoreConfig`) and ``score_options`` make the score config as
+    in :meth:`QualityModel.score`; it is validated once, before the first batch.
+    Scores must not depend on batch mates: EX-FIQA's ``exfiqa.normalization`` must stay ``none`` here;
     normalise data-set-wide with :func:`vitfiqa.fuse_exits` instead.
 
-    run: a :class:`vitfiqa.options.RunOptions` (or its dict) whose face stage is used here: ``detect`` finds
-    faces with the bundled detector and scores each image's primary face, aligned to the ArcFace template
-    (``all_faces``: every confident face, one row each, ``<name>#<k>``); ``landmarks`` aligns by a landmark
-    file (``name x1 y1 ... x5 y5 score``) instead. Rows then also hold the face's box, confidence, inter-eye
-    distance and landmarks (:data:`vitfiqa.detect.FACE_COLUMNS`); "no face found" and "face too small" are
-    skips with that reason (see :mod:`vitfiqa.detect`)."""
+    The run's face stage: ``detect`` finds faces with the bundled detector and scores each image's primary
+    face, aligned to the ArcFace template (``all_faces``: every confident face, one row each, ``<name>#<k>``);
+    ``landmarks`` aligns by a landmark file (``name x1 y1 ... x5 y5 score``) instead. Rows then also hold the
+    face's box, confidence, inter-eye distance and landmarks (:data:`vitfiqa.detect.FACE_COLUMNS`); "no face
+    found" and "face too small" are skips with that reason (see :mod:`vitfiqa.detect`)."""
+    run = run_options(run, score_options, "score_files")
     cfg = score_config(config, methods=methods, **score_options)
     check_batch_independent(cfg)
-    run = _run_options(run)
     sources, ids, kind = check_sources(sources, ids)
     user_ids = ids is not None and kind != "faces"
-    sources, ids, names, fkind = with_faces(sources, ids, kind, run, workers=workers, max_pixels=max_pixels)
-    if heatmap_format not in HEATMAP_FORMATS:
-        raise ValueError(f"heatmap_format must be one of {HEATMAP_FORMATS}, not {heatmap_format!r}")
-    heat_dir = Path(heatmap_dir) if heatmap_dir is not None else None
+    batch_size, heatmap_format, max_pixels = run.batch_size, run.heatmap_format, run.max_pixels
+    sources, ids, names, fkind = with_faces(sources, ids, kind, run, workers=run.workers, max_pixels=max_pixels)
+    heat_dir = Path(run.heatmap_dir) if run.heatmap_dir is not None else None
     heat_names = (names if user_ids else heatmap_names(names)) if heat_dir is not None else None
     if heat_dir is not None:
         cfg.heatmaps = True
     elif cfg.heatmaps and out is not None:
-        raise ValueError("heatmaps=True with out=: give heatmap_dir= so the heatmaps are kept with the table")
+        raise ValueError("heatmaps=True with out=: give run=RunOptions(heatmap_dir=...) so the heatmaps are kept "
+                         "with the table")
     scorer = model.scorer(cfg)  # validated against the model once, before the first batch
     keys = scorer.columns() + (list(FACE_COLUMNS) if fkind == "faces" else [])
     table = None
@@ -306,11 +375,12 @@ def score_files(model: QualityModel, sources: Sequence, methods: Sequence[str] |
         if start != 0:
             raise ValueError("start= offsets the index column; a results table (out=) numbers the whole input list")
         table = _table(model, names, _table_kind(sources, fkind), cfg, out, batch_size=batch_size,
-                       overwrite=overwrite, heatmap_dir=heat_dir, heatmap_format=heatmap_format,
+                       overwrite=run.overwrite, heatmap_dir=heat_dir, heatmap_format=heatmap_format,
                        max_pixels=max_pixels, faces=_faces_desc(run) if fkind == "faces" else None)
-    loader = ImageLoader(sources, batch_size, model.image_size, workers=workers, prefetch=prefetch,
+    loader = ImageLoader(sources, batch_size, model.image_size, workers=run.workers, prefetch=run.prefetch,
                          pin_memory=model.device.type == "cuda", start=start,
-                         processes=model.device.type == "cuda" if decode_processes is None else decode_processes,
+                         processes=model.device.type == "cuda" if run.decode_processes is None
+                         else run.decode_processes,
                          skip=set(table.batch_starts()) - set(table.pending_batches()) if table is not None else (),
                          max_pixels=max_pixels, ids=names)
     # Heatmap files go through one temporary folder under heatmap_dir (same file system, so the rename is
@@ -321,9 +391,14 @@ def score_files(model: QualityModel, sources: Sequence, methods: Sequence[str] |
 
         heat_tmp = clear_tmp_dir(heat_dir / ".vitfiqa-tmp") if table is not None else heat_dir / ".vitfiqa-tmp"
         heat_tmp.mkdir(parents=True, exist_ok=True)
+    warn_stand_in(model)
+    resize_warned = False
     try:
         for batch in loader:
             result = None
+            if batch.resized and not resize_warned:
+                warn_resized(batch, model.image_size)
+                resize_warned = True
             if batch.images is not None:
                 x = model.prepare(to_model_input(batch.images, model), preprocess=False)
                 result = QualityResult._from_core(scorer.score(x))

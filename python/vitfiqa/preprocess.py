@@ -9,6 +9,8 @@ per-channel mean and std (applied to ``x / 255``).
 from __future__ import annotations
 
 import os
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,31 @@ def check_channel_order(channel_order: str) -> str:
     return channel_order
 
 
+_PIL_LIMIT_LOCK = threading.Lock()
+_PIL_LIMIT_USERS = 0
+_PIL_LIMIT_SAVED: Any = None
+
+
+@contextmanager
+def _pillow_limit_lifted():
+    """Set ``PIL.Image.MAX_IMAGE_PIXELS = None`` while at least one vitfiqa decode runs (decoding threads
+    overlap: the first to enter saves the value, the last to leave restores it). vitfiqa's own ``max_pixels``
+    is checked from the header right after ``Image.open``, before any pixel is decoded."""
+    from PIL import Image
+
+    global _PIL_LIMIT_USERS, _PIL_LIMIT_SAVED
+    with _PIL_LIMIT_LOCK:
+        if _PIL_LIMIT_USERS == 0:
+            _PIL_LIMIT_SAVED = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
+        _PIL_LIMIT_USERS += 1
+    try:
+        yield
+    finally:
+        with _PIL_LIMIT_LOCK:
+            _PIL_LIMIT_USERS -= 1
+            if _PIL_LIMIT_USERS == 0:
+                Image.MAX_IMAGE_PIXELS = _PIL_LIMIT_SAVED
 
 
 def _scale_to_uint8(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -90,7 +117,7 @@ def read_image(src: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str 
     if max_pixels is not None and max_pixels <= 0:
         raise ValueError("max_pixels must be positive (or None for no limit)")
     try:
-        with Image.open(src) as im:
+        with _pillow_limit_lifted(), Image.open(src) as im:
             w, h = im.size
             if max_pixels is not None and w * h > max_pixels:
                 raise _TooLarge(f"{w}x{h} = {w * h / 1e6:.1f} MP is above the limit of {max_pixels / 1e6:.1f} MP "

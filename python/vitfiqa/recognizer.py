@@ -23,14 +23,16 @@ the explicit argument, else from the input contract stored in the TorchScript fi
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from .eval.scores import flip_concat
+from .embeddings import flip_concat
 from .loader import to_model_input
+from .options import ModelOptions, no_unknown, resolve_device, take_deprecated
 from .preprocess import (CHANNEL_ORDERS, DEFAULT_CHANNEL_ORDER, DEFAULT_IMAGE_SIZE, DEFAULT_NORMALIZATION,
                          check_channel_order)
 
@@ -49,29 +51,57 @@ def _triple(v, name: str) -> tuple[float, float, float]:
 class Recognizer:
     """A TorchScript face recognizer (path or bytes) used for embeddings only.
 
-    >>> r = Recognizer("arcface_r100.pt", flip="concat")
+    ``options`` (a :class:`vitfiqa.options.ModelOptions` or its dict): device, dtype and the input contract
+    (``image_size``, ``channel_order``, ``normalization`` = {"mean": one number or three, "std": ...}; each
+    given value overrides the model's record; ``final_norm`` does not apply). The old keywords (``device=``,
+    ``mean=``, ...) still work for one release, with a DeprecationWarning.
+
+    >>> r = Recognizer("arcface_r100.pt", ModelOptions(channel_order="bgr"), flip="concat")
     >>> e = r.embed(uint8_nhwc_batch)          # float32 [B, 1024]
     """
 
-    def __init__(self, model: str | os.PathLike | bytes, device: str = "cpu", dtype: str = "float32",
-                 image_size: tuple[int, int] | int | None = None, channel_order: str | None = None,
-                 mean: float | Sequence[float] | None = None, std: float | Sequence[float] | None = None,
-                 flip: str = "concat", output: int = 0, name: str | None = None):
+    def __init__(self, model, options: ModelOptions | dict | None = None, *,
+                 flip: str = "concat", output: int = 0, name: str | None = None, checkpoint=None,
+                 **deprecated):
         from . import _core
         from .contract import read_input_contract
+        from .sources import resolve
 
+        if isinstance(options, (str, torch.device)):  # the old second positional argument, the device
+            deprecated["device"], options = options, None
+        norm_changes = {k: deprecated.pop(k) for k in ("mean", "std") if k in deprecated}
+        for k in norm_changes:
+            warnings.warn(f"Recognizer: {k}= is deprecated: pass options=ModelOptions(normalization={{'mean': ..., "
+                          f"'std': ...}})", DeprecationWarning, stacklevel=2)
+        changes = take_deprecated(deprecated, ModelOptions, "options", "Recognizer")
+        no_unknown(deprecated, "Recognizer")
+        options = ModelOptions.of(options).replace(**changes)
+        if norm_changes:
+            options = options.replace(normalization={**(options.normalization or {}), **norm_changes})
+        self.options = options
+        if options.final_norm is not None:
+            raise ValueError("a recognizer is run as it is: ModelOptions.final_norm does not apply to it")
+        channel_order, image_size = options.channel_order, options.image_size
+        given_norm = dict(options.normalization or {})
+        unknown = set(given_norm) - {"mean", "std"}
+        if unknown:
+            raise ValueError(f"normalization takes 'mean' and 'std', got {sorted(unknown)}")
+        mean, std, dtype = given_norm.get("mean"), given_norm.get("std"), options.dtype
         if channel_order is not None:
             check_channel_order(channel_order)
+        # Any route of vitfiqa.sources (a module, a ScriptModule, a preset name with its checkpoint, including
+        # the CNN recognisers of vitfiqa.models.RECOGNIZERS) becomes TorchScript here.
+        given = {k: v for k, v in (("image_size", image_size), ("channel_order", channel_order)) if v is not None}
+        src = resolve(model, checkpoint=checkpoint, options=given, role="recognizer")
+        model = src.model
+        if name is None and src.route == "preset":
+            name = src.description.split(",")[0].removeprefix("<preset ")
         if flip not in FLIP_MODES:
             raise ValueError(f"flip must be one of {FLIP_MODES}, got {flip!r}")
-        device = str(device)
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise RuntimeError(f"device {device!r} requested but CUDA is not available in this torch build")
+        device = resolve_device(options.device)
         if isinstance(model, (bytes, bytearray)):
-            if not model:
-                raise ValueError("model bytes are empty")
             self._core = _core.ScriptModel.from_bytes(bytes(model), device, str(dtype))
-            self.source = "<bytes>"
+            self.source = src.description if src.route != "torchscript bytes" else "<bytes>"
         else:
             path = Path(model)
             if not path.is_file():
@@ -87,7 +117,7 @@ class Recognizer:
         size = image_size if image_size is not None else record.get("image_size", DEFAULT_IMAGE_SIZE)
         self.image_size = (int(size), int(size)) if np.isscalar(size) else tuple(int(v) for v in size)
         self.channel_order = channel_order or record.get("channel_order", DEFAULT_CHANNEL_ORDER)
-        self.name = name or (Path(self.source).stem if self.source != "<bytes>" else "recognizer")
+        self.name = name or (Path(self.source).stem if not isinstance(model, bytes) else "recognizer")
         self.device = torch.device(device)
         self.dtype = getattr(torch, str(dtype))
         self.flip = flip
@@ -138,7 +168,12 @@ class Recognizer:
         f = self.forward(self.preprocess(np.ascontiguousarray(arr[:, :, ::-1])))
         return flip_concat(e, f) if self.flip == "concat" else e + f
 
-    @property
-    def embedding_factor(self) -> int:
-        """Embedding width relative to the model's output (2 with flip concatenation)."""
-        return 2 if self.flip == "concat" else 1
+
+def load_recognizer(model, checkpoint=None, **options) -> Recognizer:
+    """A :class:`Recognizer` from any route of :mod:`vitfiqa.sources`: a TorchScript file or bytes, a
+    ``torch.nn.Module``, or a preset name with its official checkpoint, e.g.
+    ``load_recognizer("arcface_r100", checkpoint="backbone.pth")`` (:data:`vitfiqa.models.RECOGNIZERS`, whose
+    input, channel order and the paper's mean / std, comes with the preset) or ``load_recognizer("cvlface_vit_b",
+    checkpoint="model.pt")`` (:data:`vitfiqa.models.PRESETS`). ``options``: as :class:`Recognizer`
+    (``options=ModelOptions(...)``, ``flip=``, ``output=``, ``name=``)."""
+    return Recognizer(model, checkpoint=checkpoint, **options)

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .loader import is_image_file
+from .options import TrainOptions, check_batch_size, no_unknown, take_deprecated
 from .preprocess import DEFAULT_IMAGE_SIZE
-from .options import check_batch_size
 
 
 class MarginSoftmax(nn.Module):
@@ -137,42 +137,62 @@ def _num_classes(dataset) -> int:
     return int(max(int(dataset[i][1]) for i in range(len(dataset)))) + 1
 
 
-def train_recognizer(model: nn.Module, dataset, epochs: int = 10, batch_size: int = 128, lr: float = 1e-3,
-                     weight_decay: float = 0.05, s: float = 64.0, m: float = 0.4, **kwargs) -> TrainingResult:
+def train_recognizer(model: nn.Module, dataset, options: TrainOptions | dict | None = None, *,
+                     head: MarginSoftmax | None = None, augment: Callable | None = None,
+                     after_epoch: Callable | None = None, log: Callable[[str], None] | None = None,
+                     **deprecated) -> TrainingResult:
     """Train a plain face recognition model (forward -> embedding) with the CosFace margin softmax over the
     data set's identities. Same options, checkpoints and result as :func:`train_vitfiqa` (no quality term)."""
-    return _train(model, dataset, epochs, batch_size, lr, weight_decay, None, s, m, **kwargs)
+    options = _train_options(options, deprecated, "train_recognizer")
+    return _train(model, dataset, options, None, head=head, augment=augment, after_epoch=after_epoch, log=log)
 
 
-def train_vitfiqa(model: nn.Module, dataset, epochs: int = 10, batch_size: int = 128, lr: float = 1e-3,
-                  weight_decay: float = 0.05, alpha: float = 10.0, s: float = 64.0, m: float = 0.4,
-                  **kwargs) -> TrainingResult:
+def train_vitfiqa(model: nn.Module, dataset, options: TrainOptions | dict | None = None, *, alpha: float = 10.0,
+                  head: MarginSoftmax | None = None, augment: Callable | None = None,
+                  after_epoch: Callable | None = None, log: Callable[[str], None] | None = None,
+                  **deprecated) -> TrainingResult:
     """Train a ViT-FIQA model (forward -> (embedding, quality)). Returns a :class:`TrainingResult`: the margin
     head (``.head``, whose rows are the class centres) and the loss history per step (``.loss``, ``.fr``,
     ``.quality``).
 
-    Options: ``device``; ``checkpoint_dir`` (a checkpoint after every epoch and every ``checkpoint_every``
-    seconds; with ``resume`` training continues from the latest one: model, margin head, optimiser,
-    schedule, position in the epoch); ``head`` (a trained :class:`MarginSoftmax` to continue from, e.g. the
-    recogniser's class centres when fine-tuning from it); ``schedule`` (``constant`` or ``cosine``: linear
-    warm-up over ``warmup`` steps, then cosine decay to zero); ``augment(x)`` applied to each batch;
-    ``after_epoch(epoch, model, head) -> dict`` (e.g. a validation, stored in ``.epochs``);
-    ``log`` (a function of one string; progress lines) or ``progress`` (a tqdm bar); ``seed``."""
-    return _train(model, dataset, epochs, batch_size, lr, weight_decay, alpha, s, m, **kwargs)
+    ``options``: a :class:`vitfiqa.options.TrainOptions` (or its dict): epochs, batch size, learning rate and
+    weight decay, the CosFace ``s`` and ``m``, ``schedule`` (``constant`` or ``cosine``: linear warm-up over
+    ``warmup`` steps, then cosine decay to zero), ``device``, ``seed``; ``checkpoint_dir`` (a checkpoint after
+    every epoch and every ``checkpoint_every`` seconds; with ``resume`` training continues from the latest
+    one: model, margin head, optimiser, schedule, position in the epoch); ``progress`` (a tqdm bar) or a
+    ``log`` line every ``log_every`` steps. The old keywords (``epochs=``, ``lr=``, ...) still work for one
+    release, with a DeprecationWarning.
+    ``alpha``: weight of the quality regression; ``head`` (a trained :class:`MarginSoftmax` to continue from,
+    e.g. the recogniser's class centres when fine-tuning from it); ``augment(x)`` applied to each batch;
+    ``after_epoch(epoch, model, head) -> dict`` (e.g. a validation, stored in ``.epochs``); ``log`` (a function
+    of one string; progress lines instead of the bar)."""
+    options = _train_options(options, deprecated, "train_vitfiqa")
+    return _train(model, dataset, options, alpha, head=head, augment=augment, after_epoch=after_epoch, log=log)
 
 
-def _train(model: nn.Module, dataset, epochs: int, batch_size: int, lr: float, weight_decay: float,
-           alpha: float | None, s: float, m: float, device: str = "cpu",
-           checkpoint_dir: str | os.PathLike | None = None, resume: bool = True, progress: bool = True, seed: int = 0,
-           augment: Callable | None = None, head: MarginSoftmax | None = None, schedule: str = "constant",
-           warmup: int = 0, checkpoint_every: float = 300.0, after_epoch: Callable | None = None,
-           log: Callable[[str], None] | None = None, log_every: int = 50) -> TrainingResult:
+def _train_options(options, deprecated: dict, where: str) -> TrainOptions:
+    if isinstance(options, int) and not isinstance(options, bool):  # the old third positional argument, epochs
+        deprecated["epochs"], options = options, None
+    changes = take_deprecated(deprecated, TrainOptions, "options", where, stacklevel=4)
+    no_unknown(deprecated, where)
+    options = TrainOptions.of(options)
+    return options.replace(**changes) if changes else options
+
+
+def _train(model: nn.Module, dataset, options: TrainOptions, alpha: float | None, *,
+           head: MarginSoftmax | None = None, augment: Callable | None = None, after_epoch: Callable | None = None,
+           log: Callable[[str], None] | None = None) -> TrainingResult:
     """The one training loop: CosFace (alpha None) or ViT-FIQA (CosFace + alpha * quality regression)."""
     import math
     import time
 
     from tqdm.auto import tqdm
 
+    epochs, batch_size, lr, weight_decay = options.epochs, options.batch_size, options.lr, options.weight_decay
+    s, m, schedule, warmup, device, seed = options.s, options.m, options.schedule, options.warmup, options.device, \
+        options.seed
+    checkpoint_dir, resume, checkpoint_every = options.checkpoint_dir, options.resume, options.checkpoint_every
+    progress, log_every = options.progress, options.log_every
     if schedule not in ("constant", "cosine"):
         raise ValueError("schedule must be 'constant' or 'cosine'")
     check_batch_size(batch_size)

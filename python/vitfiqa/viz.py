@@ -55,15 +55,17 @@ def overlay(image, heatmap, alpha: float = 0.4, cmap: str = "jet") -> np.ndarray
 
 def heatmap_figure(images: Sequence, heatmaps, titles: Sequence[str] | None = None, path: str | None = None,
                    normalize: str | None = None, alpha: float = 0.4, ncols: int | None = None,
-                   value_range: tuple[float, float] | None = None):
+                   value_range: tuple[float, float] | None = None, title: str | None = None,
+                   colorbar: str | None = None, footnote: str | None = None, dpi: int = 110, cmap: str = "jet"):
     """A grid of overlays (one per image).
 
     ``heatmaps``: [B,h,w] maps, e.g. ``result.heatmaps[m]`` (already normalised by ``score``) or the raw
     patch grids ``result.heatmap_grids[m]``. ``normalize=None`` draws them as given; ``"global"`` (one min and
     max for the whole figure: the official default), ``"image"`` or ``"none"`` normalise them first with
     :func:`vitfiqa.render_heatmaps`, as does ``value_range=(lo, hi)`` (with ``"global"`` or None). Maps are
-    resized to each image after normalising, as the official plots do. Saved to ``path`` (PNG/PDF) when
-    given."""
+    resized to each image after normalising, as the official plots do. ``title`` heads the figure (e.g. the
+    method), ``colorbar`` labels a colour bar of the map's scale (0..1), ``footnote`` is printed under the grid
+    (e.g. a legend of the image titles). Saved to ``path`` (PNG/PDF, ``dpi``) when given."""
     import matplotlib
 
     if path is not None:
@@ -78,14 +80,34 @@ def heatmap_figure(images: Sequence, heatmaps, titles: Sequence[str] | None = No
         hms = render_heatmaps(hms, None, normalize or "global", value_range).numpy()
     ncols = ncols or min(n, 6)
     nrows = (n + ncols - 1) // ncols
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.8 * ncols, 1.9 * nrows), squeeze=False)
+    extra_h = (0.35 if title else 0) + (0.45 * max(1, footnote.count("\n") + 1) if footnote else 0)
+    title_lines = max((str(t).count("\n") + 1 for t in titles), default=1) if titles is not None else 1
+    row_h = 1.9 + 0.14 * (title_lines - 1)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.8 * ncols + (0.9 if colorbar else 0), row_h * nrows + extra_h),
+                             squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for i, ax in enumerate(axes.flat[:n]):
-        ax.imshow(overlay(images[i], hms[i], alpha=alpha))
+        ax.imshow(overlay(images[i], hms[i], alpha=alpha, cmap=cmap))
         if titles is not None:
             ax.set_title(titles[i], fontsize=7)
-    fig.tight_layout()
+    if title:
+        fig.suptitle(title, fontsize=10)
+    if footnote:
+        fig.text(0.01, 0.01, footnote, fontsize=6.5, va="bottom", ha="left", wrap=True)
+    bottom = (0.45 * max(1, footnote.count("\n") + 1) / fig.get_figheight()) if footnote else 0
+    top = 1 - (0.35 / fig.get_figheight() if title else 0)
+    right = 1 - (0.9 / fig.get_figwidth() if colorbar else 0)
+    fig.tight_layout(rect=(0, bottom, right, top))
+    if colorbar:
+        from matplotlib.cm import ScalarMappable
+        from matplotlib.colors import Normalize
+
+        cax = fig.add_axes((right + 0.15 / fig.get_figwidth(), bottom + 0.1 * (top - bottom),
+                            0.15 / fig.get_figwidth(), 0.8 * (top - bottom)))
+        bar = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap), cax=cax)
+        bar.set_label(colorbar, fontsize=7)
+        bar.ax.tick_params(labelsize=6)
     if path is not None:
-        fig.savefig(path, dpi=150)
+        fig.savefig(path, dpi=dpi)
     return fig

@@ -24,6 +24,7 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from . import crfiqa, ediffiqa, grafiqs, magface, sddfiqa, serfiq  # noqa: F401  (each registers its method)
+from ..options import ModelOptions, no_unknown, take_deprecated
 from .model import BaselineModel
 from .presets import PRESETS, BaselinePreset, build, state_dict_of
 from .registry import REGISTRY, BaselineMethod, all_columns, display_name, methods, score_columns, source_of
@@ -31,23 +32,16 @@ from .registry import REGISTRY, BaselineMethod, all_columns, display_name, metho
 METHODS = methods()
 
 
-def load(model: Any, *, checkpoint=None, options=None, device: str | None = None, channel_order: str | None = None,
-         normalization: Mapping | None = None, image_size=None, overrides: Mapping | None = None) -> BaselineModel:
+def load(model: Any, options: ModelOptions | Mapping | None = None, *, checkpoint=None,
+         overrides: Mapping | None = None, **deprecated) -> BaselineModel:
     """A :class:`BaselineModel`: a preset name (+ ``checkpoint``), an ``nn.Module``, a TorchScript module, file or
-    bytes, or a :class:`vitfiqa.recognizer.Recognizer`. ``options``: a :class:`vitfiqa.options.ModelOptions` (or its
-    dict): device, image_size, channel_order, normalization (the baselines run in float32; final_norm does not
-    apply); the keywords of the same names override it."""
-    from ..options import ModelOptions
-
-    mo = ModelOptions.of(options)
-    if str(mo.dtype) != "float32":
-        raise ValueError(f"the baselines run in float32, got dtype {mo.dtype!r}")
-    if mo.final_norm is not None:
-        raise ValueError("final_norm is a ViT-method option; the baselines do not use it")
-    pick = lambda given, default: default if given is None else given  # noqa: E731
-    return BaselineModel(model, checkpoint=checkpoint, device=pick(device, mo.device),
-                         channel_order=pick(channel_order, mo.channel_order),
-                         normalization=pick(normalization, mo.normalization), image_size=pick(image_size, mo.image_size),
+    bytes, or a :class:`vitfiqa.recognizer.Recognizer`. ``options``: a :class:`vitfiqa.options.ModelOptions` (or
+    its dict): device, image_size, channel_order, normalization (the baselines run in float32; final_norm does not
+    apply). The old keywords (``device=``, ``channel_order=``, ...) still work for one release, with a
+    DeprecationWarning."""
+    changes = take_deprecated(deprecated, ModelOptions, "options", "vitfiqa.baselines.load")
+    no_unknown(deprecated, "vitfiqa.baselines.load")
+    return BaselineModel(model, ModelOptions.of(options).replace(**changes), checkpoint=checkpoint,
                          overrides=overrides)
 
 
@@ -73,7 +67,8 @@ def columns(names: Iterable[str] | str) -> list[str]:
 
 
 def score(names: Iterable[str] | str, model: Any, images: Any, *, checkpoint=None, batch_size: int | None = None,
-          options: Mapping[str, Mapping] | None = None, model_options=None, **method_options):
+          options: Mapping[str, Mapping] | None = None, model_options: ModelOptions | Mapping | None = None,
+          **method_options):
     """Score ``images`` with one or more baselines on ``model`` -> :class:`vitfiqa.QualityResult` (float64 [B]
     per column).
 
@@ -82,12 +77,14 @@ def score(names: Iterable[str] | str, model: Any, images: Any, *, checkpoint=Non
     :class:`vitfiqa.options.ModelOptions`).
     images: uint8 RGB [B,H,W,3] (NumPy / torch), or a prepared float [B,3,H,W] tensor.
     options: per-method options, ``{"serfiq": {"T": 100, "seed": 0}}``; keywords (``T=...``, ``seed=...``) go to
-    the one method that has them. batch_size: images per forward (None: all at once).
+    the one method that has them. batch_size: images per forward (None: all at once). model_options: how a
+    ``model`` that is not yet a :class:`BaselineModel` is loaded (:func:`load`; ``device=`` is the old spelling).
     """
     from ..api import QualityResult
-    from ..results import check_batch_size
+    from ..options import check_batch_size
 
     check_batch_size(batch_size, allow_none=True)
+    model_changes = take_deprecated(method_options, ModelOptions, "model_options", "vitfiqa.baselines.score")
     ms = _methods(names)
     opts = {m: dict((options or {}).get(m, {})) for m in ms}
     unknown = set(options or {}) - set(ms)
@@ -100,11 +97,11 @@ def score(names: Iterable[str] | str, model: Any, images: Any, *, checkpoint=Non
         opts[owners[0]][k] = v
     opts = {m: REGISTRY[m].check_options(opts[m]) for m in ms}
     if isinstance(model, BaselineModel):
-        if checkpoint is not None or model_options is not None:
+        if checkpoint is not None or model_options is not None or model_changes:
             raise ValueError("checkpoint / model_options go with a model to load, not a loaded BaselineModel")
         bm = model
     else:
-        bm = load(model, checkpoint=checkpoint, options=model_options)
+        bm = load(model, ModelOptions.of(model_options).replace(**model_changes), checkpoint=checkpoint)
     x = bm.prepare(images)
     step = batch_size or x.shape[0]
     parts: dict[str, list] = {}

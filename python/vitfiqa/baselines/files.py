@@ -8,8 +8,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ..preprocess import DEFAULT_MAX_PIXELS
-from ..results import DEFAULT_BATCH_SIZE
+from ..options import RunOptions, no_unknown
 from .model import BaselineModel
 from .registry import REGISTRY
 
@@ -49,16 +48,25 @@ def score_batch(model: BaselineModel, methods: Sequence[str], options: Mapping, 
 
 def score_files(names, model: BaselineModel, sources: Sequence, *, out: str | os.PathLike | None = None,
                 options: Mapping[str, Mapping] | None = None, ids: Sequence[str] | None = None,
-                batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None, overwrite: bool = False,
-                max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Iterator[dict[str, list]]:
+                run: RunOptions | Mapping | None = None, **deprecated) -> Iterator[dict[str, list]]:
     """Score image files (or encoded bytes with ``ids``) batch by batch with baselines -> yields each batch's
     columns (index, path, one per score column, error). ``out``: a results table folder, committed batch by batch
     and resumed (:class:`vitfiqa.results.ScoreTable`). An image that cannot be used is a row of NaN with the
-    reason in ``error``."""
+    reason in ``error``. ``run``: a :class:`vitfiqa.options.RunOptions` (batch_size, workers, overwrite,
+    max_pixels; no heatmaps: the baselines have none); the old keywords (``batch_size=``, ...) still work for one
+    release, with a DeprecationWarning."""
     from ..loader import ImageLoader
-    from ..pipeline import check_sources
+    from ..pipeline import check_sources, run_options
     from ..results import ScoreTable
 
+    run = run_options(run, deprecated, "vitfiqa.baselines.files.score_files")
+    no_unknown(deprecated, "score_files")
+    if run.heatmap_dir is not None:
+        raise ValueError("the baselines have no heatmaps: RunOptions.heatmap_dir must stay None")
+    if run.detect or run.landmarks is not None:
+        raise ValueError("the baselines score the images as given: the face stage (detect, landmarks) is the ViT "
+                         "methods' (align the faces first)")
+    batch_size, workers, overwrite, max_pixels = run.batch_size, run.workers, run.overwrite, run.max_pixels
     ms, opts, keys = resolve(names, options)
     sources, ids, kind = check_sources(sources, ids)
     names_ = ids if ids is not None else sources

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..options import ModelOptions, no_unknown, resolve_device, take_deprecated
 from ..preprocess import DEFAULT_CHANNEL_ORDER, DEFAULT_IMAGE_SIZE, DEFAULT_NORMALIZATION, check_channel_order
 from .presets import PRESETS, BaselinePreset, build
 
@@ -31,22 +32,29 @@ class BaselineModel:
     ``model``: a preset name (:data:`vitfiqa.baselines.PRESETS`; ``checkpoint`` = its official checkpoint file or
     loaded dict, read with ``weights_only=True``; ``overrides`` build a smaller network of the same layout), an
     eager ``nn.Module``, a ``torch.jit.ScriptModule``, a TorchScript file (path or bytes; its recorded input
-    contract is read) or a :class:`vitfiqa.recognizer.Recognizer` (its file and input). ``channel_order``
-    ("rgb" | "bgr") and ``normalization`` ({"mean": [3], "std": [3]} on x/255) override the preset's / file's
-    record; the defaults are rgb and 0.5 / 0.5.
+    contract is read) or a :class:`vitfiqa.recognizer.Recognizer` (its file and input). ``options`` (a
+    :class:`vitfiqa.options.ModelOptions` or its dict): ``device``; ``channel_order`` ("rgb" | "bgr"),
+    ``normalization`` ({"mean": [3], "std": [3]} on x/255) and ``image_size`` override the preset's / file's
+    record; the defaults are rgb and 0.5 / 0.5. The baselines run in float32 on the network as it is (no
+    ``final_norm``). The old keywords (``device=``, ...) still work for one release, with a DeprecationWarning.
 
     Methods that need module hooks or activation gradients (SER-FIQ, GraFIQs) run on an eager module: a
     TorchScript network is rebuilt eagerly from its weights when its layout is a known one (:attr:`eager`)."""
 
-    def __init__(self, model: Any, *, checkpoint=None, device: str | torch.device = "cpu",
-                 channel_order: Optional[str] = None, normalization: Optional[Mapping] = None,
-                 image_size: Optional[tuple[int, int] | int] = None, overrides: Optional[Mapping] = None):
+    def __init__(self, model: Any, options: ModelOptions | Mapping | None = None, *, checkpoint=None,
+                 overrides: Optional[Mapping] = None, **deprecated):
         from ..contract import check_input_contract, read_input_contract
 
-        device = str(device)
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise RuntimeError(f"device {device!r} requested but CUDA is not available in this torch build")
-        self.device = torch.device(device)
+        changes = take_deprecated(deprecated, ModelOptions, "options", "BaselineModel")
+        no_unknown(deprecated, "BaselineModel")
+        options = ModelOptions.of(options).replace(**changes) if changes else ModelOptions.of(options)
+        if options.dtype != "float32":
+            raise ValueError(f"the baselines run in float32, not {options.dtype}")
+        if options.final_norm is not None:
+            raise ValueError("ModelOptions.final_norm does not apply to a baseline's network")
+        self.options = options
+        channel_order, normalization, image_size = options.channel_order, options.normalization, options.image_size
+        self.device = torch.device(resolve_device(options.device))
         self.dtype = torch.float32
         self.preset: Optional[BaselinePreset] = None
         record: dict = {}

@@ -49,22 +49,11 @@ def check_spec(spec, path: Callable[[str], str]) -> None:
         raise ValueError(f"{where}: {exc}") from None
 
 
-_HASHES: dict[tuple, str] = {}
-
-
 def _file_hash(path: str) -> str:
     """SHA-256 of a weights file (memoised per path, size and modification time)."""
-    import os
+    from ..digest import file_hash
 
-    st = os.stat(path)
-    memo = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
-    if memo not in _HASHES:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                h.update(block)
-        _HASHES[memo] = h.hexdigest()
-    return _HASHES[memo]
+    return file_hash(path)
 
 
 def qualities(specs, ds, cfg, fingerprint: str, progress: bool) -> dict[str, np.ndarray]:
@@ -77,10 +66,11 @@ def qualities(specs, ds, cfg, fingerprint: str, progress: bool) -> dict[str, np.
     out: dict[str, np.ndarray] = {}
     for spec in specs:
         ms, opts, keys = resolve([spec.method], {score_columns().get(spec.method, spec.method): spec.options})
-        model = load(spec.preset or spec.model, checkpoint=spec.checkpoint,
-                     device=getattr(spec, "device", None) or cfg.device,
-                     channel_order=getattr(spec, "channel_order", None),
-                     normalization=getattr(spec, "normalization", None), image_size=ds.image_size)
+        model = load(spec.preset or spec.model,
+                     cfg.model_options("float32", ds.image_size, channel_order=getattr(spec, "channel_order", None),
+                                       normalization=getattr(spec, "normalization", None))
+                     .replace(device=getattr(spec, "device", None) or cfg.device),
+                     checkpoint=spec.checkpoint)
         run = run_description(model, ms, opts, None, None)
         run.update(benchmark=fingerprint, weights=_file_hash(spec.checkpoint or spec.model), preset=spec.preset)
         key = hashlib.sha256(json.dumps(dict(run=run, batch_size=int(cfg.batch_size)), sort_keys=True,

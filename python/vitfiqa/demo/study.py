@@ -217,8 +217,8 @@ def run_demo(out_dir: str | Path = "vitfiqa-demo", identities: int = 150, sample
                   fmrs=FMRS)
     df.drop(columns="curve").to_csv(out / "pauc.csv", index=False)
     for fmr in FMRS:
-        plot_edc(df, str(out / f"edc_fmr{fmr:g}.png"), fmr=fmr,
-                 title=f"EDC, held-out synthetic faces, FMR={fmr:g}")
+        _close(plot_edc(df, str(out / f"edc_fmr{fmr:g}.png"), fmr=fmr,
+                        title=f"EDC, held-out synthetic faces, FMR={fmr:g}"))
     log(f"EDC and pAUC done ({time.time() - t0:.0f} s)")
 
     # Heatmaps: three identities, clean and at the strongest level of each degradation.
@@ -230,17 +230,26 @@ def run_demo(out_dir: str | Path = "vitfiqa-demo", identities: int = 150, sample
         for kind, values in LEVELS.items():
             picks.append(degrade(images[base], kind, values[-1], np.random.default_rng(ident_)))
             titles.append(f"{kind} L4")
+    heatmap_files = {}
     for key in _methods_for(RECOGNIZER_COLUMNS):  # the recogniser's methods draw heatmaps
-        hm = rec.score(picks, methods=[key], heatmaps=True).heatmaps[key]
-        heatmap_figure(picks, hm, titles, str(out / f"heatmaps_{key}.png"), ncols=len(LEVELS) + 1)
+        r = rec.score(picks, methods=[key], heatmaps=True)
+        shown = [f"{t}\n{display_name(key)} {v:.3f}" for t, v in zip(titles, r.scores[key].tolist())]
+        heatmap_files[key] = f"heatmaps_{key}.png"
+        fig = heatmap_figure(picks, r.heatmaps[key], shown, str(out / heatmap_files[key]), ncols=len(LEVELS) + 1,
+                             title=f"{display_name(key)} heatmaps: 3 held-out identities, clean and at level 4 "
+                                   f"(the strongest) of each degradation",
+                             colorbar="heatmap value (each image's own min..max)", footnote=LEVEL_LEGEND, dpi=80)
+        _close(fig)
 
-    # Targets.
+    # Targets (kept in summary.json for regression checks; the report states the numbers, not pass/fail).
     pauc = {(r.method, r.fmr): float(r.pauc_x1e3) for r in df.itertuples()}
     targets: dict[str, dict] = {"clean_fnmr_at_fmr_1e-3": {"value": round(clean_fnmr, 4), "target": f"< {TARGET_FNMR}",
                                                            "met": clean_fnmr < TARGET_FNMR}}
     reasons = {}
+    ratios_by_method = {}
     for name in methods:
         ratios = {f"{fmr:g}": pauc[(name, fmr)] / pauc[("random rejection", fmr)] for fmr in FMRS}
+        ratios_by_method[name] = ratios
         met = all(v <= TARGET_PAUC_RATIO for v in ratios.values())
         targets[f"pauc_ratio_to_random/{name}"] = {"value": {k: round(v, 3) for k, v in ratios.items()},
                                                   "target": f"<= {TARGET_PAUC_RATIO} at both FMRs", "met": met}
@@ -257,40 +266,183 @@ def run_demo(out_dir: str | Path = "vitfiqa-demo", identities: int = 150, sample
         targets=targets, misses=reasons, seconds=round(time.time() - t0, 1))
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
 
-    lines = ["# vitfiqa demo report", "",
-             "Stand-in for face recognition: synthetic faces rendered from seeds (`vitfiqa.demo.faces`). The "
-             "recogniser (a small face ViT, CosFace) and the ViT-FIQA quality-token model were trained on 2,000 "
-             "training identities with every degradation below (blur, noise, low resolution, occlusion, JPEG, "
-             "over- and under-exposure) applied to part of each training batch, so none is unseen; what this "
-             "study holds out is the identities. It uses "
-             f"{identities} held-out identities x {samples} renders, each clean and degraded once by every "
-             f"degradation at a random level 1-4 ({n} images). ATTN-FIQA and ViTNT-FIQA read the recogniser, "
-             "ViT-FIQA and EX-FIQA (depth-weighted fusion FW) the quality model; comparison scores are the "
-             "recogniser's cosine similarities.", "",
-             f"Pairs: {int(pairs.n_genuine)} genuine (different renders of one identity), "
-             f"{len(pairs) - int(pairs.n_genuine)} impostor. Clean-pair FNMR at FMR 1e-3: **{clean_fnmr:.3f}** "
-             f"(target < {TARGET_FNMR}); over all images: {all_fnmr:.3f}.", "",
-             "FNMR at the all-image FMR 1e-3 threshold of genuine pairs between a clean image and one of each "
-             "degradation (any level, and level 4): "
-             + ", ".join(f"{k} {v:.2f}" for k, v in fnmr_by_kind.items()) + ".", "",
-             "## Spearman correlation of quality with degradation level", "",
-             "Over the clean images and that degradation's copies; negative = quality falls as the image degrades "
-             "(the expected sign).", "",
-             markdown_table(["method", *map(str, corr_table.columns)],
-                            [[str(name), *(f"{v:+.3f}" for v in row)] for name, row in corr_table.round(3).iterrows()]),
-             "",
-             "## pAUC-EDC x 10^3 (discard up to 30%, lower is better)", "", to_markdown(df), "",
-             "## Targets", "",
-             f"- clean-pair FNMR at FMR 1e-3 < {TARGET_FNMR}: {clean_fnmr:.3f} — "
-             f"{'met' if clean_fnmr < TARGET_FNMR else 'MISSED'}"]
-    for name in methods:
-        t = targets[f"pauc_ratio_to_random/{name}"]
-        ratio = ", ".join(f"{v:.2f} at FMR {k}" for k, v in t["value"].items())
-        lines.append(f"- {name}: pAUC / random = {ratio} (target <= {TARGET_PAUC_RATIO}) — "
-                     f"{'met' if t['met'] else 'MISSED: ' + reasons[name]}")
-    lines += ["", "Files: scores.csv, spearman.csv, pauc.csv, edc_fmr0.01.png, edc_fmr0.001.png, heatmaps_attn.png, "
-              "heatmaps_vitnt.png, summary.json.", ""]
-    (out / "report.md").write_text("\n".join(lines))
-    log("\n".join(lines[4:]))
-    log(f"report written to {out}/ in {time.time() - t0:.1f} s")
+    blocks = _report_blocks(identities, samples, n, pairs, clean_fnmr, all_fnmr, fnmr_by_kind, corr_table, df,
+                            ratios_by_method, reasons, heatmap_files, g, rec.num_blocks)
+    (out / "report.md").write_text(_markdown(blocks, out))
+    (out / "report.html").write_text(_html(blocks, out))
+    log(_markdown([b for b in blocks if b[0] != "figure"], out))
+    log(f"report written to {out}/report.html (self-contained) and report.md in {time.time() - t0:.1f} s")
     return summary
+
+
+LEVEL_LEGEND = ("clean: the render as made. L4 = level 4 of 4, the strongest: blur Gaussian sigma 4.5 px; noise "
+                "Gaussian sigma 55 grey levels;\nlowres down-scaled to 0.14x and back; occlusion a square over 45% "
+                "of the image; jpeg quality 4; overexposure gain 3.5; underexposure gain 0.1 (clipped). "
+                "Under each label: that image's score.")
+"""What "L4" and the other labels of the heatmap grids mean (checked against LEVELS by the tests)."""
+
+
+def _close(fig) -> None:
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def _level_table() -> tuple[list[str], list[list[str]]]:
+    units = {"blur": "Gaussian sigma, px", "noise": "Gaussian noise sigma, grey levels",
+             "lowres": "down-scale factor (then back up)", "occlusion": "share of the image covered by a square",
+             "jpeg": "JPEG quality", "overexposure": "gain on intensities (clipped)",
+             "underexposure": "gain on intensities"}
+    return (["degradation", "parameter", "L1", "L2", "L3", "L4"],
+            [[k, units[k], *(f"{v:g}" for v in vals)] for k, vals in LEVELS.items()])
+
+
+def _report_blocks(identities, samples, n, pairs, clean_fnmr, all_fnmr, fnmr_by_kind, corr_table, df,
+                   ratios_by_method, reasons, heatmap_files, clean_genuine, rec_blocks) -> list[tuple]:
+    """The report as a list of blocks (heading, paragraph, table, figure), rendered to Markdown and HTML."""
+    from vitfiqa.config import display_name
+    from vitfiqa.eval import to_markdown
+
+    impostors = len(pairs) - int(pairs.n_genuine)
+    better = [m for m, r in ratios_by_method.items() if all(v < 0.95 for v in r.values())]
+    not_better = [m for m in ratios_by_method if m not in better]
+    best = min(ratios_by_method, key=lambda m: max(ratios_by_method[m].values()))
+    ratio_text = "; ".join(f"{m} {', '.join(f'{v:.2f}' for v in r.values())}" for m, r in ratios_by_method.items())
+    worst_kinds = sorted((k for k in LEVELS if k in fnmr_by_kind), key=lambda k: -fnmr_by_kind[k])[:3]
+    blocks: list[tuple] = [
+        ("h1", "vitfiqa demo report"),
+        ("p", f"A controlled-degradation study of the four quality methods on the embedded stand-in models. "
+              f"{identities} held-out synthetic identities (never seen in training) x {samples} renders, each "
+              f"clean and degraded once by each of {len(LEVELS)} degradations at a random level 1-4: {n} images. "
+              "The recogniser and the quality model were trained on other identities with every degradation "
+              "below applied to part of each training batch, so none is unseen; what this study holds out is the "
+              "identities. ATTN-FIQA and ViTNT-FIQA read the recogniser (a small face ViT); ViT-FIQA and EX-FIQA (its "
+              "depth-weighted fusion FW) read the ViT-FIQA quality model; comparison scores are the recogniser's "
+              "cosine similarities. Higher quality score = better image for every method."),
+        ("h2", "What this study can and cannot show"),
+        ("p", f"It can show that the tool runs end to end and how each method's score moves with a known "
+              f"degradation: on these models, the clean-pair FNMR at FMR 1e-3 is {clean_fnmr:.3f} "
+              f"({int(clean_genuine.sum())} clean genuine pairs) and {all_fnmr:.3f} over all images; the "
+              f"recogniser fails most on {', '.join(f'{k} (FNMR {fnmr_by_kind[k]:.2f})' for k in worst_kinds)}. "
+              f"pAUC relative to random rejection at FMR {' / '.join(f'{f:g}' for f in FMRS)} (below 1 = the "
+              f"method discards failing comparisons first): {ratio_text}. "
+              + (f"Better than random by at least 5% at both FMRs: {', '.join(better)}. " if better else
+                 "No method beats random rejection by 5% at both FMRs. ")
+              + (f"Not clearly better than random: {', '.join(not_better)}. " if not_better else "")
+              + f"Closest to the ideal: {best}."),
+        ("p", "It cannot show how the methods rank on real faces: the faces are procedurally rendered, the "
+              f"recogniser is a small ViT ({rec_blocks} blocks) trained on them alone, and each degradation is "
+              "synthetic. The papers study large face ViTs on real benchmarks (IJB-C, LFW, ...); for those "
+              "numbers use your own model (docs/bring-your-own-model.md) and `vitfiqa reproduce`."),
+        ("h2", "Degradations and levels"),
+        ("p", "Level 0 is the clean render; levels 1-4 grow in strength. \"L4\" in the figures is level 4, "
+              "the strongest."),
+        ("table", *_level_table()),
+        ("h2", "Verification"),
+        ("p", f"Pairs: {int(pairs.n_genuine)} genuine (different renders of one identity) and {impostors} "
+              f"impostor. FNMR at the all-image FMR 1e-3 threshold of genuine pairs between a clean image and one "
+              "of each degradation (any level, and level 4 only):"),
+        ("table", ["pairs", "FNMR"], [[k, f"{v:.2f}"] for k, v in fnmr_by_kind.items()]),
+        ("h2", "How each score follows the degradations"),
+        ("p", "Spearman correlation of the score with the degradation level, over the clean images and that "
+              "degradation's copies. Negative = the score falls as the image degrades (the expected sign); near "
+              "0 = the method does not see that degradation; positive = it rates degraded images higher."),
+        ("table", ["method", *map(str, corr_table.columns)],
+         [[str(name), *(f"{v:+.3f}" for v in row)] for name, row in corr_table.round(3).iterrows()]),
+        ("h2", "Error-versus-discard (EDC) and pAUC"),
+        ("p", "pAUC-EDC x 10^3, discarding up to 30% of the comparisons by pair quality (the lower quality of the "
+              "two images); lower is better. The random-rejection row discards comparisons in random order: a "
+              "useful method is below it."),
+        ("markdown", to_markdown(df)),
+    ]
+    for name, why in reasons.items():
+        blocks.append(("p", f"{name} does not reach 0.8 x random at both FMRs: {why}."))
+    for fmr in FMRS:
+        blocks.append(("figure", f"edc_fmr{fmr:g}.png",
+                       f"EDC at FMR {fmr:g}: FNMR (y) of the comparisons kept after discarding the lowest-quality "
+                       f"fraction (x) by each method, the threshold re-fitted to FMR {fmr:g} at each step. A curve "
+                       "that falls faster than the dashed random-rejection curve removes failing comparisons "
+                       "first; the legend gives each pAUC up to 30% discard (dotted line)."))
+    for key, fname in heatmap_files.items():
+        blocks.append(("figure", fname,
+                       f"{display_name(key)} heatmaps of three held-out identities (rows): the clean render, then "
+                       "level 4 (L4, the strongest) of each degradation. Red = where the method's value is "
+                       "highest in that image, blue = lowest (each image scaled to its own min..max, colour bar); "
+                       f"under each label, that image's {display_name(key)} score (higher = better quality)."))
+    blocks.append(("p", "Files: scores.csv (every image's scores, degradation and level), spearman.csv, pauc.csv, "
+                        "summary.json (all numbers above), the PNG figures; report.html holds the figures inline."))
+    return blocks
+
+
+def _inline(text: str) -> str:
+    import html
+    import re
+
+    t = html.escape(text, quote=False)
+    t = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", t)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", t)
+
+
+def _md_table(header, rows) -> str:
+    from vitfiqa.eval import markdown_table
+
+    return markdown_table(header, rows)
+
+
+def _markdown(blocks, out: Path) -> str:
+    lines = []
+    for kind, *rest in blocks:
+        if kind == "h1":
+            lines += [f"# {rest[0]}", ""]
+        elif kind == "h2":
+            lines += [f"## {rest[0]}", ""]
+        elif kind == "p":
+            lines += [rest[0], ""]
+        elif kind == "table":
+            lines += [_md_table(*rest), ""]
+        elif kind == "markdown":
+            lines += [rest[0].rstrip(), ""]
+        elif kind == "figure":
+            lines += [f"![{rest[1]}]({rest[0]})", "", f"*{rest[1]}*", ""]
+    return "\n".join(lines)
+
+
+def _html_table(header, rows) -> str:
+    head = "".join(f"<th>{_inline(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_inline(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _parse_md_table(text: str):
+    rows = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in text.strip().splitlines()
+            if ln.strip().startswith("|")]
+    return rows[0], [r for r in rows[2:]]
+
+
+def _html(blocks, out: Path) -> str:
+    """One self-contained page: styles inline, figures embedded as base64 PNG (opens offline anywhere)."""
+    import base64
+    import html
+
+    parts = []
+    for kind, *rest in blocks:
+        if kind == "h1":
+            parts.append(f"<h1>{html.escape(rest[0])}</h1>")
+        elif kind == "h2":
+            parts.append(f"<h2>{html.escape(rest[0])}</h2>")
+        elif kind == "p":
+            parts.append(f"<p>{_inline(rest[0])}</p>")
+        elif kind == "table":
+            parts.append(_html_table(*rest))
+        elif kind == "markdown":
+            parts.append(_html_table(*_parse_md_table(rest[0])))
+        elif kind == "figure":
+            data = base64.b64encode((out / rest[0]).read_bytes()).decode("ascii")
+            parts.append(f'<figure><img alt="{html.escape(rest[0])}" src="data:image/png;base64,{data}">'
+                         f"<figcaption>{_inline(rest[1])}</figcaption></figure>")
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.45;color:#222}"
+             "table{border-collapse:collapse;margin:.5em 0 1em}td,th{border:1px solid #ccc;padding:.25em .6em;"
+             "text-align:left}th{background:#f3f3f3}figure{margin:1.5em 0}img{max-width:100%}"
+             "figcaption{font-size:.9em;color:#444;margin-top:.4em}code{background:#f3f3f3;padding:0 .2em}")
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>vitfiqa demo report</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")

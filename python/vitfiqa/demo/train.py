@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from ..eval import fnmr_at_fmr
 from ..models import FaceViT, ViTFIQA, export_torchscript
 from ..preprocess import DEFAULT_CHANNEL_ORDER, DEFAULT_IMAGE_SIZE, DEFAULT_NORMALIZATION, normalize_uint8
+from ..options import TrainOptions
 from ..training import InMemoryDataset, MarginSoftmax, train_recognizer, train_vitfiqa
 from . import QUALITY_MODEL, RECOGNIZER, DemoConfig
 from .faces import HELD_OUT, TRAIN, render_faces
@@ -221,9 +222,9 @@ def train(cfg: DemoConfig | None = None, work_dir: str | Path = "vitfiqa-train-d
         log(f"epoch {epoch}: held-out clean FNMR@FMR1e-3 {r['fnmr_at_fmr_1e-3']:.3f} ({time.time() - t0:.0f} s)")
         return r
 
-    common = dict(batch_size=cfg.batch_size, s=cfg.s, m=cfg.m, schedule="cosine", seed=cfg.seed,
-                  augment=make_augment(cfg.degrade_share, cfg.seed), after_epoch=validate, log=log,
-                  checkpoint_every=240.0)
+    common = TrainOptions(batch_size=cfg.batch_size, s=cfg.s, m=cfg.m, schedule="cosine", seed=cfg.seed,
+                          checkpoint_every=240.0)
+    hooks = dict(augment=make_augment(cfg.degrade_share, cfg.seed), after_epoch=validate, log=log)
     torch.manual_seed(cfg.seed)
     recognizer = FaceViT(**cfg.model_kwargs())
     t1 = time.time()
@@ -232,13 +233,15 @@ def train(cfg: DemoConfig | None = None, work_dir: str | Path = "vitfiqa-train-d
         head = init_from_recognizer(recognizer, cfg.init_recognizer, images, ids, cfg)
         log(f"recogniser initialised from {cfg.init_recognizer}; class centres = identity mean embeddings "
             f"({time.time() - t1:.0f} s)")
-    rec_run = train_recognizer(recognizer, data, epochs=cfg.recognizer_epochs, lr=cfg.recognizer_lr,
-                                warmup=300, checkpoint_dir=work / "recognizer", head=head, **common)
+    rec_run = train_recognizer(recognizer, data, common.replace(epochs=cfg.recognizer_epochs, lr=cfg.recognizer_lr,
+                                                                warmup=300, checkpoint_dir=work / "recognizer"),
+                               head=head, **hooks)
     t_rec = time.time() - t1
     quality = quality_from_recognizer(recognizer, cfg)
     t2 = time.time()
-    q_run = train_vitfiqa(quality, data, epochs=cfg.quality_epochs, lr=cfg.quality_lr, warmup=100,
-                          head=_copy_head(rec_run.head, cfg), checkpoint_dir=work / "vitfiqa", **common)
+    q_run = train_vitfiqa(quality, data, common.replace(epochs=cfg.quality_epochs, lr=cfg.quality_lr, warmup=100,
+                                                        checkpoint_dir=work / "vitfiqa"),
+                          head=_copy_head(rec_run.head, cfg), **hooks)
     t_q = time.time() - t2
     contract = _input_contract(cfg)
     recognizer_out.parent.mkdir(parents=True, exist_ok=True)

@@ -34,8 +34,8 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..loader import ImageLoader, decode_items, to_model_input
-from ..preprocess import DEFAULT_IMAGE_SIZE, DEFAULT_MAX_PIXELS
-from ..options import DEFAULT_BATCH_SIZE, check_batch_size
+from ..options import DEFAULT_BATCH_SIZE, DEFAULT_MAX_PIXELS, check_batch_size
+from ..preprocess import DEFAULT_IMAGE_SIZE
 from .scores import Pairs, l2_normalize
 
 log = logging.getLogger("vitfiqa.eval")
@@ -129,13 +129,6 @@ class ImageSet:
             all_idx = order[batch.start:batch.start + len(batch.ids)]
             images = self._channels(batch.images.numpy()) if batch.images is not None else None
             yield LoadedBatch(all_idx, all_idx[batch.ok] if batch.ok else all_idx[:0], images, errors)
-
-    def batches(self, batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None,
-                indices: Sequence[int] | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield (indices, uint8 images [b,H,W,3]) of the readable images (see :meth:`iter_batches`)."""
-        for b in self.iter_batches(batch_size, workers, indices):
-            if b.images is not None:
-                yield b.ok, b.images
 
 
 @dataclass

@@ -128,11 +128,6 @@ def _warn_unresolved(fmr: float, n_imp: int, benchmark: str | None, variant: str
                   f"{at} (one false match is FMR {1 / n_imp:.3g}); {outcome}", stacklevel=4)
 
 
-def _unresolved(fmr: float, n_imp: int) -> bool:
-    """The closest achievable FMR to the target is 0: fewer than half an expected false match."""
-    return fmr * n_imp < 0.5
-
-
 CRFIQA_GRID = np.arange(0, 0.98, 0.05)  # the CR-FIQA code's fractions, floating noise included
 
 

@@ -179,9 +179,13 @@ def _draw_edc(ax, sel, fmr: float, title: str | None, limit_line: bool = True) -
         c: EDCCurve = row.curve
         style = dict(where="post") if c.variant == "iso" else {}
         plot = ax.step if c.variant == "iso" else ax.plot
-        plot(c.discard, c.fnmr, label=f"{display_name(str(row.method))} (pAUC {row.pauc_x1e3:.2f}e-3)", **style)
-    base = float(sel.iloc[0].fnmr_at_0)
-    ax.axhline(base, color="gray", linestyle="--", linewidth=1, label="random rejection")
+        name = display_name(str(row.method))
+        if _is_random(name):  # a measured random-rejection row: drawn as the baseline, once
+            style.update(color="gray", linestyle="--", linewidth=1)
+        plot(c.discard, c.fnmr, label=f"{name} (pAUC {row.pauc_x1e3:.2f}e-3)", **style)
+    if not any(_is_random(display_name(str(m))) for m in sel.method):
+        base = float(sel.iloc[0].fnmr_at_0)  # expected FNMR of random rejection: the FNMR at 0% discard
+        ax.axhline(base, color="gray", linestyle="--", linewidth=1, label="random rejection")
     if limit_line:
         ax.axvline(float(sel.iloc[0].limit), color="black", linestyle=":", linewidth=0.8)
     ax.set_xlabel("Ratio of discarded comparisons")
@@ -191,6 +195,10 @@ def _draw_edc(ax, sel, fmr: float, title: str | None, limit_line: bool = True) -
     ax.grid(alpha=0.3)
     ax.set_title(title or f"EDC {sel.iloc[0].benchmark} {sel.iloc[0].fr_model}".strip(), fontsize=9)
     ax.legend(fontsize=7)
+
+
+def _is_random(name: str) -> bool:
+    return name.strip().lower().startswith("random")
 
 
 def _pyplot(path):

@@ -46,11 +46,16 @@ Example config (paths are relative to the config file)::
                                  # channel_order: the model's input contract, else rgb (what the official
                                  # pipeline feeds from the release files)
 
+    [[recognizers]]
+    name = "AdaFace ViT-B"
+    preset = "cvlface_vit_b"     # an official architecture (vitfiqa.models.PRESETS / RECOGNIZERS) ...
+    checkpoint = "model.pt"      # ... with its official checkpoint, instead of model
+
     [[qualities]]
     name = "ATTN-FIQA"
     method = "attn"
     model = "vit_b_face.pt"
-    options = { attn_block = -1 }    # score options (vitfiqa.ScoreConfig)
+    options = { attn.block = -1 }    # score config fields, dotted (vitfiqa.ScoreConfig.fields())
     final_norm = "norm"              # model options (vitfiqa.options.ModelOptions fields): channel_order,
                                      # normalization, image_size, final_norm, device, dtype
 
@@ -84,13 +89,13 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from ..config import methods as registered_methods, score_columns
-from ..options import ModelOptions
+from ..digest import file_hash
+from ..options import DEFAULT_BATCH_SIZE, ModelOptions, RunOptions
 from ..preprocess import DEFAULT_IMAGE_SIZE
-from ..options import DEFAULT_BATCH_SIZE
 from .datasets import (CorruptEntry, ImageSet, aggregate_templates, check_prepared, extract_embeddings, load_adience,
                        load_bin, load_ijbc, load_lfw_pairs, load_pair_list, template_quality)
 from .report import evaluate, plot_edc_grid, to_csv, to_latex, to_markdown
-from .scores import comparison_scores
+from .scores import masked_comparison_scores
 
 log = logging.getLogger("vitfiqa.reproduce")
 
@@ -141,6 +146,8 @@ class RecognizerSpec:
     output: int = 0
     dtype: str = "float32"
     detector_score_weighting: bool = False
+    preset: str | None = None          # with checkpoint: an official architecture instead of a TorchScript model
+    checkpoint: str | None = None
 
 
 # A method's name in a config -> the score column the papers' tables report for it. EX-FIQA scores every exit
@@ -163,7 +170,8 @@ class QualitySpec:
     column: str | None = None
     key: str | None = None
     higher_is_better: bool = True
-    preset: str | None = None          # a baseline's network (vitfiqa.baselines.PRESETS), with checkpoint
+    preset: str | None = None          # with checkpoint: a baseline's network (vitfiqa.baselines.PRESETS) or
+                                       # an official ViT (vitfiqa.models.PRESETS), instead of model
     checkpoint: str | None = None
     # how the model is loaded and fed (vitfiqa.options.ModelOptions); None: the model's input contract, the
     # run's device and the benchmark's image size
@@ -205,6 +213,14 @@ class Config:
     ray: str | None = None          # embeddings and vitfiqa qualities on Ray: "local" (this process's or a new
                                     # local Ray), "auto" or "ray://host:port"; qualities of image files only
                                     # (encoded bytes and aligned crops are scored locally), embeddings of any
+
+    def run_options(self) -> RunOptions:
+        """How the config's runs over a benchmark are executed (its ``batch_size`` and ``workers``)."""
+        return RunOptions(batch_size=int(self.batch_size), workers=self.workers)
+
+    def model_options(self, dtype: str, image_size: tuple[int, int], **contract) -> ModelOptions:
+        """How a model of the config is loaded (its ``device``; a spec's dtype; the benchmark's image size)."""
+        return ModelOptions(device=self.device, dtype=dtype, image_size=image_size, **contract)
 
 
 def _fields(cls) -> set[str]:
@@ -291,6 +307,22 @@ def load_config(config: str | os.PathLike | Mapping, base: str | os.PathLike | N
             raise FileNotFoundError(f"{what} {spec.name!r}: model file not found: {path}")
         return path
 
+    def preset_entry(spec, what):
+        """``preset`` + ``checkpoint``: an official architecture with its weights (exported to TorchScript in the
+        cache when the run starts, see :func:`export_presets`)."""
+        from ..sources import preset_names
+
+        if spec.preset is None and spec.checkpoint is None:
+            return
+        if spec.preset is None or spec.checkpoint is None or spec.model is not None:
+            raise ConfigError(f"{what} {spec.name!r}: give preset and checkpoint together, instead of model")
+        names = preset_names(what)
+        if spec.preset not in names:
+            raise ConfigError(f"{what} {spec.name!r}: unknown preset {spec.preset!r}; presets: {', '.join(names)}")
+        spec.checkpoint = _path(base, spec.checkpoint)
+        if not Path(spec.checkpoint).is_file():
+            raise FileNotFoundError(f"{what} {spec.name!r}: checkpoint not found: {spec.checkpoint}")
+
     def per_benchmark_files(e, key, what):
         files = e.get(key, {})
         if not isinstance(files, dict):
@@ -303,8 +335,10 @@ def load_config(config: str | os.PathLike | Mapping, base: str | os.PathLike | N
     recognizers = []
     for e in raw["recognizers"]:
         spec = make_spec(RecognizerSpec, e, "recognizer", "embeddings")
-        if spec.model is None and not spec.embeddings:
-            raise ConfigError(f"recognizer {spec.name!r} needs a model (TorchScript file) or embeddings files")
+        preset_entry(spec, "recognizer")
+        if spec.model is None and spec.preset is None and not spec.embeddings:
+            raise ConfigError(f"recognizer {spec.name!r} needs a model (TorchScript file), preset + checkpoint, or "
+                              "embeddings files")
         if spec.model is not None:
             spec.model = model_file(spec, "recognizer")
         from ..recognizer import CHANNEL_ORDERS, FLIP_MODES, _triple
@@ -334,20 +368,20 @@ def load_config(config: str | os.PathLike | Mapping, base: str | os.PathLike | N
                 check_baseline(spec, lambda p: _path(base, p))
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
-        elif spec.preset is not None or spec.checkpoint is not None:
-            raise ConfigError(f"quality {spec.name!r}: preset/checkpoint name a baseline's network (method = "
-                              "\"serfiq\", \"crfiqa\", ...); a ViT method takes model")
         elif spec.method is not None:
             spec.method = _quality_method(spec)
-            if spec.model is None:
-                raise ConfigError(f"quality {spec.name!r}: method {spec.method!r} needs a model")
-            spec.model = model_file(spec, "quality")
+            preset_entry(spec, "quality")  # preset + checkpoint: an official ViT architecture (vitfiqa.models)
+            if spec.model is None and spec.preset is None:
+                raise ConfigError(f"quality {spec.name!r}: method {spec.method!r} needs a model (or preset + "
+                                  "checkpoint)")
+            if spec.model is not None:
+                spec.model = model_file(spec, "quality")
             _check_model_options(spec)
             from ..config import check_batch_independent, score_config
 
             check_batch_independent(score_config(methods=_methods_of([spec]), **spec.options))
         else:
-            given = [k for k in QUALITY_MODEL_OPTIONS if getattr(spec, k) is not None]
+            given = [k for k in QUALITY_MODEL_OPTIONS + ("preset", "checkpoint") if getattr(spec, k) is not None]
             if given:
                 raise ConfigError(f"quality {spec.name!r}: {given} are options of a method row (method + model), "
                                   "not of score files")
@@ -375,6 +409,27 @@ def load_config(config: str | os.PathLike | Mapping, base: str | os.PathLike | N
     return cfg
 
 
+def export_presets(cfg: Config) -> None:
+    """Each ``preset`` + ``checkpoint`` entry -> a TorchScript file in the cache (made once per preset and
+    checkpoint content, then reused, so the cache keys that hash the model file stay put); sets its ``model``."""
+    from ..baselines.reproduce import is_baseline
+    from ..sources import resolve
+
+    for spec, role in [(s, "recognizer") for s in cfg.recognizers] + [(s, "quality") for s in cfg.qualities]:
+        if spec.preset is None or spec.model is not None or (role == "quality" and is_baseline(spec.method)):
+            continue  # a baseline's preset is its own (vitfiqa.baselines)
+        key = _json_hash(dict(preset=spec.preset, checkpoint=file_hash(spec.checkpoint)))  # one file for both roles
+        path = Path(cfg.cache) / "models" / f"{spec.preset}-{key[:16]}.pt"
+        if not path.is_file():
+            log.info("%s %s: exporting preset %s with %s", role, spec.name, spec.preset, spec.checkpoint)
+            data = resolve(spec.preset, checkpoint=spec.checkpoint, role=role).model
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        spec.model = str(path)
+
+
 def _quality_method(spec: QualitySpec) -> str:
     """The score column a quality row's ``method`` names (an alias resolved, see METHOD_ALIASES)."""
     column = METHOD_ALIASES.get(spec.method, spec.method)
@@ -387,7 +442,7 @@ def _quality_method(spec: QualitySpec) -> str:
 
 def _check_model_options(spec: QualitySpec) -> None:
     """A method row's model options, checked as the model loader checks them (one-line ConfigError)."""
-    from ..models import check_input_contract
+    from ..contract import check_input_contract
 
     contract = {k: getattr(spec, k) for k in ("image_size", "channel_order", "normalization")
                 if getattr(spec, k) is not None}
@@ -402,20 +457,6 @@ def _check_model_options(spec: QualitySpec) -> None:
 
 
 # -- content hashes ------------------------------------------------------------------------------------------
-
-_FILE_HASHES: dict[tuple, str] = {}
-
-
-def file_hash(path: str) -> str:
-    """SHA-256 of a file's content (memoised per path, size and modification time)."""
-    from ..api import _file_sha256
-
-    st = os.stat(path)
-    memo = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
-    if memo not in _FILE_HASHES:
-        _FILE_HASHES[memo] = _file_sha256(Path(path))
-    return _FILE_HASHES[memo]
-
 
 def _json_hash(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
@@ -569,7 +610,10 @@ def compute_embeddings(spec: RecognizerSpec, ds: ImageSet, cfg: Config, fingerpr
             cache.write(ok, embeddings, unreadable=list(errors))
             bar.update(len(indices))
     else:
-        rec = Recognizer(spec.model, device=cfg.device, image_size=ds.image_size, name=spec.name, **options)
+        norm = {k: v for k, v in (("mean", spec.mean), ("std", spec.std)) if v is not None} or None
+        rec = Recognizer(spec.model, cfg.model_options(spec.dtype, ds.image_size, channel_order=spec.channel_order,
+                                                       normalization=norm),
+                         flip=spec.flip, output=spec.output, name=spec.name)
         for b, embeddings in extract_embeddings(rec, ds, cfg.batch_size, workers=cfg.workers, indices=todo):
             cache.write(b.ok, embeddings, unreadable=list(b.errors))
             bar.update(len(b.indices))
@@ -647,9 +691,7 @@ def _qualities_local(group: list[QualitySpec], model_path: str, mo: ModelOptions
         if pending:
             todo = np.concatenate([np.arange(s, min(s + cfg.batch_size, len(ds))) for s in pending])
             log.info("qualities %s on %s: %d of %d images to score", names, ds.name, len(todo), len(ds))
-            model = QualityModel(model_path, device=mo.device, dtype=mo.dtype, image_size=ds.image_size,
-                                 channel_order=mo.channel_order, normalization=mo.normalization,
-                                 final_norm=mo.final_norm)
+            model = QualityModel(model_path, mo.replace(image_size=ds.image_size))
             methods = _methods_of(group)
             bar = _progress(len(ds), len(ds) - len(todo), f"qualities {names} / {ds.name}", progress)
             for b in ds.iter_batches(cfg.batch_size, workers=cfg.workers, indices=todo):
@@ -681,7 +723,7 @@ def _read_order(model_path: str, channel_order: str | None, swapped: bool) -> st
     normalisation either way)."""
     if not swapped:
         return channel_order
-    from ..models import read_input_contract
+    from ..contract import read_input_contract
     from ..preprocess import DEFAULT_CHANNEL_ORDER
 
     order = channel_order or (read_input_contract(Path(model_path)) or {}).get("channel_order") or DEFAULT_CHANNEL_ORDER
@@ -701,12 +743,14 @@ def _qualities_on_ray(group: list[QualitySpec], model_path: str, mo: ModelOption
         spec_key.update(model_options=group[0].input_key())
     key = _json_hash(spec_key)
     log.info("qualities %s on %s: on Ray (%s)", ", ".join(s.name for s in group), ds.name, cfg.ray)
+    model = mo.replace(image_size=ds.image_size,
+                       channel_order=_read_order(model_path, mo.channel_order, ds.channel_swap))
+    if mo.device == "cpu":  # the config's default device: on Ray, GPUs when the cluster has them
+        model = model.replace(device="auto")
     frame = score_with_ray(model_path, list(ds.sources), Path(cfg.cache) / f"ray-quality-{key[:24]}.table",
-                           methods, address=None if cfg.ray in ("", "local") else cfg.ray,
-                           batch_size=int(cfg.batch_size), device=None if mo.device == "cpu" else mo.device,
-                           dtype=mo.dtype, image_size=ds.image_size, progress=progress,
-                           channel_order=_read_order(model_path, mo.channel_order, ds.channel_swap),
-                           final_norm=mo.final_norm, **group[0].options)
+                           methods, run=RunOptions(batch_size=int(cfg.batch_size)), model_options=model,
+                           address=None if cfg.ray in ("", "local") else cfg.ray, progress=progress,
+                           **group[0].options)
     frame = frame.sort_values("index")
     return {s.name: frame[s.method].to_numpy(dtype=np.float64) for s in group}
 
@@ -916,10 +960,7 @@ def benchmark_comparison_scores(features: np.ndarray, ds: ImageSet, det_weights:
         _, feats = aggregate_templates(features, t.template, t.media, weights=weights, valid=valid)
     else:
         feats = np.asarray(features, dtype=np.float32)
-    ok = np.isfinite(feats).all(axis=1) & (np.abs(feats).sum(axis=1) > 0)
-    sims = comparison_scores(np.where(ok[:, None], feats, 1.0), ds.pairs)
-    sims[~(ok[ds.pairs.a] & ok[ds.pairs.b])] = np.nan
-    return sims
+    return masked_comparison_scores(feats, ds.pairs)
 
 
 def _versions() -> dict:
@@ -956,6 +997,7 @@ def reproduce(config: str | os.PathLike | Mapping, out: str | os.PathLike | None
     cfg.cache = cfg.cache or str(Path(cfg.out) / "cache")
     out_dir = Path(cfg.out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    export_presets(cfg)
     size = (int(cfg.image_size), int(cfg.image_size))
     skipped: dict[str, str] = {}
     notes: dict[str, list[str]] = {}

@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..embeddings import flip_concat, l2_normalize  # noqa: F401  (their home; part of vitfiqa.eval's surface)
+
 
 @dataclass
 class Pairs:
@@ -58,23 +60,6 @@ class Pairs:
         return Pairs(a, b, ids[a] == ids[b])
 
 
-def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    n = np.linalg.norm(x, axis=axis, keepdims=True)
-    if (n == 0).any():
-        raise ValueError("zero-norm embedding cannot be normalised")
-    return x / n
-
-
-def flip_concat(embeddings, flipped_embeddings) -> np.ndarray:
-    """CR-FIQA evaluation: each image's embedding and that of its horizontal flip, each L2-normalised, concatenated
-    as [original, flipped] (2 x D, e.g. 1024-d) and not normalised again."""
-    e, f = np.asarray(embeddings), np.asarray(flipped_embeddings)
-    if e.shape != f.shape or e.ndim != 2:
-        raise ValueError(f"embeddings must be two [N, D] arrays of equal shape, got {e.shape} and {f.shape}")
-    return np.concatenate([l2_normalize(e), l2_normalize(f)], axis=1)
-
-
 def comparison_scores(embeddings, pairs: Pairs, metric: str = "cosine", chunk: int | None = None) -> np.ndarray:
     """Similarity of each pair: ``cosine`` of L2-normalised embeddings, or ``arccos`` = 1 - arccos(cos)/pi
     (the CR-FIQA code's angular distance turned into a similarity). float32, computed in bounded memory.
@@ -111,3 +96,17 @@ def comparison_scores(embeddings, pairs: Pairs, metric: str = "cosine", chunk: i
     if metric == "arccos":
         return (1.0 - np.arccos(out) / np.pi).astype(np.float32)
     raise ValueError(f"unknown metric {metric!r} (cosine, arccos)")
+
+
+def masked_comparison_scores(features, pairs: Pairs, valid: np.ndarray | None = None,
+                             metric: str = "cosine") -> np.ndarray:
+    """:func:`comparison_scores` of feature rows of which some are missing: NaN for every pair with a side that
+    is not usable (a row with NaN/Inf or all zeros, or ``valid`` False); those rows never enter the arithmetic
+    (a constant row stands in for them), so the other pairs' scores do not depend on them."""
+    feats = np.asarray(features)
+    ok = np.isfinite(feats).all(axis=1) & (np.abs(feats).sum(axis=1) > 0)
+    if valid is not None:
+        ok &= np.asarray(valid, dtype=bool)
+    sims = comparison_scores(np.where(ok[:, None], feats, 1.0), pairs, metric=metric)
+    sims[~(ok[pairs.a] & ok[pairs.b])] = np.nan
+    return sims

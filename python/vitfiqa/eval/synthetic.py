@@ -206,16 +206,6 @@ def write_pair_list(data_dir, dataset: str = "lfw_list", n_subjects: int = 8, pe
     return lists
 
 
-def write_all(root) -> dict[str, Path]:
-    """Every supported layout under ``root``; returns the paths a reproduce config needs."""
-    root = Path(root)
-    return dict(bin=write_bin(root / "lfw.bin"),
-                xqlfw=write_lfw_style(root / "xqlfw", pairs_name="xqlfw_pairs.txt"),
-                adience=write_adience(root / "adience"),
-                ijbc=write_ijbc(root / "IJB_release" / "IJBC"),
-                pair_list=write_pair_list(root / "data"))
-
-
 def write_crfiqa_prepared(bin_path, data_dir, dataset: str | None = None, lossless: bool = False) -> Path:
     """CR-FIQA's prepared folder of an insightface ``.bin``, as ``feature_extraction/extract_bin.py`` writes it:
     each image decoded RGB (``mx.image.imdecode``) and written with ``cv2.imwrite``, which stores the array's

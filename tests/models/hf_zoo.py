@@ -3,9 +3,9 @@ and compared with an eager reference (forward hooks on the library's own modules
 docs/methods.md written out; nothing here calls vitfiqa's C++ core except the scoring under test).
 
 Used by tests/test_compat_hf.py (the `compat` extra: `pip install ".[compat]"`) and, as a script, to write
-the compatibility table in README.md from the same checks:
+the compatibility table in docs/models.md from the same checks:
 
-    python -m tests.hf_zoo --readme README.md
+    python -m tests.models.hf_zoo --readme docs/models.md
 """
 from __future__ import annotations
 
@@ -342,7 +342,7 @@ def main(argv=None) -> None:
     for family, impl, how in cases():
         rows.append(check(family, impl, how))
     text = (f"transformers {transformers.__version__}, torch {torch.__version__}; {len(rows)} exports checked in "
-            f"{time.perf_counter() - start:.0f} s by `python -m tests.hf_zoo --readme README.md`.\n\n" + table(rows))
+            f"{time.perf_counter() - start:.0f} s by `python -m tests.models.hf_zoo --readme docs/models.md`.\n\n" + table(rows))
     print(text)
     if args.readme:
         with open(args.readme) as f:

@@ -9,12 +9,13 @@ import torch
 from torch import nn
 
 from vitfiqa.cli import main
-from vitfiqa.eval import (comparison_scores, evaluate, ijbc_templates, load_bin, load_ijbc, score_image_set,
+from vitfiqa.eval import (comparison_scores, evaluate, extract_embeddings, ijbc_templates, load_bin, load_ijbc,
+                          score_image_set,
                           synthetic)
 from vitfiqa.eval.reproduction import reproduce
 from vitfiqa.recognizer import Recognizer
 
-from .conftest import export, spread
+from .models.cases import export, spread
 
 FMRS = [1e-1, 1e-2]
 
@@ -43,7 +44,7 @@ def config(root, vit, **extra):
                        {"name": "Adience", "type": "adience", "root": "adience"}],
         "recognizers": [{"name": "CNN", "model": "cnn.pt", "channel_order": "bgr"}],
         "qualities": [{"name": "ATTN", "method": "attn", "model": vit},
-                      {"name": "ViTNT", "method": "vitnt", "model": vit, "options": {"vitnt_scale": 8.0}}],
+                      {"name": "ViTNT", "method": "vitnt", "model": vit, "options": {"vitnt": {"scale": 8.0}}}],
     }
     cfg.update(extra)
     return cfg
@@ -72,13 +73,13 @@ def test_table_equals_direct_eval_calls(setup, tmp_path):
     # LFW (.bin): per-image qualities and flip-concatenated embeddings
     ds = load_bin(root / "lfw.bin")
     q = score_image_set(qm, ds, methods=("attn", "vitnt"), progress=False)
-    emb = np.concatenate([rec.embed(imgs) for _, imgs in ds.batches(16)])
+    emb = np.concatenate([e for _, e in extract_embeddings(rec, ds, 16)])
     direct = evaluate({"ATTN": q["attn"], "ViTNT": q["vitnt"]}, comparison_scores(emb, ds.pairs), ds.pairs,
                       fmrs=FMRS)
     # IJB-C: aligned loose crops, template features and template qualities
     ij = load_ijbc(root / "IJBC")
     qi = score_image_set(qm, ij, methods=("attn",), progress=False)["attn"]
-    ei = np.concatenate([rec.embed(imgs) for _, imgs in ij.batches(16)])
+    ei = np.concatenate([e for _, e in extract_embeddings(rec, ij, 16)])
     _, tf, tq = ijbc_templates(ei, qi, ij.templates.template, ij.templates.media)
     direct_ij = evaluate({"ATTN": tq}, comparison_scores(tf, ij.pairs), ij.pairs, fmrs=FMRS)
     for fmr in FMRS:
@@ -140,7 +141,7 @@ def test_resume_and_changed_config(setup, tmp_path, monkeypatch):
     again = reproduce(cfg, base=root, progress=False)
     assert counted == [] and scored == []
     pd.testing.assert_frame_equal(first.frame.drop(columns="curve"), again.frame.drop(columns="curve"))
-    cfg["qualities"][1]["options"] = {"vitnt_scale": 4.0}
+    cfg["qualities"][1]["options"] = {"vitnt": {"scale": 4.0}}
     changed = reproduce(cfg, base=root, progress=False)
     assert counted == [] and sum(scored) == 48
     assert pauc(changed.frame, "ATTN", "LFW", 0.1) == pauc(first.frame, "ATTN", "LFW", 0.1)

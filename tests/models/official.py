@@ -18,7 +18,7 @@ from typing import Tuple
 import torch
 from torch import nn
 
-from .reference.timm_style import PatchEmbed  # the same conv patch embedding (patch_embed.proj)
+from .timm_style import PatchEmbed  # the same conv patch embedding (patch_embed.proj)
 
 
 class DropPath(nn.Module):

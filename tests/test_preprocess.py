@@ -81,16 +81,31 @@ def test_pixel_limit_is_read_from_the_header(tmp_path):
         read_image(tmp_path / "big.png")
     with pytest.raises(ValueError, match="cannot read image"):  # no limit: decoding starts, finds no data
         read_image(tmp_path / "big.png", max_pixels=None)
-    # 20000 x 20000: above Pillow's own limit too, which refuses it inside Image.open
+    # 20000 x 20000: above Pillow's own limit too; vitfiqa's limit is the only one, so None lifts both
     (tmp_path / "bomb.png").write_bytes(png_bytes(20000, 20000, 8, 2, b"\x00" * 10))
-    for limit in (DEFAULT_MAX_PIXELS, None):
-        with pytest.raises(ValueError, match="not decoded: .*decompression bomb"):
-            read_image(tmp_path / "bomb.png", max_pixels=limit)
+    with pytest.raises(ValueError, match="20000x20000 = 400.0 MP is above the limit of 40.0 MP"):
+        read_image(tmp_path / "bomb.png")
+    pil_limit = Image.MAX_IMAGE_PIXELS
+    with pytest.raises(ValueError, match="cannot read image"):  # decoding starts (no bomb error), finds no data
+        read_image(tmp_path / "bomb.png", max_pixels=None)
+    assert Image.MAX_IMAGE_PIXELS == pil_limit  # Pillow's limit is restored after the decode
     Image.fromarray(np.zeros((30, 30, 3), np.uint8)).save(tmp_path / "small.png")
     with pytest.raises(ValueError, match="above the limit of 0.0 MP"):
         read_image(tmp_path / "small.png", max_pixels=899)
     assert read_image(tmp_path / "small.png", max_pixels=900).shape == (30, 30, 3)
     assert DEFAULT_MAX_PIXELS == 40_000_000
+
+
+def test_no_limit_lifts_pillows_limit_too(tmp_path, monkeypatch):
+    """--max-pixels 0 / max_pixels=None decodes an image above Pillow's own bomb limit (lowered here so the
+    image stays small), and leaves Pillow's limit as it was."""
+    Image.fromarray(np.full((40, 40, 3), 7, np.uint8)).save(tmp_path / "a.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)  # 1600 px > 2 x 500: Pillow alone refuses it
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(tmp_path / "a.png")
+    assert read_image(tmp_path / "a.png", max_pixels=None).shape == (40, 40, 3)
+    assert read_image(tmp_path / "a.png", max_pixels=1600).shape == (40, 40, 3)
+    assert Image.MAX_IMAGE_PIXELS == 500
 
 
 def test_unsupported_mode_is_a_value_error():
@@ -122,11 +137,13 @@ def test_score_skips_every_kind_of_bad_file_with_its_reason(tmp_path, model_case
     frame = read_scores(out)
     err = dict(zip(frame["path"].map(lambda p: p.rsplit("/", 1)[1]), frame["error"]))
     assert [k for k, v in err.items() if not v] == ["a_good.png", "c_full.jpg", "e_grey16.png", "f_rgb16.png"]
-    assert "decompression bomb" in err["b_bomb.png"] and "above the limit" in err["b_big.png"]
+    assert "400.0 MP is above the limit" in err["b_bomb.png"] and "above the limit" in err["b_big.png"]
     assert "truncated" in err["c_truncated.jpg"]
     assert "cannot identify" in err["d_text.png"] and "cannot identify" in err["g_empty.png"]
     assert frame.loc[frame["error"] != "", "attn"].isna().all() and frame.loc[frame["error"] == "", "attn"].notna().all()
     # --max-pixels is part of the run: the bomb cannot be let in by resuming with another limit.
     assert main(argv + ["--max-pixels", "0"]) == 2
     assert main(argv + ["--max-pixels", "0", "--overwrite"]) == 0
-    assert "cannot read image" in read_scores(out)["error"][1]  # b_big: let in, then found to hold no data
+    lifted = read_scores(out)["error"]
+    # b_big and b_bomb (above Pillow's own limit too): let in, then found to hold no data; no bomb message
+    assert "cannot read image" in lifted[1] and "cannot read image" in lifted[2] and "decompression" not in lifted[2]
