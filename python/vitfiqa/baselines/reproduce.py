@@ -61,7 +61,7 @@ def qualities(specs, ds, cfg, fingerprint: str, progress: bool) -> dict[str, np.
     cached in its own results table (all its columns), resumed after an interruption."""
     from ..results import ScoreTable
     from . import load
-    from .files import resolve, run_description, score_batch
+    from .run import resolve, run_description, score_batch
 
     out: dict[str, np.ndarray] = {}
     for spec in specs:
