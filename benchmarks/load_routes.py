@@ -28,8 +28,8 @@ import vitfiqa  # noqa: E402
 from vitfiqa.models import FaceViT, export_torchscript, preset  # noqa: E402
 
 from _common import machine  # noqa: E402
-from tests.conftest import spread  # noqa: E402
-from tests.reference.timm_style import TimmStyleViT  # noqa: E402
+from tests.models.cases import spread  # noqa: E402
+from tests.models.timm_style import TimmStyleViT  # noqa: E402
 from tests.test_sources import HF, UserExport, hf_model, random_checkpoint  # noqa: E402
 
 

@@ -17,8 +17,8 @@ import vitfiqa.sources
 from vitfiqa.models import FaceViT, export_torchscript, load_official_state_dict, preset
 from vitfiqa.recognizer import Recognizer, load_recognizer
 
-from .conftest import spread
-from .reference.timm_style import TimmStyleViT
+from .models.cases import spread
+from .models.timm_style import TimmStyleViT
 
 RTOL = 1e-5
 METHODS = ["attn", "vitnt"]
