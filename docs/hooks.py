@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _cell(value) -> str:
-    if value is None or value == [] or value == "":
+    if value is None or value == "":
         return ""
     text = value if isinstance(value, str) else repr(value) if not isinstance(value, (list, tuple)) else \
         "[" + ", ".join(map(str, value)) + "]"

@@ -332,9 +332,9 @@ def _score_ray(args, config, run: RunOptions, table_dir: Path):
     files = _image_list(args.images)
     from .demo import RECOGNIZER
 
-    score_with_ray(_model_argument(args) or RECOGNIZER, files, str(table_dir), config=config, run=run,
-                   model_options=_model_options(args, device="auto"), address=args.ray or None,
-                   num_actors=args.actors, progress=not args.quiet, checkpoint=args.checkpoint)
+    score_with_ray(_model_argument(args) or RECOGNIZER, files, str(table_dir), checkpoint=args.checkpoint,
+                   config=config, run=run, model_options=_model_options(args, device="auto"), address=args.ray or None,
+                   num_actors=args.actors, progress=not args.quiet)
     return ScoreTable.open(table_dir)
 
 

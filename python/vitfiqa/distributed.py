@@ -28,7 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .options import ModelOptions, RunOptions, take_deprecated
+from .options import DEFAULT_MAX_PIXELS, ModelOptions, RunOptions, take_deprecated
 
 log = logging.getLogger("vitfiqa")
 
