@@ -28,8 +28,8 @@ import vitfiqa  # noqa: E402
 from vitfiqa.models import FaceViT, export_torchscript, preset  # noqa: E402
 
 from _common import machine  # noqa: E402
-from tests.conftest import spread  # noqa: E402
-from tests.reference.timm_style import TimmStyleViT  # noqa: E402
+from tests.models.cases import spread  # noqa: E402
+from tests.models.timm_style import TimmStyleViT  # noqa: E402
 from tests.test_sources import HF, UserExport, hf_model, random_checkpoint  # noqa: E402
 
 
@@ -63,16 +63,16 @@ def rows(tmp: str, presets: list[str]):
     # transformers: the object, and a traced ScriptModule object of the user's wrapper
     for name in HF:
         model, x = hf_model(name), images(32)
-        ref = vitfiqa.load(ts_bytes(UserExport(model), "trace", x), image_size=32, final_norm=HF[name][3])
+        ref = vitfiqa.load(ts_bytes(UserExport(model), "trace", x), dict(image_size=32, final_norm=HF[name][3]))
         yield name, "transformers object", max_rel(vitfiqa.load(model), ref, x, methods)
         yield name, "ScriptModule object (traced)", max_rel(
-            vitfiqa.load(traced(UserExport(model), x), image_size=32, final_norm=HF[name][3]), ref, x, methods)
+            vitfiqa.load(traced(UserExport(model), x), dict(image_size=32, final_norm=HF[name][3])), ref, x, methods)
     # timm layout: with pretrained_cfg (image size from it), as a ScriptModule object
     torch.manual_seed(0)
     timm = spread(TimmStyleViT(img_size=48, patch_size=8, dim=48, depth=4, num_heads=3))
     timm.pretrained_cfg = {"input_size": (3, 48, 48)}
     x = images(48)
-    ref = vitfiqa.load(ts_bytes(timm, "script", x), image_size=48)
+    ref = vitfiqa.load(ts_bytes(timm, "script", x), dict(image_size=48))
     yield "timm-layout ViT", "timm object", max_rel(vitfiqa.load(timm), ref, x, methods)
     yield "timm-layout ViT", "ScriptModule object (scripted)", max_rel(vitfiqa.load(torch.jit.script(timm)), ref, x,
                                                                       methods)

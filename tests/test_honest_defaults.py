@@ -30,7 +30,7 @@ def test_stand_in_and_resize_warnings_once_per_run(tmp_path):
     paths = write(tmp_path / "imgs", [(112, 112), (100, 140), (112, 112), (90, 90), (120, 80)])
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
-        frame = score_frame(vitfiqa.load(), paths, "attn", batch_size=2)
+        frame = score_frame(vitfiqa.load(), paths, "attn", run=dict(batch_size=2))
     assert frame["error"].eq("").all()
     assert len(messages(rec, "synthetic faces")) == 1 and len(messages(rec, "resized")) == 1
     assert "vitfiqa.load('cvlface_vit_b', checkpoint=" in messages(rec, "synthetic faces")[0]
@@ -65,7 +65,7 @@ def test_wrong_image_size_leaves_nothing_behind(tmp_path, capsys):
 
 def test_wrong_image_size_api(tmp_path):
     paths = write(tmp_path / "imgs", [(112, 112)] * 2)
-    model = vitfiqa.load(image_size=(96, 96))
+    model = vitfiqa.load(None, dict(image_size=(96, 96)))
     with pytest.raises(ValueError, match=r"does not take 3 x 96 x 96 images \(the size as given\)"):
         next(score_files(model, paths, "attn", out=tmp_path / "t"))
     assert not (tmp_path / "t").exists()

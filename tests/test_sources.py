@@ -17,7 +17,7 @@ import vitfiqa.sources
 from vitfiqa.models import FaceViT, export_torchscript, load_official_state_dict, preset
 from vitfiqa.recognizer import Recognizer, load_recognizer
 
-from .conftest import spread
+from .models.cases import spread
 from .models.timm_style import TimmStyleViT
 
 RTOL = 1e-5
@@ -95,7 +95,7 @@ def test_transformers_model_equals_torchscript_route(name):
     final_norm = HF[name][3]
     if final_norm:
         assert m.final_norm == final_norm.replace("m.", "model.", 1)
-    ref = vitfiqa.load(torchscript_bytes(UserExport(model), "trace", x), image_size=32, final_norm=final_norm)
+    ref = vitfiqa.load(torchscript_bytes(UserExport(model), "trace", x), dict(image_size=32, final_norm=final_norm))
     assert_same_scores(m, ref, x)
     assert model.training is False  # left as it was
 
@@ -111,14 +111,14 @@ def test_transformers_dict_outputs_and_full_clip():
     vit = hf_model("ViT")
     vit.config.return_dict = False
     x = images(32)
-    ref = vitfiqa.load(torchscript_bytes(UserExport(hf_model("ViT")), "trace", x), image_size=32)
+    ref = vitfiqa.load(torchscript_bytes(UserExport(hf_model("ViT")), "trace", x), dict(image_size=32))
     assert_same_scores(vitfiqa.load(vit), ref, x)
 
 
 def test_clip_vitnt_error_names_post_layernorm():
     model = hf_model("CLIP vision")
     x = images(32)
-    m = vitfiqa.load(torchscript_bytes(UserExport(model), "trace", x), image_size=32)
+    m = vitfiqa.load(torchscript_bytes(UserExport(model), "trace", x), dict(image_size=32))
     assert "m.post_layernorm" in m.info["final_norm_candidates"]
     with pytest.raises(ValueError, match=r"final_norm='m\.post_layernorm'"):
         m.score(x, methods=["vitnt"], preprocess=False)
@@ -150,7 +150,7 @@ def test_timm_layout_equals_torchscript_route(cls, final_norm):
     assert m.route == "timm" and m.image_size == (48, 48) and m.final_norm == final_norm
     assert m.normalization == {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
     x = images(48)
-    ref = vitfiqa.load(torchscript_bytes(model, "script", x), image_size=48, final_norm=final_norm)
+    ref = vitfiqa.load(torchscript_bytes(model, "script", x), dict(image_size=48, final_norm=final_norm))
     assert_same_scores(m, ref, x)
 
 
@@ -177,7 +177,7 @@ def test_eager_module_and_scriptmodule_equal_torchscript_file(tmp_path):
     # The identity recorded in results tables is the weights', whatever the export's bytes
     assert vitfiqa.load(model).sha256 == eager.sha256 != vitfiqa.load(small_face_vit(1)).sha256
     # model options go into the export's record
-    assert vitfiqa.load(model, channel_order="bgr").input_contract["source"]["channel_order"] == "argument"
+    assert vitfiqa.load(model, dict(channel_order="bgr")).input_contract["source"]["channel_order"] == "argument"
 
 
 def test_eager_module_that_only_traces(tmp_path):
@@ -190,7 +190,7 @@ def test_eager_module_that_only_traces(tmp_path):
             return self.inner(x)
 
     inner = small_face_vit()
-    m = vitfiqa.load(Untyped(inner), image_size=112)
+    m = vitfiqa.load(Untyped(inner), dict(image_size=112))
     assert_same_scores(m, vitfiqa.load(export_torchscript(inner, str(tmp_path / "m.pt"))), images(112))
 
 
