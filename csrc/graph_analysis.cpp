@@ -525,8 +525,11 @@ std::vector<std::string> final_norm_candidates(Graph& g, const torch::jit::Modul
   for (const auto& sub : module.named_modules()) {
     const auto& type = sub.value.type()->name();
     if (sub.name.empty() || !type || type->name().find("LayerNorm") == std::string::npos) continue;
+    // A scripted ModuleList loop names its blocks by index alone ("0", not "blocks.0"), so a block's name is
+    // matched as whole dotted components anywhere in the module path, not only as its prefix.
+    const std::string dotted = "." + sub.name + ".";
     bool in_block = std::any_of(block_names.begin(), block_names.end(), [&](const std::string& b) {
-      return !b.empty() && (sub.name == b || sub.name.rfind(b + ".", 0) == 0);
+      return !b.empty() && dotted.find("." + b + ".") != std::string::npos;
     });
     if (!in_block) add(sub.name);
   }
