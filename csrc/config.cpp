@@ -134,7 +134,7 @@ std::string ConfigField::section() const {
   return dot == std::string::npos ? "" : name.substr(0, dot);
 }
 
-std::string ConfigField::label() const { return keyword == name ? name : name + " (" + keyword + ")"; }
+std::string ConfigField::label() const { return name; }  // one name per option (old keywords only warn)
 
 void config_error(const std::string& name, const std::string& what) {
   throw std::invalid_argument(config_field(name).label() + " " + what);

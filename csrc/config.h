@@ -66,7 +66,7 @@ struct ConfigField {
   std::function<void(ScoreConfig&, const FieldValue&)> set;  // value of this field's type (see coerce)
 
   std::string section() const;        // "vitnt" for "vitnt.blocks", "" for a top-level field
-  std::string label() const;          // how errors name the field: "vitnt.blocks (vitnt_blocks)"
+  std::string label() const;          // how errors name the field: its one (dotted) name, "vitnt.blocks"
   FieldValue default_value() const { return get(ScoreConfig{}); }
   FieldValue parse(const std::string& text) const;  // "0:20", "0,3,5", "-1", "qk", "true", "" (empty list)
   std::string format(const FieldValue& value) const;  // the inverse of parse
