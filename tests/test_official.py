@@ -112,13 +112,13 @@ def test_heatmap_normalisation_conventions(official):
     after = ref.grid_heatmaps(ref.attn_key_means(eager, x, prefix), grid, (112, 112), normalize="none")
     after = (after - after.min()) / (after.max() - after.min())
     assert (after - whole.heatmaps["attn"]).abs().max() > 1e-3
-    with pytest.raises(ValueError, match="heatmap_normalize"):
+    with pytest.raises(ValueError, match="heatmap.normalize"):
         m.score(x, methods=["attn"], heatmaps=True, heatmap_normalize="batch")
-    with pytest.raises(ValueError, match="heatmap_range"):
+    with pytest.raises(ValueError, match="heatmap[._]range"):
         m.score(x, methods=["attn"], heatmaps=True, heatmap_range=(0, 1))
     with pytest.raises(ValueError, match="value range"):
         m.score(x, methods=["attn"], heatmaps=True, heatmap_normalize="global", heatmap_range=(2, 1))
-    with pytest.raises(ValueError, match="vitnt_attention_blocks"):
+    with pytest.raises(ValueError, match="vitnt[._]attention_blocks"):
         m.score(x, methods=["vitnt"], vitnt_weighting="attention", vitnt_attention_blocks="first")
 
 
