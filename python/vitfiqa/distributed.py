@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -40,6 +41,41 @@ def _ray():
     except ImportError:
         raise ImportError("vitfiqa.distributed needs Ray Data: pip install 'vitfiqa[ray]'") from None
     return ray
+
+
+@contextmanager
+def _ray_session(address: str | None, num_cpus: int | None):
+    """Ray, started here (and shut down on leaving) unless the caller already started it."""
+    ray = _ray()
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
+                 logging_level=logging.WARNING)
+    try:
+        yield ray
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _actor_plan(ray, device: str | None, num_actors: int | None, cpus_per_actor: float | None):
+    """(device, use_gpu, num_actors, cpus_per_actor) for the cluster: device None or "auto" takes one GPU per
+    actor when the cluster has GPUs; on GPUs an actor sees its own as cuda:0 (CUDA_VISIBLE_DEVICES)."""
+    resources = ray.cluster_resources()
+    cpus, gpus = float(resources.get("CPU", 1)), int(resources.get("GPU", 0))
+    if device in (None, "auto"):
+        device = "cuda" if gpus > 0 else "cpu"
+    use_gpu = device.startswith("cuda")
+    if use_gpu and gpus == 0:
+        raise RuntimeError("device='cuda' but the Ray cluster has no GPUs")
+    if use_gpu:
+        device = "cuda"
+        num_actors = num_actors or gpus
+        cpus_per_actor = cpus_per_actor or max(1.0, min(8.0, cpus // max(num_actors, 1)))
+    else:
+        cpus_per_actor = cpus_per_actor or (2.0 if cpus >= 4 else 1.0)
+        num_actors = num_actors or max(1, int(cpus // cpus_per_actor))
+    return device, use_gpu, num_actors, cpus_per_actor
 
 
 class _Scorer:
@@ -177,37 +213,15 @@ def score_with_ray(model, sources: Sequence, out_dir: str | os.PathLike,
         if table.n_done:
             log.info("resuming: %d of %d images already in %s", table.n_done, len(names), out_dir)
         if pending:
-            ray = _ray()
-            started = not ray.is_initialized()
-            if started:
-                ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
-                         logging_level=logging.WARNING)
-            try:
+            with _ray_session(address, num_cpus) as ray:
                 _run(ray, model_bytes, table, sources, ids is not None, pending, cfg.to_dict(), run, model_options,
                      num_actors, cpus_per_actor, progress)
-            finally:
-                if started:
-                    ray.shutdown()
         return table.frame()
 
 
 def _run(ray, model_bytes, table, sources, named, pending, config: dict, run: RunOptions, model: ModelOptions,
          num_actors, cpus_per_actor, progress) -> None:
-    resources = ray.cluster_resources()
-    cpus, gpus = float(resources.get("CPU", 1)), int(resources.get("GPU", 0))
-    device = model.device
-    if device == "auto":
-        device = "cuda" if gpus > 0 else "cpu"
-    use_gpu = device.startswith("cuda")
-    if use_gpu and gpus == 0:
-        raise RuntimeError("device='cuda' but the Ray cluster has no GPUs")
-    if use_gpu:
-        device = "cuda"  # Ray gives each actor its own GPU as cuda:0 through CUDA_VISIBLE_DEVICES
-        num_actors = num_actors or gpus
-        cpus_per_actor = cpus_per_actor or max(1.0, min(8.0, cpus // max(num_actors, 1)))
-    else:
-        cpus_per_actor = cpus_per_actor or (2.0 if cpus >= 4 else 1.0)
-        num_actors = num_actors or max(1, int(cpus // cpus_per_actor))
+    device, use_gpu, num_actors, cpus_per_actor = _actor_plan(ray, model.device, num_actors, cpus_per_actor)
     threads = max(1, int(cpus_per_actor))
 
     b = table.batch_size
@@ -325,24 +339,10 @@ def embed_with_ray(model: str | os.PathLike | bytes, sources: Sequence, batches:
         return os.path.abspath(s) if isinstance(s, (str, os.PathLike)) else s
 
     sources = [absolute(s) for s in sources]
-    ray = _ray()
-    from ray.util import ActorPool
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=address, num_cpus=num_cpus if address is None else None, include_dashboard=False,
-                 logging_level=logging.WARNING)
-    try:
-        resources = ray.cluster_resources()
-        cpus, gpus = float(resources.get("CPU", 1)), int(resources.get("GPU", 0))
-        use_gpu = (device is None and gpus > 0) or (device or "").startswith("cuda")
-        if use_gpu and gpus == 0:
-            raise RuntimeError("device='cuda' but the Ray cluster has no GPUs")
-        if use_gpu:
-            num_actors = num_actors or gpus
-            cpus_per_actor = cpus_per_actor or max(1.0, min(8.0, cpus // max(num_actors, 1)))
-        else:
-            cpus_per_actor = cpus_per_actor or (2.0 if cpus >= 4 else 1.0)
-            num_actors = num_actors or max(1, int(cpus // cpus_per_actor))
+    with _ray_session(address, num_cpus) as ray:
+        from ray.util import ActorPool
+
+        _, use_gpu, num_actors, cpus_per_actor = _actor_plan(ray, device, num_actors, cpus_per_actor)
         num_actors = min(num_actors, len(batches))
         actor = ray.remote(num_cpus=cpus_per_actor, num_gpus=1 if use_gpu else 0)(_Embedder)
         model_ref = [ray.put(model_bytes)]
@@ -356,6 +356,3 @@ def embed_with_ray(model: str | os.PathLike | bytes, sources: Sequence, batches:
             cause = str(getattr(exc, "cause", None) or exc).strip().splitlines()
             raise RuntimeError(f"embedding failed on a Ray worker: {cause[-1] if cause else type(exc).__name__}"
                                ) from exc
-    finally:
-        if started:
-            ray.shutdown()
